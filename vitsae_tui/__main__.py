@@ -1,0 +1,3 @@
+from vitsae_tui.cli import main
+
+raise SystemExit(main())

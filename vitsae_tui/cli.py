@@ -1,0 +1,141 @@
+"""`vitsae-tui` entry point: no subcommand opens the app; subcommands run stages headless.
+
+Only the standard library and the config module are imported at the top, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from vitsae_tui import __version__
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine.config import DataConfig, TrainModelConfig
+
+
+def _help(cls, name: str) -> str:
+    return config_mod.field_help(cls).get(name, "")
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls, names: list[str]) -> None:
+    """Options for config fields, typed and documented by the dataclass; unset ones keep the preset's value."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        kind = types[name]
+        if kind in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(cls, name))
+        else:
+            converter = {"int": int, "float": float, "str": str}.get(kind if isinstance(kind, str) else kind.__name__, str)
+            parser.add_argument(flag, type=converter, default=None, metavar=name.upper(), help=_help(cls, name))
+
+
+def _overrides(args: argparse.Namespace, cls, names: list[str]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+TRAIN_FIELDS = ["epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "seed", "device", "bf16", "checkpoint_every", "num_workers"]
+DATA_FIELDS = ["dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitsae-tui",
+        description="Train a vision model, collect its activations, train a JumpReLU SAE and browse its features. "
+        "With no command, opens the terminal app.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitsae-tui {__version__}")
+    parser.add_argument("--workspace", metavar="DIR", help="workspace folder (default: $VITSAE_WORKSPACE or the user data dir)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train-model", help="train the vision classifier headless")
+    train.add_argument("--preset", choices=list(config_mod.PRESETS), default="demo", help="starting configuration (default: demo)")
+    train.add_argument("--resume", metavar="RUN", help="continue models/RUN from its last checkpoint")
+    train.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+    _add_fields(train, TrainModelConfig, TRAIN_FIELDS)
+    _add_fields(train, DataConfig, DATA_FIELDS)
+
+    runs = commands.add_parser("runs", help="list what the workspace holds")
+    runs.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+    return parser
+
+
+def train_model_config(args: argparse.Namespace) -> TrainModelConfig:
+    base = config_mod.preset(args.preset)
+    data = dataclasses.replace(base.data, **_overrides(args, DataConfig, DATA_FIELDS))
+    return config_mod.from_dict(
+        TrainModelConfig,
+        {**config_mod.to_dict(base), **_overrides(args, TrainModelConfig, TRAIN_FIELDS), "data": config_mod.to_dict(data)},
+    )
+
+
+def _install_stop_signals(stop: threading.Event) -> None:
+    """SIGINT, SIGTERM and SIGHUP (the SSH link dropped) ask the stage to checkpoint and return."""
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…", file=sys.stderr)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
+def _run_stage(stage: Callable, *args, **kwargs) -> int:
+    from vitsae_tui.cli_progress import ConsoleReport
+
+    stop = threading.Event()
+    _install_stop_signals(stop)
+    with ConsoleReport() as report:
+        try:
+            stage(*args, report=report, stop=stop, **kwargs)
+        except Exception as e:  # stages raise StageError with a user message; anything else is a bug to show
+            from vitsae_tui.engine.train_model import StageError
+
+            if isinstance(e, StageError):
+                return 1
+            raise
+    return 0
+
+
+def cmd_train_model(args: argparse.Namespace) -> int:
+    from vitsae_tui.engine.train_model import train_model
+    from vitsae_tui.engine.workspace import Workspace
+
+    cfg = train_model_config(args) if not args.resume else config_mod.preset(args.preset)
+    return _run_stage(train_model, cfg, Workspace(args.workspace), resume=args.resume)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import print_runs
+    from vitsae_tui.engine.workspace import Workspace
+
+    print_runs(Workspace(args.workspace))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            from vitsae_tui.tui.app import run_app
+
+            return run_app(args.workspace)
+        return {"train-model": cmd_train_model, "runs": cmd_runs}[args.command](args)
+    except config_mod.ConfigError as e:
+        print(f"vitsae-tui: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from vitsae_tui.engine.device import DeviceError
+        from vitsae_tui.engine.workspace import WorkspaceError
+
+        if isinstance(e, (WorkspaceError, DeviceError)):
+            print(f"vitsae-tui: {e}", file=sys.stderr)
+            return 2
+        raise

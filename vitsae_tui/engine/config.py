@@ -1,0 +1,203 @@
+"""Frozen configuration dataclasses for every stage, their JSON round-trip and the presets.
+
+Each field carries a one-line docstring (the string right below it); `field_help` reads those so the
+CLI's help text comes from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    """'synthetic' (built-in, offline), 'imagenette', or the path of an image folder"""
+    n_train: int = 4000
+    """number of synthetic training images (synthetic only)"""
+    n_val: int = 500
+    """number of synthetic validation images (synthetic only)"""
+    data_seed: int = 0
+    """seed of the synthetic generator; the same seed draws the same images"""
+    imagenette_size: str = "160px"
+    """Imagenette variant to download: '160px', '320px' or 'full'"""
+    val_fraction: float = 0.1
+    """fraction of an image folder held out for validation"""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 224
+    """input side in pixels (the AlexNet stem needs 224 for a genuine 6x6 grid)"""
+    conv_channels: tuple[int, ...] = (96, 256, 384, 384, 256)
+    """output channels of the five AlexNet convolutions; the last one is the token width"""
+    n_layer: int = 16
+    """number of transformer blocks"""
+    n_head: int = 16
+    """attention heads per block"""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of the token width"""
+    dropout: float = 0.5
+    """dropout in attention and MLP outputs"""
+    grid_size: int = 6
+    """side of the token grid after adaptive average pooling (6 gives 36 tokens)"""
+    n_classes: int = 10
+    """number of output classes"""
+    learned_pos_emb: bool = False
+    """add learned position embeddings to the tokens (off in the reference)"""
+
+    @property
+    def n_embd(self) -> int:
+        return self.conv_channels[-1]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid_size * self.grid_size
+
+
+@dataclass(frozen=True)
+class TrainModelConfig:
+    preset: str = "demo"
+    """name of the preset these values started from"""
+    data: DataConfig = field(default_factory=DataConfig)
+    """dataset settings"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """architecture settings"""
+    epochs: int = 10
+    """number of passes over the training set"""
+    batch_size: int = 64
+    """images per optimizer step"""
+    lr: float = 1e-4
+    """AdamW learning rate"""
+    weight_decay: float = 5e-4
+    """AdamW weight decay"""
+    lr_schedule: str = "constant"
+    """'constant' (the reference) or 'cosine' (short linear warm-up, then cosine decay to 10%)"""
+    seed: int = 0
+    """seed for weight init and data order"""
+    device: str = "auto"
+    """'auto' (cuda > mps > cpu), 'cuda', 'cuda:N', 'mps' or 'cpu'"""
+    bf16: bool = True
+    """use bf16 autocast on CUDA (ignored elsewhere)"""
+    checkpoint_every: int = 200
+    """also checkpoint every this many steps, besides each epoch end"""
+    num_workers: int = 0
+    """DataLoader worker processes for image folders (spawned, safe inside the app)"""
+
+
+def seed_preset() -> TrainModelConfig:
+    """The reference architecture, exactly."""
+    return TrainModelConfig(preset="seed", epochs=10)
+
+
+def demo_preset() -> TrainModelConfig:
+    """Same design, sized so the whole demo pipeline runs in ~5 minutes on 2 CPU cores."""
+    return TrainModelConfig(
+        preset="demo",
+        data=DataConfig(n_train=3000, n_val=400),
+        model=ModelConfig(conv_channels=(32, 64, 96, 96, 64), n_layer=4, n_head=4, dropout=0.1),
+        epochs=8,
+        batch_size=64,
+        lr=1e-3,
+        lr_schedule="cosine",
+        weight_decay=5e-4,
+        checkpoint_every=50,
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], TrainModelConfig]] = {"demo": demo_preset, "seed": seed_preset}
+
+
+def preset(name: str) -> TrainModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def _coerce(value, annotation, where: str):
+    """Check one JSON value against a field's annotation and convert lists/dicts into tuples/dataclasses."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} has the wrong type ({type(value).__name__}); fix or delete the file")
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, not {type(value).__name__}; fix or delete the file")
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{where} must be null")
+        return None
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, not a boolean; fix or delete the file")
+    if annotation in (int, float, str, bool) and not isinstance(value, annotation):
+        raise ConfigError(
+            f"{where} must be {annotation.__name__}, not {type(value).__name__}; fix or delete the file"
+        )
+    return value
+
+
+def from_dict(cls, data, where: str = "config"):
+    """Build a frozen config from a JSON object, refusing unknown keys and wrong types; missing keys take defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object; fix or delete the file")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; remove them or use a matching vitsae-tui version")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    cfg = cls(**values)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        validate()
+    return cfg
+
+
+def from_json(cls, text: str, where: str = "config"):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}); fix or delete the file") from None
+    return from_dict(cls, data, where)
+
+
+@functools.cache
+def field_help(cls) -> dict[str, str]:
+    """The docstring under each field of a config dataclass, by field name."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    helps = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                helps[node.target.id] = str(following.value.value)
+    return helps

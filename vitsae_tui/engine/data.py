@@ -1,0 +1,308 @@
+"""Datasets (synthetic, Imagenette, any image folder), safe image decoding and batching.
+
+Every dataset yields what the model sees as uint8 (3, 224, 224) tensors, so thumbnails, concept maps and the
+token grid all refer to the same pixels; normalisation happens on the device (`normalize`).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from vitsae_tui.engine import synthetic
+from vitsae_tui.engine.config import DataConfig
+from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_text
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Larger images are refused rather than decoded (decompression-bomb guard, ~ 8k x 8k).
+MAX_IMAGE_PIXELS = 64_000_000
+RESIZE_TO = 256
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be used; the message says what to do."""
+
+
+def normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float ImageNet-normalised, on the images' device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images_u8.device).view(1, 3, 1, 1)
+    return (images_u8.float() / 255.0 - mean) / std
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image | None:
+    """Decode any image to RGB (EXIF-rotated, alpha on white, 16-bit scaled), or None if unreadable or too large."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    return None
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    pixels = np.asarray(image, dtype=np.float32)
+                    peak = max(float(pixels.max()), 1.0)
+                    image = Image.fromarray((pixels * (255.0 / peak)).astype(np.uint8)).convert("RGB")
+                elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                    rgba = image.convert("RGBA")
+                    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    image = Image.alpha_composite(background, rgba).convert("RGB")
+                else:
+                    image = image.convert("RGB")
+                return image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
+
+
+def to_model_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
+    """Resize the short side to 256/224*size (antialiased) and centre-crop size x size: (size, size, 3) uint8."""
+    short = round(RESIZE_TO * size / 224)
+    scale = short / min(image.width, image.height)
+    resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BICUBIC)
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+@dataclass
+class Sample:
+    image: torch.Tensor  # (3, 224, 224) uint8
+    label: int  # -1 when unlabelled
+    ok: bool  # False when the file could not be decoded (the image is then all zeros)
+
+
+class ImageDataset(torch.utils.data.Dataset, abc.ABC):
+    """Common interface: samples, class names, a description of each item's source, optional concept maps."""
+
+    class_names: tuple[str, ...] = ()
+    concept_names: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @abc.abstractmethod
+    def source(self, index: int) -> str: ...
+
+    @abc.abstractmethod
+    def labels(self) -> np.ndarray: ...
+
+    def concept_maps(self) -> np.ndarray | None:
+        return None
+
+
+class SyntheticDataset(ImageDataset):
+    """An in-memory split of the synthetic dataset, cached in the workspace so it is drawn only once."""
+
+    class_names = synthetic.CLASS_NAMES
+    concept_names = synthetic.CONCEPTS
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, concept_maps: np.ndarray, split: str, seed: int):
+        self.images_u8 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+        self._labels = labels
+        self._concept_maps = concept_maps
+        self.split = split
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> Sample:
+        return Sample(self.images_u8[index], int(self._labels[index]), True)
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index_tensor = torch.from_numpy(indices)
+        return self.images_u8[index_tensor], torch.from_numpy(self._labels[indices]), torch.ones(len(indices), dtype=torch.bool)
+
+    def source(self, index: int) -> str:
+        return f"synthetic:seed={self.seed}:{self.split}:{index}"
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def concept_maps(self) -> np.ndarray:
+        return self._concept_maps
+
+
+class FileListDataset(ImageDataset):
+    """Images decoded from files on demand; an undecodable file yields a zero image flagged not ok."""
+
+    def __init__(self, paths: list[str], labels: list[int], class_names: tuple[str, ...]):
+        self.paths = paths
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = class_names
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Sample:
+        image = load_rgb(self.paths[index])
+        if image is None:
+            return Sample(torch.zeros(3, 224, 224, dtype=torch.uint8), int(self._labels[index]), False)
+        pixels = torch.from_numpy(to_model_pixels(image).copy()).permute(2, 0, 1)
+        return Sample(pixels, int(self._labels[index]), True)
+
+    def source(self, index: int) -> str:
+        return self.paths[index]
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+
+def _collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.stack([s.image for s in samples]),
+        torch.tensor([s.label for s in samples], dtype=torch.int64),
+        torch.tensor([s.ok for s in samples], dtype=torch.bool),
+    )
+
+
+def iterate_batches(
+    dataset: ImageDataset, indices: np.ndarray, batch_size: int, num_workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(images uint8 (B,3,224,224), labels (B,), ok (B,)) over `indices` in order; safe inside threads."""
+    if isinstance(dataset, SyntheticDataset):
+        for start in range(0, len(indices), batch_size):
+            yield dataset.batch(indices[start : start + batch_size])
+        return
+    batches = [indices[s : s + batch_size].tolist() for s in range(0, len(indices), batch_size)]
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=_collate,
+        num_workers=num_workers,
+        # forked workers can deadlock when the parent runs threads (the app does)
+        multiprocessing_context="spawn" if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _synthetic_cache(ws: Workspace, cfg: DataConfig) -> Path:
+    key = f"v1-seed{cfg.data_seed}-train{cfg.n_train}-val{cfg.n_val}"
+    return ws.data_dir / "synthetic" / key
+
+
+def _draw_chunk(args: tuple[int, int, int]):
+    return synthetic.draw_images(*args)
+
+
+def _draw_parallel(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    chunks = [(seed, s, min(250, start + count - s)) for s in range(start, start + count, 250)]
+    workers = min(os.cpu_count() or 1, 4, len(chunks))
+    if workers <= 1:
+        parts = [synthetic.draw_images(*c) for c in chunks]
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_draw_chunk, chunks))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
+
+
+def load_synthetic(ws: Workspace, cfg: DataConfig, split: str) -> SyntheticDataset:
+    """The synthetic split, drawn on first use and then read from the workspace cache."""
+    cache = _synthetic_cache(ws, cfg)
+    files = [cache / f"{split}-{part}.npy" for part in ("images", "labels", "concepts")]
+    if not all(f.exists() for f in files):
+        cache.mkdir(parents=True, exist_ok=True)
+        # validation images come from an index range the training split never reaches
+        start, count = (0, cfg.n_train) if split == "train" else (10_000_000, cfg.n_val)
+        arrays = _draw_parallel(cfg.data_seed, start, count)
+        for path, array in zip(files, arrays):
+            atomic_save_npy(path, array)
+        atomic_write_text(cache / "README.json", json.dumps({"generator": "vitsae-tui synthetic v1", "concepts": synthetic.CONCEPTS}))
+    try:
+        images, labels, concepts = (np.load(f, allow_pickle=False) for f in files)
+    except (OSError, ValueError):
+        raise DataError(f"the synthetic cache in {cache} is damaged; delete that folder and run again") from None
+    return SyntheticDataset(images, labels, concepts, split, cfg.data_seed)
+
+
+def _scan_folder(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """Class sub-folders give labels; a flat folder of images gives unlabelled items (label -1)."""
+    def images_in(folder: Path) -> list[str]:
+        found = []
+        for dirpath, _dirs, names in os.walk(folder, followlinks=False):
+            for name in sorted(names):
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append(os.path.join(dirpath, name))
+        return sorted(found)
+
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subfolders:
+        paths, labels = [], []
+        class_names = []
+        for folder in subfolders:
+            files = images_in(folder)
+            if files:
+                labels += [len(class_names)] * len(files)
+                class_names.append(folder.name)
+                paths += files
+        return paths, labels, tuple(class_names)
+    files = images_in(root)
+    return files, [-1] * len(files), ()
+
+
+def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
+    root = Path(cfg.dataset).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{cfg.dataset} is not a folder; pass 'synthetic', 'imagenette' or a folder of images")
+    paths, labels, class_names = _scan_folder(root)
+    if not paths:
+        raise DataError(f"no images (.jpg, .png, ...) found in {root}; point --dataset at a folder that has some")
+    # a stable hash of each path decides its split, so adding files never moves old ones across
+    in_val = [int(hashlib.sha1(p.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction for p in paths]
+    keep = [(p, l) for p, l, v in zip(paths, labels, in_val) if v == (split == "val")]
+    if split == "all":
+        keep = list(zip(paths, labels))
+    return FileListDataset([p for p, _ in keep], [l for _, l in keep], class_names)
+
+
+def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDataset:
+    from torchvision.datasets import Imagenette
+
+    if cfg.imagenette_size not in ("160px", "320px", "full"):
+        raise DataError(f"imagenette size {cfg.imagenette_size!r} is not one of 160px, 320px, full")
+    root = ws.data_dir / "imagenette"
+    root.mkdir(parents=True, exist_ok=True)
+    tv_split = "train" if split == "train" else "val"
+    try:
+        try:
+            data = Imagenette(str(root), split=tv_split, size=cfg.imagenette_size, download=False)
+        except RuntimeError:
+            data = Imagenette(str(root), split=tv_split, size=cfg.imagenette_size, download=True)
+    except Exception as e:  # URLError, HTTPError, socket errors, a partial archive
+        raise DataError(
+            f"could not download Imagenette into {root} ({type(e).__name__}); connect to the internet, "
+            "or place the extracted dataset there, or use --dataset synthetic"
+        ) from None
+    paths = [str(p) for p, _ in data._samples]
+    labels = [int(l) for _, l in data._samples]
+    class_names = tuple(names[0] for names in data.classes)
+    return FileListDataset(paths, labels, class_names)
+
+
+def load_dataset(ws: Workspace, cfg: DataConfig, split: str) -> ImageDataset:
+    """split: 'train', 'val' or (folders) 'all'."""
+    if cfg.dataset == "synthetic":
+        return load_synthetic(ws, cfg, "val" if split == "val" else "train")
+    if cfg.dataset == "imagenette":
+        return load_imagenette(ws, cfg, split)
+    return load_folder(cfg, split)

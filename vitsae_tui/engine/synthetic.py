@@ -1,0 +1,156 @@
+"""The built-in offline dataset: procedurally drawn images with a ground-truth concept map on the token grid.
+
+Each image holds one object on a textured background. The label combines two concepts (shape kind x warm/cool
+colour: 5 x 2 = 10 classes), so a classifier must encode both; size, exact colour, position and background
+vary freely and are recorded as concepts too, so a researcher can see which ones the model kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 224
+GRID_SIZE = 6
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+COLOURS = {  # name -> (RGB, warm)
+    "red": ((220, 40, 40), True),
+    "orange": ((240, 140, 30), True),
+    "yellow": ((235, 215, 40), True),
+    "green": ((40, 170, 60), False),
+    "blue": ((40, 90, 220), False),
+    "purple": ((140, 50, 190), False),
+}
+BACKGROUNDS = ("plain", "stripes", "dots", "checker")
+SIZES = ("small", "large")
+
+CONCEPTS: tuple[str, ...] = (
+    *(f"shape:{s}" for s in SHAPES),
+    *(f"colour:{c}" for c in COLOURS),
+    *(f"size:{s}" for s in SIZES),
+    *(f"background:{b}" for b in BACKGROUNDS),
+)
+CLASS_NAMES: tuple[str, ...] = tuple(f"{'warm' if warm else 'cool'} {shape}" for shape in SHAPES for warm in (True, False))
+
+# A patch shows an object concept when this much of it is covered by the object, a background when this much is not.
+OBJECT_COVER = 0.2
+BACKGROUND_COVER = 0.5
+
+
+def class_of(shape: str, colour: str) -> int:
+    return SHAPES.index(shape) * 2 + (0 if COLOURS[colour][1] else 1)
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        corners = [(angle + math.pi / 4 + k * math.pi / 2) for k in range(4)]
+        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
+    if shape == "triangle":
+        corners = [(angle - math.pi / 2 + k * 2 * math.pi / 3) for k in range(3)]
+        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
+    if shape == "star":
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else r * 0.45
+            a = angle - math.pi / 2 + k * math.pi / 5
+            points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
+        return points
+    if shape == "cross":
+        w = r * 0.35
+        arm = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        c, s = math.cos(angle), math.sin(angle)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in arm]
+    raise ValueError(shape)
+
+
+_YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
+# Sensor noise is cropped at a random offset from one fixed field: drawing it fresh per image costs more than the rest.
+_NOISE = np.random.default_rng(12345).standard_normal((2 * IMAGE_SIZE, 2 * IMAGE_SIZE, 3), dtype=np.float32) * 4
+
+
+def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = _YY, _XX
+    base = rng.uniform(90, 170, size=3).astype(np.float32)
+    base = base.mean() + (base - base.mean()) * 0.3  # muted, so backgrounds never look like object colours
+    other = np.clip(base + rng.choice([-1, 1]) * rng.uniform(35, 60), 0, 255)
+    if kind == "plain":
+        pattern = np.zeros_like(xx)
+    elif kind == "stripes":
+        theta = rng.uniform(0, math.pi)
+        period = rng.uniform(10, 18)
+        pattern = (np.sin((xx * math.cos(theta) + yy * math.sin(theta)) * 2 * math.pi / period) > 0).astype(np.float32)
+    elif kind == "dots":
+        period = rng.uniform(12, 18)
+        ox, oy = rng.uniform(0, period, size=2)
+        dx = (xx + ox) % period - period / 2
+        dy = (yy + oy) % period - period / 2
+        pattern = ((dx * dx + dy * dy) < (period * 0.28) ** 2).astype(np.float32)
+    elif kind == "checker":
+        period = rng.uniform(14, 24)
+        pattern = (((xx // period) + (yy // period)) % 2).astype(np.float32)
+    else:
+        raise ValueError(kind)
+    image = base[None, None, :] * (1 - pattern[..., None]) + other[None, None, :] * pattern[..., None]
+    oy, ox = rng.integers(0, IMAGE_SIZE, size=2)
+    return image + _NOISE[oy : oy + IMAGE_SIZE, ox : ox + IMAGE_SIZE]
+
+
+def patch_coverage(mask: np.ndarray, grid_size: int = GRID_SIZE) -> np.ndarray:
+    """Fraction of each token-grid cell covered by a boolean (H, W) mask, as (grid, grid)."""
+    edges = np.linspace(0, mask.shape[0], grid_size + 1).round().astype(int)
+    cover = np.empty((grid_size, grid_size), dtype=np.float32)
+    for i in range(grid_size):
+        for j in range(grid_size):
+            cover[i, j] = mask[edges[i] : edges[i + 1], edges[j] : edges[j + 1]].mean()
+    return cover
+
+
+def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """One image (224, 224, 3) uint8, its label and its concept map (n_concepts, 6, 6) bool; deterministic."""
+    rng = np.random.default_rng([seed, index])
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    size = SIZES[rng.integers(len(SIZES))]
+    radius = rng.uniform(28, 42) if size == "small" else rng.uniform(58, 80)
+    margin = radius * 0.9
+    cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
+    angle = rng.uniform(-0.35, 0.35)
+
+    mask_image = Image.new("L", (IMAGE_SIZE * 2, IMAGE_SIZE * 2), 0)
+    draw = ImageDraw.Draw(mask_image)
+    if shape == "circle":
+        draw.ellipse([2 * (cx - radius), 2 * (cy - radius), 2 * (cx + radius), 2 * (cy + radius)], fill=255)
+    else:
+        draw.polygon([(2 * x, 2 * y) for x, y in _shape_polygon(shape, cx, cy, radius, angle)], fill=255)
+    alpha = np.asarray(mask_image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32) / 255.0
+
+    rgb = np.array(COLOURS[colour][0], dtype=np.float32)
+    rgb = np.clip(rgb * rng.uniform(0.8, 1.1) + rng.normal(0, 12, size=3), 0, 255)
+    shading = 1.0 - 0.25 * ((_XX - cx) + (_YY - cy)) / (2 * radius)  # a soft light from the top left
+    fill = rgb[None, None, :] * np.clip(shading, 0.7, 1.3)[..., None]
+
+    image = _background(background, rng)
+    image = image * (1 - alpha[..., None]) + fill * alpha[..., None]
+    image = np.clip(image, 0, 255).astype(np.uint8)
+
+    object_cover = patch_coverage(alpha > 0.5)
+    concept_map = np.zeros((len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
+    on_object = object_cover >= OBJECT_COVER
+    for name in (f"shape:{shape}", f"colour:{colour}", f"size:{size}"):
+        concept_map[CONCEPTS.index(name)] = on_object
+    concept_map[CONCEPTS.index(f"background:{background}")] = (1 - object_cover) >= BACKGROUND_COVER
+    return image, class_of(shape, colour), concept_map
+
+
+def draw_images(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (N, 224, 224, 3) uint8, labels (N,) int64, concept maps (N, n_concepts, 6, 6) bool."""
+    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = np.empty(count, dtype=np.int64)
+    concept_maps = np.empty((count, len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
+    for i in range(count):
+        images[i], labels[i], concept_maps[i] = draw_image(seed, start + i)
+    return images, labels, concept_maps

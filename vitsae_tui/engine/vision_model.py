@@ -1,0 +1,178 @@
+"""AlexNet features -> 6x6 grid of tokens -> GPT blocks (no causal mask) -> linear head, with named hook points."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitsae_tui.engine.config import ModelConfig
+
+
+class HookPoint(nn.Identity):
+    """An identity whose module path names an activation; forward hooks read or replace it."""
+
+
+class AlexNetFeatures(nn.Module):
+    def __init__(self, channels: tuple[int, ...], grid_size: int):
+        super().__init__()
+        c1, c2, c3, c4, c5 = channels
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(c1),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2, groups=2),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(c2),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1, groups=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1, groups=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.AdaptiveAvgPool2d((grid_size, grid_size)),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)  # (B, C, G, G)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "token width must be divisible by the number of heads"
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=False)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.relu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.resid_pre = HookPoint()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.resid_mid = HookPoint()
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.resid_post = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resid_pre(x)
+        x = self.resid_mid(x + self.attn(self.ln_1(x)))
+        return self.resid_post(x + self.mlp(self.ln_2(x)))
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward pass once the wanted activation is in hand."""
+
+
+class VisionTransformerClassifier(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.features = AlexNetFeatures(cfg.conv_channels, cfg.grid_size)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.n_tokens, cfg.n_embd)) if cfg.learned_pos_emb else None
+        self.tokens = HookPoint()
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_tokens * cfg.n_embd, cfg.n_classes)
+        self.apply(self._init_weights)
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb, mean=0.0, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        fmap = self.features(images)  # (B, C, G, G)
+        x = fmap.flatten(2).transpose(1, 2)  # (B, T, C), tokens in row-major grid order
+        if self.pos_emb is not None:
+            x = x + self.pos_emb
+        x = self.tokens(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        return self.head(x.flatten(1))  # (B, n_classes)
+
+    def hook_points(self) -> list[str]:
+        return [name for name, m in self.named_modules() if isinstance(m, HookPoint)]
+
+    def hook_module(self, name: str) -> HookPoint:
+        module = dict(self.named_modules()).get(name)
+        if not isinstance(module, HookPoint):
+            raise ValueError(f"no hook point {name!r}; choose one of {', '.join(self.hook_points())}")
+        return module
+
+    @contextlib.contextmanager
+    def hooks(self, hooks: dict[str, Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
+        """Within the block, each named activation is passed to its function; a returned tensor replaces it."""
+        handles = [
+            self.hook_module(name).register_forward_hook(lambda _m, _inp, out, fn=fn: fn(out))
+            for name, fn in hooks.items()
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run_to(self, images: torch.Tensor, hook: str) -> torch.Tensor:
+        """The activation at `hook`, computing only the layers before it."""
+        captured: list[torch.Tensor] = []
+
+        def capture(act: torch.Tensor) -> None:
+            captured.append(act)
+            raise StopForward
+
+        with self.hooks({hook: capture}):
+            try:
+                self(images)
+            except StopForward:
+                pass
+        return captured[0]
+
+    def run_with_replacement(
+        self, images: torch.Tensor, hook: str, replace: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits with the activation at `hook` replaced by `replace(activation)`."""
+        with self.hooks({hook: replace}):
+            return self(images)
+
+
+def default_hook(cfg: ModelConfig) -> str:
+    """The residual stream near the middle: blocks.6.resid_post of 16 as in the reference, blocks.1 of 4."""
+    return f"blocks.{(3 * cfg.n_layer) // 8}.resid_post"

@@ -1,0 +1,262 @@
+"""Where runs live on disk: run folders, atomic writes, metrics logs, status records and safe loading."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("models", "activations", "saes", "features")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class WorkspaceError(RuntimeError):
+    """A workspace problem the user can fix; the message says how."""
+
+
+def default_workspace() -> Path:
+    env = os.environ.get("VITSAE_WORKSPACE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("vitsae-tui"))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_torch_file(path: Path) -> Any:
+    """torch.load that never unpickles code: tensors, dicts, lists and numbers only."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WorkspaceError(f"{path} does not exist; train or pick another run") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise WorkspaceError(f"{path} is not a valid checkpoint and was not loaded ({reason}); pick another run") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise WorkspaceError(f"{path} is missing; the run is incomplete, re-run it or pick another") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise WorkspaceError(f"{path} is not valid JSON; fix it or delete the run") from None
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one line and flush it to disk, so a reader in another process sees whole rows only."""
+    line = json.dumps(row, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete rows; a torn last line (a write in progress or a kill mid-write) is ignored."""
+    rows = []
+    try:
+        text = Path(path).read_text("utf-8", errors="replace")
+    except FileNotFoundError:
+        return rows
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def truncate_jsonl(path: Path, keep: callable) -> None:
+    """Rewrite a metrics log keeping only rows for which keep(row) holds (used on resume)."""
+    rows = [r for r in read_jsonl(path) if keep(r)]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    kind: str
+    name: str
+    path: Path
+    status: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        state = self.status.get("state", "unknown")
+        if state == "running" and not _owner_alive(self.status):
+            return "interrupted"
+        return state
+
+    @property
+    def updated(self) -> float:
+        return float(self.status.get("updated", 0.0) or 0.0)
+
+
+def _owner_alive(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote a 'running' status still lives (only knowable on the same host)."""
+    if status.get("host") != socket.gethostname():
+        return True
+    pid = status.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Workspace:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root else default_workspace()
+        try:
+            for kind in (*KINDS, "data"):
+                (self.root / kind).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WorkspaceError(
+                f"cannot use {self.root} as the workspace ({e.strerror}); pass --workspace DIR with a writable folder"
+            ) from None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def kind_dir(self, kind: str) -> Path:
+        assert kind in KINDS, kind
+        return self.root / kind
+
+    def run_dir(self, kind: str, name: str) -> Path:
+        """The folder of an existing run; names are plain folder names, never paths."""
+        if not RUN_NAME.match(name or ""):
+            raise WorkspaceError(f"{name!r} is not a run name; use a name from `vitsae-tui runs`")
+        path = self.kind_dir(kind) / name
+        if not path.is_dir():
+            raise WorkspaceError(f"no run {name!r} in {kind}/; use a name from `vitsae-tui runs`")
+        return path
+
+    def new_run(self, kind: str, prefix: str) -> Path:
+        """Create and claim a fresh run folder `<prefix>-<n>` (mkdir is atomic, so two processes never share one)."""
+        if not RUN_NAME.match(prefix):
+            raise WorkspaceError(f"{prefix!r} cannot start a run name; use letters, digits, '.', '_' or '-'")
+        existing = [p.name for p in self.kind_dir(kind).iterdir()]
+        numbers = [int(m.group(1)) for n in existing if (m := re.fullmatch(rf"{re.escape(prefix)}-(\d+)", n))]
+        n = max(numbers, default=0) + 1
+        while True:
+            path = self.kind_dir(kind) / f"{prefix}-{n}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                n += 1
+
+    def runs(self, kind: str) -> list[RunInfo]:
+        """Runs of one kind, newest first; unreadable records are shown as 'damaged' rather than hidden."""
+        infos = []
+        for path in self.kind_dir(kind).iterdir():
+            if not path.is_dir() or path.name.startswith("."):
+                continue
+            status = _read_json_or(path / "status.json", {"state": "damaged"})
+            config = _read_json_or(path / "config.json", {})
+            if not isinstance(status, dict):
+                status = {"state": "damaged"}
+            infos.append(RunInfo(kind, path.name, path, status, config if isinstance(config, dict) else {}))
+        return sorted(infos, key=lambda r: (r.updated, r.name), reverse=True)
+
+
+def _read_json_or(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return default
+
+
+def write_status(run_dir: Path, state: str, **fields: Any) -> dict[str, Any]:
+    """Record a run's state with its owner (host, pid) so other processes can tell live runs from dead ones."""
+    previous = _read_json_or(run_dir / "status.json", {})
+    status = previous if isinstance(previous, dict) else {}
+    status.update(fields)
+    status.update(state=state, updated=time.time(), host=socket.gethostname(), pid=os.getpid())
+    status.setdefault("started", status["updated"])
+    atomic_write_json(run_dir / "status.json", status)
+    return status

@@ -1,0 +1,63 @@
+"""The vitsae-tui Textual app: screens as modes, jobs owned by the App, a command palette for every action."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from vitsae_tui.engine.workspace import Workspace
+from vitsae_tui.tui.jobs import JobManager
+from vitsae_tui.tui.screens.confirm import ConfirmScreen
+from vitsae_tui.tui.screens.home import HomeScreen
+from vitsae_tui.tui.screens.train_model import TrainModelScreen
+
+
+class VitsaeApp(App):
+    TITLE = "vitsae-tui"
+    CSS_PATH = "app.tcss"
+    MODES = {"home": HomeScreen, "train": TrainModelScreen}
+    DEFAULT_MODE = "home"
+    BINDINGS = [
+        Binding("q", "request_quit", "Quit"),
+        Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True),
+        Binding("h", "switch_mode('home')", "Home", show=False),
+    ]
+
+    def __init__(self, workspace: str | Path | None = None):
+        super().__init__()
+        self.workspace = Workspace(workspace)
+        self.jobs = JobManager(self)
+        self.sub_title = str(self.workspace.root)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home"))
+        yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
+        if isinstance(screen, TrainModelScreen):
+            yield SystemCommand("Start training", "Start a run with the form's settings", screen.action_start)
+            yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)
+            yield SystemCommand("Resume training", "Continue the run chosen under 'resume run'", screen.action_resume)
+        yield SystemCommand("Quit vitsae-tui", "Stop running jobs with a checkpoint, then quit", self.action_request_quit)
+
+    async def action_request_quit(self) -> None:
+        if not self.jobs.running():
+            self.exit()
+            return
+
+        async def answered(stop: bool | None) -> None:
+            if stop:
+                self.notify("stopping jobs: saving checkpoints…")
+                self.jobs.stop_all()
+                await self.jobs.wait_all()
+                self.exit()
+
+        self.push_screen(ConfirmScreen("A job is running. Stop it (a checkpoint is saved) and quit?", "Stop and quit", "Keep running"), answered)
+
+
+def run_app(workspace: str | Path | None = None) -> int:
+    VitsaeApp(workspace).run()
+    return 0

@@ -1,0 +1,132 @@
+"""The worker bridge: engine stages run in App-owned thread workers; their events reach the UI in batches.
+
+The engine's `report` only appends to a thread-safe queue (it never blocks the job); an App timer drains the
+queues every ~100 ms and hands each listener one batch, so the UI redraws at a human rate whatever the step rate.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual.app import App
+
+from vitsae_tui.engine import events
+
+DRAIN_INTERVAL_S = 0.1
+
+Listener = Callable[["Job", list[events.Event]], None]
+
+
+@dataclass
+class Job:
+    stage: str
+    title: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    state: str = "running"
+    """running, finished, stopped or failed"""
+    run_dir: str = ""
+    message: str = ""
+    progress: events.Progress | None = None
+    history: list[events.Event] = field(default_factory=list)
+    """every event so far, so a screen opened mid-run can draw the whole curve"""
+    started: float = field(default_factory=time.time)
+    result: Any = None
+    _inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+    def report(self, event: events.Event) -> None:
+        self._inbox.put(event)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def drain(self) -> list[events.Event]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for event in batch:
+            if isinstance(event, events.Progress):
+                self.progress = event
+            elif isinstance(event, events.Finished):
+                self.state, self.run_dir = ("stopped" if event.stopped else "finished"), event.run_dir
+            elif isinstance(event, events.Failed):
+                self.state, self.message, self.run_dir = "failed", event.message, event.run_dir or self.run_dir
+        self.history.extend(batch)
+        return batch
+
+
+class JobManager:
+    """Starts stages as thread workers owned by the App, one job per stage at a time, and fans out their events."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.jobs: dict[str, Job] = {}
+        self.listeners: list[Listener] = []
+        self._timer = None
+
+    def start(self, stage: str, title: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        if self.running(stage):
+            raise RuntimeError(f"a {stage} job is already running; stop it first")
+        job = Job(stage, title)
+        self.jobs[stage] = job
+
+        def work() -> None:
+            try:
+                job.result = fn(*args, report=job.report, stop=job.stop, **kwargs)
+            except Exception as e:  # the engine reported a Failed event already for user errors
+                if not any(isinstance(ev, events.Failed) for ev in list(job.history)):
+                    job.report(events.Failed(stage, f"{type(e).__name__}: {e}"))
+
+        self.app.run_worker(work, name=f"job:{stage}", group="jobs", thread=True, exit_on_error=False)
+        if self._timer is None:
+            self._timer = self.app.set_interval(DRAIN_INTERVAL_S, self._drain)
+        return job
+
+    def running(self, stage: str | None = None) -> bool:
+        if stage is not None:
+            return stage in self.jobs and self.jobs[stage].running
+        return any(job.running for job in self.jobs.values())
+
+    def get(self, stage: str) -> Job | None:
+        return self.jobs.get(stage)
+
+    def stop_all(self) -> None:
+        for job in self.jobs.values():
+            if job.running:
+                job.stop.set()
+
+    def subscribe(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def _drain(self) -> None:
+        for job in list(self.jobs.values()):
+            batch = job.drain()
+            if batch:
+                for listener in list(self.listeners):
+                    listener(job, batch)
+
+    async def wait_all(self, timeout_s: float = 600.0) -> None:
+        """Wait until every job's worker has returned (after a stop request they checkpoint first)."""
+        workers = [w for w in self.app.workers if w.group == "jobs"]
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await worker.wait()
+            except Exception:
+                pass
+        self._drain()

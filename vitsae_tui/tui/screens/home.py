@@ -1,0 +1,95 @@
+"""Home: the workspace at a glance (runs and their state, newest first), running jobs, and what to do next."""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from vitsae_tui.engine.workspace import KINDS, RunInfo
+
+STATE_STYLE = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow", "interrupted": "yellow", "damaged": "red"}
+
+
+def run_details(run: RunInfo) -> str:
+    status = run.status
+    if run.state == "failed":
+        return str(status.get("message", ""))[:60]
+    parts = []
+    if isinstance(status.get("best_val_accuracy"), (int, float)):
+        parts.append(f"val acc {status['best_val_accuracy']:.1%}")
+    if isinstance(status.get("step"), int):
+        total = status.get("total_steps")
+        parts.append(f"step {status['step']}" + (f"/{total}" if total else ""))
+    preset = run.config.get("preset")
+    if preset:
+        parts.append(str(preset))
+    return " · ".join(parts)
+
+
+def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
+    if jobs_running:
+        return "A job is running: t opens its live view."
+    if not any(r.state == "finished" for r in runs["models"]):
+        return "Next: train a vision model. Press t, then s to start the demo preset (about 2 minutes on a laptop CPU)."
+    return "A model is trained. Select it and press enter to see its curves, or t to train another."
+
+
+class HomeScreen(Screen):
+    BINDINGS = [
+        Binding("t", "app.switch_mode('train')", "Train model"),
+        Binding("enter", "open_run", "Open run"),
+        Binding("f5", "refresh_runs", "Refresh"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="home"):
+            yield Static(id="workspace")
+            yield Static(id="next")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.add_columns("kind", "run", "state", "updated", "details")
+        self.refresh_runs()
+        self.set_interval(2.0, self.refresh_runs)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def action_refresh_runs(self) -> None:
+        self.refresh_runs()
+
+    def refresh_runs(self) -> None:
+        ws = self.app.workspace
+        runs = {kind: ws.runs(kind) for kind in KINDS}
+        self.query_one("#workspace", Static).update(f"[b]workspace[/] {ws.root}")
+        self.query_one("#next", Static).update(next_step(runs, self.app.jobs.running()))
+        table = self.query_one("#runs", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for kind in KINDS:
+            for run in runs[kind]:
+                style = STATE_STYLE.get(run.state, "")
+                updated = time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-"
+                table.add_row(kind, run.name, f"[{style}]{run.state}[/]" if style else run.state, updated,
+                              run_details(run), key=f"{kind}/{run.name}")
+        if table.row_count:
+            table.move_cursor(row=min(cursor, table.row_count - 1))
+
+    def action_open_run(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        if not table.row_count:
+            self.notify("the workspace is empty: press t to train a model", severity="warning")
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        kind, name = key.split("/", 1)
+        if kind == "models":
+            self.app.switch_mode("train")
+            self.app.screen.show_run(self.app.workspace.root / kind / name)

@@ -1,0 +1,225 @@
+"""Train model: a config form, start/stop/resume, progress with ETA, live loss and accuracy plots, a log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine import events
+from vitsae_tui.engine.config import ConfigError, TrainModelConfig
+from vitsae_tui.engine.workspace import read_jsonl
+from vitsae_tui.tui.jobs import Job
+from vitsae_tui.tui.widgets.metric_plot import MetricPlot
+
+STAGE = "train-model"
+# (input id, where the value lives in TrainModelConfig, parser)
+FIELDS = [
+    ("dataset", ("data", "dataset"), str),
+    ("n_train", ("data", "n_train"), int),
+    ("epochs", ("epochs",), int),
+    ("batch_size", ("batch_size",), int),
+    ("lr", ("lr",), float),
+    ("seed", ("seed",), int),
+]
+LABELS = {"dataset": "dataset", "n_train": "synthetic images", "epochs": "epochs", "batch_size": "batch size",
+          "lr": "learning rate", "seed": "seed"}
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class TrainModelScreen(Screen):
+    BINDINGS = [
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+        Binding("escape", "app.switch_mode('home')", "Home"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.viewing: Path | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            with VerticalScroll(id="form"):
+                yield Label("preset")
+                yield Select([(name, name) for name in config_mod.PRESETS], value="demo", allow_blank=False, id="preset", compact=True)
+                for key, _path, _parse in FIELDS:
+                    yield Label(LABELS[key])
+                    yield Input(id=key, compact=True)
+                yield Label("device")
+                yield Select([(d, d) for d in ("auto", "cpu", "cuda", "mps")], value="auto", allow_blank=False, id="device", compact=True)
+                yield Label("resume run")
+                yield Select([], prompt="(none)", id="resume_run", compact=True)
+                with Horizontal(id="form-buttons"):
+                    yield Button("Start (s)", variant="success", id="start", compact=True)
+                    yield Button("Stop (x)", variant="error", id="stop", compact=True)
+                yield Button("Resume (r)", id="resume", compact=True)
+            with Vertical(id="live"):
+                yield Static("no job: set the form and press s", id="status")
+                yield ProgressBar(id="progress", show_eta=False)
+                with Horizontal(id="plots"):
+                    yield MetricPlot("loss", id="loss_plot")
+                    yield MetricPlot("accuracy", id="acc_plot")
+                yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.fill_form(config_mod.preset("demo"))
+        self.app.jobs.subscribe(self.on_job_events)
+        self.set_interval(0.3, self.redraw_plots)
+        self.refresh_runs()
+        job = self.app.jobs.get(STAGE)
+        if job is not None:
+            self.reset_view()
+            self.on_job_events(job, list(job.history))
+
+    def on_unmount(self) -> None:
+        self.app.jobs.unsubscribe(self.on_job_events)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def fill_form(self, cfg: TrainModelConfig) -> None:
+        for key, path, _parse in FIELDS:
+            value = cfg
+            for part in path:
+                value = getattr(value, part)
+            self.query_one(f"#{key}", Input).value = str(value)
+        self.query_one("#device", Select).value = cfg.device
+
+    def refresh_runs(self) -> None:
+        runs = self.app.workspace.runs("models")
+        options = [(f"{r.name} ({r.state})", r.name) for r in runs if (r.path / "last.pt").exists() and r.state != "finished"]
+        self.query_one("#resume_run", Select).set_options(options)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "preset" and event.value is not Select.BLANK:
+            self.fill_form(config_mod.preset(str(event.value)))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {"start": self.action_start, "stop": self.action_stop, "resume": self.action_resume}[event.button.id]()
+
+    def form_config(self) -> TrainModelConfig:
+        """The form's values over the chosen preset; raises ConfigError with a message naming the bad field."""
+        base = config_mod.to_dict(config_mod.preset(str(self.query_one("#preset", Select).value)))
+        for key, path, parse in FIELDS:
+            text = self.query_one(f"#{key}", Input).value.strip()
+            try:
+                value = parse(text)
+            except ValueError:
+                raise ConfigError(f"{LABELS[key]} must be a {parse.__name__}, not {text!r}") from None
+            target = base
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = value
+        base["device"] = str(self.query_one("#device", Select).value)
+        return config_mod.from_dict(TrainModelConfig, base)
+
+    def reset_view(self) -> None:
+        self.query_one("#loss_plot", MetricPlot).clear()
+        self.query_one("#acc_plot", MetricPlot).clear()
+        self.query_one("#log", RichLog).clear()
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+
+    def action_start(self, resume: str | None = None) -> None:
+        if self.app.jobs.running(STAGE):
+            self.notify("a training job is already running; stop it first (x)", severity="warning")
+            return
+        try:
+            cfg = self.form_config()
+        except ConfigError as e:
+            self.notify(str(e), severity="error")
+            return
+        from vitsae_tui.engine.train_model import train_model
+
+        self.reset_view()
+        self.viewing = None
+        title = f"resume {resume}" if resume else f"train {cfg.preset}"
+        self.app.jobs.start(STAGE, title, train_model, cfg, self.app.workspace, resume=resume)
+        self.query_one("#status", Static).update(f"{title}: starting…")
+
+    def action_resume(self) -> None:
+        run = self.query_one("#resume_run", Select).value
+        if run is Select.BLANK:
+            self.notify("no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning")
+            return
+        self.action_start(resume=str(run))
+
+    def action_stop(self) -> None:
+        job = self.app.jobs.get(STAGE)
+        if job is None or not job.running:
+            self.notify("no training job is running", severity="warning")
+            return
+        job.stop.set()
+        self.query_one("#status", Static).update("stopping: saving a checkpoint…")
+
+    def show_run(self, run_dir: Path) -> None:
+        """Draw a finished or other-process run's curves from its metrics file (read-only)."""
+        if self.app.jobs.running(STAGE):
+            self.notify("a training job is running; its live curves stay on screen", severity="warning")
+            return
+        self.reset_view()
+        self.viewing = run_dir
+        for row in read_jsonl(run_dir / "metrics.jsonl"):
+            self.add_metrics(row)
+        self.query_one("#status", Static).update(f"viewing {run_dir.name} (from its metrics.jsonl)")
+        self.redraw_plots()
+
+    def add_metrics(self, row: dict) -> None:
+        loss_plot = self.query_one("#loss_plot", MetricPlot)
+        acc_plot = self.query_one("#acc_plot", MetricPlot)
+        step = row.get("step", 0)
+        if row.get("kind") == "step":
+            loss_plot.add("train", step, row["train_loss"])
+            acc_plot.add("train", step, row["train_accuracy"])
+        elif row.get("kind") == "epoch":
+            loss_plot.add("val", step, row["val_loss"])
+            acc_plot.add("val", step, row["val_accuracy"])
+
+    def on_job_events(self, job: Job, batch: list[events.Event]) -> None:
+        if job.stage != STAGE:
+            return
+        log = self.query_one("#log", RichLog)
+        for event in batch:
+            if isinstance(event, events.Metrics):
+                self.add_metrics(event.row)
+            elif isinstance(event, events.Log):
+                style = {"warning": "yellow", "error": "red"}.get(event.level, "")
+                log.write(f"[{style}]{event.message}[/]" if style else event.message)
+            elif isinstance(event, events.Failed):
+                log.write(f"[bold red]failed: {event.message}[/]")
+                self.notify(event.message, severity="error", timeout=10)
+            elif isinstance(event, events.Finished):
+                verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
+                acc = event.summary.get("best_val_accuracy", 0.0)
+                log.write(f"[bold green]{verb}[/]: best val accuracy {acc:.1%} → {event.run_dir}")
+                self.refresh_runs()
+        self.update_status(job)
+
+    def update_status(self, job: Job) -> None:
+        p = job.progress
+        bar = self.query_one("#progress", ProgressBar)
+        if p is not None and p.total:
+            bar.update(total=p.total, progress=p.done)
+        if job.state == "running":
+            detail = f"step {p.done}/{p.total} · {p.rate:.1f} steps/s · ETA {format_duration(p.eta_s)}" if p else "starting…"
+        else:
+            detail = job.state + (f": {job.message}" if job.message else "")
+        self.query_one("#status", Static).update(f"{job.title}: {detail}")
+
+    def redraw_plots(self) -> None:
+        for plot in self.query(MetricPlot):
+            plot.redraw()

@@ -1,0 +1,72 @@
+"""A live line plot: keeps every point, draws a copy binned to the widget's width, redraws when asked."""
+
+from __future__ import annotations
+
+import math
+
+from textual_plotext import PlotextPlot
+
+
+def downsample(xs: list[float], ys: list[float], width: int) -> tuple[list[float], list[float]]:
+    """Average consecutive points into at most `width` bins, so a long run draws as fast as a short one."""
+    n = len(xs)
+    if n <= width or width <= 0:
+        return list(xs), list(ys)
+    bin_size = math.ceil(n / width)
+    out_x, out_y = [], []
+    for start in range(0, n, bin_size):
+        chunk_y = [y for y in ys[start : start + bin_size] if math.isfinite(y)]
+        if chunk_y:
+            out_x.append(xs[min(start + bin_size, n) - 1])
+            out_y.append(sum(chunk_y) / len(chunk_y))
+    return out_x, out_y
+
+
+class MetricPlot(PlotextPlot):
+    """Named series of (x, y) points; `add` is cheap, `redraw` rebuilds the plot once for all new points."""
+
+    def __init__(self, title: str, xlabel: str = "step", log_y: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.title = title
+        self.xlabel = xlabel
+        self.log_y = log_y
+        self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.dirty = True
+        self.drawn_points = 0
+        """points actually drawn at the last redraw (after downsampling), for tests and diagnostics"""
+
+    def add(self, name: str, x: float, y: float) -> None:
+        xs, ys = self.series.setdefault(name, ([], []))
+        xs.append(float(x))
+        ys.append(float(y))
+        self.dirty = True
+
+    def clear(self) -> None:
+        self.series.clear()
+        self.dirty = True
+
+    def point_count(self, name: str) -> int:
+        return len(self.series.get(name, ([], []))[0])
+
+    def redraw(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(self.title)
+        plt.xlabel(self.xlabel)
+        if self.log_y:
+            plt.yscale("log")
+        width = max(self.size.width - 10, 10)
+        drawn = 0
+        for name, (xs, ys) in self.series.items():
+            dx, dy = downsample(xs, ys, width)
+            if self.log_y:
+                dx, dy = zip(*[(x, y) for x, y in zip(dx, dy) if y > 0]) if any(y > 0 for y in dy) else ([], [])
+            if dx:
+                plt.plot(list(dx), list(dy), label=name, marker="braille")
+                drawn += len(dx)
+        self.drawn_points = drawn
+        self.refresh()
