@@ -18,7 +18,7 @@ from vitsae_tui.engine.config import DataConfig, TrainModelConfig
 
 
 def _help(cls, name: str) -> str:
-    return config_mod.field_help(cls).get(name, "")
+    return config_mod.field_help(cls).get(name, "").replace("%", "%%")  # argparse formats help with %
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls, names: list[str]) -> None:

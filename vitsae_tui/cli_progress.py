@@ -31,7 +31,7 @@ class ConsoleReport:
     """A `report` callable that draws one progress bar per stage and prints logs, results and errors."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message says what to fix."""
 
 
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
@@ -34,6 +39,11 @@ class DataConfig:
     """Imagenette variant to download: '160px', '320px' or 'full'"""
     val_fraction: float = 0.1
     """fraction of an image folder held out for validation"""
+
+    def validate(self) -> None:
+        _check(self.n_train >= 1 and self.n_val >= 1, "n_train and n_val must be at least 1")
+        _check(self.imagenette_size in ("160px", "320px", "full"), "imagenette_size must be 160px, 320px or full")
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction must be between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,15 @@ class ModelConfig:
     """number of output classes"""
     learned_pos_emb: bool = False
     """add learned position embeddings to the tokens (off in the reference)"""
+
+    def validate(self) -> None:
+        _check(len(self.conv_channels) == 5 and all(c >= 2 and c % 2 == 0 for c in self.conv_channels),
+               "conv_channels must be 5 even numbers (the grouped convolutions split them in two)")
+        _check(self.n_layer >= 1 and self.n_head >= 1, "n_layer and n_head must be at least 1")
+        _check(self.n_embd % self.n_head == 0, f"the token width {self.n_embd} must be divisible by n_head {self.n_head}")
+        _check(self.image_size == 224, "image_size must be 224: the AlexNet stem needs it for a real 6x6 grid")
+        _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        _check(self.grid_size >= 1 and self.n_classes >= 2, "grid_size must be >= 1 and n_classes >= 2")
 
     @property
     def n_embd(self) -> int:
@@ -94,6 +113,14 @@ class TrainModelConfig:
     """also checkpoint every this many steps, besides each epoch end"""
     num_workers: int = 0
     """DataLoader worker processes for image folders (spawned, safe inside the app)"""
+
+    def validate(self) -> None:
+        _check(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}")
+        _check(self.epochs >= 1, "epochs must be at least 1")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.lr > 0 and self.weight_decay >= 0, "lr must be positive and weight_decay non-negative")
+        _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'")
+        _check(self.checkpoint_every >= 1 and self.num_workers >= 0, "checkpoint_every must be >= 1, num_workers >= 0")
 
 
 def seed_preset() -> TrainModelConfig:

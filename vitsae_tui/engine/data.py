@@ -12,7 +12,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,20 +199,11 @@ def _synthetic_cache(ws: Workspace, cfg: DataConfig) -> Path:
     return ws.data_dir / "synthetic" / key
 
 
-def _draw_chunk(args: tuple[int, int, int]):
-    return synthetic.draw_images(*args)
-
-
 def _draw_parallel(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw in chunks on a thread per core (numpy and PIL release the GIL; threads need no spawn or pickling)."""
     chunks = [(seed, s, min(250, start + count - s)) for s in range(start, start + count, 250)]
-    workers = min(os.cpu_count() or 1, 4, len(chunks))
-    if workers <= 1:
-        parts = [synthetic.draw_images(*c) for c in chunks]
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_draw_chunk, chunks))
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+        parts = list(pool.map(lambda chunk: synthetic.draw_images(*chunk), chunks))
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 

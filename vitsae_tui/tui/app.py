@@ -59,5 +59,9 @@ class VitsaeApp(App):
 
 
 def run_app(workspace: str | Path | None = None) -> int:
+    import multiprocessing.resource_tracker
+
+    # spawned DataLoader workers need the tracker, which cannot start once Textual has redirected stderr
+    multiprocessing.resource_tracker.ensure_running()
     VitsaeApp(workspace).run()
     return 0

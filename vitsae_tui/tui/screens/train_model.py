@@ -80,6 +80,7 @@ class TrainModelScreen(Screen):
         self.fill_form(config_mod.preset("demo"))
         self.app.jobs.subscribe(self.on_job_events)
         self.set_interval(0.3, self.redraw_plots)
+        self.redraw_plots()
         self.refresh_runs()
         job = self.app.jobs.get(STAGE)
         if job is not None:

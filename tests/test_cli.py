@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+ENGINE_MODULES = ["config", "data", "device", "events", "synthetic", "train_model", "vision_model", "workspace"]
+
+
+def run_cli(*args, workspace=None, timeout=300):
+    env = {**os.environ, "VITSAE_WORKSPACE": str(workspace)} if workspace else None
+    return subprocess.run([sys.executable, "-m", "vitsae_tui", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_engine_never_imports_the_ui():
+    code = (
+        "import sys, importlib\n"
+        f"for m in {ENGINE_MODULES!r}: importlib.import_module('vitsae_tui.engine.' + m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich', 'rich_pixels', 'textual_plotext'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from vitsae_tui.cli import build_parser; build_parser().format_help(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    start = time.perf_counter()
+    result = run_cli("--help")
+    assert result.returncode == 0 and "train-model" in result.stdout
+    assert time.perf_counter() - start < 2.0  # the process start included; the import alone is ~0.1 s
+
+
+def test_train_model_help_comes_from_the_config_docstrings():
+    result = run_cli("train-model", "--help")
+    assert "AdamW learning rate" in result.stdout and "--resume RUN" in result.stdout
+
+
+def test_headless_training_and_runs_listing(tmp_path):
+    result = run_cli("train-model", "--epochs", "1", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
+                     "--device", "cpu", workspace=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "train-model finished" in result.stderr and "demo-1" in result.stderr
+    status = json.loads((tmp_path / "models" / "demo-1" / "status.json").read_text())
+    assert status["state"] == "finished"
+    listing = run_cli("runs", workspace=tmp_path)
+    assert "demo-1" in listing.stdout and "finished" in listing.stdout
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path):
+    bad_epochs = run_cli("train-model", "--epochs", "0", workspace=tmp_path)
+    assert bad_epochs.returncode == 2 and "epochs must be at least 1" in bad_epochs.stderr
+    assert "Traceback" not in bad_epochs.stderr
+    missing = run_cli("train-model", "--resume", "nope-1", workspace=tmp_path)
+    assert missing.returncode != 0 and "no run 'nope-1'" in missing.stderr and "Traceback" not in missing.stderr
+    no_folder = run_cli("train-model", "--dataset", str(tmp_path / "nothing"), workspace=tmp_path)
+    assert no_folder.returncode == 1 and "is not a folder" in no_folder.stderr and "Traceback" not in no_folder.stderr

@@ -1,0 +1,143 @@
+import io
+import os
+import urllib.error
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitsae_tui.engine import synthetic
+from vitsae_tui.engine.config import DataConfig
+from vitsae_tui.engine.data import DataError, iterate_batches, load_dataset, load_rgb, normalize
+
+
+def test_synthetic_is_deterministic_and_labels_combine_shape_and_warmth():
+    a = synthetic.draw_images(7, 0, 12)
+    b = synthetic.draw_images(7, 0, 12)
+    c = synthetic.draw_images(8, 0, 12)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+    images, labels, maps = a
+    assert images.shape == (12, 224, 224, 3) and images.dtype == np.uint8
+    assert maps.shape == (12, len(synthetic.CONCEPTS), 6, 6)
+    for label, concept_map in zip(labels, maps):
+        present = [synthetic.CONCEPTS[k] for k in range(len(synthetic.CONCEPTS)) if concept_map[k].any()]
+        shape = next(p.split(":")[1] for p in present if p.startswith("shape:"))
+        colour = next(p.split(":")[1] for p in present if p.startswith("colour:"))
+        assert label == synthetic.class_of(shape, colour)
+    assert len(synthetic.CLASS_NAMES) >= 10
+
+
+def test_concept_maps_follow_the_pixels():
+    image, _label, concept_map = synthetic.draw_image(3, 5)
+    shape_rows = [k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith("shape:") and concept_map[k].any()]
+    assert len(shape_rows) == 1
+    on_object = concept_map[shape_rows[0]]
+    # the object's colour dominates covered patches; background concept covers mostly other patches
+    background = concept_map[[k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith("background:")]].any(0)
+    assert on_object.any() and background.any()
+    assert (on_object & background).sum() < on_object.sum()
+    for name in synthetic.CONCEPTS:
+        if name.startswith(("colour:", "size:")) and concept_map[synthetic.CONCEPTS.index(name)].any():
+            assert np.array_equal(concept_map[synthetic.CONCEPTS.index(name)], on_object)
+
+
+def test_patch_coverage_on_a_known_mask():
+    mask = np.zeros((224, 224), dtype=bool)
+    mask[:, :112] = True
+    cover = synthetic.patch_coverage(mask)
+    assert np.allclose(cover[:, :3], 1.0) and np.allclose(cover[:, 3:], 0.0)
+
+
+def test_synthetic_split_is_cached_and_batched(workspace):
+    cfg = DataConfig(n_train=20, n_val=8)
+    train = load_dataset(workspace, cfg, "train")
+    val = load_dataset(workspace, cfg, "val")
+    assert len(train) == 20 and len(val) == 8
+    assert not np.array_equal(train.images_u8[0].numpy(), val.images_u8[0].numpy())
+    again = load_dataset(workspace, cfg, "train")
+    assert np.array_equal(again.images_u8.numpy(), train.images_u8.numpy())
+    batches = list(iterate_batches(train, np.arange(20), 8))
+    assert [len(b[0]) for b in batches] == [8, 8, 4]
+    images = normalize(batches[0][0])
+    assert images.dtype.is_floating_point and images.shape == (8, 3, 224, 224)
+
+
+def _save(path, image, fmt, **kw):
+    image.save(path, fmt, **kw)
+    return path
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    good = tmp_path / "good"
+    bad = tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    _save(good / "rgb.jpg", rgb, "JPEG")
+    _save(good / "cmyk.jpg", rgb.convert("CMYK"), "JPEG")
+    _save(good / "sixteen.png", Image.fromarray((rng.integers(0, 65535, (40, 40))).astype(np.uint16)), "PNG")
+    palette = rgb.convert("P")
+    palette.info["transparency"] = 0
+    _save(good / "palette.png", palette, "PNG", transparency=0)
+    _save(good / "rgba.png", rgb.convert("RGBA"), "PNG")
+    _save(good / "tiny.png", Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG")
+    (bad / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image")
+    # a PNG header that claims 20000 x 20000 pixels: refused before decoding
+    huge = Image.new("L", (20000, 20000))
+    _save(bad / "bomb.png", huge, "PNG", optimize=False, compress_level=9)
+    return tmp_path
+
+
+def test_odd_images_are_decoded_and_bad_ones_skipped(odd_folder):
+    for path in sorted((odd_folder / "good").iterdir()):
+        image = load_rgb(path)
+        assert image is not None and image.mode == "RGB", path.name
+    for path in sorted((odd_folder / "bad").iterdir()):
+        assert load_rgb(path) is None, path.name
+
+
+def test_folder_dataset_counts_unreadable_images(odd_folder):
+    cfg = DataConfig(dataset=str(odd_folder), val_fraction=0.5)
+    everything = load_dataset(None, cfg, "all")
+    assert everything.class_names == ("bad", "good")
+    assert len(everything) == 10
+    seen_ok = 0
+    seen_bad = 0
+    for images, labels, ok in iterate_batches(everything, np.arange(len(everything)), 4):
+        assert images.shape[1:] == (3, 224, 224)
+        seen_ok += int(ok.sum())
+        seen_bad += int((~ok).sum())
+    assert (seen_ok, seen_bad) == (6, 4)
+    train = load_dataset(None, cfg, "train")
+    val = load_dataset(None, cfg, "val")
+    assert sorted(train.paths + val.paths) == sorted(everything.paths)
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
+    dataset = load_dataset(None, DataConfig(dataset=str(tmp_path)), "all")
+    assert dataset.class_names == () and list(dataset.labels()) == [-1]
+
+
+def test_missing_and_empty_folders_give_one_sentence(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset(None, DataConfig(dataset=str(tmp_path / "nope")), "train")
+    with pytest.raises(DataError, match="no images"):
+        load_dataset(None, DataConfig(dataset=str(tmp_path)), "train")
+
+
+def test_offline_imagenette_gives_a_clear_message(workspace, monkeypatch):
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
+    with pytest.raises(DataError, match="could not download Imagenette.*--dataset synthetic"):
+        load_dataset(workspace, DataConfig(dataset="imagenette"), "train")
