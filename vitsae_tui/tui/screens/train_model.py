@@ -69,7 +69,7 @@ class TrainModelScreen(Screen):
                 yield Button("Resume (r)", id="resume", compact=True)
             with Vertical(id="live"):
                 yield Static("no job: set the form and press s", id="status")
-                yield ProgressBar(id="progress", show_eta=False)
+                yield ProgressBar(total=1, id="progress", show_eta=False)  # determinate: no animation until a job reports
                 with Horizontal(id="plots"):
                     yield MetricPlot("loss", id="loss_plot")
                     yield MetricPlot("accuracy", id="acc_plot")
@@ -133,7 +133,7 @@ class TrainModelScreen(Screen):
         self.query_one("#loss_plot", MetricPlot).clear()
         self.query_one("#acc_plot", MetricPlot).clear()
         self.query_one("#log", RichLog).clear()
-        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
 
     def action_start(self, resume: str | None = None) -> None:
         if self.app.jobs.running(STAGE):
