@@ -41,3 +41,22 @@ class Collector:
 
     def of(self, kind):
         return [e for e in self.events if isinstance(e, kind)]
+
+
+def make_model_run(ws: Workspace, cfg: TrainModelConfig | None = None, seed: int = 0) -> str:
+    """A model run with random weights (no training), for stages whose correctness does not depend on them."""
+    import torch
+
+    from vitsae_tui.engine import config as config_mod
+    from vitsae_tui.engine.synthetic import CLASS_NAMES, CONCEPTS
+    from vitsae_tui.engine.vision_model import VisionTransformerClassifier
+    from vitsae_tui.engine.workspace import atomic_torch_save, atomic_write_json
+
+    cfg = cfg or tiny_train_config()
+    torch.manual_seed(seed)
+    run_dir = ws.new_run("models", cfg.preset)
+    atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+    atomic_write_json(run_dir / "dataset.json", {"class_names": list(CLASS_NAMES), "concept_names": list(CONCEPTS)})
+    atomic_torch_save(run_dir / "best.pt", {"model": VisionTransformerClassifier(cfg.model).state_dict()})
+    atomic_torch_save(run_dir / "last.pt", {"model": VisionTransformerClassifier(cfg.model).state_dict()})
+    return run_dir.name

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from vitsae_tui import __version__
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import DataConfig, TrainModelConfig
+from vitsae_tui.engine.config import CollectConfig, DataConfig, TrainModelConfig
 
 
 def _help(cls, name: str) -> str:
@@ -39,6 +39,7 @@ def _overrides(args: argparse.Namespace, cls, names: list[str]) -> dict:
 
 
 TRAIN_FIELDS = ["epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "seed", "device", "bf16", "checkpoint_every", "num_workers"]
+COLLECT_FIELDS = ["model", "checkpoint", "hook", "split", "limit", "dtype", "shard_images", "batch_size", "device", "bf16", "name"]
 DATA_FIELDS = ["dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction"]
 
 
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
     _add_fields(train, TrainModelConfig, TRAIN_FIELDS)
     _add_fields(train, DataConfig, DATA_FIELDS)
+
+    collect = commands.add_parser("collect", help="record a hook point's activations into an activation set")
+    collect.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+    _add_fields(collect, CollectConfig, COLLECT_FIELDS)
+    _add_fields(collect, DataConfig, DATA_FIELDS)
 
     runs = commands.add_parser("runs", help="list what the workspace holds")
     runs.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
@@ -111,6 +117,22 @@ def cmd_train_model(args: argparse.Namespace) -> int:
     return _run_stage(train_model, cfg, Workspace(args.workspace), resume=args.resume)
 
 
+def collect_config(args: argparse.Namespace) -> CollectConfig:
+    data = dataclasses.replace(DataConfig(), **_overrides(args, DataConfig, DATA_FIELDS))
+    return config_mod.from_dict(CollectConfig, {**_overrides(args, CollectConfig, COLLECT_FIELDS), "data": config_mod.to_dict(data)})
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from vitsae_tui.engine.activations import collect
+    from vitsae_tui.engine.workspace import Workspace
+
+    cfg = collect_config(args)
+    if not cfg.model:
+        print("vitsae-tui: collect needs --model RUN (a trained run from `vitsae-tui runs`)", file=sys.stderr)
+        return 2
+    return _run_stage(collect, cfg, Workspace(args.workspace))
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import print_runs
     from vitsae_tui.engine.workspace import Workspace
@@ -127,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             from vitsae_tui.tui.app import run_app
 
             return run_app(args.workspace)
-        return {"train-model": cmd_train_model, "runs": cmd_runs}[args.command](args)
+        return {"train-model": cmd_train_model, "collect": cmd_collect, "runs": cmd_runs}[args.command](args)
     except config_mod.ConfigError as e:
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return 2

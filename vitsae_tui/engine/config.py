@@ -123,6 +123,41 @@ class TrainModelConfig:
         _check(self.checkpoint_every >= 1 and self.num_workers >= 0, "checkpoint_every must be >= 1, num_workers >= 0")
 
 
+@dataclass(frozen=True)
+class CollectConfig:
+    model: str = ""
+    """model run to collect from (a name in models/)"""
+    checkpoint: str = "best"
+    """which checkpoint of the model run: 'best' (lowest validation loss) or 'last'"""
+    hook: str = ""
+    """hook point to record, e.g. blocks.6.resid_post (empty: the residual stream near the middle)"""
+    data: DataConfig = field(default_factory=DataConfig)
+    """dataset settings (the model run's own dataset settings when collecting from synthetic)"""
+    split: str = "train"
+    """which split to collect: 'train', 'val' or (image folders) 'all'"""
+    limit: int = 0
+    """collect at most this many images, a seeded random subset (0: all)"""
+    dtype: str = "float16"
+    """storage dtype of the activations: 'float16' or 'float32'"""
+    shard_images: int = 4096
+    """images per shard file (each shard holds shard_images x 36 token rows)"""
+    batch_size: int = 64
+    """images per forward pass"""
+    device: str = "auto"
+    """'auto' (cuda > mps > cpu), 'cuda', 'cuda:N', 'mps' or 'cpu'"""
+    bf16: bool = False
+    """run the forward pass under bf16 autocast on CUDA (activations are then bf16-rounded)"""
+    name: str = ""
+    """name of the activation set (empty: derived from model, hook, dataset and split)"""
+
+    def validate(self) -> None:
+        _check(self.checkpoint in ("best", "last"), "checkpoint must be 'best' or 'last'")
+        _check(self.split in ("train", "val", "all"), "split must be 'train', 'val' or 'all'")
+        _check(self.limit >= 0, "limit must be 0 (all) or a positive number of images")
+        _check(self.dtype in ("float16", "float32"), "dtype must be 'float16' or 'float32'")
+        _check(self.shard_images >= 1 and self.batch_size >= 1, "shard_images and batch_size must be at least 1")
+
+
 def seed_preset() -> TrainModelConfig:
     """The reference architecture, exactly."""
     return TrainModelConfig(preset="seed", epochs=10)

@@ -116,14 +116,14 @@ def train_model(
             atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
         return _train(cfg, ws, run_dir, report, stop, resume is not None)
     except (StageError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        message = _user_message(e)
+        message = user_message(e)
         if run_dir is not None:
             write_status(run_dir, "failed", message=message)
         report(Failed(STAGE, message, str(run_dir or "")))
         raise StageError(message) from e
 
 
-def _user_message(error: BaseException) -> str:
+def user_message(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
         return "the device ran out of memory; lower --batch-size and resume the run"
     if isinstance(error, OSError) and error.errno == 28:

@@ -1,0 +1,162 @@
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import Collector, make_model_run, tiny_train_config
+from vitsae_tui.engine import activations
+from vitsae_tui.engine.activations import ActivationStore, StoreError, TokenSource, collect
+from vitsae_tui.engine.config import CollectConfig
+from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
+from vitsae_tui.engine.events import Finished
+from vitsae_tui.engine.train_model import StageError, load_model
+from vitsae_tui.engine.workspace import atomic_torch_save
+
+
+def collect_cfg(model: str, **kw) -> CollectConfig:
+    return CollectConfig(model=model, device="cpu", shard_images=20, batch_size=16, **kw)
+
+
+def test_stored_activations_equal_the_hook_output(workspace):
+    run = make_model_run(workspace)
+    result = collect(collect_cfg(run, hook="blocks.0.resid_post"), workspace, Collector(), threading.Event())
+    store = ActivationStore(result.set_dir)
+    loaded = load_model(workspace, run)
+    dataset = load_dataset(workspace, loaded.config.data, "train")
+    assert store.n_images == len(dataset) == 96 and len(store) == 96 * 36
+    assert len(store.manifest["shards"]) == 5  # 20 + 20 + 20 + 20 + 16 images
+    with torch.no_grad():
+        images, labels, _ok = next(iterate_batches(dataset, np.arange(30), 30))
+        expected = loaded.model.run_to(normalize(images), "blocks.0.resid_post").numpy()
+    for i in range(30):
+        np.testing.assert_allclose(store.image(i).astype(np.float32), expected[i], rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(store.token(25 * 36 + 7), store.image(25)[7])
+    assert list(store.labels()[:30]) == labels.tolist()
+    all_acts = store.load_all().astype(np.float64)
+    np.testing.assert_allclose(store.mean, all_acts.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(store.var, all_acts.var(0), rtol=1e-5, atol=1e-6)
+    assert store.thumbnail(3).shape == (112, 112, 3)
+    assert store.concept_maps().shape == (96, len(store.concept_names), 6, 6)
+    manifest = store.manifest
+    assert manifest["provenance"]["checkpoint_sha256"] == loaded.checkpoint_sha256
+    assert manifest["grid"] == [6, 6] and manifest["complete"] and manifest["dtype"] == "float16"
+
+
+def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, monkeypatch):
+    run = make_model_run(workspace)
+    reference = collect(collect_cfg(run, name="reference"), workspace, Collector(), threading.Event())
+
+    stop = threading.Event()
+    calls = {"n": 0}
+    real_forward = activations._forward
+
+    def stopping_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # a stop request arrives while the third shard is being filled
+            stop.set()
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(activations, "_forward", stopping_forward)
+    stopped = collect(collect_cfg(run, name="resumed"), workspace, Collector(), stop)
+    assert stopped.stopped and stopped.n_images == 40 and not ActivationStore(stopped.set_dir, allow_incomplete=True).manifest["complete"]
+    with pytest.raises(StoreError, match="incomplete.*re-run the same collect command"):
+        ActivationStore(stopped.set_dir)
+
+    calls = {"n": 0}
+
+    def crashing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(activations, "_forward", crashing_forward)
+    with pytest.raises(StageError, match="disk is full"):
+        collect(collect_cfg(run, name="resumed"), workspace, Collector(), threading.Event())
+    monkeypatch.setattr(activations, "_forward", real_forward)
+
+    report = Collector()
+    finished = collect(collect_cfg(run, name="resumed"), workspace, report, threading.Event())
+    assert report.of(Finished) and not finished.stopped
+    a, b = ActivationStore(reference.set_dir), ActivationStore(finished.set_dir)
+    np.testing.assert_array_equal(a.load_all(), b.load_all())
+    assert a.manifest["images"] == b.manifest["images"]
+    np.testing.assert_allclose(a.mean, b.mean)
+    assert not list(finished.set_dir.glob(".*.tmp"))
+
+
+def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
+    run = make_model_run(workspace)
+    store = ActivationStore(collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).set_dir)
+    everything = store.load_all()
+    reference = np.sort(everything.view(np.dtype((np.void, everything.dtype.itemsize * everything.shape[1]))).ravel())
+    for buffer_rows, chunk_rows in ((1 << 20, 1 << 15), (300, 64)):
+        epochs = []
+        for epoch in (0, 1):
+            batches = list(store.shuffled_batches(256, seed=3, epoch=epoch, buffer_rows=buffer_rows, chunk_rows=chunk_rows))
+            assert all(len(b) == 256 for b in batches[:-1])
+            seen = np.concatenate(batches)
+            rows = np.sort(np.ascontiguousarray(seen).view(reference.dtype).ravel())
+            np.testing.assert_array_equal(rows, reference)
+            epochs.append(seen)
+        assert not np.array_equal(epochs[0], epochs[1])
+        again = np.concatenate(list(store.shuffled_batches(256, seed=3, epoch=0, buffer_rows=buffer_rows, chunk_rows=chunk_rows)))
+        np.testing.assert_array_equal(again, epochs[0])
+    for resident in (True, False):
+        source = TokenSource(store, torch.device("cpu"), batch_size=500, seed=1, resident=resident)
+        seen = torch.cat(list(source.epoch(0))).numpy()
+        assert seen.dtype == np.float32 and len(seen) == len(store)
+        np.testing.assert_array_equal(np.sort(seen.view(reference.dtype).ravel()), reference)
+        skipped = torch.cat(list(source.epoch(0, skip_batches=2))).numpy()
+        np.testing.assert_array_equal(skipped, seen[1000:])
+
+
+def test_mismatched_provenance_is_refused(workspace):
+    run = make_model_run(workspace)
+    collect(collect_cfg(run, name="set"), workspace, Collector(), threading.Event())
+    # the model's best checkpoint changes (e.g. it was trained further): the old set no longer describes it
+    atomic_torch_save(workspace.root / "models" / run / "best.pt", torch.load(workspace.root / "models" / run / "last.pt", weights_only=True))
+    with pytest.raises(StageError, match="different best checkpoint.*--name"):
+        collect(collect_cfg(run, name="set"), workspace, Collector(), threading.Event())
+    collect(collect_cfg(run, name="other", hook="blocks.1.resid_post"), workspace, Collector(), threading.Event())
+    with pytest.raises(StageError, match="collected with hook='blocks.1.resid_post', not 'blocks.0.resid_pre'"):
+        collect(collect_cfg(run, name="other", hook="blocks.0.resid_pre"), workspace, Collector(), threading.Event())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m.update(d_model="64"), "wrong 'd_model'"),
+        (lambda m: m.pop("shards"), "wrong 'shards'"),
+        (lambda m: m.update(d_model=10**9), "absurd size"),
+        (lambda m: m["shards"][0]["files"].update(acts="../../models/x.npy"), "outside the set"),
+        (lambda m: m["shards"][1].update(rows=[0, 10]), "inconsistent row ranges"),
+        (lambda m: m.update(n_tokens=5), "totals do not match"),
+    ],
+)
+def test_bad_manifests_are_refused_with_a_message(workspace, mutate, message):
+    run = make_model_run(workspace)
+    set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).set_dir
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    mutate(manifest)
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=message):
+        ActivationStore(set_dir)
+
+
+def test_a_shard_of_the_wrong_shape_is_refused(workspace):
+    run = make_model_run(workspace)
+    set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).set_dir
+    np.save(set_dir / "shard-00000.npy", np.zeros((5, 3), dtype=np.float16))
+    with pytest.raises(StoreError, match="has shape"):
+        ActivationStore(set_dir)
+
+
+def test_missing_model_and_bad_hook_are_one_sentence(workspace):
+    with pytest.raises(StageError, match="no run 'nope-1'"):
+        collect(collect_cfg("nope-1"), workspace, Collector(), threading.Event())
+    run = make_model_run(workspace)
+    with pytest.raises(StageError, match="no hook point 'blocks.9.resid_post'"):
+        collect(collect_cfg(run, hook="blocks.9.resid_post"), workspace, Collector(), threading.Event())

@@ -1,0 +1,652 @@
+"""Hook-based activation collection into a sharded, resumable store, and the store's reader.
+
+A set is a folder of fixed-size `.npy` shards of [tokens, d_model] rows (memory-mappable), one thumbnail and
+concept-map file per shard, and `manifest.json`. A shard is listed in the manifest only after all of its files
+are on disk, so a killed collection resumes after the last complete shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine.config import CollectConfig, DataConfig
+from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
+from vitsae_tui.engine.device import autocast, pick_device
+from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Progress, RateMeter, Report
+from vitsae_tui.engine.train_model import StageError, load_model, user_message
+from vitsae_tui.engine.workspace import (
+    RUN_NAME,
+    Workspace,
+    WorkspaceError,
+    atomic_save_npy,
+    atomic_write_json,
+    read_json,
+    write_status,
+)
+
+STAGE = "collect"
+MANIFEST_VERSION = 1
+THUMB_SIZE = 112  # a 2x box filter of the 224 model input: the cheapest good downscale, sharp enough for PNG cards
+PROGRESS_EVERY_S = 0.25
+
+
+class StoreError(RuntimeError):
+    """An activation set that cannot be used as asked; the message says why and what to do."""
+
+
+def default_set_name(cfg: CollectConfig, hook: str) -> str:
+    """Deterministic from the arguments, so re-running the same command finds (and resumes) the same set."""
+    dataset = cfg.data.dataset
+    if dataset == "imagenette":
+        dataset = f"imagenette-{cfg.data.imagenette_size}"
+    elif dataset != "synthetic":
+        base = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset).expanduser().resolve().name)[:16] or "folder"
+        dataset = f"{base}-{hashlib.sha1(str(Path(dataset).expanduser().resolve()).encode()).hexdigest()[:6]}"
+    name = f"{cfg.model}.{hook}.{dataset}.{cfg.split}" + (f".n{cfg.limit}" if cfg.limit else "")
+    if cfg.checkpoint != "best":
+        name += f".{cfg.checkpoint}"
+    if len(name) > 64:
+        name = name[:55] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def _provenance(cfg: CollectConfig, data: DataConfig, model_sha: str, hook: str) -> dict[str, Any]:
+    return {
+        "model_run": cfg.model,
+        "checkpoint": cfg.checkpoint,
+        "checkpoint_sha256": model_sha,
+        "hook": hook,
+        "data": config_mod.to_dict(data),
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "dtype": cfg.dtype,
+        "shard_images": cfg.shard_images,
+    }
+
+
+def _check_provenance(existing: dict[str, Any], wanted: dict[str, Any], name: str) -> None:
+    for key, value in wanted.items():
+        if existing.get(key) != value:
+            if key == "checkpoint_sha256":
+                raise StoreError(
+                    f"activations/{name} was collected from a different {wanted['checkpoint']} checkpoint of "
+                    f"models/{wanted['model_run']} ({str(existing.get(key))[:12]} vs now {value[:12]}); "
+                    "pass --name to collect a new set, or delete the old one"
+                )
+            raise StoreError(
+                f"activations/{name} was collected with {key}={existing.get(key)!r}, not {value!r}; "
+                "pass --name to collect a new set, or delete the old one"
+            )
+
+
+def select_images(n_available: int, limit: int) -> np.ndarray:
+    """All images, or a seeded random subset of `limit` (in dataset order, for locality)."""
+    if not limit or limit >= n_available:
+        return np.arange(n_available)
+    return np.sort(np.random.default_rng(0).permutation(n_available)[:limit])
+
+
+def make_thumbnails(images_u8: torch.Tensor) -> np.ndarray:
+    """(B, 3, 224, 224) uint8 -> (B, 112, 112, 3) uint8 by 2x2 box averaging (PIL, single-threaded, GIL released)."""
+    from PIL import Image
+
+    pixels = images_u8.permute(0, 2, 3, 1).numpy()
+    factor = pixels.shape[1] // THUMB_SIZE
+    return np.stack([np.asarray(Image.fromarray(p).reduce(factor)) for p in pixels])
+
+
+class _ShardWriter:
+    """A thread that writes batches into the current shard's temporary memmap and seals shards atomically.
+
+    The forward pass only enqueues; writing, thumbnails and statistics overlap the next batches' compute.
+    """
+
+    def __init__(self, set_dir: Path, manifest: dict[str, Any], tokens_per_image: int, d_model: int, dtype: str):
+        self.set_dir = set_dir
+        self.manifest = manifest
+        self.tokens_per_image = tokens_per_image
+        self.d_model = d_model
+        self.dtype = np.dtype(dtype)
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.bytes_written = 0
+        self.thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, item: tuple) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.put(("close",))
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        shard: dict[str, Any] | None = None
+        try:
+            while True:
+                item = self.queue.get()
+                if item[0] == "close":
+                    return
+                if item[0] == "open":
+                    shard = self._open(*item[1:])
+                elif item[0] == "batch":
+                    self._write_batch(shard, *item[1:])
+                elif item[0] == "seal":
+                    self._seal(shard, *item[1:])
+                    shard = None
+        except BaseException as e:  # surfaced to the collecting thread on its next put
+            self.error = e
+            while True:  # keep draining so the producer never blocks forever
+                try:
+                    if self.queue.get(timeout=0.1)[0] == "close":
+                        return
+                except queue.Empty:
+                    pass
+
+    def _open(self, index: int, n_images: int) -> dict[str, Any]:
+        stem = f"shard-{index:05d}"
+        rows = n_images * self.tokens_per_image
+        acts_tmp = self.set_dir / f".{stem}.npy.tmp"
+        thumbs_tmp = self.set_dir / f".{stem}.thumbs.npy.tmp"
+        return {
+            "index": index,
+            "stem": stem,
+            "acts_tmp": acts_tmp,
+            "thumbs_tmp": thumbs_tmp,
+            "acts": np.lib.format.open_memmap(acts_tmp, mode="w+", dtype=self.dtype, shape=(rows, self.d_model)),
+            "thumbs": np.lib.format.open_memmap(thumbs_tmp, mode="w+", dtype=np.uint8, shape=(n_images, THUMB_SIZE, THUMB_SIZE, 3)),
+            "images": [],
+            "concepts": [],
+            "filled": 0,
+            "sum": np.zeros(self.d_model, dtype=np.float64),
+            "sumsq": np.zeros(self.d_model, dtype=np.float64),
+        }
+
+    def _write_batch(self, shard, acts: np.ndarray, images_u8: torch.Tensor, table: list[dict], concepts: np.ndarray | None) -> None:
+        n = acts.shape[0]  # acts: (n_images, tokens, d) float32; statistics are of the stored (rounded) values
+        start = shard["filled"]
+        rows = acts.reshape(-1, self.d_model)
+        shard["acts"][start * self.tokens_per_image : (start + n) * self.tokens_per_image] = rows
+        shard["thumbs"][start : start + n] = make_thumbnails(images_u8)
+        as64 = shard["acts"][start * self.tokens_per_image : (start + n) * self.tokens_per_image].astype(np.float64)
+        shard["sum"] += as64.sum(0)
+        shard["sumsq"] += np.square(as64).sum(0)
+        shard["images"].extend(table)
+        if concepts is not None:
+            shard["concepts"].append(concepts)
+        shard["filled"] = start + n
+
+    def _seal(self, shard, selected_end: int, skipped: int) -> None:
+        stem = shard["stem"]
+        n_images = shard["filled"]
+        files = {"acts": f"{stem}.npy", "thumbs": f"{stem}.thumbs.npy"}
+        for key, tmp, n in (("acts", shard["acts_tmp"], n_images * self.tokens_per_image), ("thumbs", shard["thumbs_tmp"], n_images)):
+            array = shard.pop(key)
+            if len(array) != n:  # unreadable images left the planned shard short: store exactly what was filled
+                atomic_save_npy(self.set_dir / files[key], np.array(array[:n]))
+                del array
+                os.unlink(tmp)
+                continue
+            array.flush()
+            del array  # closes the memmap
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.set_dir / files[key])
+        if shard["concepts"]:
+            files["concepts"] = f"{stem}.concepts.npy"
+            atomic_save_npy(self.set_dir / files["concepts"], np.concatenate(shard["concepts"]))
+        shards = self.manifest["shards"]
+        row_start = shards[-1]["rows"][1] if shards else 0
+        image_start = shards[-1]["images"][1] if shards else 0
+        shards.append({
+            "files": files,
+            "rows": [row_start, row_start + n_images * self.tokens_per_image],
+            "images": [image_start, image_start + n_images],
+            "selected_end": selected_end,
+            "skipped": skipped,
+            "sum": shard["sum"].tolist(),
+            "sumsq": shard["sumsq"].tolist(),
+        })
+        self.manifest["images"].extend(shard["images"])
+        _update_totals(self.manifest)
+        # the manifest names the shard only now that every file of it is complete on disk
+        atomic_write_json(self.set_dir / "manifest.json", self.manifest)
+        self.bytes_written += sum((self.set_dir / f).stat().st_size for f in files.values())
+
+
+def _update_totals(manifest: dict[str, Any]) -> None:
+    shards = manifest["shards"]
+    manifest["n_images"] = shards[-1]["images"][1] if shards else 0
+    manifest["n_tokens"] = shards[-1]["rows"][1] if shards else 0
+    manifest["skipped_images"] = sum(s["skipped"] for s in shards)
+    if manifest["n_tokens"]:
+        total = np.sum([s["sum"] for s in shards], axis=0)
+        total_sq = np.sum([s["sumsq"] for s in shards], axis=0)
+        mean = total / manifest["n_tokens"]
+        manifest["mean"] = mean.tolist()
+        manifest["var"] = np.maximum(total_sq / manifest["n_tokens"] - mean**2, 0.0).tolist()
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    set_dir: Path
+    n_images: int
+    n_tokens: int
+    bytes_on_disk: int
+    stopped: bool
+
+
+def collect(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event) -> CollectResult:
+    """Collect (or resume collecting) an activation set in `activations/`; raises StageError with a user message."""
+    set_dir: Path | None = None
+    try:
+        if not cfg.model:
+            raise StageError("no model run given; pass --model RUN (see `vitsae-tui runs`)")
+        device = pick_device(cfg.device)
+        loaded = load_model(ws, cfg.model, cfg.checkpoint, device)
+        model = loaded.model
+        hook = cfg.hook or _default_hook(loaded)
+        model.hook_module(hook)
+        data = loaded.config.data if cfg.data.dataset == loaded.config.data.dataset == "synthetic" else cfg.data
+        name = cfg.name or default_set_name(cfg, hook)
+        if not RUN_NAME.match(name):
+            raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
+        set_dir = ws.kind_dir("activations") / name
+        wanted = _provenance(cfg, data, loaded.checkpoint_sha256, hook)
+        manifest = _open_or_create(set_dir, name, wanted, loaded, hook)
+        return _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop)
+    except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
+        message = user_message(e)
+        if set_dir is not None and set_dir.is_dir():
+            write_status(set_dir, "failed", message=message)
+        report(Failed(STAGE, message, str(set_dir or "")))
+        raise StageError(message) from e
+
+
+def _default_hook(loaded) -> str:
+    from vitsae_tui.engine.vision_model import default_hook
+
+    return default_hook(loaded.config.model)
+
+
+def _open_or_create(set_dir: Path, name: str, wanted: dict[str, Any], loaded, hook: str) -> dict[str, Any]:
+    if (set_dir / "manifest.json").exists():
+        manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
+        _check_provenance(manifest["provenance"], wanted, name)
+        return manifest
+    set_dir.mkdir(parents=True, exist_ok=True)
+    cfg = loaded.config.model
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "name": name,
+        "provenance": wanted,
+        "model_preset": loaded.config.preset,
+        "hook": hook,
+        "d_model": cfg.n_embd,
+        "grid": [cfg.grid_size, cfg.grid_size],
+        "tokens_per_image": cfg.n_tokens,
+        "dtype": wanted["dtype"],
+        "thumb_size": THUMB_SIZE,
+        "class_names": list(loaded.class_names),
+        "concept_names": [],
+        "n_images_planned": 0,
+        "n_images": 0,
+        "n_tokens": 0,
+        "skipped_images": 0,
+        "shards": [],
+        "images": [],
+        "mean": None,
+        "var": None,
+        "complete": False,
+    }
+    atomic_write_json(set_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop) -> CollectResult:
+    dataset: ImageDataset = load_dataset(ws, data, cfg.split)
+    selected = select_images(len(dataset), cfg.limit)
+    if len(selected) == 0:
+        raise StageError(f"{data.dataset} ({cfg.split}) has no images to collect; pick another dataset or split")
+    manifest["n_images_planned"] = int(len(selected))
+    manifest["concept_names"] = list(dataset.concept_names)
+    if not manifest["class_names"]:
+        manifest["class_names"] = list(dataset.class_names)
+    concept_maps = dataset.concept_maps()
+    name = set_dir.name
+    if manifest["complete"]:
+        report(Log(STAGE, f"activations/{name} is already complete: {manifest['n_tokens']} tokens"))
+        report(Finished(STAGE, str(set_dir), _summary(manifest, set_dir)))
+        return CollectResult(set_dir, manifest["n_images"], manifest["n_tokens"], _size_on_disk(set_dir), False)
+
+    start_position = manifest["shards"][-1]["selected_end"] if manifest["shards"] else 0
+    for stale in set_dir.glob(".*.tmp"):
+        stale.unlink()  # the half-written shard of a killed run
+    if start_position:
+        report(Log(STAGE, f"resuming activations/{name} after {len(manifest['shards'])} complete shard(s), "
+                          f"{manifest['n_images']} images"))
+    write_status(set_dir, "running", message="")
+    report(Log(STAGE, f"collecting {hook} of models/{manifest['provenance']['model_run']} on {device}: "
+                      f"{len(selected)} {data.dataset} images → activations/{name}"))
+
+    tokens_per_image = manifest["tokens_per_image"]
+    writer = _ShardWriter(set_dir, manifest, tokens_per_image, manifest["d_model"], cfg.dtype)
+    meter = RateMeter()
+    last_progress = 0.0
+    images_done = manifest["n_images"]
+    position = shard_start = start_position  # positions index `selected`
+    shard_index = len(manifest["shards"])
+    in_shard = 0
+    bad_positions: list[int] = []
+    stopped = False
+
+    def seal(end: int) -> None:
+        skipped = sum(1 for p in bad_positions if shard_start <= p < end)
+        writer.put(("seal", end, skipped))
+
+    try:
+        with torch.inference_mode():
+            for images, labels, ok in iterate_batches(dataset, selected[start_position:], cfg.batch_size):
+                positions = np.arange(position, position + len(images))
+                position += len(images)
+                ok_np = ok.numpy()
+                bad_positions.extend(positions[~ok_np].tolist())
+                images, labels, positions = images[ok], labels[ok], positions[ok_np]
+                while len(images):
+                    if in_shard == 0:
+                        writer.put(("open", shard_index, min(cfg.shard_images, len(selected) - int(positions[0]))))
+                    take = min(len(images), cfg.shard_images - in_shard)
+                    acts = _forward(model, images[:take], hook, device, cfg.bf16)
+                    indices = selected[positions[:take]]
+                    table = [{"source": dataset.source(int(i)), "label": int(l), "index": int(i)}
+                             for i, l in zip(indices, labels[:take])]
+                    concepts = concept_maps[indices] if concept_maps is not None else None
+                    writer.put(("batch", acts, images[:take], table, concepts))
+                    images, labels, positions = images[take:], labels[take:], positions[take:]
+                    in_shard += take
+                    images_done += take
+                    if in_shard == cfg.shard_images:
+                        end = int(positions[0]) if len(positions) else position
+                        seal(end)
+                        shard_start, shard_index, in_shard = end, shard_index + 1, 0
+                now = time.perf_counter()
+                if now - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = now
+                    report(Progress(STAGE, images_done, len(selected), "images", meter.elapsed_s, meter.update(images_done)))
+                if stop.is_set():
+                    stopped = True
+                    break
+        if in_shard and not stopped:
+            seal(position)
+    finally:
+        writer.close()
+
+    if stopped:
+        # the partial shard is dropped; a re-run redoes at most those images
+        for stale in set_dir.glob(".*.tmp"):
+            stale.unlink()
+    manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
+    if not stopped:
+        manifest["complete"] = True
+        atomic_write_json(set_dir / "manifest.json", manifest)
+    summary = _summary(manifest, set_dir)
+    if manifest["skipped_images"]:
+        report(Log(STAGE, f"skipped {manifest['skipped_images']} unreadable images", "warning"))
+    write_status(set_dir, "stopped" if stopped else "finished", **summary, message="")
+    report(Progress(STAGE, images_done, len(selected), "images", meter.elapsed_s, 0.0))
+    report(ArtifactWritten(STAGE, str(set_dir / "manifest.json"), "activation set"))
+    report(Finished(STAGE, str(set_dir), summary, stopped))
+    return CollectResult(set_dir, manifest["n_images"], manifest["n_tokens"], summary["bytes_on_disk"], stopped)
+
+
+def _forward(model, images_u8: torch.Tensor, hook: str, device, bf16: bool) -> np.ndarray:
+    with autocast(device, bf16):
+        acts = model.run_to(normalize(images_u8.to(device, non_blocking=True)), hook)  # (B, T, d)
+    return acts.float().cpu().numpy()
+
+
+def _size_on_disk(set_dir: Path) -> int:
+    return sum(p.stat().st_size for p in set_dir.iterdir() if p.is_file())
+
+
+def _summary(manifest: dict[str, Any], set_dir: Path) -> dict[str, Any]:
+    return {"images": manifest["n_images"], "tokens": manifest["n_tokens"], "d_model": manifest["d_model"],
+            "dtype": manifest["dtype"], "shards": len(manifest["shards"]), "skipped_images": manifest["skipped_images"],
+            "bytes_on_disk": _size_on_disk(set_dir)}
+
+
+_MANIFEST_TYPES = {
+    "version": int, "name": str, "provenance": dict, "hook": str, "d_model": int, "grid": list,
+    "tokens_per_image": int, "dtype": str, "thumb_size": int, "class_names": list, "concept_names": list,
+    "n_images": int, "n_tokens": int, "shards": list, "images": list, "complete": bool,
+}
+MAX_D_MODEL = 1 << 16
+
+
+def validate_manifest(manifest: Any, set_dir: Path) -> dict[str, Any]:
+    """Check a manifest's types, sizes, file names and row ranges; raise StoreError naming the first problem."""
+    where = f"activations/{set_dir.name}/manifest.json"
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{where} is not a JSON object; delete the set and collect it again")
+    for key, kind in _MANIFEST_TYPES.items():
+        if not isinstance(manifest.get(key), kind) or (kind is int and isinstance(manifest.get(key), bool)):
+            raise StoreError(f"{where} has a missing or wrong '{key}'; delete the set and collect it again")
+    if manifest["version"] != MANIFEST_VERSION:
+        raise StoreError(f"{where} has format version {manifest['version']}, this vitsae-tui reads {MANIFEST_VERSION}")
+    if not 0 < manifest["d_model"] <= MAX_D_MODEL or not 0 < manifest["tokens_per_image"] <= 4096:
+        raise StoreError(f"{where} claims an absurd size (d_model {manifest['d_model']}); delete the set")
+    if manifest["dtype"] not in ("float16", "float32"):
+        raise StoreError(f"{where} has dtype {manifest['dtype']!r}; only float16 and float32 are stored")
+    rows = images = 0
+    for i, shard in enumerate(manifest["shards"]):
+        files = shard.get("files") if isinstance(shard, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(f, str) and re.fullmatch(r"shard-\d{5}(\.\w+)?\.npy", f) for f in files.values()):
+            raise StoreError(f"{where} names shard files outside the set; delete the set and collect it again")
+        if shard.get("rows") != [rows, rows + (shard["images"][1] - shard["images"][0]) * manifest["tokens_per_image"]] or shard["images"][0] != images:
+            raise StoreError(f"{where} has inconsistent row ranges at shard {i}; delete the set and collect it again")
+        rows, images = shard["rows"][1], shard["images"][1]
+        for key in ("acts", "thumbs"):
+            if not (set_dir / files.get(key, "")).is_file():
+                raise StoreError(f"activations/{set_dir.name} lacks {files.get(key)}; collect it again with the same command")
+    if rows != manifest["n_tokens"] or images != manifest["n_images"] or len(manifest["images"]) != images:
+        raise StoreError(f"{where} totals do not match its shards; delete the set and collect it again")
+    return manifest
+
+
+class ActivationStore:
+    """Read access to an activation set: by image, by token, sequentially or shuffled in token batches."""
+
+    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False):
+        self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            raise StoreError(f"{self.path} is not an activation set (no manifest.json); collect one first")
+        self.manifest = validate_manifest(read_json(self.path / "manifest.json"), self.path)
+        if not self.manifest["complete"] and not allow_incomplete:
+            raise StoreError(
+                f"activations/{self.path.name} is incomplete ({self.manifest['n_images']} of "
+                f"{self.manifest.get('n_images_planned', '?')} images); re-run the same collect command to finish it"
+            )
+        self.d_model: int = self.manifest["d_model"]
+        self.tokens_per_image: int = self.manifest["tokens_per_image"]
+        self.n_images: int = self.manifest["n_images"]
+        self.n_tokens: int = self.manifest["n_tokens"]
+        self.hook: str = self.manifest["hook"]
+        self.class_names: list[str] = self.manifest["class_names"]
+        self.concept_names: list[str] = self.manifest["concept_names"]
+        self.shards: list[np.ndarray] = []
+        self.thumbs: list[np.ndarray] = []
+        self.row_starts = np.array([s["rows"][0] for s in self.manifest["shards"]] + [self.n_tokens], dtype=np.int64)
+        for shard in self.manifest["shards"]:
+            acts = np.load(self.path / shard["files"]["acts"], mmap_mode="r", allow_pickle=False)
+            n_rows = shard["rows"][1] - shard["rows"][0]
+            if acts.shape != (n_rows, self.d_model) or acts.dtype != np.dtype(self.manifest["dtype"]):
+                raise StoreError(f"{shard['files']['acts']} in activations/{self.path.name} has shape {acts.shape} "
+                                 f"{acts.dtype}, the manifest says ({n_rows}, {self.d_model}) {self.manifest['dtype']}")
+            self.shards.append(acts)
+            self.thumbs.append(np.load(self.path / shard["files"]["thumbs"], mmap_mode="r", allow_pickle=False))
+        self.mean = np.asarray(self.manifest["mean"], dtype=np.float64) if self.manifest["mean"] else None
+        self.var = np.asarray(self.manifest["var"], dtype=np.float64) if self.manifest["var"] else None
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.shards)
+
+    def _locate_row(self, row: int) -> tuple[int, int]:
+        if not 0 <= row < self.n_tokens:
+            raise IndexError(f"token {row} is outside 0..{self.n_tokens - 1}")
+        shard = int(np.searchsorted(self.row_starts, row, side="right") - 1)
+        return shard, row - int(self.row_starts[shard])
+
+    def token(self, row: int) -> np.ndarray:
+        shard, offset = self._locate_row(row)
+        return np.asarray(self.shards[shard][offset])
+
+    def image(self, index: int) -> np.ndarray:
+        """The (tokens_per_image, d_model) activations of one image."""
+        if not 0 <= index < self.n_images:
+            raise IndexError(f"image {index} is outside 0..{self.n_images - 1}")
+        shard, offset = self._locate_row(index * self.tokens_per_image)
+        return np.asarray(self.shards[shard][offset : offset + self.tokens_per_image])
+
+    def thumbnail(self, index: int) -> np.ndarray:
+        shard, offset = self._locate_row(index * self.tokens_per_image)
+        return np.asarray(self.thumbs[shard][offset // self.tokens_per_image])
+
+    def labels(self) -> np.ndarray:
+        return np.array([entry["label"] for entry in self.manifest["images"]], dtype=np.int64)
+
+    def concept_maps(self) -> np.ndarray | None:
+        """(n_images, n_concepts, grid, grid) bool for synthetic sets, else None."""
+        files = [s["files"].get("concepts") for s in self.manifest["shards"]]
+        if not files or not all(files):
+            return None
+        return np.concatenate([np.load(self.path / f, allow_pickle=False) for f in files])
+
+    def sequential_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Token batches in storage order (the last one may be short)."""
+        for shard in self.shards:
+            for start in range(0, len(shard), batch_size):
+                yield np.asarray(shard[start : start + batch_size])
+
+    def load_all(self) -> np.ndarray:
+        """Every token as one (n_tokens, d_model) array in the storage dtype."""
+        return np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else np.empty((0, self.d_model))
+
+    def shuffled_batches(self, batch_size: int, seed: int, epoch: int, buffer_rows: int = 1 << 20,
+                         chunk_rows: int = 1 << 15, drop_last: bool = False) -> Iterator[np.ndarray]:
+        """Every token exactly once per epoch in an order fixed by (seed, epoch), with bounded memory.
+
+        Contiguous chunks are read in a random order into a buffer of ~buffer_rows, which is permuted and cut into
+        batches; a set that fits in one buffer is shuffled globally.
+        """
+        rng = np.random.default_rng([seed, epoch])
+        chunks = [(s, start, min(start + chunk_rows, len(shard))) for s, shard in enumerate(self.shards)
+                  for start in range(0, len(shard), chunk_rows)]
+        order = rng.permutation(len(chunks))
+        carry = np.empty((0, self.d_model), dtype=np.dtype(self.manifest["dtype"]))
+        pending: list[np.ndarray] = []
+        pending_rows = 0
+        for position, chunk_index in enumerate(order):
+            s, start, end = chunks[chunk_index]
+            pending.append(np.asarray(self.shards[s][start:end]))
+            pending_rows += end - start
+            if pending_rows < buffer_rows and position < len(order) - 1:
+                continue
+            buffer = np.concatenate([carry, *pending])
+            buffer = buffer[rng.permutation(len(buffer))]
+            pending, pending_rows = [], 0
+            full = len(buffer) // batch_size * batch_size
+            for b in range(0, full, batch_size):
+                yield buffer[b : b + batch_size]
+            carry = buffer[full:]
+        if len(carry) and not drop_last:
+            yield carry
+
+
+class TokenSource:
+    """Shuffled float32 token batches on a device: the whole set resident when it fits, else streamed with prefetch."""
+
+    def __init__(self, store: ActivationStore, device: torch.device, batch_size: int, seed: int,
+                 resident: bool | None = None, resident_budget_bytes: int | None = None):
+        self.store, self.device, self.batch_size, self.seed = store, device, batch_size, seed
+        if resident is None:
+            resident = store.nbytes <= (resident_budget_bytes if resident_budget_bytes is not None else _resident_budget(device))
+        self.resident = resident
+        self.tokens = torch.from_numpy(store.load_all()).to(device) if resident else None
+
+    def batches_per_epoch(self) -> int:
+        return -(-self.store.n_tokens // self.batch_size)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
+        if self.tokens is not None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.tokens), generator=generator).to(self.device)
+            for b in range(skip_batches * self.batch_size, len(order), self.batch_size):
+                yield self.tokens[order[b : b + self.batch_size]].float()
+            return
+        batches = self.store.shuffled_batches(self.batch_size, self.seed, epoch)
+        for _ in range(skip_batches):
+            next(batches, None)
+        yield from prefetch(batches, self.device)
+
+
+def _resident_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 4 << 30  # host memory: keep sets up to 4 GiB in RAM, stream larger ones
+
+
+def prefetch(batches: Iterator[np.ndarray], device: torch.device, depth: int = 4) -> Iterator[torch.Tensor]:
+    """Read and copy batches in a background thread (pinned memory on CUDA) so the device never waits on disk."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                tensor = torch.from_numpy(np.ascontiguousarray(batch))
+                if device.type == "cuda":
+                    tensor = tensor.pin_memory()
+                slots.put(tensor)
+        except BaseException as e:
+            failure.append(e)
+        finally:
+            slots.put(done)
+
+    thread = threading.Thread(target=produce, name="token-prefetch", daemon=True)
+    thread.start()
+    while True:
+        item = slots.get()
+        if item is done:
+            break
+        yield item.to(device, non_blocking=True).float()
+    thread.join()
+    if failure:
+        raise failure[0]
