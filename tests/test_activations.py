@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import Collector, make_model_run, tiny_train_config
+from tests.helpers import Collector, make_model_run, tiny_train_config
 from vitsae_tui.engine import activations
 from vitsae_tui.engine.activations import ActivationStore, StoreError, TokenSource, collect
 from vitsae_tui.engine.config import CollectConfig

@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from conftest import Collector, tiny_train_config
+from tests.helpers import Collector, tiny_train_config
 from vitsae_tui.engine import events
 from vitsae_tui.engine.train_model import StageError, load_model, train_model
 from vitsae_tui.engine.workspace import load_torch_file, read_jsonl

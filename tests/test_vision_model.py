@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.vision_model import VisionTransformerClassifier, default_hook
+from vitsae_tui.engine.vision_model import VisionTransformerClassifier, default_hook, hook_names
 
 
 @pytest.fixture(scope="module", params=["demo", "seed"])
@@ -68,3 +68,7 @@ def test_default_hook_follows_the_reference():
 def test_unknown_hook_names_the_choices(model):
     with pytest.raises(ValueError, match="blocks.0.resid_post"):
         model.hook_module("blocks.99.resid_post")
+
+
+def test_hook_names_from_the_config_match_the_built_model(model):
+    assert hook_names(model.cfg) == model.hook_points()

@@ -90,7 +90,8 @@ def print_runs(ws: Workspace, console: Console | None = None) -> None:
         table.add_column("updated")
         table.add_column("details")
         for run in runs:
-            details = {k: v for k, v in run.status.items() if k.startswith("best_") or k in ("message",) and v}
+            details = {k: v for k, v in run.status.items()
+                       if k.startswith("best_") or k in ("images", "tokens", "d_model", "dtype") or (k == "message" and v)}
             table.add_row(run.name, run.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.updated)),
                           "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
         console.print(table)

@@ -1,20 +1,13 @@
-import asyncio
 import json
 
 from textual.widgets import Input, RichLog
+
+from tests.helpers import wait_for
 
 from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot, downsample
-
-
-async def wait_for(pilot, condition, timeout_s=180.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "timed out waiting for the app"
-        await pilot.pause(0.2)
 
 
 async def test_demo_training_from_the_train_screen(tmp_path):

@@ -348,6 +348,7 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
         report(Log(STAGE, f"resuming activations/{name} after {len(manifest['shards'])} complete shard(s), "
                           f"{manifest['n_images']} images"))
     write_status(set_dir, "running", message="")
+    report(ArtifactWritten(STAGE, str(set_dir), "activation set (collecting)"))
     report(Log(STAGE, f"collecting {hook} of models/{manifest['provenance']['model_run']} on {device}: "
                       f"{len(selected)} {data.dataset} images → activations/{name}"))
 

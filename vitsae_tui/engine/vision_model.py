@@ -173,6 +173,14 @@ class VisionTransformerClassifier(nn.Module):
             return self(images)
 
 
+def hook_names(cfg: ModelConfig) -> list[str]:
+    """The hook points of a model with this config, in forward order, without building it."""
+    names = ["tokens"]
+    for i in range(cfg.n_layer):
+        names += [f"blocks.{i}.resid_pre", f"blocks.{i}.resid_mid", f"blocks.{i}.resid_post"]
+    return names
+
+
 def default_hook(cfg: ModelConfig) -> str:
     """The residual stream near the middle: blocks.6.resid_post of 16 as in the reference, blocks.1 of 4."""
     return f"blocks.{(3 * cfg.n_layer) // 8}.resid_post"

@@ -11,6 +11,7 @@ from textual.screen import Screen
 
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.jobs import JobManager
+from vitsae_tui.tui.screens.collect import CollectScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.home import HomeScreen
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
@@ -19,7 +20,7 @@ from vitsae_tui.tui.screens.train_model import TrainModelScreen
 class VitsaeApp(App):
     TITLE = "vitsae-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"home": HomeScreen, "train": TrainModelScreen}
+    MODES = {"home": HomeScreen, "train": TrainModelScreen, "collect": CollectScreen}
     DEFAULT_MODE = "home"
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
@@ -37,6 +38,10 @@ class VitsaeApp(App):
         yield from super().get_system_commands(screen)
         yield SystemCommand("Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home"))
         yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
+        yield SystemCommand("Collect activations", "Record a hook point's activations into an activation set", lambda: self.switch_mode("collect"))
+        if isinstance(screen, CollectScreen):
+            yield SystemCommand("Start collecting", "Collect with the form's settings (resumes a matching set)", screen.action_start)
+            yield SystemCommand("Stop collecting", "Stop after sealing complete shards", screen.action_stop)
         if isinstance(screen, TrainModelScreen):
             yield SystemCommand("Start training", "Start a run with the form's settings", screen.action_start)
             yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)

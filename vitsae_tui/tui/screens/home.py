@@ -22,6 +22,8 @@ def run_details(run: RunInfo) -> str:
     parts = []
     if isinstance(status.get("best_val_accuracy"), (int, float)):
         parts.append(f"val acc {status['best_val_accuracy']:.1%}")
+    if isinstance(status.get("tokens"), int):
+        parts.append(f"{status.get('images', 0)} images · {status['tokens']:,} tokens · d {status.get('d_model', '?')}")
     if isinstance(status.get("step"), int):
         total = status.get("total_steps")
         parts.append(f"step {status['step']}" + (f"/{total}" if total else ""))
@@ -36,12 +38,15 @@ def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
         return "A job is running: t opens its live view."
     if not any(r.state == "finished" for r in runs["models"]):
         return "Next: train a vision model. Press t, then s to start the demo preset (about 2 minutes on a laptop CPU)."
-    return "A model is trained. Select it and press enter to see its curves, or t to train another."
+    if not any(r.state == "finished" for r in runs["activations"]):
+        return "A model is trained. Next: press c to collect its activations (enter on a model shows its curves)."
+    return "Activations are collected. Select a run and press enter to see it, t to train or c to collect more."
 
 
 class HomeScreen(Screen):
     BINDINGS = [
         Binding("t", "app.switch_mode('train')", "Train model"),
+        Binding("c", "app.switch_mode('collect')", "Collect"),
         Binding("enter", "open_run", "Open run"),
         Binding("f5", "refresh_runs", "Refresh"),
     ]
@@ -83,6 +88,9 @@ class HomeScreen(Screen):
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
 
+    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_open_run()  # the focused table consumes enter itself
+
     def action_open_run(self) -> None:
         table = self.query_one("#runs", DataTable)
         if not table.row_count:
@@ -93,3 +101,6 @@ class HomeScreen(Screen):
         if kind == "models":
             self.app.switch_mode("train")
             self.app.screen.show_run(self.app.workspace.root / kind / name)
+        elif kind == "activations":
+            self.app.switch_mode("collect")
+            self.app.screen.show_set(self.app.workspace.root / kind / name)

@@ -7,7 +7,6 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import config as config_mod
@@ -15,6 +14,7 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
 from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.tui.jobs import Job
+from vitsae_tui.tui.screens.stage import StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 
 STAGE = "train-model"
@@ -31,14 +31,8 @@ LABELS = {"dataset": "dataset", "n_train": "synthetic images", "epochs": "epochs
           "lr": "learning rate", "seed": "seed"}
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class TrainModelScreen(Screen):
+class TrainModelScreen(StageScreen):
+    STAGE = STAGE
     BINDINGS = [
         Binding("s", "start", "Start"),
         Binding("x", "stop", "Stop"),
@@ -78,17 +72,9 @@ class TrainModelScreen(Screen):
 
     def on_mount(self) -> None:
         self.fill_form(config_mod.preset("demo"))
-        self.app.jobs.subscribe(self.on_job_events)
         self.set_interval(0.3, self.redraw_plots)
         self.redraw_plots()
         self.refresh_runs()
-        job = self.app.jobs.get(STAGE)
-        if job is not None:
-            self.reset_view()
-            self.on_job_events(job, list(job.history))
-
-    def on_unmount(self) -> None:
-        self.app.jobs.unsubscribe(self.on_job_events)
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
@@ -107,7 +93,7 @@ class TrainModelScreen(Screen):
         self.query_one("#resume_run", Select).set_options(options)
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "preset" and event.value is not Select.BLANK:
+        if event.select.id == "preset" and not event.select.is_blank():
             self.fill_form(config_mod.preset(str(event.value)))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -136,9 +122,6 @@ class TrainModelScreen(Screen):
         self.query_one("#progress", ProgressBar).update(total=1, progress=0)
 
     def action_start(self, resume: str | None = None) -> None:
-        if self.app.jobs.running(STAGE):
-            self.notify("a training job is already running; stop it first (x)", severity="warning")
-            return
         try:
             cfg = self.form_config()
         except ConfigError as e:
@@ -146,26 +129,20 @@ class TrainModelScreen(Screen):
             return
         from vitsae_tui.engine.train_model import train_model
 
+        if self.app.jobs.running(STAGE):
+            self.notify("a training job is already running; stop it first (x)", severity="warning")
+            return
         self.reset_view()
         self.viewing = None
-        title = f"resume {resume}" if resume else f"train {cfg.preset}"
-        self.app.jobs.start(STAGE, title, train_model, cfg, self.app.workspace, resume=resume)
-        self.query_one("#status", Static).update(f"{title}: starting…")
+        self.start_job(f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume)
 
     def action_resume(self) -> None:
-        run = self.query_one("#resume_run", Select).value
-        if run is Select.BLANK:
+        select = self.query_one("#resume_run", Select)
+        run = select.value
+        if select.is_blank():
             self.notify("no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning")
             return
         self.action_start(resume=str(run))
-
-    def action_stop(self) -> None:
-        job = self.app.jobs.get(STAGE)
-        if job is None or not job.running:
-            self.notify("no training job is running", severity="warning")
-            return
-        job.stop.set()
-        self.query_one("#status", Static).update("stopping: saving a checkpoint…")
 
     def show_run(self, run_dir: Path) -> None:
         """Draw a finished or other-process run's curves from its metrics file (read-only)."""
@@ -190,36 +167,14 @@ class TrainModelScreen(Screen):
             loss_plot.add("val", step, row["val_loss"])
             acc_plot.add("val", step, row["val_accuracy"])
 
-    def on_job_events(self, job: Job, batch: list[events.Event]) -> None:
-        if job.stage != STAGE:
-            return
-        log = self.query_one("#log", RichLog)
-        for event in batch:
-            if isinstance(event, events.Metrics):
-                self.add_metrics(event.row)
-            elif isinstance(event, events.Log):
-                style = {"warning": "yellow", "error": "red"}.get(event.level, "")
-                log.write(f"[{style}]{event.message}[/]" if style else event.message)
-            elif isinstance(event, events.Failed):
-                log.write(f"[bold red]failed: {event.message}[/]")
-                self.notify(event.message, severity="error", timeout=10)
-            elif isinstance(event, events.Finished):
-                verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
-                acc = event.summary.get("best_val_accuracy", 0.0)
-                log.write(f"[bold green]{verb}[/]: best val accuracy {acc:.1%} → {event.run_dir}")
-                self.refresh_runs()
-        self.update_status(job)
-
-    def update_status(self, job: Job) -> None:
-        p = job.progress
-        bar = self.query_one("#progress", ProgressBar)
-        if p is not None and p.total:
-            bar.update(total=p.total, progress=p.done)
-        if job.state == "running":
-            detail = f"step {p.done}/{p.total} · {p.rate:.1f} steps/s · ETA {format_duration(p.eta_s)}" if p else "starting…"
-        else:
-            detail = job.state + (f": {job.message}" if job.message else "")
-        self.query_one("#status", Static).update(f"{job.title}: {detail}")
+    def on_stage_event(self, job: Job, event: events.Event) -> None:
+        if isinstance(event, events.Metrics):
+            self.add_metrics(event.row)
+        elif isinstance(event, events.Finished):
+            verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
+            acc = event.summary.get("best_val_accuracy", 0.0)
+            self.query_one("#log", RichLog).write(f"[bold green]{verb}[/]: best val accuracy {acc:.1%} → {event.run_dir}")
+            self.refresh_runs()
 
     def redraw_plots(self) -> None:
         for plot in self.query(MetricPlot):

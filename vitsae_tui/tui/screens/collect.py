@@ -1,0 +1,171 @@
+"""Collect activations: pick a model run, a hook point, a dataset and a limit; live images/s, ETA and size on disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine import events
+from vitsae_tui.engine.config import CollectConfig, ConfigError, DataConfig, TrainModelConfig
+from vitsae_tui.engine.workspace import read_json
+from vitsae_tui.tui.jobs import Job
+from vitsae_tui.tui.screens.stage import StageScreen, format_bytes
+
+STAGE = "collect"
+
+
+class CollectScreen(StageScreen):
+    STAGE = STAGE
+    BINDINGS = [
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("escape", "app.switch_mode('home')", "Home"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.set_dir = None
+        self.size_checked = 0.0
+        self.size_on_disk = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            with VerticalScroll(id="form"):
+                yield Label("model run")
+                yield Select([], prompt="(train a model first)", id="model", compact=True)
+                yield Label("checkpoint")
+                yield Select([("best", "best"), ("last", "last")], value="best", allow_blank=False, id="checkpoint", compact=True)
+                yield Label("hook point")
+                yield Select([], prompt="(pick a model)", id="hook", compact=True)
+                yield Label("dataset")
+                yield Input("synthetic", id="dataset", compact=True)
+                yield Label("split")
+                yield Select([(s, s) for s in ("train", "val", "all")], value="train", allow_blank=False, id="split", compact=True)
+                yield Label("limit (0: all images)")
+                yield Input("0", id="limit", compact=True)
+                yield Label("storage dtype")
+                yield Select([("float16", "float16"), ("float32", "float32")], value="float16", allow_blank=False, id="dtype", compact=True)
+                with Horizontal(id="form-buttons"):
+                    yield Button("Start (s)", variant="success", id="start", compact=True)
+                    yield Button("Stop (x)", variant="error", id="stop", compact=True)
+            with Vertical(id="live"):
+                yield Static("no job: pick a model run and press s", id="status")
+                yield ProgressBar(total=1, id="progress", show_eta=False)
+                yield Static("", id="summary")
+                yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_models()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_models()
+
+    def refresh_models(self) -> None:
+        runs = [r for r in self.app.workspace.runs("models") if (r.path / "best.pt").exists()]
+        select = self.query_one("#model", Select)
+        current = select.value
+        select.set_options([(f"{r.name} ({r.state})", r.name) for r in runs])
+        names = [r.name for r in runs]
+        if current in names:
+            select.value = current
+        elif names:
+            select.value = names[0]
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "model" and not event.select.is_blank():
+            self.fill_hooks(str(event.value))
+
+    def fill_hooks(self, run: str) -> None:
+        from vitsae_tui.engine.vision_model import default_hook, hook_names
+
+        try:
+            cfg = config_mod.from_dict(TrainModelConfig, read_json(self.app.workspace.root / "models" / run / "config.json"))
+        except Exception as e:  # a damaged run: say so, keep the screen usable
+            self.notify(f"models/{run} cannot be read: {e}", severity="error")
+            return
+        hooks = self.query_one("#hook", Select)
+        hooks.set_options([(h, h) for h in hook_names(cfg.model)])
+        hooks.value = default_hook(cfg.model)
+
+    def form_config(self) -> CollectConfig:
+        model_select = self.query_one("#model", Select)
+        model = model_select.value
+        if model_select.is_blank():
+            raise ConfigError("pick a model run first (train one on the Train screen if the list is empty)")
+        limit_text = self.query_one("#limit", Input).value.strip() or "0"
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise ConfigError(f"limit must be a whole number of images, not {limit_text!r}") from None
+        hook_select = self.query_one("#hook", Select)
+        hook = hook_select.value
+        return config_mod.from_dict(CollectConfig, {
+            "model": str(model),
+            "checkpoint": str(self.query_one("#checkpoint", Select).value),
+            "hook": "" if hook_select.is_blank() else str(hook),
+            "data": config_mod.to_dict(DataConfig(dataset=self.query_one("#dataset", Input).value.strip() or "synthetic")),
+            "split": str(self.query_one("#split", Select).value),
+            "limit": limit,
+            "dtype": str(self.query_one("#dtype", Select).value),
+        })
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {"start": self.action_start, "stop": self.action_stop}[event.button.id]()
+
+    def action_start(self) -> None:
+        try:
+            cfg = self.form_config()
+        except ConfigError as e:
+            self.notify(str(e), severity="error")
+            return
+        from vitsae_tui.engine.activations import collect
+
+        self.set_dir = None
+        self.query_one("#summary", Static).update("")
+        self.start_job(f"collect {cfg.hook or 'default hook'} of {cfg.model}", collect, cfg, self.app.workspace)
+
+    def on_stage_event(self, job: Job, event: events.Event) -> None:
+        if isinstance(event, events.ArtifactWritten) and event.what == "activation set (collecting)":
+            self.set_dir = Path(event.path)
+        elif isinstance(event, events.Finished):
+            s = event.summary
+            verb = "stopped (re-run the same settings to finish)" if event.stopped else "done"
+            self.query_one("#summary", Static).update(
+                f"[bold green]{verb}[/]: {s['images']} images · {s['tokens']:,} tokens of {s['d_model']} {s['dtype']} · "
+                f"{s['shards']} shard(s) · {format_bytes(s['bytes_on_disk'])} → {event.run_dir}"
+            )
+
+    def show_set(self, set_dir: Path) -> None:
+        """Describe an existing activation set from its manifest."""
+        from vitsae_tui.engine.activations import StoreError, validate_manifest
+
+        try:
+            m = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
+        except (StoreError, OSError, ValueError) as e:
+            self.query_one("#summary", Static).update(f"[red]{e}[/]")
+            return
+        p = m["provenance"]
+        state = "complete" if m["complete"] else f"incomplete ({m['n_images']} of {m.get('n_images_planned', '?')} images)"
+        size = sum(f.stat().st_size for f in set_dir.iterdir() if f.is_file())
+        self.query_one("#summary", Static).update(
+            f"[b]{set_dir.name}[/]: {state} · {m['n_images']} images · {m['n_tokens']:,} tokens of {m['d_model']} {m['dtype']} · "
+            f"{format_bytes(size)}\nfrom models/{p['model_run']} ({p['checkpoint']}, {p['checkpoint_sha256'][:12]}) at {m['hook']}, "
+            f"{p['data']['dataset']} {p['split']}"
+        )
+
+    def status_detail(self, job: Job) -> str:
+        detail = super().status_detail(job)
+        now = time.monotonic()
+        if self.set_dir is not None and self.set_dir.is_dir() and now - self.size_checked > 1.0:
+            self.size_checked = now
+            # allocated blocks, not apparent sizes: a shard being filled is a sparse file of its final size
+            self.size_on_disk = sum(p.stat().st_blocks * 512 for p in self.set_dir.iterdir() if p.is_file())
+        return f"{detail} · {format_bytes(self.size_on_disk)} on disk" if self.size_on_disk else detail
