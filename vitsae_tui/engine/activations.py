@@ -558,12 +558,13 @@ class ActivationStore:
         """Every token as one (n_tokens, d_model) array in the storage dtype."""
         return np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else np.empty((0, self.d_model))
 
-    def shuffled_batches(self, batch_size: int, seed: int, epoch: int, buffer_rows: int = 1 << 20,
-                         chunk_rows: int = 1 << 15, drop_last: bool = False) -> Iterator[np.ndarray]:
+    def shuffled_batches(self, batch_size: int, seed: int, epoch: int, buffer_rows: int = 1 << 18,
+                         chunk_rows: int = 1 << 12, drop_last: bool = False) -> Iterator[np.ndarray]:
         """Every token exactly once per epoch in an order fixed by (seed, epoch), with bounded memory.
 
-        Contiguous chunks are read in a random order into a buffer of ~buffer_rows, which is permuted and cut into
-        batches; a set that fits in one buffer is shuffled globally.
+        Contiguous chunks (~110 images) are read in a random order into a buffer of ~buffer_rows (64 chunks from all
+        over the set), which is permuted and cut into batches; a set that fits in one buffer is shuffled globally.
+        The buffer stays small enough for the permuting gather to run at memory speed.
         """
         rng = np.random.default_rng([seed, epoch])
         chunks = [(s, start, min(start + chunk_rows, len(shard))) for s, shard in enumerate(self.shards)
@@ -579,7 +580,7 @@ class ActivationStore:
             if pending_rows < buffer_rows and position < len(order) - 1:
                 continue
             buffer = np.concatenate([carry, *pending])
-            buffer = buffer[rng.permutation(len(buffer))]
+            buffer = np.take(buffer, rng.permutation(len(buffer)), axis=0)
             pending, pending_rows = [], 0
             full = len(buffer) // batch_size * batch_size
             for b in range(0, full, batch_size):
