@@ -66,3 +66,34 @@ async def wait_for(pilot, condition, timeout_s=180.0):
     while not condition():
         assert loop.time() < deadline, "timed out waiting for the app"
         await pilot.pause(0.1)
+
+
+def write_activation_set(ws: Workspace, name: str, acts, labels=None, hook: str = "blocks.0.resid_post",
+                         model_run: str = "none") -> str:
+    """An activation set built from an array (n_images, tokens, d): the store's own format, one shard."""
+    import numpy as np
+
+    from vitsae_tui.engine.activations import MANIFEST_VERSION, THUMB_SIZE
+    from vitsae_tui.engine.workspace import atomic_save_npy, atomic_write_json, write_status
+
+    n_images, tokens, d = acts.shape
+    labels = np.zeros(n_images, dtype=np.int64) if labels is None else labels
+    set_dir = ws.kind_dir("activations") / name
+    set_dir.mkdir()
+    rows = acts.reshape(-1, d).astype(np.float32)
+    atomic_save_npy(set_dir / "shard-00000.npy", rows)
+    atomic_save_npy(set_dir / "shard-00000.thumbs.npy", np.zeros((n_images, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
+    as64 = rows.astype(np.float64)
+    atomic_write_json(set_dir / "manifest.json", {
+        "version": MANIFEST_VERSION, "name": name, "hook": hook, "d_model": d, "grid": [6, 6],
+        "tokens_per_image": tokens, "dtype": "float32", "thumb_size": THUMB_SIZE, "class_names": [], "concept_names": [],
+        "provenance": {"model_run": model_run, "checkpoint": "best", "checkpoint_sha256": "0" * 64, "hook": hook},
+        "n_images_planned": n_images, "n_images": n_images, "n_tokens": n_images * tokens, "skipped_images": 0,
+        "shards": [{"files": {"acts": "shard-00000.npy", "thumbs": "shard-00000.thumbs.npy"},
+                    "rows": [0, n_images * tokens], "images": [0, n_images], "selected_end": n_images, "skipped": 0,
+                    "sum": as64.sum(0).tolist(), "sumsq": (as64**2).sum(0).tolist()}],
+        "images": [{"source": f"array:{i}", "label": int(labels[i]), "index": i} for i in range(n_images)],
+        "mean": as64.mean(0).tolist(), "var": as64.var(0).tolist(), "complete": True,
+    })
+    write_status(set_dir, "finished")
+    return name

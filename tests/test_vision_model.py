@@ -72,3 +72,11 @@ def test_unknown_hook_names_the_choices(model):
 
 def test_hook_names_from_the_config_match_the_built_model(model):
     assert hook_names(model.cfg) == model.hook_points()
+
+
+def test_running_from_a_hook_reproduces_the_full_forward(model):
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits = model(images)
+        for hook in model.hook_points():
+            assert torch.allclose(model.run_from(hook, model.run_to(images, hook)), logits, atol=1e-5), hook

@@ -559,12 +559,13 @@ class ActivationStore:
         return np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else np.empty((0, self.d_model))
 
     def shuffled_batches(self, batch_size: int, seed: int, epoch: int, buffer_rows: int = 1 << 18,
-                         chunk_rows: int = 1 << 12, drop_last: bool = False) -> Iterator[np.ndarray]:
+                         chunk_rows: int = 1 << 12, drop_last: bool = False, heldout_every: int = 0) -> Iterator[np.ndarray]:
         """Every token exactly once per epoch in an order fixed by (seed, epoch), with bounded memory.
 
         Contiguous chunks (~110 images) are read in a random order into a buffer of ~buffer_rows (64 chunks from all
         over the set), which is permuted and cut into batches; a set that fits in one buffer is shuffled globally.
-        The buffer stays small enough for the permuting gather to run at memory speed.
+        The buffer stays small enough for the permuting gather to run at memory speed. With heldout_every=k, the
+        tokens of every k-th image (the evaluation images) are left out.
         """
         rng = np.random.default_rng([seed, epoch])
         chunks = [(s, start, min(start + chunk_rows, len(shard))) for s, shard in enumerate(self.shards)
@@ -575,8 +576,12 @@ class ActivationStore:
         pending_rows = 0
         for position, chunk_index in enumerate(order):
             s, start, end = chunks[chunk_index]
-            pending.append(np.asarray(self.shards[s][start:end]))
-            pending_rows += end - start
+            rows = np.asarray(self.shards[s][start:end])
+            if heldout_every:
+                image_ids = (self.row_starts[s] + np.arange(start, end)) // self.tokens_per_image
+                rows = rows[image_ids % heldout_every != heldout_every - 1]
+            pending.append(rows)
+            pending_rows += len(rows)
             if pending_rows < buffer_rows and position < len(order) - 1:
                 continue
             buffer = np.concatenate([carry, *pending])
@@ -594,24 +599,29 @@ class TokenSource:
     """Shuffled float32 token batches on a device: the whole set resident when it fits, else streamed with prefetch."""
 
     def __init__(self, store: ActivationStore, device: torch.device, batch_size: int, seed: int,
-                 resident: bool | None = None, resident_budget_bytes: int | None = None):
+                 resident: bool | None = None, resident_budget_bytes: int | None = None, heldout_every: int = 0):
         self.store, self.device, self.batch_size, self.seed = store, device, batch_size, seed
+        self.heldout_every = heldout_every
+        image_ids = np.arange(store.n_tokens) // store.tokens_per_image
+        keep = image_ids % heldout_every != heldout_every - 1 if heldout_every else np.ones(store.n_tokens, dtype=bool)
+        self.n_train_tokens = int(keep.sum())
         if resident is None:
             resident = store.nbytes <= (resident_budget_bytes if resident_budget_bytes is not None else _resident_budget(device))
         self.resident = resident
-        self.tokens = torch.from_numpy(store.load_all()).to(device) if resident else None
+        self.tokens = torch.from_numpy(store.load_all()[keep]).to(device) if resident else None
 
     def batches_per_epoch(self) -> int:
-        return -(-self.store.n_tokens // self.batch_size)
+        return -(-self.n_train_tokens // self.batch_size)
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
+        """Float32 batches of the training tokens; skip_batches resumes mid-epoch on the same order."""
         if self.tokens is not None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(len(self.tokens), generator=generator).to(self.device)
             for b in range(skip_batches * self.batch_size, len(order), self.batch_size):
                 yield self.tokens[order[b : b + self.batch_size]].float()
             return
-        batches = self.store.shuffled_batches(self.batch_size, self.seed, epoch)
+        batches = self.store.shuffled_batches(self.batch_size, self.seed, epoch, heldout_every=self.heldout_every)
         for _ in range(skip_batches):
             next(batches, None)
         yield from prefetch(batches, self.device)

@@ -158,6 +158,71 @@ class CollectConfig:
         _check(self.shard_images >= 1 and self.batch_size >= 1, "shard_images and batch_size must be at least 1")
 
 
+@dataclass(frozen=True)
+class SAETrainConfig:
+    activations: str = ""
+    """activation set to train on (a name in activations/)"""
+    expansion: int = 8
+    """dictionary size as a multiple of d_model (8: 2048 features for d_model 256)"""
+    l0_coeff: float = 0.3
+    """sparsity coefficient lambda on the L0 penalty, reached after the warm-up (0.3: L0 ~10 on the demo set)"""
+    bandwidth: float = 0.001
+    """bandwidth eps of the rectangle kernel in the threshold's pseudo-derivative"""
+    theta_init: float = 0.001
+    """initial JumpReLU threshold of every feature"""
+    lr: float = 2e-3
+    """peak Adam learning rate"""
+    adam_beta1: float = 0.0
+    """Adam beta1 (0 as in the paper)"""
+    adam_beta2: float = 0.999
+    """Adam beta2"""
+    lr_warmup_fraction: float = 0.05
+    """fraction of steps over which the learning rate rises linearly from 0"""
+    lr_decay_fraction: float = 0.2
+    """final fraction of steps over which the learning rate decays linearly to 0"""
+    l0_warmup_fraction: float = 0.1
+    """fraction of steps over which lambda rises linearly from 0"""
+    batch_size: int = 4096
+    """tokens per step"""
+    tokens: int = 10_000_000
+    """training tokens in total (steps = tokens / batch_size)"""
+    heldout_every: int = 20
+    """every this-many-th image is held out for evaluation and never trained on"""
+    log_every: int = 20
+    """steps between metric rows"""
+    eval_every: int = 500
+    """steps between evaluations on held-out tokens (and one at the end)"""
+    checkpoint_every: int = 500
+    """steps between checkpoints (and one on stop)"""
+    dead_window_tokens: int = 1_000_000
+    """a feature silent for this many training tokens counts as dead"""
+    seed: int = 0
+    """seed for initialisation and data order"""
+    device: str = "auto"
+    """'auto' (cuda > mps > cpu), 'cuda', 'cuda:N', 'mps' or 'cpu'"""
+    bf16: bool = True
+    """bf16 matmuls on CUDA (weights and thresholds stay float32); ignored elsewhere"""
+    resident: str = "auto"
+    """keep the whole set on the device: 'auto' (when it fits), 'yes' or 'no' (stream with prefetch)"""
+
+    def validate(self) -> None:
+        _check(self.expansion >= 1 and self.batch_size >= 1 and self.tokens >= self.batch_size,
+               "expansion and batch_size must be >= 1 and tokens at least one batch")
+        _check(self.l0_coeff >= 0 and self.bandwidth > 0 and self.theta_init > 0 and self.lr > 0,
+               "l0_coeff must be >= 0; bandwidth, theta_init and lr must be positive")
+        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "Adam betas must be in [0, 1)")
+        for name in ("lr_warmup_fraction", "lr_decay_fraction", "l0_warmup_fraction"):
+            _check(0 <= getattr(self, name) <= 1, f"{name} must be between 0 and 1")
+        _check(self.heldout_every >= 2, "heldout_every must be at least 2")
+        _check(min(self.log_every, self.eval_every, self.checkpoint_every, self.dead_window_tokens) >= 1,
+               "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1")
+        _check(self.resident in ("auto", "yes", "no"), "resident must be 'auto', 'yes' or 'no'")
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.batch_size
+
+
 def seed_preset() -> TrainModelConfig:
     """The reference architecture, exactly."""
     return TrainModelConfig(preset="seed", epochs=10)

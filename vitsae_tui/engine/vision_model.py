@@ -165,6 +165,24 @@ class VisionTransformerClassifier(nn.Module):
                 pass
         return captured[0]
 
+    def run_from(self, hook: str, act: torch.Tensor) -> torch.Tensor:
+        """Logits when the activation at `hook` is `act` (B, T, C): only the layers after the hook run."""
+        self.hook_module(hook)
+        if hook == "tokens":
+            start, x = 0, act
+        else:
+            _, index, position = hook.split(".")
+            block = self.blocks[int(index)]
+            if position == "resid_pre":
+                start, x = int(index), act
+            elif position == "resid_mid":
+                start, x = int(index) + 1, act + block.mlp(block.ln_2(act))
+            else:
+                start, x = int(index) + 1, act
+        for block in self.blocks[start:]:
+            x = block(x)
+        return self.head(self.ln_f(x).flatten(1))
+
     def run_with_replacement(
         self, images: torch.Tensor, hook: str, replace: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:

@@ -1,0 +1,147 @@
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import Collector, write_activation_set
+from vitsae_tui.engine import events
+from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.train_model import StageError
+from vitsae_tui.engine.train_sae import input_scale, l0_coeff_at, load_sae, lr_at, train_sae
+from vitsae_tui.engine.activations import ActivationStore
+from vitsae_tui.engine.workspace import read_jsonl
+
+
+def planted(ws, n_images=800, d=32, n_atoms=64, k=3, seed=0):
+    """Sparse non-negative codes over a known unit-norm dictionary, plus noise."""
+    rng = np.random.default_rng(seed)
+    dictionary = rng.normal(size=(n_atoms, d))
+    dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
+    codes = np.zeros((n_images * 36, n_atoms))
+    idx = np.array([rng.choice(n_atoms, k, replace=False) for _ in range(len(codes))])
+    np.put_along_axis(codes, idx, rng.uniform(1, 3, size=idx.shape), axis=1)
+    x = codes @ dictionary + rng.normal(0, 0.02, size=(len(codes), d))
+    write_activation_set(ws, "planted", x.reshape(n_images, 36, d))
+    return dictionary
+
+
+def small_cfg(**kw):
+    base = dict(activations="planted", expansion=4, l0_coeff=0.3, lr=0.01, batch_size=1024, tokens=1_000_000,
+                device="cpu", log_every=10, eval_every=10**9, checkpoint_every=10**9)
+    return SAETrainConfig(**{**base, **kw})
+
+
+def test_a_planted_dictionary_is_recovered(workspace):
+    dictionary = planted(workspace)
+    run = train_sae(small_cfg(), workspace, Collector(), threading.Event())
+    decoder = load_sae(run.run_dir).W_dec.detach().numpy()
+    decoder /= np.linalg.norm(decoder, axis=1, keepdims=True)
+    best_cosine = (dictionary @ decoder.T).max(axis=1)
+    assert best_cosine.mean() >= 0.9, best_cosine.mean()
+    assert 2 <= run.metrics["l0"] <= 6  # the true codes have 3 active atoms
+
+
+def test_metrics_rows_and_evaluation(workspace):
+    planted(workspace, n_images=200)
+    report = Collector()
+    run = train_sae(small_cfg(tokens=200_000, eval_every=100), workspace, report, threading.Event())
+    rows = read_jsonl(run.run_dir / "metrics.jsonl")
+    steps = [r for r in rows if r["kind"] == "step"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert {"mse", "fvu", "l0", "dead_fraction", "l0_coeff", "lr", "tokens_per_s"} <= set(steps[0])
+    assert steps[-1]["fvu"] < steps[0]["fvu"]
+    assert [r["step"] for r in evals] == [100, 195]
+    assert sum(evals[-1]["density"]["counts"]) + evals[-1]["density"]["never_fired"] == 128
+    assert evals[-1]["eval_tokens"] == 10 * 36  # every 20th of 200 images is held out
+    assert any("spliced-in evaluation is off" in e.message for e in report.of(events.Log))
+    assert json.loads((run.run_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_schedules():
+    cfg = SAETrainConfig(tokens=4096 * 1000, lr=1.0, l0_coeff=2.0)
+    assert lr_at(cfg, 0) == pytest.approx(1 / 50) and lr_at(cfg, 49) == 1.0 and lr_at(cfg, 500) == 1.0
+    assert lr_at(cfg, 900) == pytest.approx(0.5) and lr_at(cfg, 1000) == 0.0
+    assert l0_coeff_at(cfg, 0) == pytest.approx(0.02) and l0_coeff_at(cfg, 99) == 2.0 and l0_coeff_at(cfg, 700) == 2.0
+
+
+def test_input_scale_makes_the_mean_squared_norm_d(workspace):
+    planted(workspace, n_images=50)
+    store = ActivationStore(workspace.run_dir("activations", "planted"))
+    x = store.load_all().astype(np.float64) * input_scale(store)
+    assert (x**2).sum(1).mean() == pytest.approx(store.d_model, rel=1e-4)
+
+
+def test_resume_continues_the_same_trajectory(workspace):
+    planted(workspace, n_images=200)
+    cfg = small_cfg(tokens=300_000, checkpoint_every=100)
+    straight = train_sae(cfg, workspace, Collector(), threading.Event())
+    stop = threading.Event()
+    stopped = train_sae(cfg, workspace, Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row["step"] >= 130), stop)
+    assert stopped.stopped and stopped.step == 130
+    resumed = train_sae(cfg, workspace, Collector(), threading.Event(), resume=stopped.run_dir.name)
+    assert resumed.step == straight.step == 292
+    a, b = load_file(str(straight.run_dir / "sae.safetensors")), load_file(str(resumed.run_dir / "sae.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    rows_a = [r for r in read_jsonl(straight.run_dir / "metrics.jsonl") if r["kind"] == "step"]
+    rows_b = [r for r in read_jsonl(resumed.run_dir / "metrics.jsonl") if r["kind"] == "step"]
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    for key in ("mse", "fvu", "l0", "dead_fraction"):
+        assert [r[key] for r in rows_a] == pytest.approx([r[key] for r in rows_b], rel=1e-4, abs=1e-6), key
+
+
+def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(workspace):
+    planted(workspace, n_images=100)
+    data = np.load(workspace.root / "activations" / "planted" / "shard-00000.npy")
+    report = Collector()
+    original = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def poisoned_step(self, *args, **kwargs):
+        calls["n"] += 1
+        result = original(self, *args, **kwargs)
+        if calls["n"] == 25:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    torch.optim.Adam.step = poisoned_step
+    try:
+        with pytest.raises(StageError, match="the loss became nan at step 25"):
+            train_sae(small_cfg(tokens=100_000, checkpoint_every=20), workspace, report, threading.Event())
+    finally:
+        torch.optim.Adam.step = original
+    run_dir = workspace.runs("saes")[0].path
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    sae = load_sae(run_dir)
+    assert torch.isfinite(sae.W_dec).all()
+    assert np.array_equal(np.load(workspace.root / "activations" / "planted" / "shard-00000.npy"), data)
+
+
+def test_export_round_trips_on_raw_activations(workspace):
+    planted(workspace, n_images=100)
+    run = train_sae(small_cfg(tokens=100_000), workspace, Collector(), threading.Event())
+    sae = load_sae(run.run_dir)
+    cfg = json.loads((run.run_dir / "saelens" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["apply_b_dec_to_input"] is False
+    assert cfg["normalize_activations"] == "none" and (cfg["d_in"], cfg["d_sae"]) == (32, 128)
+    weights = load_file(str(run.run_dir / "saelens" / "sae_weights.safetensors"))
+    assert set(weights) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
+    x_raw = torch.from_numpy(ActivationStore(workspace.run_dir("activations", "planted")).load_all()[:500].astype(np.float32))
+    z = x_raw @ weights["W_enc"] + weights["b_enc"]
+    f = z * (z > weights["threshold"])
+    with torch.no_grad():
+        f_ours = sae.encode(x_raw * sae.input_scale)
+        assert torch.allclose(f, f_ours, atol=1e-5)
+        assert torch.allclose(f @ weights["W_dec"] + weights["b_dec"], sae.decode(f_ours) / sae.input_scale, atol=1e-5)
+    assert (f > 0).any()
+
+
+def test_missing_set_and_bad_resume_are_one_sentence(workspace):
+    with pytest.raises(StageError, match="no run 'nope'"):
+        train_sae(small_cfg(activations="nope"), workspace, Collector(), threading.Event())
+    with pytest.raises(StageError, match="--activations"):
+        train_sae(small_cfg(activations=""), workspace, Collector(), threading.Event())

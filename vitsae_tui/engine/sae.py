@@ -1,0 +1,200 @@
+"""JumpReLU sparse autoencoder (Rajamanoharan et al. 2024, "Jumping Ahead") and its straight-through estimators.
+
+    z = x W_enc + b_enc          f = z * H(z - theta)          x_hat = f W_dec + b_dec
+    loss = ||x - x_hat||^2 (sum over d, mean over batch) + lambda * sum_i H(z_i - theta_i) (mean over batch)
+
+theta gets pseudo-derivatives through the rectangle kernel K(u) = 1[|u| < 1/2] with bandwidth eps:
+    df/dtheta = -(theta / eps) K((z - theta) / eps)        dH/dtheta = -(1 / eps) K((z - theta) / eps)
+f passes H(z - theta) to z; the L0 term sends nothing to z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+def rectangle(u: torch.Tensor) -> torch.Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class JumpReLU(torch.autograd.Function):
+    """f = z * H(z - theta), with the paper's pseudo-derivative for theta."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_f: torch.Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad_f * (z > theta).to(grad_f.dtype)
+        grad_theta = (-(theta / eps) * rectangle((z - theta) / eps) * grad_f).sum(0)
+        return grad_z, grad_theta, None
+
+
+class Step(torch.autograd.Function):
+    """H(z - theta), whose pseudo-derivative reaches theta only."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = (-(1.0 / eps) * rectangle((z - theta) / eps) * grad_h).sum(0)
+        return torch.zeros_like(z), grad_theta, None
+
+
+@dataclass(frozen=True)
+class SAEShape:
+    d_in: int
+    d_sae: int
+
+
+class JumpReLUSAE(nn.Module):
+    """Weights in the scaled input space (E||x||^2 = d_in); `input_scale` maps raw activations into it."""
+
+    def __init__(self, d_in: int, d_sae: int, theta_init: float = 0.001, input_scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(d_sae, d_in, generator=generator)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)  # (d_sae, d_in), rows unit-norm
+        self.W_enc = nn.Parameter(w_dec.t().clone())  # (d_in, d_sae)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.threshold = nn.Parameter(torch.full((d_sae,), float(theta_init)))
+        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    def pre_acts(self, x_scaled: torch.Tensor) -> torch.Tensor:
+        return x_scaled @ self.W_enc + self.b_enc  # (B, d_sae)
+
+    def encode(self, x_scaled: torch.Tensor) -> torch.Tensor:
+        z = self.pre_acts(x_scaled)
+        return z * (z > self.threshold).to(z.dtype)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec  # (B, d_in)
+
+    def encode_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """Feature activations of raw (unscaled) hook activations."""
+        return self.encode(x_raw * self.input_scale)
+
+    def reconstruct_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode_raw(x_raw)) / self.input_scale
+
+    def loss(self, x_scaled: torch.Tensor, l0_coeff: float, bandwidth: float) -> dict[str, torch.Tensor]:
+        """The training objective through the autograd Functions (the reference the fused step is tested against)."""
+        z = self.pre_acts(x_scaled)
+        f = JumpReLU.apply(z, self.threshold, bandwidth)
+        x_hat = self.decode(f)
+        mse = (x_hat - x_scaled).pow(2).sum(-1).mean()
+        l0 = Step.apply(z, self.threshold, bandwidth).sum(-1).mean()
+        return {"loss": mse + l0_coeff * l0, "mse": mse, "l0": l0, "f": f, "x_hat": x_hat}
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove the component of each decoder row's gradient parallel to the row (unit-norm constraint)."""
+        if self.W_dec.grad is not None:
+            parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+            self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def clamp_threshold(self) -> None:
+        self.threshold.clamp_(min=1e-6)  # theta stays positive: a negative threshold would pass negative z
+
+    def raw_weights(self) -> dict[str, torch.Tensor]:
+        """Weights that act on raw activations: the input scale folded into W_enc, W_dec and b_dec."""
+        s = float(self.input_scale)
+        return {
+            "W_enc": (self.W_enc * s).detach().float().contiguous(),
+            "b_enc": self.b_enc.detach().float().contiguous(),
+            "W_dec": (self.W_dec / s).detach().float().contiguous(),
+            "b_dec": (self.b_dec / s).detach().float().contiguous(),
+            "threshold": self.threshold.detach().float().contiguous(),
+        }
+
+
+class FusedStep:
+    """One training step's forward and hand-written backward with reused buffers.
+
+    Same gradients as `JumpReLUSAE.loss(...).backward()` (tested), but five matmuls and a handful of in-place
+    passes over the (B, d_sae) activations, with no autograd graph and no fresh 32 MiB temporaries per step.
+    """
+
+    def __init__(self, sae: JumpReLUSAE, bandwidth: float, compute_dtype: torch.dtype = torch.float32):
+        self.sae = sae
+        self.bandwidth = bandwidth
+        self.compute_dtype = compute_dtype
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            self.buffers[name] = buf
+        return buf
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, l0_coeff: float) -> dict[str, torch.Tensor]:
+        """Sets .grad on every parameter; returns mse, l0 (means over the batch) and which features fired (F,)."""
+        sae, eps = self.sae, self.bandwidth
+        B, F = x.shape[0], sae.d_sae
+        dt, dev = self.compute_dtype, x.device
+        w_enc = sae.W_enc if dt == torch.float32 else sae.W_enc.to(dt)
+        w_dec = sae.W_dec if dt == torch.float32 else sae.W_dec.to(dt)
+        xc = x if dt == torch.float32 else x.to(dt)
+        theta = sae.threshold  # float32 always
+
+        z = self._buffer("z", (B, F), dt, dev)
+        torch.addmm(sae.b_enc.to(dt), xc, w_enc, out=z)  # (B, F)
+        u = self._buffer("u", (B, F), torch.float32, dev)
+        torch.sub(z, theta, out=u)  # z - theta, in float32 even under bf16
+        # H(z - theta) as floats via sign: masked_fill_, heaviside, bool multiplies and bool->float copies are all
+        # several times slower on CPU
+        gate = torch.sign(u, out=self._buffer("gate", (B, F), torch.float32, dev)).clamp_(min=0)
+        fired_count = gate.sum(0)  # (F,) tokens each feature fired on
+        # the rectangle window |z - theta| < eps/2 is very sparse: keep its coordinates, not a dense mask
+        near = (u.abs_() < 0.5 * eps).nonzero()  # (n_near, 2)
+        f = z.mul_(gate if dt == torch.float32 else gate.to(dt))  # z's buffer now holds f
+        x_hat = torch.addmm(sae.b_dec.to(dt), f, w_dec)  # (B, d_in)
+        err = x_hat.float().sub_(x)  # (B, d_in)
+        mse = err.pow(2).sum(1).mean()
+        l0 = fired_count.sum() / B
+
+        grad_x_hat = err.mul_(2.0 / B)  # (B, d_in)
+        g = grad_x_hat.to(dt)
+        sae.W_dec.grad = (f.t() @ g).float()  # (F, d_in)
+        sae.b_dec.grad = grad_x_hat.sum(0)
+        grad_f = torch.mm(g, w_dec.t(), out=self._buffer("grad_f", (B, F), dt, dev))  # (B, F)
+        rows, cols = near[:, 0], near[:, 1]
+        grad_theta = torch.zeros(F, dtype=torch.float32, device=dev)
+        grad_theta.index_add_(0, cols, grad_f[rows, cols].float() * (-(theta[cols] / eps)))
+        grad_theta.index_add_(0, cols, torch.full_like(cols, 1, dtype=torch.float32) * (-(l0_coeff / eps) / B))
+        sae.threshold.grad = grad_theta
+        grad_z = grad_f.mul_(gate if dt == torch.float32 else gate.to(dt))  # H(z - theta) passes the gradient to z
+        sae.W_enc.grad = (xc.t() @ grad_z).float()  # (d_in, F)
+        sae.b_enc.grad = grad_z.sum(0, dtype=torch.float32)
+        return {"mse": mse, "l0": l0, "fired": fired_count > 0}

@@ -1,0 +1,294 @@
+"""JumpReLU SAE training: schedules, live metrics, held-out evaluation, checkpoints, exact resume, SAELens export."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine.activations import ActivationStore, StoreError, TokenSource
+from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.device import pick_device
+from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Metrics, Progress, RateMeter, Report
+from vitsae_tui.engine.perf import tune_allocator
+from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
+from vitsae_tui.engine.sae_eval import Evaluator
+from vitsae_tui.engine.train_model import StageError, load_model, user_message
+from vitsae_tui.engine.workspace import (
+    Workspace,
+    WorkspaceError,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_torch_file,
+    read_json,
+    read_jsonl,
+    truncate_jsonl,
+    write_status,
+)
+
+STAGE = "train-sae"
+PROGRESS_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class SAERun:
+    run_dir: Path
+    step: int
+    metrics: dict[str, Any]
+    stopped: bool
+
+
+def lr_at(cfg: SAETrainConfig, step: int) -> float:
+    """Linear warm-up, constant, then linear decay to zero over the final fraction."""
+    total = cfg.total_steps
+    warmup = max(1, int(cfg.lr_warmup_fraction * total))
+    decay_start = total - int(cfg.lr_decay_fraction * total)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if step >= decay_start:
+        return cfg.lr * max(0.0, (total - step) / max(1, total - decay_start))
+    return cfg.lr
+
+
+def l0_coeff_at(cfg: SAETrainConfig, step: int) -> float:
+    warmup = int(cfg.l0_warmup_fraction * cfg.total_steps)
+    return cfg.l0_coeff * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.l0_coeff
+
+
+def input_scale(store: ActivationStore) -> float:
+    """The scalar s with E||s x||^2 = d_in, from the set's per-dimension mean and variance."""
+    mean_square_norm = float(np.sum(store.var + store.mean**2))
+    return math.sqrt(store.d_model / mean_square_norm) if mean_square_norm > 0 else 1.0
+
+
+def save_sae(path: Path, sae: JumpReLUSAE) -> None:
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    atomic_write_bytes(path, save(tensors))
+
+
+def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
+    """A trained SAE from its run folder (safetensors only: no code can run on load)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = run_dir / "sae.safetensors"
+    if not path.exists():
+        raise WorkspaceError(f"no sae.safetensors in saes/{run_dir.name}; train the SAE first or pick another run")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors is damaged ({e}); retrain or resume the run") from None
+    expected = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"}
+    if set(tensors) != expected or tensors["W_enc"].ndim != 2:
+        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors does not hold a JumpReLU SAE; pick another run")
+    d_in, d_sae = tensors["W_enc"].shape
+    sae = JumpReLUSAE(d_in, d_sae)
+    try:
+        sae.load_state_dict(tensors)
+    except RuntimeError:
+        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors has inconsistent shapes; pick another run") from None
+    return sae.to(device).eval()
+
+
+def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image: int, model_run: str) -> Path:
+    """SAELens layout: cfg.json + sae_weights.safetensors, acting on raw activations (input scale folded in)."""
+    from safetensors.torch import save
+
+    out = run_dir / "saelens"
+    out.mkdir(exist_ok=True)
+    atomic_write_bytes(out / "sae_weights.safetensors", save(sae.raw_weights()))
+    layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
+    atomic_write_json(out / "cfg.json", {
+        "architecture": "jumprelu",
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "hook_name": hook,
+        "hook_layer": layer,
+        "model_name": f"vitsae-tui:{model_run}",
+        "context_size": tokens_per_image,
+        "prepend_bos": False,
+        "metadata": {"hook_name": hook, "hook_layer": layer, "model_name": f"vitsae-tui:{model_run}",
+                     "context_size": tokens_per_image, "prepend_bos": False},
+    })
+    return out
+
+
+def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None) -> SAERun:
+    """Train (or resume) a JumpReLU SAE in `saes/`; returns when done or stopped, or raises StageError."""
+    run_dir: Path | None = None
+    try:
+        if resume:
+            run_dir = ws.run_dir("saes", resume)
+            cfg = config_mod.from_dict(SAETrainConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
+        elif not cfg.activations:
+            raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
+        store = ActivationStore(ws.run_dir("activations", cfg.activations))
+        if not resume:
+            run_dir = ws.new_run("saes", "sae")
+            atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+        return _train(cfg, ws, store, run_dir, report, stop, resume is not None)
+    except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
+        message = user_message(e)
+        if run_dir is not None:
+            write_status(run_dir, "failed", message=message)
+        report(Failed(STAGE, message, str(run_dir or "")))
+        raise StageError(message) from e
+
+
+def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Report):
+    provenance = store.manifest["provenance"]
+    try:
+        loaded = load_model(ws, provenance["model_run"], provenance["checkpoint"], device)
+    except WorkspaceError as e:
+        report(Log(STAGE, f"spliced-in evaluation is off: {e}", "warning"))
+        return None
+    if loaded.checkpoint_sha256 != provenance["checkpoint_sha256"]:
+        report(Log(STAGE, f"spliced-in evaluation is off: models/{provenance['model_run']} changed since "
+                          f"activations/{store.path.name} was collected", "warning"))
+        return None
+    return loaded.model
+
+
+def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: Path, report: Report,
+           stop: threading.Event, resuming: bool) -> SAERun:
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        tune_allocator()
+    compute_dtype = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else torch.float32
+    scale = input_scale(store)
+    sae = JumpReLUSAE(store.d_model, store.d_model * cfg.expansion, cfg.theta_init, scale, cfg.seed).to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    step_fn = FusedStep(sae, cfg.bandwidth, compute_dtype)
+    total_steps = cfg.total_steps
+    step, tokens_seen = 0, 0
+    last_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)  # tokens_seen at each feature's last firing
+    window = _empty_window()
+    metrics_path = run_dir / "metrics.jsonl"
+    if resuming:
+        if not (run_dir / "trainer.pt").exists():
+            raise StageError(f"no checkpoint in saes/{run_dir.name}; start a new run instead of resuming")
+        state = load_torch_file(run_dir / "trainer.pt")
+        try:
+            sae.load_state_dict(state["sae"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError):
+            raise StageError(f"the checkpoint in saes/{run_dir.name} does not match its config; start a new run") from None
+        step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        last_fired = state["last_fired"].to(device)
+        window = {k: float(v) for k, v in state["window"].items()}
+        saved_step = step
+        truncate_jsonl(metrics_path, lambda r: int(r.get("step", 0)) <= saved_step)
+        report(Log(STAGE, f"resuming {run_dir.name} at step {step} of {total_steps}"))
+
+    atomic_write_json(run_dir / "meta.json", {
+        "activations": store.path.name, "hook": store.hook, "d_in": store.d_model, "d_sae": sae.d_sae,
+        "input_scale": scale, "model_run": store.manifest["provenance"]["model_run"],
+        "model_checkpoint_sha256": store.manifest["provenance"]["checkpoint_sha256"],
+    })
+    resident = {"auto": None, "yes": True, "no": False}[cfg.resident]
+    source = TokenSource(store, device, cfg.batch_size, cfg.seed, resident=resident, heldout_every=cfg.heldout_every)
+    evaluator = Evaluator(store, cfg.heldout_every, device, _load_eval_model(ws, store, device, report))
+    mean_scaled = torch.from_numpy(store.mean.astype(np.float32)).to(device) * scale
+    write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="")
+    report(Log(STAGE, f"training {run_dir.name} on {device} ({'resident' if source.resident else 'streamed'} data): "
+                      f"{store.d_model} -> {sae.d_sae} features, {total_steps} steps of {cfg.batch_size} tokens, "
+                      f"input scale {scale:.4g}"))
+
+    meter = RateMeter()
+    last_progress = 0.0
+    window_start = time.perf_counter()
+    stopped = False
+    latest: dict[str, Any] = {}
+    batches_per_epoch = source.batches_per_epoch()
+    while step < total_steps and not stopped:
+        epoch, skip = divmod(step, batches_per_epoch)
+        for x_raw in source.epoch(epoch, skip_batches=skip):
+            x = x_raw.mul_(scale)
+            l0_coeff = l0_coeff_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            out = step_fn(x, l0_coeff)
+            mse = float(out["mse"])
+            if not math.isfinite(mse):
+                raise StageError(f"the loss became {mse} at step {step}; lower --lr and resume from the last checkpoint")
+            sae.project_decoder_grad()
+            optimizer.step()
+            sae.normalize_decoder()
+            sae.clamp_threshold()
+            tokens_seen += len(x)
+            last_fired[out["fired"]] = tokens_seen
+            window["l0"] += float(out["l0"]) * len(x)
+            window["sq_err"] += mse * len(x)
+            window["sq_dev"] += float((x - mean_scaled).pow(2).sum())
+            window["tokens"] += len(x)
+            step += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                dead = float(((tokens_seen - last_fired) >= cfg.dead_window_tokens).float().mean()) if tokens_seen >= cfg.dead_window_tokens else 0.0
+                latest = {"kind": "step", "step": step, "tokens": tokens_seen, "mse": window["sq_err"] / window["tokens"],
+                          "fvu": window["sq_err"] / max(window["sq_dev"], 1e-12), "l0": window["l0"] / window["tokens"],
+                          "dead_fraction": dead, "l0_coeff": l0_coeff, "lr": optimizer.param_groups[0]["lr"],
+                          "tokens_per_s": window["tokens"] / max(now - window_start, 1e-9)}
+                append_jsonl(metrics_path, latest)
+                report(Metrics(STAGE, latest))
+                window, window_start = _empty_window(), now
+            if step % cfg.eval_every == 0 or step == total_steps:
+                row = {"kind": "eval", "step": step, **evaluator.evaluate(sae)}
+                append_jsonl(metrics_path, row)
+                report(Metrics(STAGE, row))
+            if step % cfg.checkpoint_every == 0:
+                _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, window)
+            now = time.perf_counter()
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, meter.update(step)))
+            if step >= total_steps:
+                break
+            if stop.is_set():
+                stopped = True
+                break
+
+    _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, window)
+    report(ArtifactWritten(STAGE, str(run_dir / "sae.safetensors"), "SAE checkpoint"))
+    summary = {k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction")}
+    if not stopped:
+        export = export_saelens(run_dir, sae, store.hook, store.tokens_per_image, store.manifest["provenance"]["model_run"])
+        report(ArtifactWritten(STAGE, str(export), "SAELens export"))
+        last_eval = next((r for r in reversed(read_jsonl(metrics_path)) if r.get("kind") == "eval"), {})
+        summary.update({k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_")) and k != "density"})
+    summary.update(step=step, tokens=tokens_seen, elapsed_s=round(meter.elapsed_s, 1))
+    write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
+    report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
+    report(Finished(STAGE, str(run_dir), summary, stopped))
+    return SAERun(run_dir, step, summary, stopped)
+
+
+def _empty_window() -> dict[str, float]:
+    return {"l0": 0.0, "sq_err": 0.0, "sq_dev": 0.0, "tokens": 0.0}
+
+
+def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, window) -> None:
+    """trainer.pt holds everything resume needs in one atomic file; sae.safetensors is the weights for readers."""
+    atomic_torch_save(run_dir / "trainer.pt", {
+        "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
+        "last_fired": last_fired.cpu(), "window": {k: torch.tensor(v, dtype=torch.float64) for k, v in window.items()},
+    })
+    save_sae(run_dir / "sae.safetensors", sae)
+    write_status(run_dir, "running", step=step)
