@@ -4,7 +4,8 @@ import subprocess
 import sys
 import time
 
-ENGINE_MODULES = ["config", "data", "device", "events", "synthetic", "train_model", "vision_model", "workspace"]
+ENGINE_MODULES = ["activations", "config", "data", "device", "events", "perf", "sae", "sae_eval", "synthetic", "train_model",
+                  "train_sae", "vision_model", "workspace"]
 
 
 def run_cli(*args, workspace=None, timeout=300):
@@ -56,3 +57,22 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert missing.returncode != 0 and "no run 'nope-1'" in missing.stderr and "Traceback" not in missing.stderr
     no_folder = run_cli("train-model", "--dataset", str(tmp_path / "nothing"), workspace=tmp_path)
     assert no_folder.returncode == 1 and "is not a folder" in no_folder.stderr and "Traceback" not in no_folder.stderr
+
+
+def test_headless_pipeline_collect_and_train_sae(tmp_path):
+    assert run_cli("train-model", "--epochs", "1", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
+                   "--device", "cpu", workspace=tmp_path).returncode == 0
+    collect = run_cli("collect", "--model", "demo-1", "--limit", "20", "--device", "cpu", workspace=tmp_path)
+    assert collect.returncode == 0, collect.stderr
+    name = "demo-1.blocks.1.resid_post.synthetic.train.n20"
+    assert f"collect finished" in collect.stderr and name in collect.stderr
+    again = run_cli("collect", "--model", "demo-1", "--limit", "20", "--device", "cpu", workspace=tmp_path)
+    assert again.returncode == 0 and "already complete" in again.stderr
+    sae = run_cli("train-sae", "--activations", name, "--tokens", "40000", "--batch-size", "512", "--eval-every", "50",
+                  "--device", "cpu", workspace=tmp_path)
+    assert sae.returncode == 0, sae.stderr
+    assert "train-sae finished" in sae.stderr and "CE recovered" in sae.stderr
+    listing = run_cli("runs", workspace=tmp_path)
+    assert name in listing.stdout and "sae-1" in listing.stdout
+    missing = run_cli("train-sae", workspace=tmp_path)
+    assert missing.returncode == 2 and "--activations SET" in missing.stderr

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from vitsae_tui import __version__
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import CollectConfig, DataConfig, TrainModelConfig
+from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig, TrainModelConfig
 
 
 def _help(cls, name: str) -> str:
@@ -40,6 +40,7 @@ def _overrides(args: argparse.Namespace, cls, names: list[str]) -> dict:
 
 TRAIN_FIELDS = ["epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "seed", "device", "bf16", "checkpoint_every", "num_workers"]
 COLLECT_FIELDS = ["model", "checkpoint", "hook", "split", "limit", "dtype", "shard_images", "batch_size", "device", "bf16", "name"]
+SAE_FIELDS = [f.name for f in dataclasses.fields(SAETrainConfig)]
 DATA_FIELDS = ["dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction"]
 
 
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
     _add_fields(collect, CollectConfig, COLLECT_FIELDS)
     _add_fields(collect, DataConfig, DATA_FIELDS)
+
+    sae = commands.add_parser("train-sae", help="train a JumpReLU sparse autoencoder on an activation set")
+    sae.add_argument("--resume", metavar="RUN", help="continue saes/RUN from its last checkpoint")
+    sae.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+    _add_fields(sae, SAETrainConfig, SAE_FIELDS)
 
     runs = commands.add_parser("runs", help="list what the workspace holds")
     runs.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
@@ -133,6 +139,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return _run_stage(collect, cfg, Workspace(args.workspace))
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from vitsae_tui.engine.train_sae import train_sae
+    from vitsae_tui.engine.workspace import Workspace
+
+    cfg = config_mod.from_dict(SAETrainConfig, _overrides(args, SAETrainConfig, SAE_FIELDS))
+    if not cfg.activations and not args.resume:
+        print("vitsae-tui: train-sae needs --activations SET (a set from `vitsae-tui runs`) or --resume RUN", file=sys.stderr)
+        return 2
+    return _run_stage(train_sae, cfg, Workspace(args.workspace), resume=args.resume)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import print_runs
     from vitsae_tui.engine.workspace import Workspace
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             from vitsae_tui.tui.app import run_app
 
             return run_app(args.workspace)
-        return {"train-model": cmd_train_model, "collect": cmd_collect, "runs": cmd_runs}[args.command](args)
+        return {"train-model": cmd_train_model, "collect": cmd_collect, "train-sae": cmd_train_sae, "runs": cmd_runs}[args.command](args)
     except config_mod.ConfigError as e:
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return 2

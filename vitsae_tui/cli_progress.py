@@ -12,6 +12,11 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.workspace import KINDS, Workspace
 
 METRIC_FORMATS = {
+    "mse": ("MSE", "{:.4g}"),
+    "fvu": ("FVU", "{:.4f}"),
+    "l0": ("L0", "{:.1f}"),
+    "dead_fraction": ("dead", "{:.1%}"),
+    "tokens_per_s": ("tok/s", "{:,.0f}"),
     "train_loss": ("loss", "{:.4f}"),
     "train_accuracy": ("acc", "{:.1%}"),
     "val_loss": ("val loss", "{:.4f}"),
@@ -25,6 +30,14 @@ def format_metrics(row: dict, formats: dict = METRIC_FORMATS) -> str:
         if isinstance(row.get(key), (int, float)):
             parts.append(f"{label} {fmt.format(row[key])}")
     return "  ".join(parts)
+
+
+def format_eval(row: dict) -> str:
+    text = f"[cyan]eval @ step {row['step']}[/]: FVU {row.get('eval_fvu', float('nan')):.4f}  L0 {row.get('eval_l0', float('nan')):.1f}"
+    if "ce_recovered" in row:
+        text += (f"  CE recovered {row['ce_recovered']:.3f} (clean {row['ce_clean']:.3f}, SAE {row['ce_sae']:.3f}, "
+                 f"mean-ablated {row['ce_ablated']:.3f})  acc {row['acc_sae']:.1%} vs clean {row['acc_clean']:.1%}")
+    return text
 
 
 class ConsoleReport:
@@ -62,6 +75,9 @@ class ConsoleReport:
         if isinstance(event, events.Progress):
             self.progress.update(self._task(event.stage), completed=event.done, total=event.total or None, unit=event.unit)
         elif isinstance(event, events.Metrics):
+            if event.row.get("kind") == "eval":
+                self.progress.console.print(format_eval(event.row))
+                return
             self.latest.setdefault(event.stage, {}).update(event.row)
             self.progress.update(self._task(event.stage), metrics=format_metrics(self.latest[event.stage]))
         elif isinstance(event, events.Log):
@@ -85,13 +101,14 @@ def print_runs(ws: Workspace, console: Console | None = None) -> None:
         if not runs:
             continue
         table = Table(title=kind, title_justify="left", show_edge=False)
-        table.add_column("run")
+        table.add_column("run", no_wrap=True, min_width=max(len(r.name) for r in runs))
         table.add_column("state")
         table.add_column("updated")
         table.add_column("details")
         for run in runs:
             details = {k: v for k, v in run.status.items()
-                       if k.startswith("best_") or k in ("images", "tokens", "d_model", "dtype") or (k == "message" and v)}
+                       if k.startswith("best_") or k in ("images", "tokens", "d_model", "dtype", "fvu", "l0", "ce_recovered")
+                       or (k == "message" and v)}
             table.add_row(run.name, run.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.updated)),
                           "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
         console.print(table)

@@ -15,12 +15,13 @@ from vitsae_tui.tui.screens.collect import CollectScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.home import HomeScreen
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
+from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
 
 
 class VitsaeApp(App):
     TITLE = "vitsae-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"home": HomeScreen, "train": TrainModelScreen, "collect": CollectScreen}
+    MODES = {"home": HomeScreen, "train": TrainModelScreen, "collect": CollectScreen, "sae": TrainSAEScreen}
     DEFAULT_MODE = "home"
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
@@ -39,6 +40,11 @@ class VitsaeApp(App):
         yield SystemCommand("Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home"))
         yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
         yield SystemCommand("Collect activations", "Record a hook point's activations into an activation set", lambda: self.switch_mode("collect"))
+        yield SystemCommand("Train SAE", "Train a JumpReLU sparse autoencoder on an activation set", lambda: self.switch_mode("sae"))
+        if isinstance(screen, TrainSAEScreen):
+            yield SystemCommand("Start SAE training", "Train with the form's settings", screen.action_start)
+            yield SystemCommand("Stop SAE training", "Stop after saving a checkpoint", screen.action_stop)
+            yield SystemCommand("Resume SAE training", "Continue the run chosen under 'resume run'", screen.action_resume)
         if isinstance(screen, CollectScreen):
             yield SystemCommand("Start collecting", "Collect with the form's settings (resumes a matching set)", screen.action_start)
             yield SystemCommand("Stop collecting", "Stop after sealing complete shards", screen.action_stop)

@@ -24,6 +24,8 @@ def run_details(run: RunInfo) -> str:
         parts.append(f"val acc {status['best_val_accuracy']:.1%}")
     if isinstance(status.get("tokens"), int):
         parts.append(f"{status.get('images', 0)} images · {status['tokens']:,} tokens · d {status.get('d_model', '?')}")
+    if isinstance(status.get("fvu"), (int, float)) and isinstance(status.get("l0"), (int, float)):
+        parts.append(f"FVU {status['fvu']:.3f} · L0 {status['l0']:.1f}")
     if isinstance(status.get("step"), int):
         total = status.get("total_steps")
         parts.append(f"step {status['step']}" + (f"/{total}" if total else ""))
@@ -40,13 +42,16 @@ def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
         return "Next: train a vision model. Press t, then s to start the demo preset (about 2 minutes on a laptop CPU)."
     if not any(r.state == "finished" for r in runs["activations"]):
         return "A model is trained. Next: press c to collect its activations (enter on a model shows its curves)."
-    return "Activations are collected. Select a run and press enter to see it, t to train or c to collect more."
+    if not any(r.state == "finished" for r in runs["saes"]):
+        return "Activations are collected. Next: press a to train a JumpReLU SAE on them."
+    return "An SAE is trained. Select a run and press enter to see its curves; t, c and a start new runs."
 
 
 class HomeScreen(Screen):
     BINDINGS = [
         Binding("t", "app.switch_mode('train')", "Train model"),
         Binding("c", "app.switch_mode('collect')", "Collect"),
+        Binding("a", "app.switch_mode('sae')", "Train SAE"),
         Binding("enter", "open_run", "Open run"),
         Binding("f5", "refresh_runs", "Refresh"),
     ]
@@ -100,6 +105,9 @@ class HomeScreen(Screen):
         kind, name = key.split("/", 1)
         if kind == "models":
             self.app.switch_mode("train")
+            self.app.screen.show_run(self.app.workspace.root / kind / name)
+        elif kind == "saes":
+            self.app.switch_mode("sae")
             self.app.screen.show_run(self.app.workspace.root / kind / name)
         elif kind == "activations":
             self.app.switch_mode("collect")

@@ -55,18 +55,19 @@ class MetricPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(self.title)
+        plt.title(f"log10 {self.title}" if self.log_y else self.title)
         plt.xlabel(self.xlabel)
-        if self.log_y:
-            plt.yscale("log")
         width = max(self.size.width - 10, 10)
-        drawn = 0
+        lines = []
         for name, (xs, ys) in self.series.items():
             dx, dy = downsample(xs, ys, width)
             if self.log_y:
-                dx, dy = zip(*[(x, y) for x, y in zip(dx, dy) if y > 0]) if any(y > 0 for y in dy) else ([], [])
+                # log10 drawn on a linear axis: plotext's own log scale re-applies itself on every rebuild
+                kept = [(x, math.log10(y)) for x, y in zip(dx, dy) if y > 0]
+                dx, dy = [x for x, _ in kept], [y for _, y in kept]
             if dx:
-                plt.plot(list(dx), list(dy), label=name, marker="braille")
-                drawn += len(dx)
-        self.drawn_points = drawn
+                lines.append((name, dx, dy))
+        for name, dx, dy in lines:
+            plt.plot(dx, dy, label=name, marker="braille")
+        self.drawn_points = sum(len(dx) for _, dx, _ in lines)
         self.refresh()
