@@ -1,0 +1,457 @@
+"""The feature index of one SAE over one activation set, per-image feature lookups, concept recovery, labels.
+
+One streaming pass (bounded memory: O(d_sae * k) plus one batch) gathers per feature its density, mean and max
+activation, a histogram of activation/threshold, the exact top-k examples, a uniform reservoir of firing
+examples (for activation-band "quantile" examples), and per-class firing counts. Class effects and concept
+recovery are computed after the pass. The index is written to a temporary folder and renamed into place, so a
+killed run never leaves an index that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitsae_tui.engine.activations import ActivationStore, StoreError
+from vitsae_tui.engine.device import pick_device
+from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Progress, RateMeter, Report
+from vitsae_tui.engine.train_model import StageError, load_model, user_message
+from vitsae_tui.engine.train_sae import load_sae
+from vitsae_tui.engine.workspace import (
+    RUN_NAME,
+    Workspace,
+    WorkspaceError,
+    atomic_save_npy,
+    atomic_write_json,
+    file_sha256,
+    read_json,
+    write_status,
+)
+
+STAGE = "index"
+INDEX_VERSION = 1
+TOP_K = 32
+RESERVOIR = 64
+HIST_BINS = np.linspace(0.0, 8.0, 17)  # log2(activation / threshold): activations start at the threshold
+IMAGES_PER_BATCH = 128
+CONCEPT_TOKENS = 20_000
+CLASS_EFFECT_IMAGES = 16
+PROGRESS_EVERY_S = 0.25
+
+
+def index_name(sae_run: str, activations: str, trained_on: str) -> str:
+    name = sae_run if activations == trained_on else f"{sae_run}.{activations}"
+    return name[:64]
+
+
+def merge_top(values: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k largest values, ties broken by the lower token id: (F, n) -> (F, k), deterministic."""
+    order = torch.argsort(tokens, dim=1, stable=True)
+    values, tokens = values.gather(1, order), tokens.gather(1, order)
+    order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return values.gather(1, order), tokens.gather(1, order)
+
+
+@dataclass
+class _Accumulators:
+    fired: torch.Tensor  # (F,) int64
+    total: torch.Tensor  # (F,) float64 sum of activations
+    maximum: torch.Tensor  # (F,)
+    hist: torch.Tensor  # (F, bins) int64
+    top_values: torch.Tensor  # (F, k)
+    top_tokens: torch.Tensor  # (F, k) int64, -1 when empty
+    sample_keys: torch.Tensor  # (F, R) random keys of the reservoir (smallest kept)
+    sample_values: torch.Tensor
+    sample_tokens: torch.Tensor
+    class_counts: torch.Tensor  # (F, C) int64
+
+    @classmethod
+    def empty(cls, d_sae: int, n_classes: int, device) -> _Accumulators:
+        z = lambda *s, dt=torch.float32, v=0.0: torch.full(s, v, dtype=dt, device=device)  # noqa: E731
+        return cls(z(d_sae, dt=torch.int64), z(d_sae, dt=torch.float64), z(d_sae), z(d_sae, len(HIST_BINS) - 1, dt=torch.int64),
+                   z(d_sae, TOP_K), z(d_sae, TOP_K, dt=torch.int64, v=-1), z(d_sae, RESERVOIR, v=math.inf),
+                   z(d_sae, RESERVOIR), z(d_sae, RESERVOIR, dt=torch.int64, v=-1), z(d_sae, max(n_classes, 1), dt=torch.int64))
+
+
+def _accumulate(acc: _Accumulators, f: torch.Tensor, first_token: int, token_labels: torch.Tensor,
+                threshold: torch.Tensor, generator: torch.Generator) -> None:
+    """Fold one batch of feature activations f (B, F) into the accumulators."""
+    B = f.shape[0]
+    token_ids = torch.arange(first_token, first_token + B, device=f.device)
+    fired = f > 0
+    acc.fired += fired.sum(0)
+    acc.total += f.sum(0, dtype=torch.float64)
+    acc.maximum = torch.maximum(acc.maximum, f.amax(0))
+    rows, cols = fired.nonzero(as_tuple=True)
+    ratio = torch.log2(f[rows, cols] / threshold[cols].clamp_min(1e-12)).clamp_(HIST_BINS[0], HIST_BINS[-1] - 1e-6)
+    bins = (ratio / (HIST_BINS[1] - HIST_BINS[0])).long()
+    acc.hist.view(-1).index_add_(0, cols * acc.hist.shape[1] + bins, torch.ones_like(bins))
+    k = min(2 * TOP_K, B)  # extra candidates so ties at the boundary still resolve by token id
+    cand_values, cand_rows = torch.topk(f.t(), k, dim=1)
+    cand_values = torch.where(cand_values > 0, cand_values, torch.zeros_like(cand_values))
+    cand_tokens = torch.where(cand_values > 0, token_ids[cand_rows], torch.full_like(cand_rows, -1))
+    acc.top_values, acc.top_tokens = merge_top(torch.cat([acc.top_values, cand_values], 1),
+                                               torch.cat([acc.top_tokens, cand_tokens], 1), TOP_K)
+    keys = torch.full_like(f, math.inf)
+    keys[rows, cols] = torch.rand(len(rows), generator=generator, device="cpu").to(f.device)
+    r = min(RESERVOIR, B)
+    new_keys, key_rows = torch.topk(keys.t(), r, dim=1, largest=False)
+    all_keys = torch.cat([acc.sample_keys, new_keys], 1)
+    all_values = torch.cat([acc.sample_values, f.t().gather(1, key_rows)], 1)
+    all_tokens = torch.cat([acc.sample_tokens, torch.where(torch.isinf(new_keys), -1, token_ids[key_rows])], 1)
+    keep = torch.topk(all_keys, RESERVOIR, dim=1, largest=False).indices
+    acc.sample_keys, acc.sample_values, acc.sample_tokens = all_keys.gather(1, keep), all_values.gather(1, keep), all_tokens.gather(1, keep)
+    labelled = token_labels >= 0
+    if labelled.any():
+        onehot = torch.nn.functional.one_hot(token_labels[labelled], acc.class_counts.shape[1]).float()
+        acc.class_counts += (fired[labelled].float().t() @ onehot).long()
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve with ties counted half (mid-ranks); nan when one class is absent."""
+    if positive.all() or not positive.any():
+        return math.nan
+    return float(auroc_matrix(scores[:, None], positive[:, None])[0, 0])
+
+
+def mid_ranks(scores: np.ndarray) -> np.ndarray:
+    """Per column, 1-based ranks with ties given their average rank: (N, K) -> (N, K) float64."""
+    ranks = np.empty(scores.shape, dtype=np.float64)
+    for j in range(scores.shape[1]):
+        order = np.argsort(scores[:, j], kind="mergesort")
+        _, first, counts = np.unique(scores[order, j], return_index=True, return_counts=True)
+        ranks[order, j] = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)
+    return ranks
+
+
+def auroc_matrix(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """AUROC of every score column for every boolean label column at once: (N, K), (N, C) -> (K, C)."""
+    ranks = mid_ranks(scores)
+    n_pos = positives.sum(0).astype(np.float64)
+    n_neg = len(positives) - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ranks.T @ positives.astype(np.float64) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def probe_auroc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, steps: int = 200) -> float:
+    """Held-out AUROC of a logistic-regression probe (the supervised ceiling for one concept)."""
+    if y_train.all() or not y_train.any():
+        return math.nan
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    xt = torch.from_numpy((x_train - mean) / std).float()
+    yt = torch.from_numpy(y_train.astype(np.float32))
+    w = torch.zeros(xt.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+    pos_weight = (len(yt) - yt.sum()) / yt.sum().clamp_min(1)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt, pos_weight=pos_weight) + 1e-3 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        scores = (torch.from_numpy((x_test - mean) / std).float() @ w + b).numpy()
+    return auroc(scores, y_test)
+
+
+def concept_recovery(x_raw: np.ndarray, feature_acts: np.ndarray, concepts: np.ndarray, names: list[str],
+                     top_tokens: np.ndarray, token_concepts_all: np.ndarray) -> list[dict[str, Any]]:
+    """Per concept: best SAE feature AUROC, best neuron AUROC (either sign), probe ceiling, precision of top examples.
+
+    x_raw (N, d), feature_acts (N, F), concepts (N, n_concepts) bool for the same sampled tokens;
+    top_tokens (F, k) the index's top examples and token_concepts_all (n_tokens, n_concepts) for their precision.
+    """
+    n = len(x_raw)
+    split = np.arange(n) % 5 != 4  # probe trains on 4/5 of the sampled tokens, is scored on the rest
+    feature_aurocs = auroc_matrix(feature_acts, concepts)  # (F, C)
+    neuron_aurocs = auroc_matrix(x_raw, concepts)  # (d, C)
+    neuron_aurocs = np.maximum(neuron_aurocs, 1.0 - neuron_aurocs)  # a neuron's sign is arbitrary
+    results = []
+    for c, name in enumerate(names):
+        positive = concepts[:, c]
+        if positive.all() or not positive.any():
+            continue
+        feature_scores, neuron_scores = feature_aurocs[:, c], neuron_aurocs[:, c]
+        best = int(np.nanargmax(feature_scores))
+        tops = top_tokens[best][top_tokens[best] >= 0]
+        results.append({
+            "concept": name,
+            "prevalence": float(positive.mean()),
+            "feature": best,
+            "feature_auroc": float(feature_scores[best]),
+            "neuron": int(np.nanargmax(neuron_scores)),
+            "neuron_auroc": float(np.nanmax(neuron_scores)),
+            "probe_auroc": probe_auroc(x_raw[split], positive[split], x_raw[~split], positive[~split]),
+            "top_precision": float(token_concepts_all[tops, c].mean()) if len(tops) else math.nan,
+        })
+    return results
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    index_dir: Path
+    summary: dict[str, Any]
+
+
+def build_index(ws: Workspace, sae_run: str, report: Report, stop: threading.Event, activations: str | None = None,
+                device: str = "auto") -> IndexResult:
+    """Index one SAE over an activation set (default: the set it was trained on) into features/<name>/."""
+    index_dir: Path | None = None
+    try:
+        sae_dir = ws.run_dir("saes", sae_run)
+        meta = read_json(sae_dir / "meta.json")
+        set_name = activations or meta["activations"]
+        store = ActivationStore(ws.run_dir("activations", set_name))
+        if store.d_model != meta["d_in"] or store.hook != meta["hook"]:
+            raise StageError(f"saes/{sae_run} reads {meta['hook']} with d_model {meta['d_in']}, but activations/{set_name} "
+                             f"holds {store.hook} with d_model {store.d_model}; pick a matching set")
+        name = index_name(sae_run, set_name, meta["activations"])
+        if not RUN_NAME.match(name):
+            raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
+        index_dir = ws.kind_dir("features") / name
+        return _build(ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device))
+    except (StageError, StoreError, WorkspaceError, RuntimeError, OSError, ValueError, KeyError) as e:
+        message = user_message(e) if not isinstance(e, KeyError) else f"saes/{sae_run}/meta.json lacks {e}; retrain the SAE"
+        report(Failed(STAGE, message, str(index_dir or "")))
+        raise StageError(message) from e
+
+
+def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dict, report: Report, stop, device) -> IndexResult:
+    sae = load_sae(sae_dir, device)
+    labels = store.labels()
+    n_classes = len(store.class_names) or int(labels.max(initial=-1) + 1)
+    acc = _Accumulators.empty(sae.d_sae, n_classes, device)
+    generator = torch.Generator().manual_seed(0)
+    threshold = sae.threshold.detach()
+    T = store.tokens_per_image
+    meter, last_progress = RateMeter(), 0.0
+    report(Log(STAGE, f"indexing saes/{sae_dir.name} over activations/{store.path.name} on {device}: "
+                      f"{store.n_images} images, {sae.d_sae} features"))
+    with torch.no_grad():
+        for start in range(0, store.n_images, IMAGES_PER_BATCH):
+            end = min(start + IMAGES_PER_BATCH, store.n_images)
+            x = torch.from_numpy(np.concatenate([store.image(i) for i in range(start, end)]).astype(np.float32)).to(device)
+            f = sae.encode_raw(x)
+            token_labels = torch.from_numpy(np.repeat(labels[start:end], T)).to(device)
+            _accumulate(acc, f, start * T, token_labels, threshold, generator)
+            now = time.perf_counter()
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                report(Progress(STAGE, end, store.n_images, "images", meter.elapsed_s, meter.update(end)))
+            if stop.is_set():
+                report(Log(STAGE, "stopped before the index was complete; nothing was written", "warning"))
+                report(Finished(STAGE, str(index_dir), {}, stopped=True))
+                return IndexResult(index_dir, {})
+
+    n_tokens = store.n_tokens
+    arrays = {
+        "density": (acc.fired.double() / n_tokens).cpu().numpy(),
+        "mean_activation": (acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
+        "max_activation": acc.maximum.cpu().numpy(),
+        "activation_hist": acc.hist.cpu().numpy(),
+        "top_values": acc.top_values.cpu().numpy(),
+        "top_tokens": acc.top_tokens.cpu().numpy(),
+        "class_counts": acc.class_counts.cpu().numpy(),
+    }
+    arrays["band_values"], arrays["band_tokens"] = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
+    report(Log(STAGE, "computing class effects"))
+    arrays["class_effect"] = _class_effects(ws, store, sae, device, report)
+    concepts = []
+    concept_maps = store.concept_maps()
+    if concept_maps is not None:
+        report(Log(STAGE, "scoring ground-truth concept recovery"))
+        concepts = _concepts(store, sae, concept_maps, arrays["top_tokens"], device)
+
+    tmp = index_dir.parent / f".{index_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for key, array in arrays.items():
+        atomic_save_npy(tmp / f"{key}.npy", array)
+    summary = {
+        "features": sae.d_sae, "alive": int((arrays["density"] > 0).sum()), "tokens": n_tokens,
+        "concepts": len(concepts),
+        "mean_feature_auroc": float(np.mean([c["feature_auroc"] for c in concepts])) if concepts else None,
+        "mean_neuron_auroc": float(np.mean([c["neuron_auroc"] for c in concepts])) if concepts else None,
+        "mean_probe_auroc": float(np.nanmean([c["probe_auroc"] for c in concepts])) if concepts else None,
+        "mean_top_precision": float(np.nanmean([c["top_precision"] for c in concepts])) if concepts else None,
+    }
+    atomic_write_json(tmp / "concepts.json", concepts)
+    atomic_write_json(tmp / "index.json", {
+        "version": INDEX_VERSION, "sae_run": sae_dir.name, "sae_sha256": file_sha256(sae_dir / "sae.safetensors"),
+        "activations": store.path.name, "hook": store.hook, "d_sae": sae.d_sae, "top_k": TOP_K,
+        "hist_log2_edges": HIST_BINS.tolist(), "class_names": store.class_names, "summary": summary, "complete": True,
+    })
+    labels_path = index_dir / "labels.json"
+    if labels_path.exists():
+        shutil.copy2(labels_path, tmp / "labels.json")  # a researcher's labels survive re-indexing
+    old = index_dir.parent / f".{index_dir.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if index_dir.exists():
+        os.replace(index_dir, old)
+    os.replace(tmp, index_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    write_status(index_dir, "finished", **{k: v for k, v in summary.items() if v is not None}, message="")
+    report(ArtifactWritten(STAGE, str(index_dir), "feature index"))
+    report(Finished(STAGE, str(index_dir), summary))
+    return IndexResult(index_dir, summary)
+
+
+def _bands(values: np.ndarray, tokens: np.ndarray, n_bands: int = 4, per_band: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """From each feature's uniform reservoir of firings, `per_band` examples from each activation quantile band."""
+    F = values.shape[0]
+    out_v = np.zeros((F, n_bands, per_band), dtype=np.float32)
+    out_t = np.full((F, n_bands, per_band), -1, dtype=np.int64)
+    for i in range(F):
+        valid = tokens[i] >= 0
+        v, t = values[i][valid], tokens[i][valid]
+        if len(v) == 0:
+            continue
+        order = np.argsort(-v, kind="stable")
+        for band, chunk in enumerate(np.array_split(order, n_bands)):
+            pick = chunk[np.linspace(0, len(chunk) - 1, min(per_band, len(chunk))).round().astype(int)] if len(chunk) else []
+            out_v[i, band, : len(pick)] = v[pick]
+            out_t[i, band, : len(pick)] = t[pick]
+    return out_v, out_t
+
+
+def _class_effects(ws, store: ActivationStore, sae, device, report: Report) -> np.ndarray:
+    """(F, C): mean change of each class logit when a feature's decoder direction (at its mean firing strength) is
+    added to every token at the hook, over a few images; zeros when the model is unavailable."""
+    F = sae.d_sae
+    provenance = store.manifest["provenance"]
+    try:
+        loaded = load_model(ws, provenance["model_run"], provenance["checkpoint"], device)
+    except WorkspaceError as e:
+        report(Log(STAGE, f"class effects skipped: {e}", "warning"))
+        return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32)
+    model = loaded.model
+    ids = np.linspace(0, store.n_images - 1, min(CLASS_EFFECT_IMAGES, store.n_images)).round().astype(int)
+    acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32)).to(device)  # (n, T, d)
+    raw = sae.raw_weights()
+    directions = raw["W_dec"].to(device)  # (F, d) in raw units
+    with torch.no_grad():
+        f = sae.encode_raw(acts.reshape(-1, acts.shape[-1]))
+        strength = torch.where((f > 0).any(0), f.sum(0) / (f > 0).sum(0).clamp_min(1), sae.threshold)  # (F,)
+        base = model.run_from(store.hook, acts).float()  # (n, C)
+        effects = torch.zeros(F, base.shape[1], device=device)
+        per_batch = max(1, 2048 // len(ids))
+        for start in range(0, F, per_batch):
+            chunk = torch.arange(start, min(start + per_batch, F), device=device)
+            shifted = acts[None] + (strength[chunk, None] * directions[chunk])[:, None, None, :]  # (c, n, T, d)
+            logits = model.run_from(store.hook, shifted.reshape(-1, *acts.shape[1:])).float()
+            effects[chunk] = (logits.reshape(len(chunk), len(ids), -1) - base[None]).mean(1)
+    return effects.cpu().numpy()
+
+
+def _concepts(store: ActivationStore, sae, concept_maps: np.ndarray, top_tokens: np.ndarray, device) -> list[dict[str, Any]]:
+    T = store.tokens_per_image
+    token_concepts = concept_maps.reshape(len(concept_maps), concept_maps.shape[1], -1).transpose(0, 2, 1).reshape(-1, concept_maps.shape[1])
+    n_images = min(store.n_images, max(1, CONCEPT_TOKENS // T))
+    ids = np.linspace(0, store.n_images - 1, n_images).round().astype(int)
+    x = np.concatenate([store.image(int(i)) for i in ids]).astype(np.float32)
+    with torch.no_grad():
+        f = sae.encode_raw(torch.from_numpy(x).to(device)).cpu().numpy()
+    rows = (ids[:, None] * T + np.arange(T)[None]).reshape(-1)
+    return concept_recovery(x, f, token_concepts[rows], store.concept_names, top_tokens, token_concepts)
+
+
+class FeatureIndex:
+    """Read access to a built index, labels, and per-image SAE activations (one encode of 36 tokens)."""
+
+    def __init__(self, ws: Workspace, name: str, device: str = "cpu"):
+        self.dir = ws.run_dir("features", name)
+        self.meta = read_json(self.dir / "index.json")
+        if not isinstance(self.meta, dict) or self.meta.get("version") != INDEX_VERSION or not self.meta.get("complete"):
+            raise StageError(f"features/{name} is not a complete index; run `vitsae-tui index` again")
+        self.store = ActivationStore(ws.run_dir("activations", self.meta["activations"]))
+        sae_dir = ws.run_dir("saes", self.meta["sae_run"])
+        self.sae = load_sae(sae_dir, device)
+        if self.sae.d_sae != self.meta["d_sae"]:
+            raise StageError(f"features/{name} indexes {self.meta['d_sae']} features but saes/{sae_dir.name} has "
+                             f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`")
+        arrays = {}
+        for key in ("density", "mean_activation", "max_activation", "activation_hist", "top_values", "top_tokens",
+                    "class_counts", "band_values", "band_tokens", "class_effect"):
+            arrays[key] = np.load(self.dir / f"{key}.npy", allow_pickle=False)
+        self.arrays = arrays
+        self.concepts: list[dict[str, Any]] = read_json(self.dir / "concepts.json")
+        self.matched_concepts: dict[int, list[dict[str, Any]]] = {}
+        for c in self.concepts:
+            self.matched_concepts.setdefault(c["feature"], []).append(c)
+        self.labels: dict[str, dict[str, str]] = read_json(self.dir / "labels.json") if (self.dir / "labels.json").exists() else {}
+        self._cache: dict[int, np.ndarray] = {}
+
+    @property
+    def d_sae(self) -> int:
+        return self.meta["d_sae"]
+
+    def image_acts(self, image: int) -> np.ndarray:
+        """(tokens, d_sae) SAE activations of one image, cached."""
+        if image not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.pop(next(iter(self._cache)))
+            with torch.no_grad():
+                x = torch.from_numpy(self.store.image(image).astype(np.float32))
+                self._cache[image] = self.sae.encode_raw(x).numpy()
+        return self._cache[image]
+
+    def top_features(self, image: int, token: int, n: int = 10) -> list[tuple[int, float]]:
+        acts = self.image_acts(image)[token]
+        order = np.argsort(-acts, kind="stable")[:n]
+        return [(int(j), float(acts[j])) for j in order if acts[j] > 0]
+
+    def heatmap(self, image: int, feature: int) -> np.ndarray:
+        grid = self.store.manifest["grid"]
+        return self.image_acts(image)[:, feature].reshape(grid)
+
+    def top_examples(self, feature: int) -> list[tuple[int, int, float]]:
+        """(image, token, value) of the feature's top-k, strongest first."""
+        T = self.store.tokens_per_image
+        return [(int(t) // T, int(t) % T, float(v)) for v, t in zip(self.arrays["top_values"][feature], self.arrays["top_tokens"][feature]) if t >= 0]
+
+    def band_examples(self, feature: int) -> list[list[tuple[int, int, float]]]:
+        T = self.store.tokens_per_image
+        return [[(int(t) // T, int(t) % T, float(v)) for v, t in zip(vs, ts) if t >= 0]
+                for vs, ts in zip(self.arrays["band_values"][feature], self.arrays["band_tokens"][feature])]
+
+    def label(self, feature: int) -> str:
+        return self.labels.get(str(feature), {}).get("name", "")
+
+    def set_label(self, feature: int, name: str, note: str = "") -> None:
+        if not 0 <= feature < self.d_sae:
+            raise StageError(f"feature {feature} is outside 0..{self.d_sae - 1}")
+        if name.strip() or note.strip():
+            self.labels[str(feature)] = {"name": name.strip()[:80], "note": note.strip()[:2000]}
+        else:
+            self.labels.pop(str(feature), None)
+        atomic_write_json(self.dir / "labels.json", self.labels)
+
+    def class_effect(self, feature: int, n: int = 3) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        effect = self.arrays["class_effect"][feature]
+        names = self.store.class_names or [str(i) for i in range(len(effect))]
+        order = np.argsort(-effect, kind="stable")
+        promoted = [(names[i], float(effect[i])) for i in order[:n]]
+        suppressed = [(names[i], float(effect[i])) for i in order[::-1][:n]]
+        return promoted, suppressed
+
+    def class_distribution(self, feature: int) -> list[tuple[str, float]]:
+        counts = self.arrays["class_counts"][feature].astype(np.float64)
+        names = self.store.class_names or [str(i) for i in range(len(counts))]
+        total = counts.sum()
+        if total == 0:
+            return []
+        order = np.argsort(-counts, kind="stable")
+        return [(names[i], float(counts[i] / total)) for i in order if counts[i] > 0]
