@@ -97,3 +97,29 @@ def write_activation_set(ws: Workspace, name: str, acts, labels=None, hook: str 
     })
     write_status(set_dir, "finished")
     return name
+
+
+def make_indexed_workspace(root) -> tuple[Workspace, str]:
+    """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index."""
+    import threading
+
+    from vitsae_tui.engine.activations import ActivationStore, collect
+    from vitsae_tui.engine.config import CollectConfig
+    from vitsae_tui.engine.events import ignore
+    from vitsae_tui.engine.features import build_index
+    from vitsae_tui.engine.sae import JumpReLUSAE
+    from vitsae_tui.engine.train_sae import input_scale, save_sae
+    from vitsae_tui.engine.workspace import atomic_write_json, write_status
+
+    ws = Workspace(root)
+    run = make_model_run(ws)
+    set_dir = collect(CollectConfig(model=run, device="cpu", shard_images=40), ws, ignore, threading.Event()).set_dir
+    store = ActivationStore(set_dir)
+    sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=0.5, input_scale=input_scale(store), seed=3)
+    sae_dir = ws.new_run("saes", "sae")
+    save_sae(sae_dir / "sae.safetensors", sae)
+    atomic_write_json(sae_dir / "meta.json", {"activations": set_dir.name, "hook": store.hook, "d_in": store.d_model,
+                                              "d_sae": sae.d_sae, "input_scale": float(sae.input_scale), "model_run": run})
+    write_status(sae_dir, "finished")
+    build_index(ws, sae_dir.name, ignore, threading.Event(), device="cpu")
+    return ws, sae_dir.name

@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     sae.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
     _add_fields(sae, SAETrainConfig, SAE_FIELDS)
 
+    index = commands.add_parser("index", help="build the feature index of a trained SAE (top examples, densities, concepts)")
+    index.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/")
+    index.add_argument("--activations", metavar="SET", help="activation set to index (default: the one the SAE was trained on)")
+    index.add_argument("--device", default="auto", help="'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
+    index.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
+    inspect = commands.add_parser("inspect", help="print the top SAE features of every patch of one image")
+    inspect.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)")
+    inspect.add_argument("--image", metavar="N", type=int, required=True, help="image number in the activation set")
+    inspect.add_argument("--token", metavar="T", type=int, help="only this patch (0-35, row-major)")
+    inspect.add_argument("--top", metavar="K", type=int, default=5, help="features per patch (default 5)")
+    inspect.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
+    feature = commands.add_parser("feature", help="print one feature's statistics and top examples")
+    feature.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)")
+    feature.add_argument("id", metavar="ID", type=int, help="feature number")
+    feature.add_argument("--png", metavar="FILE", help="also write the feature's card (top images with heatmaps) as a PNG")
+    feature.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
     runs = commands.add_parser("runs", help="list what the workspace holds")
     runs.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
     return parser
@@ -150,6 +169,39 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return _run_stage(train_sae, cfg, Workspace(args.workspace), resume=args.resume)
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from vitsae_tui.engine.features import build_index
+    from vitsae_tui.engine.workspace import Workspace
+
+    return _run_stage(build_index, Workspace(args.workspace), args.sae, activations=args.activations, device=args.device)
+
+
+def _open_index(args: argparse.Namespace):
+    from vitsae_tui.engine.features import open_index_for
+    from vitsae_tui.engine.workspace import Workspace
+
+    return open_index_for(Workspace(args.workspace), args.sae)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import print_image_features
+
+    print_image_features(_open_index(args), args.image, args.token, args.top)
+    return 0
+
+
+def cmd_feature(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import print_feature
+
+    index = _open_index(args)
+    print_feature(index, args.id)
+    if args.png:
+        from vitsae_tui.engine.cards import feature_card
+
+        print(f"card written to {feature_card(index, args.id, args.png)}")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import print_runs
     from vitsae_tui.engine.workspace import Workspace
@@ -166,15 +218,18 @@ def main(argv: list[str] | None = None) -> int:
             from vitsae_tui.tui.app import run_app
 
             return run_app(args.workspace)
-        return {"train-model": cmd_train_model, "collect": cmd_collect, "train-sae": cmd_train_sae, "runs": cmd_runs}[args.command](args)
+        return {"train-model": cmd_train_model, "collect": cmd_collect, "train-sae": cmd_train_sae, "index": cmd_index,
+                "inspect": cmd_inspect, "feature": cmd_feature, "runs": cmd_runs}[args.command](args)
     except config_mod.ConfigError as e:
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return 2
     except Exception as e:
+        from vitsae_tui.engine.activations import StoreError
         from vitsae_tui.engine.device import DeviceError
+        from vitsae_tui.engine.train_model import StageError
         from vitsae_tui.engine.workspace import WorkspaceError
 
-        if isinstance(e, (WorkspaceError, DeviceError)):
+        if isinstance(e, (WorkspaceError, DeviceError, StoreError, StageError, IndexError)):
             print(f"vitsae-tui: {e}", file=sys.stderr)
             return 2
         raise

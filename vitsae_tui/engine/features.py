@@ -455,3 +455,12 @@ class FeatureIndex:
             return []
         order = np.argsort(-counts, kind="stable")
         return [(names[i], float(counts[i] / total)) for i in order if counts[i] > 0]
+
+
+def open_index_for(ws: Workspace, sae_run: str, activations: str | None = None) -> FeatureIndex:
+    """The index of an SAE over a set (default: its training set), or a one-sentence error saying how to build it."""
+    meta = read_json(ws.run_dir("saes", sae_run) / "meta.json")
+    name = index_name(sae_run, activations or meta["activations"], meta["activations"])
+    if not (ws.kind_dir("features") / name / "index.json").exists():
+        raise StageError(f"saes/{sae_run} has no feature index yet; run `vitsae-tui index --sae {sae_run}` first")
+    return FeatureIndex(ws, name)

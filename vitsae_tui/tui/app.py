@@ -11,6 +11,7 @@ from textual.screen import Screen
 
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.jobs import JobManager
+from vitsae_tui.tui.screens.browser import BrowserScreen
 from vitsae_tui.tui.screens.collect import CollectScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.home import HomeScreen
@@ -21,7 +22,7 @@ from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
 class VitsaeApp(App):
     TITLE = "vitsae-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"home": HomeScreen, "train": TrainModelScreen, "collect": CollectScreen, "sae": TrainSAEScreen}
+    MODES = {"home": HomeScreen, "train": TrainModelScreen, "collect": CollectScreen, "sae": TrainSAEScreen, "browse": BrowserScreen}
     DEFAULT_MODE = "home"
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
@@ -41,6 +42,14 @@ class VitsaeApp(App):
         yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
         yield SystemCommand("Collect activations", "Record a hook point's activations into an activation set", lambda: self.switch_mode("collect"))
         yield SystemCommand("Train SAE", "Train a JumpReLU sparse autoencoder on an activation set", lambda: self.switch_mode("sae"))
+        yield SystemCommand("Browse features", "Images, patches and SAE features of an index", lambda: self.switch_mode("browse"))
+        yield SystemCommand("Build feature index", "Index the newest trained SAE (top examples, densities, concepts)", self.action_build_index)
+        if isinstance(screen, BrowserScreen):
+            yield SystemCommand("Feature list", "All features, sortable; enter opens one", lambda: screen.action_show("list-view"))
+            yield SystemCommand("Go to feature", "Open a feature by id", screen.action_goto_feature)
+            yield SystemCommand("Go to image", "Open an image by number", screen.action_goto_image)
+            yield SystemCommand("Label feature", "Name the open feature (saved in the workspace)", screen.action_label)
+            yield SystemCommand("Export PNG", "Write the feature card or the image with its heatmap as a PNG", screen.action_export)
         if isinstance(screen, TrainSAEScreen):
             yield SystemCommand("Start SAE training", "Train with the form's settings", screen.action_start)
             yield SystemCommand("Stop SAE training", "Stop after saving a checkpoint", screen.action_stop)
@@ -53,6 +62,21 @@ class VitsaeApp(App):
             yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)
             yield SystemCommand("Resume training", "Continue the run chosen under 'resume run'", screen.action_resume)
         yield SystemCommand("Quit vitsae-tui", "Stop running jobs with a checkpoint, then quit", self.action_request_quit)
+
+    def action_build_index(self, sae_run: str | None = None) -> None:
+        """Index an SAE in a worker; the browser opens it when done."""
+        from vitsae_tui.engine.features import build_index
+
+        runs = [r for r in self.workspace.runs("saes") if r.state == "finished"]
+        sae_run = sae_run or (runs[0].name if runs else None)
+        if sae_run is None:
+            self.notify("no finished SAE to index: train one first (a on the home screen)", severity="warning")
+            return
+        if self.jobs.running("index"):
+            self.notify("an index is already being built", severity="warning")
+            return
+        self.jobs.start("index", f"index {sae_run}", build_index, self.workspace, sae_run)
+        self.notify(f"building the feature index of {sae_run}…")
 
     async def action_request_quit(self) -> None:
         if not self.jobs.running():

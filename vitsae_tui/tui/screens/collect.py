@@ -80,7 +80,7 @@ class CollectScreen(StageScreen):
             select.value = names[0]
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "model" and not event.select.is_blank():
+        if event.select.id == "model" and isinstance(event.value, str):
             self.fill_hooks(str(event.value))
 
     def fill_hooks(self, run: str) -> None:

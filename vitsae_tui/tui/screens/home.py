@@ -24,6 +24,10 @@ def run_details(run: RunInfo) -> str:
         parts.append(f"val acc {status['best_val_accuracy']:.1%}")
     if isinstance(status.get("tokens"), int):
         parts.append(f"{status.get('images', 0)} images · {status['tokens']:,} tokens · d {status.get('d_model', '?')}")
+    if isinstance(status.get("mean_feature_auroc"), (int, float)):
+        parts.append(f"concept AUROC SAE {status['mean_feature_auroc']:.3f} vs neuron {status.get('mean_neuron_auroc', 0):.3f}")
+    if isinstance(status.get("alive"), int):
+        parts.append(f"{status['alive']}/{status.get('features', '?')} alive")
     if isinstance(status.get("fvu"), (int, float)) and isinstance(status.get("l0"), (int, float)):
         parts.append(f"FVU {status['fvu']:.3f} · L0 {status['l0']:.1f}")
     if isinstance(status.get("step"), int):
@@ -44,7 +48,9 @@ def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
         return "A model is trained. Next: press c to collect its activations (enter on a model shows its curves)."
     if not any(r.state == "finished" for r in runs["saes"]):
         return "Activations are collected. Next: press a to train a JumpReLU SAE on them."
-    return "An SAE is trained. Select a run and press enter to see its curves; t, c and a start new runs."
+    if not any(r.state == "finished" for r in runs["features"]):
+        return "An SAE is trained. Next: press i to build its feature index (select an SAE run first to pick another)."
+    return "Features are indexed. Press b to browse them; t, c, a and i start new runs."
 
 
 class HomeScreen(Screen):
@@ -52,6 +58,8 @@ class HomeScreen(Screen):
         Binding("t", "app.switch_mode('train')", "Train model"),
         Binding("c", "app.switch_mode('collect')", "Collect"),
         Binding("a", "app.switch_mode('sae')", "Train SAE"),
+        Binding("i", "index", "Index SAE"),
+        Binding("b", "app.switch_mode('browse')", "Browse"),
         Binding("enter", "open_run", "Open run"),
         Binding("f5", "refresh_runs", "Refresh"),
     ]
@@ -93,6 +101,15 @@ class HomeScreen(Screen):
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
 
+    def action_index(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        selected = None
+        if table.row_count:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            kind, name = key.split("/", 1)
+            selected = name if kind == "saes" else None
+        self.app.action_build_index(selected)
+
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_open_run()  # the focused table consumes enter itself
 
@@ -106,6 +123,9 @@ class HomeScreen(Screen):
         if kind == "models":
             self.app.switch_mode("train")
             self.app.screen.show_run(self.app.workspace.root / kind / name)
+        elif kind == "features":
+            self.app.switch_mode("browse")
+            self.app.screen.query_one("#index").value = name
         elif kind == "saes":
             self.app.switch_mode("sae")
             self.app.screen.show_run(self.app.workspace.root / kind / name)

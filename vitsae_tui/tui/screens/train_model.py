@@ -93,7 +93,7 @@ class TrainModelScreen(StageScreen):
         self.query_one("#resume_run", Select).set_options(options)
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "preset" and not event.select.is_blank():
+        if event.select.id == "preset" and isinstance(event.value, str):
             self.fill_form(config_mod.preset(str(event.value)))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -1,0 +1,64 @@
+"""Feature-browser latency: time from a key press to the redrawn widgets, headless, on an existing index.
+
+    python benchmarks/bench_browser_latency.py --workspace WS [--index NAME] [--presses 60]
+
+Prints the median and 90th percentile per action (patch move, image switch, feature switch), end to end through
+Textual (key event, handler, layout, render) minus the cost of a key with no binding measured in the same run,
+which is the test harness's own overhead. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from vitsae_tui.tui.app import VitsaeApp
+
+
+async def measure(workspace: str, index: str | None, presses: int) -> dict[str, list[float]]:
+    app = VitsaeApp(workspace)
+    timings: dict[str, list[float]] = {"no-op key (harness)": [], "move patch cursor": [], "switch image": [], "switch feature": []}
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("b")
+        await pilot.pause(0.5)
+        screen = app.screen
+        if index:
+            screen.query_one("#index").value = index
+            await pilot.pause(0.5)
+        keys = {"no-op key (harness)": ["z"], "move patch cursor": ["right", "down", "left", "up"], "switch image": ["n", "p", "n", "n"]}
+        for action, cycle in keys.items():
+            for i in range(presses):
+                start = time.perf_counter()
+                await pilot.press(cycle[i % len(cycle)])
+                await pilot.pause()  # until the screen has processed the key and refreshed
+                timings[action].append(time.perf_counter() - start)
+        for i in range(presses):
+            feature = screen.index.top_features(screen.image, screen.cursor, 9)
+            start = time.perf_counter()
+            await pilot.press(str(1 + i % max(1, len(feature))))
+            await pilot.pause()
+            timings["switch feature"].append(time.perf_counter() - start)
+            await pilot.press("escape")
+            await pilot.pause()
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", required=True)
+    parser.add_argument("--index")
+    parser.add_argument("--presses", type=int, default=60)
+    args = parser.parse_args()
+    timings = asyncio.run(measure(args.workspace, args.index, args.presses))
+    harness = statistics.median(timings.pop("no-op key (harness)")) * 1000
+    print(f"harness overhead per key: {harness:.1f} ms (subtracted below)")
+    for action, values in timings.items():
+        values_ms = sorted(v * 1000 - harness for v in values)
+        print(f"{action:18s} median {statistics.median(values_ms):6.1f} ms   p90 {values_ms[int(0.9 * len(values_ms))]:6.1f} ms"
+              f"   (target median <= 100 ms, n={len(values_ms)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+import shutil
+from pathlib import Path
+
+import pytest
+from textual.widgets import ContentSwitcher, DataTable, Static
+
+from tests.helpers import make_indexed_workspace
+from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.tui.screens.browser import BrowserScreen
+
+SNAPSHOT_WORKSPACE = Path("/tmp/vitsae-tui-snapshot-browser")
+
+
+@pytest.fixture(scope="module")
+def indexed_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser") / "ws"
+    make_indexed_workspace(root)
+    return root
+
+
+async def test_image_patch_feature_example_and_back(indexed_root):
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(110, 36)) as pilot:
+        await pilot.press("b")
+        await pilot.pause(0.3)
+        screen = app.screen
+        assert isinstance(screen, BrowserScreen) and screen.index is not None
+        title = lambda: str(screen.query_one("#image-title", Static).render())  # noqa: E731
+        assert "image 0/95" in title() and "patch 0 (0,0)" in title()
+        await pilot.press("right", "right", "down")
+        assert screen.cursor == 8 and "patch 8 (1,2)" in title()
+        await pilot.press("n")
+        assert screen.image == 1 and "image 1/95" in title()
+        expected = screen.index.top_features(1, 8, 12)
+        table = screen.query_one("#patch-features", DataTable)
+        assert table.row_count == len(expected) > 0
+        assert str(table.get_row_at(0)[0]) == str(expected[0][0])
+        await pilot.press("1")  # open the strongest feature of the patch
+        await pilot.pause(0.2)
+        feature = expected[0][0]
+        assert screen.feature == feature
+        assert f"feature {feature}" in str(screen.query_one("#feature-stats", Static).render())
+        assert f"heatmap of feature {feature}" in title()
+        examples = screen.query_one("#feature-examples", DataTable)
+        top_image, top_token, _ = screen.index.top_examples(feature)[0]
+        assert examples.row_count == len(screen.index.top_examples(feature))
+        await pilot.press("x", "enter")  # focus the examples; the strongest opens with the cursor on its patch
+        await pilot.pause(0.2)
+        assert (screen.image, screen.cursor) == (top_image, top_token)
+        assert screen.query_one("#side", ContentSwitcher).current == "patch-view"
+        await pilot.press("right")
+        assert screen.cursor == min(top_token + 1, top_token - top_token % 6 + 5)
+        await pilot.press("escape")  # drop the heatmap
+        assert screen.feature is None
+        await pilot.press("f")
+        assert screen.query_one("#side", ContentSwitcher).current == "list-view"
+        feature_list = screen.query_one("#feature-list", DataTable)
+        alive = int((screen.index.arrays["density"] > 0).sum())
+        assert feature_list.row_count == alive
+        await pilot.press("d")
+        assert feature_list.row_count == screen.index.d_sae
+        await pilot.press("escape", "escape")
+        assert app.screen.__class__.__name__ == "HomeScreen"
+
+
+async def test_jump_to_image_and_feature_and_label(indexed_root):
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(110, 36)) as pilot:
+        await pilot.press("b")
+        await pilot.pause(0.3)
+        screen = app.screen
+        async def answer(key, *typed):
+            await pilot.press(key)
+            await pilot.pause(0.1)
+            await pilot.press(*typed, "enter")
+            await pilot.pause(0.2)
+
+        await answer("g", "4", "2")
+        assert screen.image == 42
+        await answer("g", "9", "9", "9")
+        assert screen.image == 42 and any("from 0 to 95" in n.message for n in app._notifications)
+        await answer("slash", "5")
+        assert screen.feature == 5
+        await answer("L", *"edge")
+        await pilot.pause(0.2)
+        assert screen.index.label(5) == "edge"
+        assert "edge" in str(screen.query_one("#feature-stats", Static).render())
+        await pilot.press("c")
+        assert screen.class_filter == 0 and screen.index.store.labels()[screen.image] == 0
+
+
+def snapshot_app() -> VitsaeApp:
+    if not (SNAPSHOT_WORKSPACE / "features").exists() or not any((SNAPSHOT_WORKSPACE / "features").iterdir()):
+        shutil.rmtree(SNAPSHOT_WORKSPACE, ignore_errors=True)
+        make_indexed_workspace(SNAPSHOT_WORKSPACE)
+    return VitsaeApp(SNAPSHOT_WORKSPACE)
+
+
+def test_image_view_snapshot(snap_compare):
+    assert snap_compare(snapshot_app(), press=["b", "right", "down"], terminal_size=(100, 32))
+
+
+def test_feature_view_snapshot(snap_compare):
+    assert snap_compare(snapshot_app(), press=["b", "right", "down", "1", "x"], terminal_size=(100, 32))
+
+
+async def test_png_exports_from_the_browser(indexed_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(110, 36)) as pilot:
+        await pilot.press("b")
+        await pilot.pause(0.3)
+        await pilot.press("e")
+        assert (tmp_path / "image-0.png").exists()
+        await pilot.press("1", "E")
+        feature = app.screen.feature
+        assert (tmp_path / f"feature-{feature}.png").exists() and (tmp_path / f"image-0-feature-{feature}.png").exists() is False
