@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitsae-tui {__version__}")
     parser.add_argument("--workspace", metavar="DIR", help="workspace folder (default: $VITSAE_WORKSPACE or the user data dir)")
+    parser.add_argument("--demo-size", choices=["demo", "tiny"], default="demo",
+                        help="what the app's guided run (g) builds: 'demo' (default) or 'tiny' (seconds; a smoke test)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train-model", help="train the vision classifier headless")
@@ -89,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     feature.add_argument("id", metavar="ID", type=int, help="feature number")
     feature.add_argument("--png", metavar="FILE", help="also write the feature's card (top images with heatmaps) as a PNG")
     feature.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
+    demo = commands.add_parser("demo", help="run every missing stage of the pipeline on the built-in offline data")
+    demo.add_argument("--size", choices=["demo", "tiny"], default="demo",
+                      help="'demo' (the default pipeline, a few minutes on a laptop CPU) or 'tiny' (seconds; a smoke test)")
+    demo.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     runs = commands.add_parser("runs", help="list what the workspace holds")
     runs.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
@@ -202,6 +209,13 @@ def cmd_feature(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vitsae_tui.engine.pipeline import run_pipeline
+    from vitsae_tui.engine.workspace import Workspace
+
+    return _run_stage(run_pipeline, Workspace(args.workspace), size=args.size)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import print_runs
     from vitsae_tui.engine.workspace import Workspace
@@ -217,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             from vitsae_tui.tui.app import run_app
 
-            return run_app(args.workspace)
+            return run_app(args.workspace, args.demo_size)
         return {"train-model": cmd_train_model, "collect": cmd_collect, "train-sae": cmd_train_sae, "index": cmd_index,
-                "inspect": cmd_inspect, "feature": cmd_feature, "runs": cmd_runs}[args.command](args)
+                "inspect": cmd_inspect, "feature": cmd_feature, "demo": cmd_demo, "runs": cmd_runs}[args.command](args)
     except config_mod.ConfigError as e:
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return 2

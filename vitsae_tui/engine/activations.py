@@ -34,6 +34,7 @@ from vitsae_tui.engine.workspace import (
     atomic_save_npy,
     atomic_write_json,
     read_json,
+    refuse_if_owned,
     write_status,
 )
 
@@ -293,6 +294,7 @@ def _default_hook(loaded) -> str:
 
 def _open_or_create(set_dir: Path, name: str, wanted: dict[str, Any], loaded, hook: str) -> dict[str, Any]:
     if (set_dir / "manifest.json").exists():
+        refuse_if_owned(set_dir)
         manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
         _check_provenance(manifest["provenance"], wanted, name)
         return manifest

@@ -27,6 +27,7 @@ from vitsae_tui.engine.workspace import (
     file_sha256,
     load_torch_file,
     read_json,
+    refuse_if_owned,
     truncate_jsonl,
     write_status,
 )
@@ -110,6 +111,7 @@ def train_model(
     try:
         if resume:
             run_dir = ws.run_dir("models", resume)
+            refuse_if_owned(run_dir)
             cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
         else:
             run_dir = ws.new_run("models", cfg.preset)

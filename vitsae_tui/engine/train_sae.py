@@ -31,6 +31,7 @@ from vitsae_tui.engine.workspace import (
     load_torch_file,
     read_json,
     read_jsonl,
+    refuse_if_owned,
     truncate_jsonl,
     write_status,
 )
@@ -135,6 +136,7 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
     try:
         if resume:
             run_dir = ws.run_dir("saes", resume)
+            refuse_if_owned(run_dir)
             cfg = config_mod.from_dict(SAETrainConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
         elif not cfg.activations:
             raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")

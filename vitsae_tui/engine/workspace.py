@@ -251,6 +251,20 @@ def _read_json_or(path: Path, default: Any) -> Any:
         return default
 
 
+def refuse_if_owned(run_dir: Path) -> None:
+    """Raise when another live process is writing this run (its status names it as the running owner)."""
+    status = _read_json_or(run_dir / "status.json", {})
+    if not isinstance(status, dict) or status.get("state") != "running":
+        return
+    if status.get("pid") == os.getpid() and status.get("host") == socket.gethostname():
+        return
+    if _owner_alive(status):
+        raise WorkspaceError(
+            f"{run_dir.parent.name}/{run_dir.name} is being written by process {status.get('pid')} on "
+            f"{status.get('host')}; watch it from the app (enter on the run) or stop that process first"
+        )
+
+
 def write_status(run_dir: Path, state: str, **fields: Any) -> dict[str, Any]:
     """Record a run's state with its owner (host, pid) so other processes can tell live runs from dead ones."""
     previous = _read_json_or(run_dir / "status.json", {})

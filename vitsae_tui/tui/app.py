@@ -9,6 +9,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from vitsae_tui.engine.events import Finished
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.jobs import JobManager
 from vitsae_tui.tui.screens.browser import BrowserScreen
@@ -30,15 +31,19 @@ class VitsaeApp(App):
         Binding("h", "switch_mode('home')", "Home", show=False),
     ]
 
-    def __init__(self, workspace: str | Path | None = None):
+    def __init__(self, workspace: str | Path | None = None, demo_size: str = "demo"):
         super().__init__()
         self.workspace = Workspace(workspace)
         self.jobs = JobManager(self)
+        self.demo_size = demo_size
+        self.following_stage: str | None = None
+        self.jobs.subscribe(self.follow_pipeline)
         self.sub_title = str(self.workspace.root)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home"))
+        yield SystemCommand("Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run)
         yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
         yield SystemCommand("Collect activations", "Record a hook point's activations into an activation set", lambda: self.switch_mode("collect"))
         yield SystemCommand("Train SAE", "Train a JumpReLU sparse autoencoder on an activation set", lambda: self.switch_mode("sae"))
@@ -62,6 +67,31 @@ class VitsaeApp(App):
             yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)
             yield SystemCommand("Resume training", "Continue the run chosen under 'resume run'", screen.action_resume)
         yield SystemCommand("Quit vitsae-tui", "Stop running jobs with a checkpoint, then quit", self.action_request_quit)
+
+    STAGE_MODES = {"train-model": "train", "collect": "collect", "train-sae": "sae", "index": "home"}
+
+    def action_guided_run(self, size: str | None = None) -> None:
+        """Run every missing stage on the offline default; each stage's screen follows it, the browser opens at the end."""
+        from vitsae_tui.engine.pipeline import run_pipeline
+
+        if self.jobs.running():
+            self.notify("a job is already running; wait for it or stop it first", severity="warning")
+            return
+        size = size or self.demo_size
+        self.following_stage = None
+        self.jobs.start("pipeline", f"guided run ({size})", run_pipeline, self.workspace, size=size)
+        self.notify("guided run started: each stage opens as it runs")
+
+    def follow_pipeline(self, job, batch) -> None:
+        if job.stage != "pipeline":
+            return
+        for event in batch:
+            mode = self.STAGE_MODES.get(event.stage)
+            if mode and event.stage != self.following_stage:
+                self.following_stage = event.stage
+                self.switch_mode(mode)
+            if event.stage == "pipeline" and isinstance(event, Finished):
+                self.switch_mode("browse")  # its mount or resume lists the new index
 
     def action_build_index(self, sae_run: str | None = None) -> None:
         """Index an SAE in a worker; the browser opens it when done."""
@@ -93,10 +123,10 @@ class VitsaeApp(App):
         self.push_screen(ConfirmScreen("A job is running. Stop it (a checkpoint is saved) and quit?", "Stop and quit", "Keep running"), answered)
 
 
-def run_app(workspace: str | Path | None = None) -> int:
+def run_app(workspace: str | Path | None = None, demo_size: str = "demo") -> int:
     import multiprocessing.resource_tracker
 
     # spawned DataLoader workers need the tracker, which cannot start once Textual has redirected stderr
     multiprocessing.resource_tracker.ensure_running()
-    VitsaeApp(workspace).run()
+    VitsaeApp(workspace, demo_size).run()
     return 0

@@ -32,6 +32,7 @@ class Job:
     run_dir: str = ""
     message: str = ""
     progress: events.Progress | None = None
+    progress_by_stage: dict[str, events.Progress] = field(default_factory=dict)
     history: list[events.Event] = field(default_factory=list)
     """every event so far, so a screen opened mid-run can draw the whole curve"""
     started: float = field(default_factory=time.time)
@@ -55,9 +56,10 @@ class Job:
         for event in batch:
             if isinstance(event, events.Progress):
                 self.progress = event
-            elif isinstance(event, events.Finished):
+                self.progress_by_stage[event.stage] = event
+            elif isinstance(event, events.Finished) and event.stage == self.stage:
                 self.state, self.run_dir = ("stopped" if event.stopped else "finished"), event.run_dir
-            elif isinstance(event, events.Failed):
+            elif isinstance(event, events.Failed):  # a failed stage ends a pipeline job too
                 self.state, self.message, self.run_dir = "failed", event.message, event.run_dir or self.run_dir
         self.history.extend(batch)
         return batch

@@ -39,6 +39,17 @@ def run_details(run: RunInfo) -> str:
     return " · ".join(parts)
 
 
+def pipeline_text(ws, model_run: str | None = None) -> str:
+    from vitsae_tui.engine.pipeline import lineage
+    from vitsae_tui.engine.pipeline import next_step as pipeline_next
+
+    states = lineage(ws, model_run)
+    marks = {"done": "[green]✓[/]", "running": "[cyan]…[/]", "failed": "[red]✗[/]", "stale": "[yellow]![/]",
+             "missing": "[dim]·[/]", "stopped": "[yellow]‖[/]", "interrupted": "[yellow]‖[/]"}
+    parts = [f"{marks.get(s.state, '?')} {s.stage} [dim]{s.state}{' ' + s.run if s.run else ''}[/]" for s in states]
+    return "[b]pipeline[/] " + " → ".join(parts) + f"\n[b]g[/] guided run: {pipeline_next(states)} on the offline default"
+
+
 def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
     if jobs_running:
         return "A job is running: t opens its live view."
@@ -55,6 +66,7 @@ def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
 
 class HomeScreen(Screen):
     BINDINGS = [
+        Binding("g", "app.guided_run", "Guided run"),
         Binding("t", "app.switch_mode('train')", "Train model"),
         Binding("c", "app.switch_mode('collect')", "Collect"),
         Binding("a", "app.switch_mode('sae')", "Train SAE"),
@@ -68,6 +80,7 @@ class HomeScreen(Screen):
         yield Header()
         with Vertical(id="home"):
             yield Static(id="workspace")
+            yield Static(id="pipeline")
             yield Static(id="next")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
@@ -88,6 +101,7 @@ class HomeScreen(Screen):
         ws = self.app.workspace
         runs = {kind: ws.runs(kind) for kind in KINDS}
         self.query_one("#workspace", Static).update(f"[b]workspace[/] {ws.root}")
+        self.query_one("#pipeline", Static).update(pipeline_text(ws, self.selected_model()))
         self.query_one("#next", Static).update(next_step(runs, self.app.jobs.running()))
         table = self.query_one("#runs", DataTable)
         cursor = table.cursor_row
@@ -100,6 +114,17 @@ class HomeScreen(Screen):
                               run_details(run), key=f"{kind}/{run.name}")
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
+
+    def selected_model(self) -> str | None:
+        """The model run under the table cursor, whose lineage the pipeline line shows."""
+        table = self.query_one("#runs", DataTable)
+        if not table.row_count:
+            return None
+        kind, name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value.split("/", 1)
+        return name if kind == "models" else None
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.query_one("#pipeline", Static).update(pipeline_text(self.app.workspace, self.selected_model()))
 
     def action_index(self) -> None:
         table = self.query_one("#runs", DataTable)

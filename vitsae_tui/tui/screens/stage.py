@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from textual.screen import Screen
 from textual.widgets import ProgressBar, RichLog, Static
 
 from vitsae_tui.engine import events
 from vitsae_tui.tui.jobs import Job
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        status = json.loads((run_dir / "status.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -31,20 +42,68 @@ class StageScreen(Screen):
     """
 
     STAGE = ""
+    watching: Path | None = None
+    """a run folder followed live from its files (finished, failed, or written by another process)"""
+    watch_offset = 0
 
     def on_mount(self) -> None:
+        self.set_interval(1.0, self.poll_watched)
         self.app.jobs.subscribe(self.on_job_events)
-        job = self.app.jobs.get(self.STAGE)
-        if job is not None:
+        for job in self.app.jobs.jobs.values():
             self.on_job_events(job, list(job.history))
 
     def on_unmount(self) -> None:
         self.app.jobs.unsubscribe(self.on_job_events)
 
+    def add_metrics(self, row: dict) -> None:
+        """Draw one metrics row (stages with plots override this)."""
+
+    def reset_view(self) -> None:
+        """Clear plots and panels (stages with plots override this)."""
+
+    def watch_run(self, run_dir: Path) -> None:
+        """Follow a run read-only from its metrics.jsonl and status.json, whoever is writing it."""
+        if self.app.jobs.running(self.STAGE):
+            self.notify(f"a {self.STAGE} job is running here; its live curves stay on screen", severity="warning")
+            return
+        self.reset_view()
+        self.watching, self.watch_offset = run_dir, 0
+        self.poll_watched()
+
+    def poll_watched(self) -> None:
+        if self.watching is None:
+            return
+        path = self.watching / "metrics.jsonl"
+        try:
+            size = path.stat().st_size
+            if size < self.watch_offset:  # rewritten on resume: draw it again from the start
+                self.reset_view()
+                self.watch_offset = 0
+            with open(path, "rb") as f:
+                f.seek(self.watch_offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        complete = chunk.rfind(b"\n") + 1  # a line still being written is read on the next poll
+        for line in chunk[:complete].splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                self.add_metrics(row)
+        self.watch_offset += complete
+        status = read_status(self.watching)
+        owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
+        step = f" · step {status['step']}/{status.get('total_steps', '?')}" if isinstance(status.get("step"), int) else ""
+        self.query_one("#status", Static).update(
+            f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})")
+
     def start_job(self, title: str, fn, *args, **kwargs) -> Job | None:
         if self.app.jobs.running(self.STAGE):
             self.notify(f"a {self.STAGE} job is already running; stop it first (x)", severity="warning")
             return None
+        self.watching = None
         self.query_one("#log", RichLog).clear()
         self.query_one("#progress", ProgressBar).update(total=1, progress=0)
         job = self.app.jobs.start(self.STAGE, title, fn, *args, **kwargs)
@@ -60,7 +119,9 @@ class StageScreen(Screen):
         self.query_one("#status", Static).update("stopping: saving what is complete…")
 
     def on_job_events(self, job: Job, batch: list[events.Event]) -> None:
-        if job.stage != self.STAGE:
+        # a stage's own job, or the guided pipeline job while it runs this stage
+        batch = [e for e in batch if e.stage == self.STAGE]
+        if not batch:
             return
         log = self.query_one("#log", RichLog)
         for event in batch:
@@ -77,13 +138,13 @@ class StageScreen(Screen):
         """Stage-specific handling of one event (plots, summaries)."""
 
     def status_detail(self, job: Job) -> str:
-        p = job.progress
+        p = job.progress_by_stage.get(self.STAGE)
         if p is None:
             return "starting…"
         return f"{p.done}/{p.total} {p.unit} · {p.rate:.1f} {p.unit}/s · ETA {format_duration(p.eta_s)}"
 
     def update_status(self, job: Job) -> None:
-        p = job.progress
+        p = job.progress_by_stage.get(self.STAGE)
         if p is not None and p.total:
             self.query_one("#progress", ProgressBar).update(total=p.total, progress=p.done)
         if job.state == "running":

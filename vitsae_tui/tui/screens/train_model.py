@@ -12,7 +12,6 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
-from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
@@ -39,10 +38,6 @@ class TrainModelScreen(StageScreen):
         Binding("r", "resume", "Resume"),
         Binding("escape", "app.switch_mode('home')", "Home"),
     ]
-
-    def __init__(self):
-        super().__init__()
-        self.viewing: Path | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -133,7 +128,6 @@ class TrainModelScreen(StageScreen):
             self.notify("a training job is already running; stop it first (x)", severity="warning")
             return
         self.reset_view()
-        self.viewing = None
         self.start_job(f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume)
 
     def action_resume(self) -> None:
@@ -145,15 +139,8 @@ class TrainModelScreen(StageScreen):
         self.action_start(resume=str(run))
 
     def show_run(self, run_dir: Path) -> None:
-        """Draw a finished or other-process run's curves from its metrics file (read-only)."""
-        if self.app.jobs.running(STAGE):
-            self.notify("a training job is running; its live curves stay on screen", severity="warning")
-            return
-        self.reset_view()
-        self.viewing = run_dir
-        for row in read_jsonl(run_dir / "metrics.jsonl"):
-            self.add_metrics(row)
-        self.query_one("#status", Static).update(f"viewing {run_dir.name} (from its metrics.jsonl)")
+        """Draw any run's curves from its files and keep following them while it is written."""
+        self.watch_run(run_dir)
         self.redraw_plots()
 
     def add_metrics(self, row: dict) -> None:

@@ -12,7 +12,6 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, SAETrainConfig
-from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
@@ -148,14 +147,8 @@ class TrainSAEScreen(StageScreen):
         self.action_start(resume=str(select.value))
 
     def show_run(self, run_dir: Path) -> None:
-        """Draw a finished or other-process run's curves from its metrics file (read-only)."""
-        if self.app.jobs.running(STAGE):
-            self.notify("an SAE job is running; its live curves stay on screen", severity="warning")
-            return
-        self.reset_view()
-        for row in read_jsonl(run_dir / "metrics.jsonl"):
-            self.add_metrics(row)
-        self.query_one("#status", Static).update(f"viewing {run_dir.name} (from its metrics.jsonl)")
+        """Draw any run's curves from its files and keep following them while it is written."""
+        self.watch_run(run_dir)
         self.redraw_plots()
 
     def add_metrics(self, row: dict) -> None:

@@ -1,0 +1,90 @@
+"""The real `vitsae-tui` command in a real terminal (tmux), driven with send-keys and read with capture-pane."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+WIDTH, HEIGHT = 100, 32
+
+
+class Tmux:
+    def __init__(self, workspace: Path):
+        assert shutil.which("tmux"), "tmux is required for the end-to-end test (CI installs it: apt-get install -y tmux)"
+        self.session = f"vitsae-e2e-{uuid.uuid4().hex[:8]}"
+        self.socket = f"vitsae-e2e-{os.getpid()}"
+        command = f"{sys.executable} -m vitsae_tui --workspace {workspace} --demo-size tiny"
+        env = {**os.environ, "COLORTERM": "truecolor", "TERM": "xterm-256color"}
+        self.run("-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(WIDTH), "-y", str(HEIGHT), command, env=env)
+        self.run("set-option", "-t", self.session, "-g", "default-terminal", "tmux-256color")
+
+    def run(self, *args, env=None) -> str:
+        result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, env=env, timeout=30)
+        return result.stdout
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            self.run("send-keys", "-t", self.session, key)
+            time.sleep(0.05)
+
+    def screen(self, colours: bool = False) -> str:
+        return self.run("capture-pane", "-p", *(["-e"] if colours else []), "-t", self.session)
+
+    def wait_for(self, pattern: str, timeout_s: float = 240.0, seen: list | None = None) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if seen is not None:
+                seen.append(text)
+            if re.search(pattern, text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} never appeared; the screen was:\n{self.screen()}")
+
+    def close(self) -> None:
+        self.run("kill-server")
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    session = Tmux(tmp_path / "ws")
+    yield session
+    session.close()
+
+
+def test_guided_run_then_browsing_as_a_person_would(tmux, tmp_path):
+    home = tmux.wait_for(r"guided run", timeout_s=30)
+    assert "model missing" in home and "g Guided run" in home
+    tmux.keys("g")
+    screens: list[str] = []
+    tmux.wait_for(r"top features of patch", seen=screens)
+    seen = "\n".join(screens)
+    assert re.search(r"loss.*accuracy", seen), "the Train screen with its plots was shown during the run"
+    assert "images/s" in seen or "collect" in seen
+    assert re.search(r"log10 MSE.*log10 FVU", seen), "the Train SAE screen with its plots was shown"
+    assert re.search(r"[⠁-⣿]", seen), "a plot drew points (braille)"
+    browser = tmux.screen()
+    assert re.search(r"image 0/\d+ · \S+", browser)
+    tmux.keys("Right", "Down")
+    tmux.wait_for(r"top features of patch 7 ", timeout_s=10)
+    tmux.keys("1")
+    tmux.wait_for(r"heatmap of\s+feature \d+|heatmap of feature \d+", timeout_s=10)
+    features = tmux.wait_for(r"density \d", timeout_s=10)
+    assert re.search(r"feature \d+", features)
+    coloured = tmux.screen(colours=True)
+    # the image and heatmap are half-block cells with 24-bit foreground and background colours
+    cells = re.findall(r"\x1b\[[0-9;]*38;2;\d+;\d+;\d+[0-9;]*m▄|\x1b\[[0-9;]*48;2;\d+;\d+;\d+[0-9;]*m▄", coloured)
+    assert len(cells) > 100, coloured[:2000]
+    tmux.keys("escape", "escape", "escape")
+    tmux.wait_for(r"index done", timeout_s=10)
+    tmux.keys("q")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "vitsae-e2e" in tmux.run("list-sessions"):
+        time.sleep(0.2)
+    assert (tmp_path / "ws" / "features").exists()

@@ -1,0 +1,72 @@
+import json
+import os
+import socket
+
+from textual.widgets import Static
+
+from tests.helpers import wait_for
+from vitsae_tui.engine.pipeline import lineage
+from vitsae_tui.engine.workspace import Workspace, WorkspaceError, refuse_if_owned, write_status
+from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.tui.screens.browser import BrowserScreen
+
+
+async def test_guided_run_builds_every_stage_and_opens_the_browser(tmp_path):
+    app = VitsaeApp(tmp_path / "ws", demo_size="tiny")
+    async with app.run_test(size=(100, 32)) as pilot:
+        assert "model missing" in str(app.screen.query_one("#pipeline", Static).render())
+        await pilot.press("g")
+        seen_modes = set()
+
+        def done():
+            seen_modes.add(app.current_mode)
+            return isinstance(app.screen, BrowserScreen) and app.screen.index is not None
+
+        await wait_for(pilot, done, timeout_s=300)
+        assert {"train", "collect", "sae"} <= seen_modes
+        job = app.jobs.get("pipeline")
+        assert job.state == "finished", job.message
+        assert [s.state for s in lineage(app.workspace)] == ["done"] * 4
+        await pilot.press("escape", "escape")
+        await pilot.pause(0.5)
+        text = str(app.screen.query_one("#pipeline", Static).render())
+        assert text.count("done") == 4 and "browse the features" in text
+
+
+def test_a_run_written_by_another_live_process_is_refused(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    run = ws.new_run("models", "demo")
+    write_status(run, "running")
+    refuse_if_owned(run)  # our own process may continue its run
+    status = json.loads((run / "status.json").read_text())
+    status["pid"] = os.getppid()  # a live process that is not us
+    (run / "status.json").write_text(json.dumps(status))
+    try:
+        refuse_if_owned(run)
+        raise AssertionError("expected a refusal")
+    except WorkspaceError as e:
+        assert f"being written by process {os.getppid()} on {socket.gethostname()}" in str(e)
+
+
+async def test_watching_a_run_follows_new_rows(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    run = ws.new_run("saes", "sae")
+    write_status(run, "running", step=10, total_steps=100)
+    status = json.loads((run / "status.json").read_text())
+    status["pid"] = os.getppid()
+    (run / "status.json").write_text(json.dumps(status))
+    row = {"kind": "step", "step": 10, "mse": 1.0, "fvu": 0.5, "l0": 20.0, "dead_fraction": 0.0, "tokens_per_s": 1.0}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("a")
+        screen = app.screen
+        screen.show_run(run)
+        plot = screen.query_one("#plot_fvu")
+        assert plot.point_count("train") == 1
+        assert "read-only, written by pid" in str(screen.query_one("#status", Static).render())
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({**row, "step": 20, "fvu": 0.4}) + "\n" + '{"kind": "st')
+        await wait_for(pilot, lambda: plot.point_count("train") == 2, timeout_s=5)
+        await pilot.pause(1.2)
+        assert plot.point_count("train") == 2  # the torn line is not drawn
