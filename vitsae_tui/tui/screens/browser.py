@@ -16,6 +16,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, Label, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, overlay
+from vitsae_tui.tui.widgets.choices import refill_select
 
 SORTS = [("density", "frequency"), ("max_activation", "max activation"), ("concept", "concept AUROC")]
 SPARK = "▁▂▃▄▅▆▇█"
@@ -131,13 +132,7 @@ class BrowserScreen(Screen):
     def refresh_indexes(self) -> None:
         runs = [r for r in self.app.workspace.runs("features") if r.state == "finished"]
         select = self.query_one("#index", Select)
-        current = select.value
-        select.set_options([(r.name, r.name) for r in runs])
-        names = [r.name for r in runs]
-        if current in names:
-            select.value = current
-        elif names:
-            select.value = names[0]
+        refill_select(select, [(r.name, r.name) for r in runs])
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "move":  # arrows reach the tables when the feature list or the examples table has focus

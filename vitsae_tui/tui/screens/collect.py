@@ -16,6 +16,7 @@ from vitsae_tui.engine.config import CollectConfig, ConfigError, DataConfig, Tra
 from vitsae_tui.engine.workspace import read_json
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import StageScreen, format_bytes
+from vitsae_tui.tui.widgets.choices import refill_select
 
 STAGE = "collect"
 
@@ -71,13 +72,7 @@ class CollectScreen(StageScreen):
     def refresh_models(self) -> None:
         runs = [r for r in self.app.workspace.runs("models") if (r.path / "best.pt").exists()]
         select = self.query_one("#model", Select)
-        current = select.value
-        select.set_options([(f"{r.name} ({r.state})", r.name) for r in runs])
-        names = [r.name for r in runs]
-        if current in names:
-            select.value = current
-        elif names:
-            select.value = names[0]
+        refill_select(select, [(f"{r.name} ({r.state})", r.name) for r in runs])
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "model" and isinstance(event.value, str):

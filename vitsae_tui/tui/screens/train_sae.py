@@ -15,6 +15,7 @@ from vitsae_tui.engine.config import ConfigError, SAETrainConfig
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
+from vitsae_tui.tui.widgets.choices import refill_select
 
 STAGE = "train-sae"
 FIELDS = [("expansion", int), ("l0_coeff", float), ("bandwidth", float), ("lr", float), ("batch_size", int), ("tokens", int)]
@@ -90,13 +91,7 @@ class TrainSAEScreen(StageScreen):
         ws = self.app.workspace
         sets = [r for r in ws.runs("activations") if r.state == "finished"]
         select = self.query_one("#activations", Select)
-        current = select.value
-        select.set_options([(r.name, r.name) for r in sets])
-        names = [r.name for r in sets]
-        if current in names:
-            select.value = current
-        elif names:
-            select.value = names[0]
+        refill_select(select, [(r.name, r.name) for r in sets])
         resumable = [r for r in ws.runs("saes") if (r.path / "trainer.pt").exists() and r.state != "finished"]
         self.query_one("#resume_run", Select).set_options([(f"{r.name} ({r.state})", r.name) for r in resumable])
 
