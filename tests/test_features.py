@@ -87,6 +87,8 @@ def test_concept_recovery_finds_the_planted_feature():
     assert result[0]["feature"] == 4 and result[0]["feature_auroc"] == 1.0
     assert result[0]["neuron"] == 2 and 0.5 < result[0]["neuron_auroc"] < 1.0
     assert result[0]["top_precision"] == 1.0 and result[0]["probe_auroc"] > result[0]["neuron_auroc"] - 0.1
+    assert result[0]["best_feature_precision"] == 1.0 and result[0]["best_feature_by_precision"] == 4
+    assert result[0]["best_neuron_precision"] < 1.0
 
 
 def test_synthetic_sets_get_concept_scores(indexed):

@@ -143,6 +143,13 @@ def auroc_matrix(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
         return (ranks.T @ positives.astype(np.float64) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+def top_precision_matrix(scores: np.ndarray, positives: np.ndarray, k: int) -> np.ndarray:
+    """For each score column, the fraction of its k highest-scoring rows that carry each label: (K, C)."""
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1, axis=0)[:k]  # (k, K) row ids
+    return positives[top].mean(axis=0).astype(np.float64) if k else np.zeros((scores.shape[1], positives.shape[1]))
+
+
 def probe_auroc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, steps: int = 200) -> float:
     """Held-out AUROC of a logistic-regression probe (the supervised ceiling for one concept)."""
     if y_train.all() or not y_train.any():
@@ -179,6 +186,9 @@ def concept_recovery(x_raw: np.ndarray, feature_acts: np.ndarray, concepts: np.n
     feature_aurocs = auroc_matrix(feature_acts, concepts)  # (F, C)
     neuron_aurocs = auroc_matrix(x_raw, concepts)  # (d, C)
     neuron_aurocs = np.maximum(neuron_aurocs, 1.0 - neuron_aurocs)  # a neuron's sign is arbitrary
+    k = TOP_K
+    feature_precision = top_precision_matrix(feature_acts, concepts, k)  # (F, C)
+    neuron_precision = np.maximum(top_precision_matrix(x_raw, concepts, k), top_precision_matrix(-x_raw, concepts, k))
     results = []
     for c, name in enumerate(names):
         positive = concepts[:, c]
@@ -196,6 +206,10 @@ def concept_recovery(x_raw: np.ndarray, feature_acts: np.ndarray, concepts: np.n
             "neuron_auroc": float(np.nanmax(neuron_scores)),
             "probe_auroc": probe_auroc(x_raw[split], positive[split], x_raw[~split], positive[~split]),
             "top_precision": float(token_concepts_all[tops, c].mean()) if len(tops) else math.nan,
+            # monosemanticity, which AUROC (favouring dense scores) misses: the purest top-k of any feature vs neuron
+            "best_feature_precision": float(feature_precision[:, c].max()),
+            "best_feature_by_precision": int(feature_precision[:, c].argmax()),
+            "best_neuron_precision": float(neuron_precision[:, c].max()),
         })
     return results
 
@@ -287,6 +301,8 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
         "mean_neuron_auroc": float(np.mean([c["neuron_auroc"] for c in concepts])) if concepts else None,
         "mean_probe_auroc": float(np.nanmean([c["probe_auroc"] for c in concepts])) if concepts else None,
         "mean_top_precision": float(np.nanmean([c["top_precision"] for c in concepts])) if concepts else None,
+        "mean_best_feature_precision": float(np.mean([c["best_feature_precision"] for c in concepts])) if concepts else None,
+        "mean_best_neuron_precision": float(np.mean([c["best_neuron_precision"] for c in concepts])) if concepts else None,
     }
     atomic_write_json(tmp / "concepts.json", concepts)
     atomic_write_json(tmp / "index.json", {
