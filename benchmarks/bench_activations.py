@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.activations import ActivationStore, collect
+from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import pick_device

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
-from vitsae_tui.engine.activations import ActivationStore
+from vitsae_tui.engine.activation_store import ActivationStore
 from vitsae_tui.engine.train_sae import load_sae
 from vitsae_tui.engine.workspace import Workspace, read_json
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.events import ignore

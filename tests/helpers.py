@@ -73,7 +73,8 @@ def write_activation_set(ws: Workspace, name: str, acts, labels=None, hook: str 
     """An activation set built from an array (n_images, tokens, d): the store's own format, one shard."""
     import numpy as np
 
-    from vitsae_tui.engine.activations import MANIFEST_VERSION, THUMB_SIZE
+    from vitsae_tui.engine.activation_store import MANIFEST_VERSION
+    from vitsae_tui.engine.activations import THUMB_SIZE
     from vitsae_tui.engine.workspace import atomic_save_npy, atomic_write_json, write_status
 
     n_images, tokens, d = acts.shape
@@ -103,7 +104,8 @@ def make_indexed_workspace(root) -> tuple[Workspace, str]:
     """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index."""
     import threading
 
-    from vitsae_tui.engine.activations import ActivationStore, collect
+    from vitsae_tui.engine.activation_store import ActivationStore
+    from vitsae_tui.engine.activations import collect
     from vitsae_tui.engine.config import CollectConfig
     from vitsae_tui.engine.events import ignore
     from vitsae_tui.engine.features import build_index

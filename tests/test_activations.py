@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import Collector, make_model_run, tiny_train_config
+from tests.helpers import Collector, make_model_run
 from vitsae_tui.engine import activations
-from vitsae_tui.engine.activations import ActivationStore, StoreError, TokenSource, collect
+from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
+from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.events import Finished

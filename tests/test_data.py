@@ -1,5 +1,4 @@
 import io
-import os
 import urllib.error
 
 import numpy as np

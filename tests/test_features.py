@@ -1,4 +1,3 @@
-import json
 import math
 import threading
 
@@ -9,9 +8,9 @@ from PIL import Image
 
 from tests.helpers import Collector, make_indexed_workspace, write_activation_set
 from vitsae_tui.engine.cards import feature_card, image_card
-from vitsae_tui.engine.features import TOP_K, FeatureIndex, auroc, build_index, concept_recovery, open_index_for
+from vitsae_tui.engine.concepts import TOP_K, auroc, concept_recovery
+from vitsae_tui.engine.features import build_index, open_index_for
 from vitsae_tui.engine.train_model import StageError
-from vitsae_tui.engine.train_sae import load_sae
 
 
 @pytest.fixture(scope="module")

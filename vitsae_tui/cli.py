@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from vitsae_tui.engine.activations import StoreError
+        from vitsae_tui.engine.activation_store import StoreError
         from vitsae_tui.engine.device import DeviceError
         from vitsae_tui.engine.train_model import StageError
         from vitsae_tui.engine.workspace import WorkspaceError

@@ -1,7 +1,7 @@
 from textual.widgets import Input, Select, Static
 
 from tests.helpers import make_model_run, wait_for
-from vitsae_tui.engine.activations import ActivationStore
+from vitsae_tui.engine.activation_store import ActivationStore
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.collect import CollectScreen

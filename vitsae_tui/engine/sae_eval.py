@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitsae_tui.engine.activations import ActivationStore
+from vitsae_tui.engine.activation_store import ActivationStore
 from vitsae_tui.engine.sae import JumpReLUSAE
 
 DENSITY_BINS = np.linspace(-7.0, 0.0, 29)  # log10 firing frequency, 0.25 decades per bin

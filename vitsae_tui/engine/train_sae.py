@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.activations import ActivationStore, StoreError, TokenSource
+from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.device import pick_device
 from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Metrics, Progress, RateMeter, Report

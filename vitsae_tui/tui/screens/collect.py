@@ -140,7 +140,7 @@ class CollectScreen(StageScreen):
 
     def show_set(self, set_dir: Path) -> None:
         """Describe an existing activation set from its manifest."""
-        from vitsae_tui.engine.activations import StoreError, validate_manifest
+        from vitsae_tui.engine.activation_store import StoreError, validate_manifest
 
         try:
             m = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
