@@ -70,3 +70,19 @@ async def test_watching_a_run_follows_new_rows(tmp_path):
         await wait_for(pilot, lambda: plot.point_count("train") == 2, timeout_s=5)
         await pilot.pause(1.2)
         assert plot.point_count("train") == 2  # the torn line is not drawn
+
+
+async def test_enter_on_a_run_opens_its_curves_on_a_fresh_screen(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    run = ws.new_run("models", "demo")
+    write_status(run, "finished")
+    rows = [{"kind": "step", "step": s, "train_loss": 2.0 / s, "train_accuracy": 0.1 * s} for s in range(1, 6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert app.current_mode == "train"
+        assert app.screen.query_one("#loss_plot").point_count("train") == 5
+        assert "watching demo-1: finished" in str(app.screen.query_one("#status", Static).render())

@@ -13,9 +13,9 @@ from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, R
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import CollectConfig, ConfigError, DataConfig, TrainModelConfig
-from vitsae_tui.engine.workspace import read_json
+from vitsae_tui.engine.workspace import WorkspaceError, read_json
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import StageScreen, format_bytes
+from vitsae_tui.tui.screens.stage import StageScreen, format_bytes, read_status
 from vitsae_tui.tui.widgets.choices import refill_select
 
 STAGE = "collect"
@@ -139,14 +139,29 @@ class CollectScreen(StageScreen):
             )
 
     def show_set(self, set_dir: Path) -> None:
-        """Describe an existing activation set from its manifest."""
+        """Describe an activation set from its manifest, and keep following it while another process collects it."""
+        if self.app.jobs.running(STAGE):
+            self.notify("a collection is running here; its progress stays on screen", severity="warning")
+            return
+        self.watching = set_dir
+        self.poll_watched()
+
+    def poll_watched(self) -> None:
+        if self.watching is None:
+            return
         from vitsae_tui.engine.activation_store import StoreError, validate_manifest
 
+        set_dir = self.watching
         try:
             m = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
-        except (StoreError, OSError, ValueError) as e:
+        except (StoreError, WorkspaceError, OSError, ValueError) as e:
             self.query_one("#summary", Static).update(f"[red]{e}[/]")
             return
+        status = read_status(set_dir)
+        owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
+        self.query_one("#status", Static).update(f"watching {set_dir.name}: {status.get('state', 'unknown')} (read-only{owner})")
+        planned = m.get("n_images_planned") or m["n_images"] or 1
+        self.query_one("#progress", ProgressBar).update(total=planned, progress=m["n_images"])
         p = m["provenance"]
         state = "complete" if m["complete"] else f"incomplete ({m['n_images']} of {m.get('n_images_planned', '?')} images)"
         size = sum(f.stat().st_size for f in set_dir.iterdir() if f.is_file())

@@ -135,25 +135,23 @@ class HomeScreen(Screen):
             selected = name if kind == "saes" else None
         self.app.action_build_index(selected)
 
-    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
-        self.action_open_run()  # the focused table consumes enter itself
+    async def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        await self.action_open_run()  # the focused table consumes enter itself
 
-    def action_open_run(self) -> None:
+    async def action_open_run(self) -> None:
         table = self.query_one("#runs", DataTable)
         if not table.row_count:
             self.notify("the workspace is empty: press t to train a model", severity="warning")
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         kind, name = key.split("/", 1)
-        if kind == "models":
-            self.app.switch_mode("train")
-            self.app.screen.show_run(self.app.workspace.root / kind / name)
-        elif kind == "features":
-            self.app.switch_mode("browse")
-            self.app.screen.query_one("#index").value = name
-        elif kind == "saes":
-            self.app.switch_mode("sae")
-            self.app.screen.show_run(self.app.workspace.root / kind / name)
+        path = self.app.workspace.root / kind / name
+        mode = {"models": "train", "saes": "sae", "activations": "collect", "features": "browse"}[kind]
+        await self.app.switch_mode(mode)  # awaited, so a screen opened for the first time is mounted before use
+        screen = self.app.screen
+        if kind == "features":
+            screen.query_one("#index").value = name
         elif kind == "activations":
-            self.app.switch_mode("collect")
-            self.app.screen.show_set(self.app.workspace.root / kind / name)
+            screen.show_set(path)
+        else:
+            screen.show_run(path)
