@@ -89,10 +89,16 @@ async def test_jump_to_image_and_feature_and_label(indexed_root):
         assert screen.class_filter == 0 and screen.index.store.labels()[screen.image] == 0
 
 
+_snapshot_built = False
+
+
 def snapshot_app() -> VitsaeApp:
-    if not (SNAPSHOT_WORKSPACE / "features").exists() or not any((SNAPSHOT_WORKSPACE / "features").iterdir()):
+    """An app on a fixed-path workspace (the path is on screen), rebuilt once per test run so it is never stale."""
+    global _snapshot_built
+    if not _snapshot_built:
         shutil.rmtree(SNAPSHOT_WORKSPACE, ignore_errors=True)
         make_indexed_workspace(SNAPSHOT_WORKSPACE)
+        _snapshot_built = True
     return VitsaeApp(SNAPSHOT_WORKSPACE)
 
 

@@ -86,3 +86,24 @@ async def test_enter_on_a_run_opens_its_curves_on_a_fresh_screen(tmp_path):
         assert app.current_mode == "train"
         assert app.screen.query_one("#loss_plot").point_count("train") == 5
         assert "watching demo-1: finished" in str(app.screen.query_one("#status", Static).render())
+
+
+def test_resuming_a_run_another_process_writes_leaves_its_status_alone(tmp_path):
+    import threading
+
+    from tests.helpers import Collector, tiny_train_config
+    from vitsae_tui.engine.train_model import StageError, train_model
+
+    ws = Workspace(tmp_path / "ws")
+    run = ws.new_run("models", "demo")
+    write_status(run, "running", step=3)
+    status = json.loads((run / "status.json").read_text())
+    status["pid"] = os.getppid()
+    (run / "status.json").write_text(json.dumps(status))
+    before = (run / "status.json").read_text()
+    try:
+        train_model(tiny_train_config(), ws, Collector(), threading.Event(), resume=run.name)
+        raise AssertionError("expected a refusal")
+    except StageError as e:
+        assert "being written by process" in str(e)
+    assert (run / "status.json").read_text() == before

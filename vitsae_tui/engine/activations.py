@@ -269,7 +269,10 @@ def collect(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.E
         name = cfg.name or default_set_name(cfg, hook)
         if not RUN_NAME.match(name):
             raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
-        set_dir = ws.kind_dir("activations") / name
+        target = ws.kind_dir("activations") / name
+        if (target / "manifest.json").exists():
+            refuse_if_owned(target)  # before set_dir is set: a refusal must not touch the owner's status
+        set_dir = target
         wanted = _provenance(cfg, data, loaded.checkpoint_sha256, hook)
         manifest = _open_or_create(set_dir, name, wanted, loaded, hook)
         return _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop)
@@ -289,7 +292,6 @@ def _default_hook(loaded) -> str:
 
 def _open_or_create(set_dir: Path, name: str, wanted: dict[str, Any], loaded, hook: str) -> dict[str, Any]:
     if (set_dir / "manifest.json").exists():
-        refuse_if_owned(set_dir)
         manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
         _check_provenance(manifest["provenance"], wanted, name)
         return manifest

@@ -110,8 +110,9 @@ def train_model(
     run_dir: Path | None = None
     try:
         if resume:
-            run_dir = ws.run_dir("models", resume)
-            refuse_if_owned(run_dir)
+            candidate = ws.run_dir("models", resume)
+            refuse_if_owned(candidate)  # before run_dir is set: a refusal must not touch the owner's status
+            run_dir = candidate
             cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
         else:
             run_dir = ws.new_run("models", cfg.preset)

@@ -135,8 +135,9 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
     run_dir: Path | None = None
     try:
         if resume:
-            run_dir = ws.run_dir("saes", resume)
-            refuse_if_owned(run_dir)
+            candidate = ws.run_dir("saes", resume)
+            refuse_if_owned(candidate)  # before run_dir is set: a refusal must not touch the owner's status
+            run_dir = candidate
             cfg = config_mod.from_dict(SAETrainConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
         elif not cfg.activations:
             raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
