@@ -181,7 +181,7 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
     total_steps = cfg.total_steps
     step, tokens_seen = 0, 0
     last_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)  # tokens_seen at each feature's last firing
-    window = _empty_window()
+    window = _empty_window(device)
     metrics_path = run_dir / "metrics.jsonl"
     if resuming:
         if not (run_dir / "trainer.pt").exists():
@@ -194,7 +194,7 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
             raise StageError(f"the checkpoint in saes/{run_dir.name} does not match its config; start a new run") from None
         step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
         last_fired = state["last_fired"].to(device)
-        window = {k: float(v) for k, v in state["window"].items()}
+        window = {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in state["window"].items()}
         saved_step = step
         truncate_jsonl(metrics_path, lambda r: int(r.get("step", 0)) <= saved_step)
         report(Log(STAGE, f"resuming {run_dir.name} at step {step} of {total_steps}"))
@@ -227,30 +227,32 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             out = step_fn(x, l0_coeff)
-            mse = float(out["mse"])
-            if not math.isfinite(mse):
-                raise StageError(f"the loss became {mse} at step {step}; lower --lr and resume from the last checkpoint")
             sae.project_decoder_grad()
             optimizer.step()
             sae.normalize_decoder()
             sae.clamp_threshold()
             tokens_seen += len(x)
             last_fired[out["fired"]] = tokens_seen
-            window["l0"] += float(out["l0"]) * len(x)
-            window["sq_err"] += mse * len(x)
-            window["sq_dev"] += float((x - mean_scaled).pow(2).sum())
+            # sums stay on the device: reading a value each step would make the GPU wait for the host
+            window["l0"] += out["l0"].double() * len(x)
+            window["sq_err"] += out["mse"].double() * len(x)
+            window["sq_dev"] += (x - mean_scaled).pow(2).sum(dtype=torch.float64)
             window["tokens"] += len(x)
             step += 1
-            if step % cfg.log_every == 0 or step == total_steps:
+            logging = step % cfg.log_every == 0 or step == total_steps
+            if logging or step % cfg.checkpoint_every == 0:
+                _check_finite(window, step)
+            if logging:
                 now = time.perf_counter()
+                sums = {k: float(v) for k, v in window.items()}
                 dead = float(((tokens_seen - last_fired) >= cfg.dead_window_tokens).float().mean()) if tokens_seen >= cfg.dead_window_tokens else 0.0
-                latest = {"kind": "step", "step": step, "tokens": tokens_seen, "mse": window["sq_err"] / window["tokens"],
-                          "fvu": window["sq_err"] / max(window["sq_dev"], 1e-12), "l0": window["l0"] / window["tokens"],
+                latest = {"kind": "step", "step": step, "tokens": tokens_seen, "mse": sums["sq_err"] / sums["tokens"],
+                          "fvu": sums["sq_err"] / max(sums["sq_dev"], 1e-12), "l0": sums["l0"] / sums["tokens"],
                           "dead_fraction": dead, "l0_coeff": l0_coeff, "lr": optimizer.param_groups[0]["lr"],
-                          "tokens_per_s": window["tokens"] / max(now - window_start, 1e-9)}
+                          "tokens_per_s": sums["tokens"] / max(now - window_start, 1e-9)}
                 append_jsonl(metrics_path, latest)
                 report(Metrics(STAGE, latest))
-                window, window_start = _empty_window(), now
+                window, window_start = _empty_window(device), now
             if step % cfg.eval_every == 0 or step == total_steps:
                 row = {"kind": "eval", "step": step, **evaluator.evaluate(sae)}
                 append_jsonl(metrics_path, row)
@@ -267,6 +269,7 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
                 stopped = True
                 break
 
+    _check_finite(window, step)
     _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, window)
     report(ArtifactWritten(STAGE, str(run_dir / "sae.safetensors"), "SAE checkpoint"))
     summary = {k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction")}
@@ -282,8 +285,15 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
     return SAERun(run_dir, step, summary, stopped)
 
 
-def _empty_window() -> dict[str, float]:
-    return {"l0": 0.0, "sq_err": 0.0, "sq_dev": 0.0, "tokens": 0.0}
+def _empty_window(device) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros((), dtype=torch.float64, device=device) for k in ("l0", "sq_err", "sq_dev", "tokens")}
+
+
+def _check_finite(window: dict[str, torch.Tensor], step: int) -> None:
+    """Raise before anything is logged or checkpointed once the loss has gone non-finite."""
+    value = float(window["sq_err"])
+    if not math.isfinite(value):
+        raise StageError(f"the loss became {value} by step {step}; lower --lr and resume from the last checkpoint")
 
 
 def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, window) -> None:
@@ -291,7 +301,7 @@ def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_se
     atomic_torch_save(run_dir / "trainer.pt", {
         "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
         "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
-        "last_fired": last_fired.cpu(), "window": {k: torch.tensor(v, dtype=torch.float64) for k, v in window.items()},
+        "last_fired": last_fired.cpu(), "window": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in window.items()},
     })
     save_sae(run_dir / "sae.safetensors", sae)
     write_status(run_dir, "running", step=step)
