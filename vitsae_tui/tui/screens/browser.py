@@ -319,37 +319,30 @@ class BrowserScreen(Screen):
         self.query_one("#patch-features", DataTable).focus()
         self.refresh_image()
 
-    def action_goto_image(self) -> None:
-        if self.index is None:
-            return
+    def ask_number(self, question: str, upper: int, then) -> None:
+        """Prompt for a whole number in [0, upper) and pass it on, or say what to type."""
 
         def answered(text: str | None) -> None:
             if text is None:
                 return
             try:
-                image = int(text)
-                if not 0 <= image < self.index.store.n_images:
+                value = int(text)
+                if not 0 <= value < upper:
                     raise ValueError
             except ValueError:
-                self.notify(f"type an image number from 0 to {self.index.store.n_images - 1}", severity="error")
+                self.notify(f"type a number from 0 to {upper - 1}", severity="error")
                 return
-            self.open_image(image, self.cursor)
+            then(value)
 
-        self.app.push_screen(PromptScreen(f"go to image (0-{self.index.store.n_images - 1})"), answered)
+        self.app.push_screen(PromptScreen(f"{question} (0-{upper - 1})"), answered)
+
+    def action_goto_image(self) -> None:
+        if self.index is not None:
+            self.ask_number("go to image", self.index.store.n_images, lambda image: self.open_image(image, self.cursor))
 
     def action_goto_feature(self) -> None:
-        if self.index is None:
-            return
-
-        def answered(text: str | None) -> None:
-            if text is None:
-                return
-            try:
-                self.show_feature(int(text))
-            except ValueError:
-                self.notify(f"type a feature number from 0 to {self.index.d_sae - 1}", severity="error")
-
-        self.app.push_screen(PromptScreen(f"feature id (0-{self.index.d_sae - 1})"), answered)
+        if self.index is not None:
+            self.ask_number("feature id", self.index.d_sae, self.show_feature)
 
     def action_class_filter(self) -> None:
         if self.index is None or not self.index.store.class_names:

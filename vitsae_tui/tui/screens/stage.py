@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from textual.screen import Screen
-from textual.widgets import ProgressBar, RichLog, Static
+from textual.widgets import ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import events
+from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.tui.jobs import Job
 
 
@@ -42,6 +43,8 @@ class StageScreen(Screen):
     """
 
     STAGE = ""
+    RUN_KIND = ""
+    """the workspace folder of this stage's runs, for screens that resume them ("models", "saes")"""
     watching: Path | None = None
     """a run folder followed live from its files (finished, failed, or written by another process)"""
     watch_offset = 0
@@ -60,6 +63,21 @@ class StageScreen(Screen):
 
     def reset_view(self) -> None:
         """Clear plots and panels (stages with plots override this)."""
+
+    def action_resume(self) -> None:
+        select = self.query_one("#resume_run", Select)
+        if select.is_blank():
+            self.notify("no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning")
+            return
+        self.action_start(resume=str(select.value))
+
+    def draw_history(self, run: str) -> None:
+        """A resumed run's curves up to the checkpoint it continues from; live points then extend them."""
+        run_dir = self.app.workspace.root / self.RUN_KIND / run
+        checkpoint_step = read_status(run_dir).get("step", 0)
+        for row in read_jsonl(run_dir / "metrics.jsonl"):
+            if isinstance(row.get("step"), int) and row["step"] <= checkpoint_step:
+                self.add_metrics(row)
 
     def watch_run(self, run_dir: Path) -> None:
         """Follow a run read-only from its metrics.jsonl and status.json, whoever is writing it."""

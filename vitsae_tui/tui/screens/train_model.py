@@ -32,6 +32,7 @@ LABELS = {"dataset": "dataset", "n_train": "synthetic images", "epochs": "epochs
 
 class TrainModelScreen(StageScreen):
     STAGE = STAGE
+    RUN_KIND = "models"
     BINDINGS = [
         Binding("s", "start", "Start"),
         Binding("x", "stop", "Stop"),
@@ -128,15 +129,9 @@ class TrainModelScreen(StageScreen):
             self.notify("a training job is already running; stop it first (x)", severity="warning")
             return
         self.reset_view()
+        if resume:
+            self.draw_history(resume)
         self.start_job(f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume)
-
-    def action_resume(self) -> None:
-        select = self.query_one("#resume_run", Select)
-        run = select.value
-        if select.is_blank():
-            self.notify("no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning")
-            return
-        self.action_start(resume=str(run))
 
     def show_run(self, run_dir: Path) -> None:
         """Draw any run's curves from its files and keep following them while it is written."""

@@ -44,6 +44,7 @@ def format_eval(row: dict) -> str:
 
 class TrainSAEScreen(StageScreen):
     STAGE = STAGE
+    RUN_KIND = "saes"
     BINDINGS = [
         Binding("s", "start", "Start"),
         Binding("x", "stop", "Stop"),
@@ -128,18 +129,10 @@ class TrainSAEScreen(StageScreen):
             self.notify("an SAE job is already running; stop it first (x)", severity="warning")
             return
         self.reset_view()
+        if resume:
+            self.draw_history(resume)
         title = f"resume {resume}" if resume else f"SAE on {cfg.activations}"
         self.start_job(title, train_sae, cfg, self.app.workspace, resume=resume)
-
-    def action_resume(self) -> None:
-        select = self.query_one("#resume_run", Select)
-        if select.is_blank():
-            self.notify("no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning")
-            return
-        if not self.app.jobs.running(STAGE):
-            # the resumed run's curves up to its checkpoint, then live points continue them
-            self.show_run(self.app.workspace.root / "saes" / str(select.value))
-        self.action_start(resume=str(select.value))
 
     def show_run(self, run_dir: Path) -> None:
         """Draw any run's curves from its files and keep following them while it is written."""
