@@ -12,7 +12,8 @@ from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.events import Finished
-from vitsae_tui.engine.train_model import StageError, load_model
+from vitsae_tui.engine.stages import StageError
+from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import atomic_torch_save
 
 

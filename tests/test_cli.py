@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-ENGINE_MODULES = ["activation_store", "activations", "cards", "concepts", "config", "data", "device", "events", "features", "perf", "pipeline", "sae", "sae_eval", "synthetic", "train_model",
+ENGINE_MODULES = ["activation_store", "activations", "cards", "concepts", "config", "data", "device", "events", "features", "perf", "pipeline", "sae", "sae_eval", "stages", "synthetic", "train_model",
                   "train_sae", "vision_model", "workspace"]
 
 

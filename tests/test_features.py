@@ -10,7 +10,7 @@ from tests.helpers import Collector, make_indexed_workspace, write_activation_se
 from vitsae_tui.engine.cards import feature_card, image_card
 from vitsae_tui.engine.concepts import TOP_K, auroc, concept_recovery
 from vitsae_tui.engine.features import build_index, open_index_for
-from vitsae_tui.engine.train_model import StageError
+from vitsae_tui.engine.stages import StageError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tests.helpers import Collector, write_activation_set
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import SAETrainConfig
-from vitsae_tui.engine.train_model import StageError
+from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.train_sae import input_scale, l0_coeff_at, load_sae, lr_at, train_sae
 from vitsae_tui.engine.activation_store import ActivationStore
 from vitsae_tui.engine.workspace import read_jsonl

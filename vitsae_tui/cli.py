@@ -133,7 +133,7 @@ def _run_stage(stage: Callable, *args, **kwargs) -> int:
         try:
             stage(*args, report=report, stop=stop, **kwargs)
         except Exception as e:  # stages raise StageError with a user message; anything else is a bug to show
-            from vitsae_tui.engine.train_model import StageError
+            from vitsae_tui.engine.stages import StageError
 
             if isinstance(e, StageError):
                 return 1
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from vitsae_tui.engine.activation_store import StoreError
         from vitsae_tui.engine.device import DeviceError
-        from vitsae_tui.engine.train_model import StageError
+        from vitsae_tui.engine.stages import StageError
         from vitsae_tui.engine.workspace import WorkspaceError
 
         if isinstance(e, (WorkspaceError, DeviceError, StoreError, StageError, IndexError)):

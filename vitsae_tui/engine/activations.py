@@ -25,8 +25,9 @@ from vitsae_tui.engine.activation_store import MANIFEST_VERSION, StoreError, val
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Progress, RateMeter, Report
-from vitsae_tui.engine.train_model import StageError, load_model, user_message
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
+from vitsae_tui.engine.stages import StageError, stage_failed
+from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
     Workspace,
@@ -277,11 +278,7 @@ def collect(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.E
         manifest = _open_or_create(set_dir, name, wanted, loaded, hook)
         return _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop)
     except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        message = user_message(e)
-        if set_dir is not None and set_dir.is_dir():
-            write_status(set_dir, "failed", message=message)
-        report(Failed(STAGE, message, str(set_dir or "")))
-        raise StageError(message) from e
+        raise stage_failed(STAGE, e, report, set_dir) from e
 
 
 def _default_hook(loaded) -> str:

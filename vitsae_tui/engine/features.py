@@ -24,8 +24,9 @@ import torch
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError
 from vitsae_tui.engine.concepts import TOP_K, concept_recovery
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Progress, RateMeter, Report
-from vitsae_tui.engine.train_model import StageError, load_model, user_message
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
+from vitsae_tui.engine.stages import StageError, stage_failed
+from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.train_sae import load_sae
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
@@ -140,9 +141,9 @@ def build_index(ws: Workspace, sae_run: str, report: Report, stop: threading.Eve
         index_dir = ws.kind_dir("features") / name
         return _build(ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device))
     except (StageError, StoreError, WorkspaceError, RuntimeError, OSError, ValueError, KeyError) as e:
-        message = user_message(e) if not isinstance(e, KeyError) else f"saes/{sae_run}/meta.json lacks {e}; retrain the SAE"
-        report(Failed(STAGE, message, str(index_dir or "")))
-        raise StageError(message) from e
+        message = f"saes/{sae_run}/meta.json lacks {e}; retrain the SAE" if isinstance(e, KeyError) else None
+        # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
+        raise stage_failed(STAGE, e, report, index_dir, message, mark_run=False) from e
 
 
 def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dict, report: Report, stop, device) -> IndexResult:

@@ -16,7 +16,8 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Metrics, Progress, RateMeter, Report
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report
+from vitsae_tui.engine.stages import StageError, stage_failed
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -35,10 +36,6 @@ from vitsae_tui.engine.workspace import (
 STAGE = "train-model"
 LOG_EVERY_STEPS = 5
 PROGRESS_EVERY_S = 0.25
-
-
-class StageError(RuntimeError):
-    """A stage could not run; the message is one sentence for the user."""
 
 
 @dataclass(frozen=True)
@@ -119,20 +116,7 @@ def train_model(
             atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
         return _train(cfg, ws, run_dir, report, stop, resume is not None)
     except (StageError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        message = user_message(e)
-        if run_dir is not None:
-            write_status(run_dir, "failed", message=message)
-        report(Failed(STAGE, message, str(run_dir or "")))
-        raise StageError(message) from e
-
-
-def user_message(error: BaseException) -> str:
-    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
-        return "the device ran out of memory; lower --batch-size and resume the run"
-    if isinstance(error, OSError) and error.errno == 28:
-        return "the disk is full; free some space and resume the run (the last checkpoint is intact)"
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text
+        raise stage_failed(STAGE, e, report, run_dir) from e
 
 
 def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, stop: threading.Event, resuming: bool) -> ModelRun:

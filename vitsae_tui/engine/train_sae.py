@@ -16,11 +16,12 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Failed, Finished, Log, Metrics, Progress, RateMeter, Report
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
 from vitsae_tui.engine.sae_eval import Evaluator
-from vitsae_tui.engine.train_model import StageError, load_model, user_message
+from vitsae_tui.engine.stages import StageError, stage_failed
+from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
@@ -147,11 +148,7 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
             atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
         return _train(cfg, ws, store, run_dir, report, stop, resume is not None)
     except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        message = user_message(e)
-        if run_dir is not None:
-            write_status(run_dir, "failed", message=message)
-        report(Failed(STAGE, message, str(run_dir or "")))
-        raise StageError(message) from e
+        raise stage_failed(STAGE, e, report, run_dir) from e
 
 
 def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Report):

@@ -16,6 +16,7 @@ from typing import Any
 from textual.app import App
 
 from vitsae_tui.engine import events
+from vitsae_tui.engine.stages import StageError
 
 DRAIN_INTERVAL_S = 0.1
 
@@ -83,9 +84,10 @@ class JobManager:
         def work() -> None:
             try:
                 job.result = fn(*args, report=job.report, stop=job.stop, **kwargs)
-            except Exception as e:  # the engine reported a Failed event already for user errors
-                if not any(isinstance(ev, events.Failed) for ev in list(job.history)):
-                    job.report(events.Failed(stage, f"{type(e).__name__}: {e}"))
+            except StageError:
+                pass  # the stage already reported its one-sentence Failed event
+            except Exception as e:  # a bug: show it in the job's log rather than crash the app
+                job.report(events.Failed(stage, f"{type(e).__name__}: {e}"))
 
         self.app.run_worker(work, name=f"job:{stage}", group="jobs", thread=True, exit_on_error=False)
         if self._timer is None:

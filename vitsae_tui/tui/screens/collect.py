@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
 
@@ -15,7 +14,7 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.config import CollectConfig, ConfigError, DataConfig, TrainModelConfig
 from vitsae_tui.engine.workspace import WorkspaceError, read_json
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import StageScreen, format_bytes, read_status
+from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen, format_bytes, read_status
 from vitsae_tui.tui.widgets.choices import refill_select
 
 STAGE = "collect"
@@ -23,11 +22,7 @@ STAGE = "collect"
 
 class CollectScreen(StageScreen):
     STAGE = STAGE
-    BINDINGS = [
-        Binding("s", "start", "Start"),
-        Binding("x", "stop", "Stop"),
-        Binding("escape", "app.switch_mode('home')", "Home"),
-    ]
+    BINDINGS = START_STOP_BINDINGS
 
     def __init__(self):
         super().__init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import ProgressBar, RichLog, Select, Static
 
@@ -34,6 +35,14 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+START_STOP_BINDINGS = [
+    Binding("s", "start", "Start"),
+    Binding("x", "stop", "Stop"),
+    Binding("escape", "app.switch_mode('home')", "Home"),
+]
+RESUMABLE_BINDINGS = [*START_STOP_BINDINGS[:2], Binding("r", "resume", "Resume"), START_STOP_BINDINGS[2]]
 
 
 class StageScreen(Screen):

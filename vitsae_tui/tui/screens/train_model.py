@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
 
@@ -13,7 +12,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import StageScreen
+from vitsae_tui.tui.screens.stage import RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 
 STAGE = "train-model"
@@ -33,12 +32,7 @@ LABELS = {"dataset": "dataset", "n_train": "synthetic images", "epochs": "epochs
 class TrainModelScreen(StageScreen):
     STAGE = STAGE
     RUN_KIND = "models"
-    BINDINGS = [
-        Binding("s", "start", "Start"),
-        Binding("x", "stop", "Stop"),
-        Binding("r", "resume", "Resume"),
-        Binding("escape", "app.switch_mode('home')", "Home"),
-    ]
+    BINDINGS = RESUMABLE_BINDINGS
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
 
@@ -13,7 +12,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, SAETrainConfig
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import StageScreen
+from vitsae_tui.tui.screens.stage import RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.choices import refill_select
 
@@ -45,12 +44,7 @@ def format_eval(row: dict) -> str:
 class TrainSAEScreen(StageScreen):
     STAGE = STAGE
     RUN_KIND = "saes"
-    BINDINGS = [
-        Binding("s", "start", "Start"),
-        Binding("x", "stop", "Stop"),
-        Binding("r", "resume", "Resume"),
-        Binding("escape", "app.switch_mode('home')", "Home"),
-    ]
+    BINDINGS = RESUMABLE_BINDINGS
 
     def compose(self) -> ComposeResult:
         defaults = SAETrainConfig()
