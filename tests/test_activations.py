@@ -11,6 +11,7 @@ from vitsae_tui.engine.activation_store import ActivationStore, StoreError, Toke
 from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
+from vitsae_tui.engine.distributed import Ranks
 from vitsae_tui.engine.events import Finished
 from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.train_model import load_model
@@ -108,11 +109,21 @@ def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
         np.testing.assert_array_equal(again, epochs[0])
     for resident in (True, False):
         source = TokenSource(store, torch.device("cpu"), batch_size=500, seed=1, resident=resident)
-        seen = torch.cat(list(source.epoch(0))).numpy()
+        batches = list(source.epoch(0))
+        assert [n for _, n in batches] == [len(b) for b, _ in batches]
+        seen = torch.cat([b for b, _ in batches]).numpy()
         assert seen.dtype == np.float32 and len(seen) == len(store)
         np.testing.assert_array_equal(np.sort(seen.view(reference.dtype).ravel()), reference)
-        skipped = torch.cat(list(source.epoch(0, skip_batches=2))).numpy()
+        skipped = torch.cat([b for b, _ in source.epoch(0, skip_batches=2)]).numpy()
         np.testing.assert_array_equal(skipped, seen[1000:])
+        # three data-parallel ranks: each gets a disjoint slice of every global batch, together the same batches
+        ranks = [Ranks(r, 3, torch.device("cpu")) for r in range(3)]
+        parts = [list(TokenSource(store, torch.device("cpu"), 500, 1, resident=resident, part=r.local_rows).epoch(0))
+                 for r in ranks]
+        assert all(len(p) == len(batches) for p in parts)
+        for b, (whole, n_global) in enumerate(batches):
+            assert [p[b][1] for p in parts] == [n_global] * 3
+            np.testing.assert_array_equal(torch.cat([p[b][0] for p in parts]).numpy(), whole.numpy())
 
 
 def test_mismatched_provenance_is_refused(workspace):

@@ -65,7 +65,7 @@ def test_headless_pipeline_collect_and_train_sae(tmp_path):
     collect = run_cli("collect", "--model", "demo-1", "--limit", "20", "--device", "cpu", workspace=tmp_path)
     assert collect.returncode == 0, collect.stderr
     name = "demo-1.blocks.1.resid_post.synthetic.train.n20"
-    assert f"collect finished" in collect.stderr and name in collect.stderr
+    assert "collect finished" in collect.stderr and name in collect.stderr
     again = run_cli("collect", "--model", "demo-1", "--limit", "20", "--device", "cpu", workspace=tmp_path)
     assert again.returncode == 0 and "already complete" in again.stderr
     sae = run_cli("train-sae", "--activations", name, "--tokens", "40000", "--batch-size", "512", "--eval-every", "50",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -113,11 +114,15 @@ def train_model_config(args: argparse.Namespace) -> TrainModelConfig:
 
 def _install_stop_signals(stop: threading.Event) -> None:
     """SIGINT, SIGTERM and SIGHUP (the SSH link dropped) ask the stage to checkpoint and return."""
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+
     def handler(signum, _frame):
-        if stop.is_set():
+        # a second signal forces the exit, except under torchrun, whose agent repeats the user's Ctrl-C as SIGTERM
+        if stop.is_set() and not under_torchrun:
             raise KeyboardInterrupt
+        if not stop.is_set() and int(os.environ.get("RANK", "0")) == 0:
+            print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…", file=sys.stderr)
         stop.set()
-        print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…", file=sys.stderr)
 
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
@@ -125,20 +130,28 @@ def _install_stop_signals(stop: threading.Event) -> None:
 
 
 def _run_stage(stage: Callable, *args, **kwargs) -> int:
-    from vitsae_tui.cli_progress import ConsoleReport
+    from vitsae_tui.cli_progress import ConsoleReport, RankReport
 
     stop = threading.Event()
     _install_stop_signals(stop)
-    with ConsoleReport() as report:
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun; engine.distributed is not imported before --help
+    code = 0
+    with (ConsoleReport() if rank == 0 else RankReport(rank)) as report:
         try:
             stage(*args, report=report, stop=stop, **kwargs)
         except Exception as e:  # stages raise StageError with a user message; anything else is a bug to show
             from vitsae_tui.engine.stages import StageError
 
-            if isinstance(e, StageError):
-                return 1
-            raise
-    return 0
+            if not isinstance(e, StageError):
+                raise
+            code = 1
+    if "WORLD_SIZE" in os.environ:
+        # every file is written and synced by now; skipping interpreter teardown avoids an intermittent abort
+        # (std::terminate) in torch.distributed's exit path that would turn a finished rank into a failed job
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_train_model(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -82,20 +83,38 @@ class ConsoleReport:
             self.progress.update(self._task(event.stage), metrics=format_metrics(self.latest[event.stage]))
         elif isinstance(event, events.Log):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-            self.progress.console.print(f"[{style}]{time.strftime('%H:%M:%S')} {event.message}[/]")
+            self.progress.console.print(f"[{style}]{time.strftime('%H:%M:%S')} {escape(event.message)}[/]")
         elif isinstance(event, events.Failed):
-            self.progress.console.print(f"[bold red]{event.stage} failed:[/] {event.message}")
+            self.progress.console.print(f"[bold red]{event.stage} failed:[/] {escape(event.message)}")
         elif isinstance(event, events.Finished):
             verb = "stopped (checkpoint saved; resume with --resume)" if event.stopped else "finished"
-            self.progress.console.print(f"[bold green]{event.stage} {verb}[/] → {event.run_dir}")
+            self.progress.console.print(f"[bold green]{event.stage} {verb}[/] → {escape(event.run_dir)}")
             for key, value in event.summary.items():
                 shown = f"{value:.4g}" if isinstance(value, float) else value
-                self.progress.console.print(f"  {key}: {shown}")
+                self.progress.console.print(f"  {key}: {escape(str(shown))}")
+
+
+class RankReport:
+    """What a torchrun rank other than 0 prints: only its failures, named by rank (rank 0 reports the run)."""
+
+    def __init__(self, rank: int, console: Console | None = None):
+        self.rank = rank
+        self.console = console or Console(stderr=True, soft_wrap=True)
+
+    def __enter__(self) -> RankReport:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Failed):
+            self.console.print(f"[bold red]{event.stage} failed on rank {self.rank}:[/] {escape(event.message)}")
 
 
 def print_runs(ws: Workspace, console: Console | None = None) -> None:
     console = console or Console()
-    console.print(f"workspace: {ws.root}")
+    console.print(f"workspace: {escape(str(ws.root))}")
     for kind in KINDS:
         runs = ws.runs(kind)
         if not runs:

@@ -10,7 +10,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,14 +147,18 @@ class ActivationStore:
         return np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else np.empty((0, self.d_model))
 
     def shuffled_batches(self, batch_size: int, seed: int, epoch: int, buffer_rows: int = 1 << 18,
-                         chunk_rows: int = 1 << 12, drop_last: bool = False, heldout_every: int = 0) -> Iterator[np.ndarray]:
+                         chunk_rows: int = 1 << 12, drop_last: bool = False, heldout_every: int = 0,
+                         part: Callable[[int], slice] | None = None) -> Iterator[np.ndarray]:
         """Every token exactly once per epoch in an order fixed by (seed, epoch), with bounded memory.
 
         Contiguous chunks (~110 images) are read in a random order into a buffer of ~buffer_rows (64 chunks from all
         over the set), which is permuted and cut into batches; a set that fits in one buffer is shuffled globally.
         The buffer stays small enough for the permuting gather to run at memory speed. With heldout_every=k, the
-        tokens of every k-th image (the evaluation images) are left out.
+        tokens of every k-th image (the evaluation images) are left out. With part (a data-parallel rank's share of a
+        global batch of n rows), only those rows of each global batch are gathered: the order is the same on any number
+        of ranks, and each token goes to exactly one rank.
         """
+        part = part or (lambda n: slice(0, n))
         rng = np.random.default_rng([seed, epoch])
         chunks = [(s, start, min(start + chunk_rows, len(shard))) for s, shard in enumerate(self.shards)
                   for start in range(0, len(shard), chunk_rows)]
@@ -173,23 +177,30 @@ class ActivationStore:
             if pending_rows < buffer_rows and position < len(order) - 1:
                 continue
             buffer = np.concatenate([carry, *pending])
-            buffer = np.take(buffer, rng.permutation(len(buffer)), axis=0)
+            permutation = rng.permutation(len(buffer))
             pending, pending_rows = [], 0
             full = len(buffer) // batch_size * batch_size
+            mine = part(batch_size)
             for b in range(0, full, batch_size):
-                yield buffer[b : b + batch_size]
-            carry = buffer[full:]
+                yield np.take(buffer, permutation[b + mine.start : b + mine.stop], axis=0)
+            carry = np.take(buffer, permutation[full:], axis=0)
         if len(carry) and not drop_last:
-            yield carry
+            yield carry[part(len(carry))]
 
 
 class TokenSource:
-    """Shuffled float32 token batches on a device: the whole set resident when it fits, else streamed with prefetch."""
+    """Shuffled float32 token batches on a device: the whole set resident when it fits, else streamed with prefetch.
+
+    Under data parallelism (`part`, a rank's share of a global batch) each rank gets its slice of the same global
+    batches; `epoch` yields (local batch, global batch size).
+    """
 
     def __init__(self, store: ActivationStore, device: torch.device, batch_size: int, seed: int,
-                 resident: bool | None = None, resident_budget_bytes: int | None = None, heldout_every: int = 0):
+                 resident: bool | None = None, resident_budget_bytes: int | None = None, heldout_every: int = 0,
+                 part: Callable[[int], slice] | None = None):
         self.store, self.device, self.batch_size, self.seed = store, device, batch_size, seed
         self.heldout_every = heldout_every
+        self.part = part or (lambda n: slice(0, n))
         image_ids = np.arange(store.n_tokens) // store.tokens_per_image
         keep = image_ids % heldout_every != heldout_every - 1 if heldout_every else np.ones(store.n_tokens, dtype=bool)
         self.n_train_tokens = int(keep.sum())
@@ -201,18 +212,22 @@ class TokenSource:
     def batches_per_epoch(self) -> int:
         return -(-self.n_train_tokens // self.batch_size)
 
-    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[torch.Tensor]:
-        """Float32 batches of the training tokens; skip_batches resumes mid-epoch on the same order."""
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
+        """(float32 local batch, global batch size) pairs; skip_batches resumes mid-epoch on the same order."""
+        sizes = (min(self.batch_size, self.n_train_tokens - b) for b in range(skip_batches * self.batch_size,
+                                                                            self.n_train_tokens, self.batch_size))
         if self.tokens is not None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(len(self.tokens), generator=generator).to(self.device)
-            for b in range(skip_batches * self.batch_size, len(order), self.batch_size):
-                yield self.tokens[order[b : b + self.batch_size]].float()
+            for b, n_global in zip(range(skip_batches * self.batch_size, len(order), self.batch_size), sizes):
+                mine = self.part(n_global)
+                yield self.tokens[order[b + mine.start : b + mine.stop]].float(), n_global
             return
-        batches = self.store.shuffled_batches(self.batch_size, self.seed, epoch, heldout_every=self.heldout_every)
+        batches = self.store.shuffled_batches(self.batch_size, self.seed, epoch, heldout_every=self.heldout_every,
+                                              part=self.part)
         for _ in range(skip_batches):
             next(batches, None)
-        yield from prefetch(batches, self.device)
+        yield from zip(prefetch(batches, self.device), sizes)
 
 
 def _resident_budget(device: torch.device) -> int:

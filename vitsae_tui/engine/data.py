@@ -37,10 +37,10 @@ class DataError(RuntimeError):
 
 
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float ImageNet-normalised, on the images' device."""
+    """uint8 (B, 3, H, W) -> ImageNet-normalised floats of the default dtype, on the images' device."""
     mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images_u8.device).view(1, 3, 1, 1)
-    return (images_u8.float() / 255.0 - mean) / std
+    return (images_u8.to(mean.dtype) / 255.0 - mean) / std
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image | None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine import distributed
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
@@ -63,21 +64,31 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, dataset: ImageDataset, device, bf16: bool, batch_size: int, num_workers: int = 0) -> dict:
-    """Mean cross-entropy and accuracy over the labelled, decodable images of a split."""
+def evaluate(model, dataset: ImageDataset, device, bf16: bool, batch_size: int, num_workers: int = 0,
+             ranks: distributed.Ranks | None = None) -> dict:
+    """Mean cross-entropy and accuracy over the labelled, decodable images of a split (each rank scores its share)."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for images, labels, ok in iterate_batches(dataset, np.arange(len(dataset)), batch_size, num_workers):
+    mine = np.arange(len(dataset))[ranks.local_rows(len(dataset))] if ranks else np.arange(len(dataset))
+    for images, labels, ok in iterate_batches(dataset, mine, batch_size, num_workers):
         keep = ok & (labels >= 0)
         if not keep.any():
             continue
         images, labels = images[keep].to(device), labels[keep].to(device)
         with autocast(device, bf16):
             logits = model(normalize(images))
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        total_loss += F.cross_entropy(_at_least_fp32(logits), labels, reduction="sum").item()
         correct += (logits.argmax(-1) == labels).sum().item()
         count += len(labels)
+    if ranks is not None and ranks.enabled:
+        total_loss, correct, count = ranks.all_reduce(torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device)).tolist()
+        correct, count = int(correct), int(count)
     return {"val_loss": total_loss / max(count, 1), "val_accuracy": correct / max(count, 1), "val_images": count}
+
+
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 logits from autocast go to float32 for the loss; float64 ones stay float64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def _save_checkpoint(path: Path, model, optimizer, epoch: int, batch_in_epoch: int, step: int, best: dict) -> None:
@@ -103,28 +114,64 @@ def train_model(
     stop: threading.Event,
     resume: str | None = None,
 ) -> ModelRun:
-    """Train (or resume) a classifier run in `models/`; returns when done, stopped, or raises StageError."""
+    """Train (or resume) a classifier run in `models/`; returns when done, stopped, or raises StageError.
+
+    Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
+    """
     run_dir: Path | None = None
+    ranks = None
     try:
         if resume:
-            candidate = ws.run_dir("models", resume)
-            refuse_if_owned(candidate)  # before run_dir is set: a refusal must not touch the owner's status
-            run_dir = candidate
-            cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
-        else:
-            run_dir = ws.new_run("models", cfg.preset)
-            atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
-        return _train(cfg, ws, run_dir, report, stop, resume is not None)
+            if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
+                refuse_if_owned(ws.run_dir("models", resume))
+            cfg = config_mod.from_dict(TrainModelConfig, read_json(ws.run_dir("models", resume) / "config.json"), f"{resume}/config.json")
+        ranks = distributed.setup(cfg.device)
+        ranks.check_divisible(cfg.batch_size)
+        run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
+        result = _train(cfg, ws, run_dir, report, stop, resume is not None, ranks)
+        distributed.teardown(ranks)
+        return result
     except (StageError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        raise stage_failed(STAGE, e, report, run_dir) from e
+        message = None
+        if isinstance(e, distributed.RankLost) and run_dir is not None:
+            message = (f"{e}; models/{run_dir.name} keeps its last checkpoint: resume it with --resume {run_dir.name} "
+                       f"on any number of processes")
+        main = ranks is None or ranks.is_main
+        raise stage_failed(STAGE, e, report, run_dir if main else None, message) from e
 
 
-def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, stop: threading.Event, resuming: bool) -> ModelRun:
-    device = pick_device(cfg.device)
+def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:
+    """The run folder to write: the resumed one, or a new one with its config."""
+    if resume:
+        return resume
+    run_dir = ws.new_run("models", cfg.preset)
+    atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+    return run_dir.name
+
+
+def _local_batches(dataset: ImageDataset, order: np.ndarray, batch_size: int, num_workers: int, ranks: distributed.Ranks):
+    """This rank's share of each global batch of `order`, one (possibly empty) batch per global batch."""
+    if not ranks.enabled:
+        yield from iterate_batches(dataset, order, batch_size, num_workers)
+        return
+    pieces = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    pieces = [piece[ranks.local_rows(len(piece))] for piece in pieces]
+    # every piece but the last has batch_size / world_size images, so one flat pass cuts them back apart
+    yield from iterate_batches(dataset, np.concatenate(pieces), batch_size // ranks.world_size, num_workers)
+    if pieces and len(pieces[-1]) == 0:
+        yield torch.empty(0, 3, 224, 224, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.bool)
+
+
+def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, stop: threading.Event, resuming: bool,
+           ranks: distributed.Ranks) -> ModelRun:
+    device = ranks.device
     torch.manual_seed(cfg.seed)
     report(Log(STAGE, f"loading {cfg.data.dataset} data"))
-    train_set = load_dataset(ws, cfg.data, "train")
-    val_set = load_dataset(ws, cfg.data, "val")
+    sets: dict = {}
+    # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
+    ranks.on_main(lambda: sets.update(train=load_dataset(ws, cfg.data, "train"), val=load_dataset(ws, cfg.data, "val")))
+    train_set = sets["train"] if sets else load_dataset(ws, cfg.data, "train")
+    val_set = sets["val"] if sets else load_dataset(ws, cfg.data, "val")
     if len(train_set) == 0 or len(val_set) == 0:
         raise StageError(f"{cfg.data.dataset} has no training or no validation images; add images or lower --val-fraction")
     if train_set.class_names and len(train_set.class_names) != cfg.model.n_classes:
@@ -132,16 +179,18 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
             TrainModelConfig,
             {**config_mod.to_dict(cfg), "model": {**config_mod.to_dict(cfg.model), "n_classes": len(train_set.class_names)}},
         )
-        atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+        if ranks.is_main:
+            atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
     if (train_set.labels() < 0).all():
         raise StageError(f"{cfg.data.dataset} has no class sub-folders, so there are no labels to train on")
-    atomic_write_json(
-        run_dir / "dataset.json",
-        {"class_names": list(train_set.class_names), "concept_names": list(train_set.concept_names),
-         "n_train": len(train_set), "n_val": len(val_set)},
-    )
+    if ranks.is_main:
+        atomic_write_json(
+            run_dir / "dataset.json",
+            {"class_names": list(train_set.class_names), "concept_names": list(train_set.concept_names),
+             "n_train": len(train_set), "n_val": len(val_set)},
+        )
 
-    model = VisionTransformerClassifier(cfg.model).to(device)
+    model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(device), ranks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch, batch_in_epoch, step = 0, 0, 0
     best = {"val_loss": math.inf, "val_accuracy": 0.0}
@@ -158,15 +207,26 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
         epoch, batch_in_epoch, step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
         best = {"val_loss": float(state["best_val_loss"]), "val_accuracy": float(state["best_val_accuracy"])}
         torch.set_rng_state(state["torch_rng"])
-        saved_step = step
-        truncate_jsonl(run_dir / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= saved_step)
+        if ranks.is_main:
+            saved_step = step
+            truncate_jsonl(run_dir / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= saved_step)
         report(Log(STAGE, f"resuming {run_dir.name} at epoch {epoch + 1}, step {step}"))
 
+    net = model
+    if ranks.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if not ranks.is_main:  # dropout masks must differ between ranks, yet stay reproducible
+            torch.manual_seed(cfg.seed * 1_000_003 + ranks.rank * 7919 + step)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="")
-    report(Log(STAGE, f"training {run_dir.name} on {device}: {len(train_set)} train / {len(val_set)} val images, "
-                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"))
+    if ranks.is_main:
+        write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="",
+                     world_size=ranks.world_size)
+    processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
+    report(Log(STAGE, f"training {run_dir.name} on {device}{processes}: {len(train_set)} train / {len(val_set)} val "
+                      f"images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"))
     metrics_path = run_dir / "metrics.jsonl"
     meter = RateMeter()
     last_progress = 0.0
@@ -177,71 +237,92 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
     while epoch < cfg.epochs and not stopped:
         model.train()
         order = epoch_order(cfg.seed, epoch, len(train_set))[batch_in_epoch * cfg.batch_size :]
-        for images, labels, ok in iterate_batches(train_set, order, cfg.batch_size, cfg.num_workers):
+        for images, labels, ok in _local_batches(train_set, order, cfg.batch_size, cfg.num_workers, ranks):
             keep = ok & (labels >= 0)
             skipped += int((~ok).sum())
-            if keep.any():
+            n_local = int(keep.sum())
+            # agree first on the global count: a step runs only if every rank has images (DDP needs them all)
+            n_global, ranks_empty = _reduced(ranks, device, n_local, n_local == 0)
+            if ranks_empty == 0:
                 images, labels = images[keep].to(device, non_blocking=True), labels[keep].to(device, non_blocking=True)
                 with autocast(device, cfg.bf16):
-                    logits = model(normalize(images))
-                    loss = F.cross_entropy(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise StageError(f"the loss became {loss.item()} at step {step}; lower --lr and resume from the last checkpoint")
+                    logits = net(normalize(images))
+                    loss = F.cross_entropy(_at_least_fp32(logits), labels)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages gradients over ranks; weighting by each rank's share makes that the global-batch mean
+                (loss * (n_local * ranks.world_size / n_global)).backward()
+                local_loss, local_correct = loss.item(), (logits.argmax(-1) == labels).sum().item()
+                batch_loss, batch_correct, non_finite = _reduced(
+                    ranks, device, local_loss * n_local, local_correct, not math.isfinite(local_loss))
+                if non_finite:
+                    raise StageError(f"the loss became non-finite at step {step}; lower --lr and resume from the last checkpoint")
                 optimizer.step()
-                loss_sum += loss.item() * len(labels)
-                correct_sum += (logits.argmax(-1) == labels).sum().item()
-                loss_count += len(labels)
+                loss_sum += batch_loss
+                correct_sum += int(batch_correct)
+                loss_count += int(n_global)
             step += 1
             batch_in_epoch += 1
             if step % LOG_EVERY_STEPS == 0 and loss_count:
                 row = {"kind": "step", "step": step, "epoch": epoch + batch_in_epoch / steps_per_epoch,
                        "train_loss": loss_sum / loss_count, "train_accuracy": correct_sum / loss_count,
                        "lr": optimizer.param_groups[0]["lr"]}
-                append_jsonl(metrics_path, row)
+                if ranks.is_main:
+                    append_jsonl(metrics_path, row)
                 report(Metrics(STAGE, row))
                 loss_sum, loss_count, correct_sum = 0.0, 0, 0
             now = time.perf_counter()
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, meter.update(step)))
-            if step % cfg.checkpoint_every == 0:
+            if step % cfg.checkpoint_every == 0 and ranks.is_main:
                 _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
                 write_status(run_dir, "running", step=step)
-            if stop.is_set():
+            if ranks.any(stop.is_set()):
                 stopped = True
                 break
         if stopped:
             break
         epoch += 1
         batch_in_epoch = 0
-        val = evaluate(model, val_set, device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers)
+        val = evaluate(model, val_set, device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers, ranks)
         row = {"kind": "epoch", "step": step, "epoch": epoch, **val}
-        append_jsonl(metrics_path, row)
         report(Metrics(STAGE, row))
         report(Log(STAGE, f"epoch {epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}"))
-        if val["val_loss"] < best["val_loss"]:
+        improved = val["val_loss"] < best["val_loss"]
+        if improved:
             best = {"val_loss": val["val_loss"], "val_accuracy": val["val_accuracy"]}
-            atomic_torch_save(best_path, {"model": model.state_dict(), "epoch": epoch, "step": step, **val})
-            report(ArtifactWritten(STAGE, str(best_path), "best checkpoint"))
-        _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
-        report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
-        write_status(run_dir, "running", step=step, epoch=epoch, **{f"best_{k}": v for k, v in best.items()})
+        if ranks.is_main:
+            append_jsonl(metrics_path, row)
+            if improved:
+                atomic_torch_save(best_path, {"model": model.state_dict(), "epoch": epoch, "step": step, **val})
+                report(ArtifactWritten(STAGE, str(best_path), "best checkpoint"))
+            _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
+            report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
+            write_status(run_dir, "running", step=step, epoch=epoch, **{f"best_{k}": v for k, v in best.items()})
 
-    if stopped:
+    (skipped,) = _reduced(ranks, device, skipped)
+    skipped = int(skipped)
+    if stopped and ranks.is_main:
         _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
         report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
     if skipped:
         report(Log(STAGE, f"skipped {skipped} unreadable images", "warning"))
     summary = {"best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"], "epochs_done": epoch,
                "step": step, "skipped_images": skipped, "elapsed_s": round(meter.elapsed_s, 1)}
-    write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
+    if ranks.is_main:
+        write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
     report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
     report(Finished(STAGE, str(run_dir), summary, stopped))
     return ModelRun(run_dir, best["val_loss"], best["val_accuracy"], epoch, stopped)
+
+
+def _reduced(ranks: distributed.Ranks, device: torch.device, *values: float) -> list[float]:
+    """The values summed over ranks (themselves on one process), in one small collective."""
+    if not ranks.enabled:
+        return [float(v) for v in values]
+    return ranks.all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)).tolist()
 
 
 @dataclass(frozen=True)

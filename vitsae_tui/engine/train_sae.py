@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine import distributed
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
 from vitsae_tui.engine.config import SAETrainConfig
-from vitsae_tui.engine.device import pick_device
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
@@ -132,23 +132,42 @@ def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image:
 
 
 def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None) -> SAERun:
-    """Train (or resume) a JumpReLU SAE in `saes/`; returns when done or stopped, or raises StageError."""
+    """Train (or resume) a JumpReLU SAE in `saes/`; returns when done or stopped, or raises StageError.
+
+    Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
+    """
     run_dir: Path | None = None
+    ranks = None
     try:
         if resume:
-            candidate = ws.run_dir("saes", resume)
-            refuse_if_owned(candidate)  # before run_dir is set: a refusal must not touch the owner's status
-            run_dir = candidate
-            cfg = config_mod.from_dict(SAETrainConfig, read_json(run_dir / "config.json"), f"{resume}/config.json")
+            if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
+                refuse_if_owned(ws.run_dir("saes", resume))
+            cfg = config_mod.from_dict(SAETrainConfig, read_json(ws.run_dir("saes", resume) / "config.json"), f"{resume}/config.json")
         elif not cfg.activations:
             raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
+        ranks = distributed.setup(cfg.device)
+        ranks.check_divisible(cfg.batch_size)
         store = ActivationStore(ws.run_dir("activations", cfg.activations))
-        if not resume:
-            run_dir = ws.new_run("saes", "sae")
-            atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
-        return _train(cfg, ws, store, run_dir, report, stop, resume is not None)
+        run_dir = ws.run_dir("saes", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
+        result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks)
+        distributed.teardown(ranks)
+        return result
     except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        raise stage_failed(STAGE, e, report, run_dir) from e
+        message = None
+        if isinstance(e, distributed.RankLost) and run_dir is not None:
+            message = (f"{e}; saes/{run_dir.name} keeps its last checkpoint: resume it with --resume {run_dir.name} "
+                       f"on any number of processes")
+        main = ranks is None or ranks.is_main
+        raise stage_failed(STAGE, e, report, run_dir if main else None, message) from e
+
+
+def _claim_run(ws: Workspace, cfg: SAETrainConfig, resume: str | None) -> str:
+    """The run folder to write: the resumed one, or a new one with its config."""
+    if resume:
+        return resume
+    run_dir = ws.new_run("saes", "sae")
+    atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+    return run_dir.name
 
 
 def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Report):
@@ -166,8 +185,8 @@ def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Repo
 
 
 def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: Path, report: Report,
-           stop: threading.Event, resuming: bool) -> SAERun:
-    device = pick_device(cfg.device)
+           stop: threading.Event, resuming: bool, ranks: distributed.Ranks) -> SAERun:
+    device = ranks.device
     if device.type == "cpu":
         tune_allocator()
     compute_dtype = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else torch.float32
@@ -178,7 +197,7 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
     total_steps = cfg.total_steps
     step, tokens_seen = 0, 0
     last_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)  # tokens_seen at each feature's last firing
-    window = _empty_window(device)
+    window = Window(device)
     metrics_path = run_dir / "metrics.jsonl"
     if resuming:
         if not (run_dir / "trainer.pt").exists():
@@ -187,27 +206,35 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
         try:
             sae.load_state_dict(state["sae"])
             optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError):
+            step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+            last_fired = state["last_fired"].to(device)
+            if ranks.is_main:  # the window's sums so far are global: one rank carries them on
+                window.load(state["window"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError):
             raise StageError(f"the checkpoint in saes/{run_dir.name} does not match its config; start a new run") from None
-        step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        last_fired = state["last_fired"].to(device)
-        window = {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in state["window"].items()}
-        saved_step = step
-        truncate_jsonl(metrics_path, lambda r: int(r.get("step", 0)) <= saved_step)
+        if ranks.is_main:
+            saved_step = step
+            truncate_jsonl(metrics_path, lambda r: int(r.get("step", 0)) <= saved_step)
         report(Log(STAGE, f"resuming {run_dir.name} at step {step} of {total_steps}"))
+    ranks.broadcast_(sae.parameters())
 
-    atomic_write_json(run_dir / "meta.json", {
-        "activations": store.path.name, "hook": store.hook, "d_in": store.d_model, "d_sae": sae.d_sae,
-        "input_scale": scale, "model_run": store.manifest["provenance"]["model_run"],
-        "model_checkpoint_sha256": store.manifest["provenance"]["checkpoint_sha256"],
-    })
+    if ranks.is_main:
+        atomic_write_json(run_dir / "meta.json", {
+            "activations": store.path.name, "hook": store.hook, "d_in": store.d_model, "d_sae": sae.d_sae,
+            "input_scale": scale, "model_run": store.manifest["provenance"]["model_run"],
+            "model_checkpoint_sha256": store.manifest["provenance"]["checkpoint_sha256"],
+        })
     resident = {"auto": None, "yes": True, "no": False}[cfg.resident]
-    source = TokenSource(store, device, cfg.batch_size, cfg.seed, resident=resident, heldout_every=cfg.heldout_every)
-    evaluator = Evaluator(store, cfg.heldout_every, device, _load_eval_model(ws, store, device, report))
+    source = TokenSource(store, device, cfg.batch_size, cfg.seed, resident=resident, heldout_every=cfg.heldout_every,
+                         part=ranks.local_rows)
+    evaluator = Evaluator(store, cfg.heldout_every, device, _load_eval_model(ws, store, device, report)) if ranks.is_main else None
     mean_scaled = torch.from_numpy(store.mean.astype(np.float32)).to(device) * scale
-    write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="")
-    report(Log(STAGE, f"training {run_dir.name} on {device} ({'resident' if source.resident else 'streamed'} data): "
-                      f"{store.d_model} -> {sae.d_sae} features, {total_steps} steps of {cfg.batch_size} tokens, "
+    if ranks.is_main:
+        write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="",
+                     world_size=ranks.world_size)
+    processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
+    report(Log(STAGE, f"training {run_dir.name} on {device}{processes} ({'resident' if source.resident else 'streamed'} "
+                      f"data): {store.d_model} -> {sae.d_sae} features, {total_steps} steps of {cfg.batch_size} tokens, "
                       f"input scale {scale:.4g}"))
 
     meter = RateMeter()
@@ -218,87 +245,130 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
     batches_per_epoch = source.batches_per_epoch()
     while step < total_steps and not stopped:
         epoch, skip = divmod(step, batches_per_epoch)
-        for x_raw in source.epoch(epoch, skip_batches=skip):
+        for x_raw, n_global in source.epoch(epoch, skip_batches=skip):
             x = x_raw.mul_(scale)
             l0_coeff = l0_coeff_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
-            out = step_fn(x, l0_coeff)
+            fired = _step(step_fn, sae, x, l0_coeff, n_global, ranks, window, mean_scaled)
             sae.project_decoder_grad()
             optimizer.step()
             sae.normalize_decoder()
             sae.clamp_threshold()
-            tokens_seen += len(x)
-            last_fired[out["fired"]] = tokens_seen
-            # sums stay on the device: reading a value each step would make the GPU wait for the host
-            window["l0"] += out["l0"].double() * len(x)
-            window["sq_err"] += out["mse"].double() * len(x)
-            window["sq_dev"] += (x - mean_scaled).pow(2).sum(dtype=torch.float64)
-            window["tokens"] += len(x)
+            tokens_seen += n_global
+            last_fired[fired] = tokens_seen
             step += 1
             logging = step % cfg.log_every == 0 or step == total_steps
-            if logging or step % cfg.checkpoint_every == 0:
-                _check_finite(window, step)
+            checkpointing = step % cfg.checkpoint_every == 0
+            if logging or checkpointing:
+                # one reduction agrees on the sums, on finiteness and on stopping: every rank leaves at the same step
+                totals, stop_asked = window.totals(ranks, stop.is_set())
+                _check_finite(totals, step)
+                if stop_asked and ranks.enabled:
+                    stopped = True
             if logging:
                 now = time.perf_counter()
-                sums = {k: float(v) for k, v in window.items()}
                 dead = float(((tokens_seen - last_fired) >= cfg.dead_window_tokens).float().mean()) if tokens_seen >= cfg.dead_window_tokens else 0.0
-                latest = {"kind": "step", "step": step, "tokens": tokens_seen, "mse": sums["sq_err"] / sums["tokens"],
-                          "fvu": sums["sq_err"] / max(sums["sq_dev"], 1e-12), "l0": sums["l0"] / sums["tokens"],
+                latest = {"kind": "step", "step": step, "tokens": tokens_seen, "mse": totals["sq_err"] / totals["tokens"],
+                          "fvu": totals["sq_err"] / max(totals["sq_dev"], 1e-12), "l0": totals["l0"] / totals["tokens"],
                           "dead_fraction": dead, "l0_coeff": l0_coeff, "lr": optimizer.param_groups[0]["lr"],
-                          "tokens_per_s": sums["tokens"] / max(now - window_start, 1e-9)}
-                append_jsonl(metrics_path, latest)
+                          "tokens_per_s": totals["tokens"] / max(now - window_start, 1e-9)}
+                if ranks.is_main:
+                    append_jsonl(metrics_path, latest)
                 report(Metrics(STAGE, latest))
-                window, window_start = _empty_window(device), now
-            if step % cfg.eval_every == 0 or step == total_steps:
+                window, window_start = Window(device), now
+            if evaluator is not None and (step % cfg.eval_every == 0 or step == total_steps):
                 row = {"kind": "eval", "step": step, **evaluator.evaluate(sae)}
                 append_jsonl(metrics_path, row)
                 report(Metrics(STAGE, row))
-            if step % cfg.checkpoint_every == 0:
-                _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, window)
+            if checkpointing and ranks.is_main:
+                _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
             now = time.perf_counter()
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, meter.update(step)))
             if step >= total_steps:
                 break
-            if stop.is_set():
+            if stopped or (stop.is_set() and not ranks.enabled):
                 stopped = True
                 break
 
-    _check_finite(window, step)
-    _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, window)
-    report(ArtifactWritten(STAGE, str(run_dir / "sae.safetensors"), "SAE checkpoint"))
+    totals, _ = window.totals(ranks, False)
+    _check_finite(totals, step)
     summary = {k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction")}
-    if not stopped:
-        export = export_saelens(run_dir, sae, store.hook, store.tokens_per_image, store.manifest["provenance"]["model_run"])
-        report(ArtifactWritten(STAGE, str(export), "SAELens export"))
-        last_eval = next((r for r in reversed(read_jsonl(metrics_path)) if r.get("kind") == "eval"), {})
-        summary.update({k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_")) and k != "density"})
     summary.update(step=step, tokens=tokens_seen, elapsed_s=round(meter.elapsed_s, 1))
-    write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
+    if ranks.is_main:
+        _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
+        report(ArtifactWritten(STAGE, str(run_dir / "sae.safetensors"), "SAE checkpoint"))
+        if not stopped:
+            export = export_saelens(run_dir, sae, store.hook, store.tokens_per_image, store.manifest["provenance"]["model_run"])
+            report(ArtifactWritten(STAGE, str(export), "SAELens export"))
+            last_eval = next((r for r in reversed(read_jsonl(metrics_path)) if r.get("kind") == "eval"), {})
+            summary.update({k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_")) and k != "density"})
+        write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
     report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
     report(Finished(STAGE, str(run_dir), summary, stopped))
     return SAERun(run_dir, step, summary, stopped)
 
 
-def _empty_window(device) -> dict[str, torch.Tensor]:
-    return {k: torch.zeros((), dtype=torch.float64, device=device) for k in ("l0", "sq_err", "sq_dev", "tokens")}
+def _step(step_fn: FusedStep, sae: JumpReLUSAE, x: torch.Tensor, l0_coeff: float, n_global: int,
+          ranks: distributed.Ranks, window: "Window", mean_scaled: torch.Tensor) -> torch.Tensor:
+    """Gradients of the global batch's loss on every rank; returns which features fired anywhere in it."""
+    if len(x):
+        out = step_fn(x, l0_coeff)
+        window.add(out["l0"], out["mse"], (x - mean_scaled).pow(2).sum(dtype=torch.float64), len(x))
+        fired = out["fired"]
+    else:  # a final global batch smaller than the number of ranks leaves some ranks without rows
+        for p in sae.parameters():
+            p.grad = torch.zeros_like(p)
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+    if not ranks.enabled:
+        return fired
+    # each rank's gradient is a mean over its rows: weighting by its share and summing gives the global mean
+    params = list(sae.parameters())
+    bucket = torch.cat([p.grad.reshape(-1) * (len(x) / n_global) for p in params] + [fired.float()])
+    ranks.all_reduce(bucket)
+    offset = 0
+    for p in params:
+        p.grad = bucket[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return bucket[offset:] > 0
 
 
-def _check_finite(window: dict[str, torch.Tensor], step: int) -> None:
+class Window:
+    """Metric sums since the last log row, kept on the device: reading them each step would make the GPU wait."""
+
+    NAMES = ("l0", "sq_err", "sq_dev", "tokens")
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=device)
+
+    def add(self, l0: torch.Tensor, mse: torch.Tensor, sq_dev: torch.Tensor, n: int) -> None:
+        self.sums += torch.stack([l0.double() * n, mse.double() * n, sq_dev, torch.tensor(float(n), dtype=torch.float64, device=self.sums.device)])
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.sums = torch.tensor([float(saved[k]) for k in self.NAMES], dtype=torch.float64, device=self.sums.device)
+
+    def totals(self, ranks: distributed.Ranks, stop_asked: bool) -> tuple[dict[str, float], bool]:
+        """The sums over every rank, and whether any rank was asked to stop (one reduction for both)."""
+        flag = torch.tensor([float(stop_asked)], dtype=torch.float64, device=self.sums.device)
+        values = ranks.all_reduce(torch.cat([self.sums, flag])).tolist()
+        return dict(zip(self.NAMES, values[:-1])), values[-1] > 0
+
+
+def _check_finite(totals: dict[str, float], step: int) -> None:
     """Raise before anything is logged or checkpointed once the loss has gone non-finite."""
-    value = float(window["sq_err"])
+    value = totals["sq_err"]
     if not math.isfinite(value):
         raise StageError(f"the loss became {value} by step {step}; lower --lr and resume from the last checkpoint")
 
 
-def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, window) -> None:
+def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, totals) -> None:
     """trainer.pt holds everything resume needs in one atomic file; sae.safetensors is the weights for readers."""
     atomic_torch_save(run_dir / "trainer.pt", {
         "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
         "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
-        "last_fired": last_fired.cpu(), "window": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in window.items()},
+        "last_fired": last_fired.cpu(), "window": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in totals.items()},
     })
     save_sae(run_dir / "sae.safetensors", sae)
     write_status(run_dir, "running", step=step)

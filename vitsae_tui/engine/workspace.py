@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -168,7 +169,8 @@ class RunInfo:
 
     @property
     def updated(self) -> float:
-        return float(self.status.get("updated", 0.0) or 0.0)
+        value = self.status.get("updated")
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 def _owner_alive(status: dict[str, Any]) -> bool:

@@ -152,7 +152,7 @@ class BrowserScreen(Screen):
             self.index = FeatureIndex(self.app.workspace, name)
         except Exception as e:  # a damaged or stale index: say so and keep the screen usable
             self.index = None
-            self.notify(str(e), severity="error", timeout=10)
+            self.notify(str(e), severity="error", timeout=10, markup=False)
             return
         self.image, self.cursor, self.feature, self.class_filter = 0, 0, None, None
         self.renders.clear()

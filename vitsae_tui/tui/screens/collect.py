@@ -79,7 +79,7 @@ class CollectScreen(StageScreen):
         try:
             cfg = config_mod.from_dict(TrainModelConfig, read_json(self.app.workspace.root / "models" / run / "config.json"))
         except Exception as e:  # a damaged run: say so, keep the screen usable
-            self.notify(f"models/{run} cannot be read: {e}", severity="error")
+            self.notify(f"models/{run} cannot be read: {e}", severity="error", markup=False)
             return
         hooks = self.query_one("#hook", Select)
         hooks.set_options([(h, h) for h in hook_names(cfg.model)])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -100,7 +102,7 @@ class HomeScreen(Screen):
     def refresh_runs(self) -> None:
         ws = self.app.workspace
         runs = {kind: ws.runs(kind) for kind in KINDS}
-        self.query_one("#workspace", Static).update(f"[b]workspace[/] {ws.root}")
+        self.query_one("#workspace", Static).update(f"[b]workspace[/] {escape(str(ws.root))}")
         self.query_one("#pipeline", Static).update(pipeline_text(ws, self.selected_model()))
         self.query_one("#next", Static).update(next_step(runs, self.app.jobs.running()))
         table = self.query_one("#runs", DataTable)
@@ -110,8 +112,9 @@ class HomeScreen(Screen):
             for run in runs[kind]:
                 style = STATE_STYLE.get(run.state, "")
                 updated = time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-"
-                table.add_row(kind, run.name, f"[{style}]{run.state}[/]" if style else run.state, updated,
-                              run_details(run), key=f"{kind}/{run.name}")
+                # status files are data, not markup: a message with brackets must not restyle (or break) the table
+                table.add_row(kind, run.name, Text(str(run.state), style=style or ""), updated,
+                              Text(run_details(run)), key=f"{kind}/{run.name}")
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
 

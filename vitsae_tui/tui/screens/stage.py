@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.markup import escape
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import ProgressBar, RichLog, Select, Static
@@ -154,10 +155,10 @@ class StageScreen(Screen):
         for event in batch:
             if isinstance(event, events.Log):
                 style = {"warning": "yellow", "error": "red"}.get(event.level, "")
-                log.write(f"[{style}]{event.message}[/]" if style else event.message)
+                log.write(f"[{style}]{escape(event.message)}[/]" if style else escape(event.message))
             elif isinstance(event, events.Failed):
-                log.write(f"[bold red]failed: {event.message}[/]")
-                self.notify(event.message, severity="error", timeout=10)
+                log.write(f"[bold red]failed: {escape(event.message)}[/]")
+                self.notify(event.message, severity="error", timeout=10, markup=False)
             self.on_stage_event(job, event)
         self.update_status(job)
 
@@ -177,5 +178,5 @@ class StageScreen(Screen):
         if job.state == "running":
             detail = self.status_detail(job)
         else:
-            detail = job.state + (f": {job.message}" if job.message else "")
+            detail = job.state + (f": {escape(job.message)}" if job.message else "")
         self.query_one("#status", Static).update(f"{job.title}: {detail}")

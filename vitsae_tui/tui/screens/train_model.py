@@ -115,7 +115,7 @@ class TrainModelScreen(StageScreen):
         try:
             cfg = self.form_config()
         except ConfigError as e:
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             return
         from vitsae_tui.engine.train_model import train_model
 

@@ -115,7 +115,7 @@ class TrainSAEScreen(StageScreen):
         try:
             cfg = self.form_config() if resume is None else SAETrainConfig()
         except ConfigError as e:
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             return
         from vitsae_tui.engine.train_sae import train_sae
 
