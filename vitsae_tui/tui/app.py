@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,6 +41,18 @@ class VitsaeApp(App):
         self.following_stage: str | None = None
         self.jobs.subscribe(self.follow_pipeline)
         self.sub_title = str(self.workspace.root)
+
+    def on_mount(self) -> None:
+        # a dropped SSH link (SIGHUP) or a scheduler's SIGTERM stops every job with a checkpoint before exiting
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                loop.add_signal_handler(sig, lambda: self.run_worker(self._stop_jobs_and_exit(), group="shutdown"))
+
+    async def _stop_jobs_and_exit(self) -> None:
+        self.jobs.stop_all()
+        await self.jobs.wait_all()
+        self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -128,5 +142,11 @@ def run_app(workspace: str | Path | None = None, demo_size: str = "demo") -> int
 
     # spawned DataLoader workers need the tracker, which cannot start once Textual has redirected stderr
     multiprocessing.resource_tracker.ensure_running()
-    VitsaeApp(workspace, demo_size).run()
+    app = VitsaeApp(workspace, demo_size)
+    try:
+        app.run()
+    finally:
+        # if the UI died with its terminal, the jobs still get to save their checkpoints before the process ends
+        app.jobs.stop_all()
+        app.jobs.join_threads()
     return 0

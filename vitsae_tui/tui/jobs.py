@@ -38,6 +38,7 @@ class Job:
     """every event so far, so a screen opened mid-run can draw the whole curve"""
     started: float = field(default_factory=time.time)
     result: Any = None
+    thread: threading.Thread | None = None
     _inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def report(self, event: events.Event) -> None:
@@ -82,6 +83,7 @@ class JobManager:
         self.jobs[stage] = job
 
         def work() -> None:
+            job.thread = threading.current_thread()
             try:
                 job.result = fn(*args, report=job.report, stop=job.stop, **kwargs)
             except StageError:
@@ -106,6 +108,13 @@ class JobManager:
         for job in self.jobs.values():
             if job.running:
                 job.stop.set()
+
+    def join_threads(self, timeout_s: float = 600.0) -> None:
+        """Block until every job's thread has returned (for use after the App has exited)."""
+        deadline = time.monotonic() + timeout_s
+        for job in self.jobs.values():
+            if job.thread is not None:
+                job.thread.join(max(0.0, deadline - time.monotonic()))
 
     def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)

@@ -1,0 +1,164 @@
+"""kill -9 at seeded random points of every long stage: nothing that claims to be complete is ever corrupt, and
+re-running (with resume) ends equal to an uninterrupted run, having lost at most one checkpoint interval per kill."""
+
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.reliability import stage_runner
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.config import TrainModelConfig
+from vitsae_tui.engine.features import FeatureIndex
+from vitsae_tui.engine.train_sae import load_sae
+from vitsae_tui.engine.vision_model import VisionTransformerClassifier
+from vitsae_tui.engine.workspace import KINDS, Workspace, load_torch_file, read_json, read_jsonl
+
+KILLS_PER_STAGE = 20
+STAGES = ("model", "collect", "sae", "index")
+OUTPUTS = {"model": "models", "collect": "activations", "sae": "saes", "index": "features"}
+RUN = {"model": "demo-1", "collect": "set", "sae": "sae-1", "index": "sae-1"}
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(["tests.reliability.stage_runner"])
+
+
+def start(stage: str, root: Path, resume: bool):
+    announced = FORKSERVER.Value("q", -1)
+    child = FORKSERVER.Process(target=stage_runner.run, args=(stage, str(root), resume, announced), daemon=True)
+    child.start()
+    return child, announced
+
+
+def run_to_end(stage: str, root: Path, resume: bool) -> float:
+    """Run a stage uninterrupted; returns the seconds between its first announced progress and its end."""
+    child, announced = start(stage, root, resume)
+    first = None
+    while child.is_alive():
+        if first is None and announced.value >= 0:
+            first = time.perf_counter()
+        time.sleep(0.002)
+    assert child.exitcode == 0, f"{stage} failed (exit {child.exitcode})"
+    return time.perf_counter() - (first or time.perf_counter())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Every stage run once without interruption, and how long its working part took."""
+    root = tmp_path_factory.mktemp("reference")
+    return root, {stage: run_to_end(stage, root, False) for stage in STAGES}
+
+
+def recovered(stage: str, ws: Workspace) -> int:
+    """How far a re-run starts: the last checkpoint's step, the images of sealed shards; an index restarts."""
+    run_dir = ws.kind_dir(OUTPUTS[stage]) / RUN[stage]
+    if stage == "model" and (run_dir / "last.pt").exists():
+        return int(load_torch_file(run_dir / "last.pt")["step"])
+    if stage == "collect" and (run_dir / "manifest.json").exists():
+        return int(read_json(run_dir / "manifest.json")["n_images"])
+    if stage == "sae" and (run_dir / "trainer.pt").exists():
+        return int(load_torch_file(run_dir / "trainer.pt")["step"])
+    return 0
+
+
+def resumable(stage: str, ws: Workspace) -> bool:
+    run_dir = ws.kind_dir(OUTPUTS[stage]) / RUN[stage]
+    return {"model": (run_dir / "last.pt").exists(), "sae": (run_dir / "trainer.pt").exists()}.get(stage, True)
+
+
+def assert_nothing_complete_is_corrupt(ws: Workspace) -> None:
+    """Every artifact a reader would trust (checkpoints, manifests, SAEs, indexes, status and metrics) loads whole."""
+    for kind in KINDS:
+        for path in ws.kind_dir(kind).iterdir():
+            if path.is_dir() and not path.name.startswith(".") and (path / "status.json").exists():
+                assert isinstance(read_json(path / "status.json"), dict)
+                read_jsonl(path / "metrics.jsonl")
+    for run in ws.runs("models"):
+        cfg = config_mod.from_dict(TrainModelConfig, read_json(run.path / "config.json"))
+        for name in ("best.pt", "last.pt"):
+            if (run.path / name).exists():
+                VisionTransformerClassifier(cfg.model).load_state_dict(load_torch_file(run.path / name)["model"])
+    for run in ws.runs("activations"):
+        if (run.path / "manifest.json").exists():
+            store = ActivationStore(run.path, allow_incomplete=True)  # its sealed shards must read whole
+            assert np.isfinite(store.load_all()).all() and len(store.load_all()) == store.n_tokens
+            assert all(store.thumbnail(i).shape[-1] == 3 for i in range(store.n_images))
+    for run in ws.runs("saes"):
+        if (run.path / "trainer.pt").exists():
+            load_torch_file(run.path / "trainer.pt")
+        if (run.path / "sae.safetensors").exists():
+            load_sae(run.path)
+    for run in ws.runs("features"):
+        if (run.path / "index.json").exists():
+            FeatureIndex(ws, run.name)
+
+
+def assert_equal_to_reference(stage: str, ours: Path, theirs: Path) -> None:
+    if stage == "model":
+        for name in ("last.pt", "best.pt"):
+            a, b = load_torch_file(ours / "models/demo-1" / name), load_torch_file(theirs / "models/demo-1" / name)
+            for key, value in b["model"].items():
+                torch.testing.assert_close(a["model"][key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+    elif stage == "collect":
+        a, b = ActivationStore(ours / "activations/set"), ActivationStore(theirs / "activations/set")
+        np.testing.assert_array_equal(a.load_all(), b.load_all())
+        assert a.manifest["images"] == b.manifest["images"] and a.manifest["complete"]
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
+    elif stage == "sae":
+        a, b = load_file(str(ours / "saes/sae-1/sae.safetensors")), load_file(str(theirs / "saes/sae-1/sae.safetensors"))
+        for key, value in b.items():
+            torch.testing.assert_close(a[key], value, rtol=0, atol=0, msg=key)
+    else:
+        for key in ("density", "top_values", "top_tokens", "class_counts", "band_tokens", "class_effect"):
+            np.testing.assert_array_equal(np.load(ours / "features/sae-1" / f"{key}.npy"),
+                                          np.load(theirs / "features/sae-1" / f"{key}.npy"), err_msg=key)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_kill_9_at_random_points(stage, reference, tmp_path):
+    reference_root, work_seconds = reference
+    root = tmp_path / "ws"
+    shutil.copytree(reference_root, root)  # the stage's inputs, as the reference had them
+    for later in STAGES[STAGES.index(stage):]:
+        shutil.rmtree(root / OUTPUTS[later] / RUN[later])
+    ws = Workspace(root)
+    rng = random.Random(f"kill-9 {stage}")
+    interval = stage_runner.CHECKPOINT_INTERVAL[stage]
+    losses, completed_early, resume = [], 0, False
+    while len(losses) < KILLS_PER_STAGE:
+        child, announced = start(stage, root, resume)
+        while announced.value < 0 and child.is_alive():
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, work_seconds[stage]))
+        progress = announced.value
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        if child.exitcode == 0:  # it finished before the kill point: start over to place the remaining kills
+            completed_early += 1
+            shutil.rmtree(root / OUTPUTS[stage] / RUN[stage])
+            resume = False
+            continue
+        assert child.exitcode == -signal.SIGKILL
+        assert_nothing_complete_is_corrupt(ws)
+        lost = max(0, progress - recovered(stage, ws))
+        losses.append(lost)
+        if interval is not None:
+            assert lost <= interval, f"kill {len(losses)} lost {lost} {stage_runner.UNIT[stage]} (interval {interval})"
+        resume = resumable(stage, ws)
+        if not resume:  # killed before the first checkpoint: the run has nothing to resume from, so start it again
+            shutil.rmtree(root / OUTPUTS[stage] / RUN[stage], ignore_errors=True)
+    run_to_end(stage, root, resume)
+    assert_nothing_complete_is_corrupt(ws)
+    assert_equal_to_reference(stage, root, reference_root)
+    leftovers = [p.name for p in (root / OUTPUTS[stage]).rglob(".*.tmp*")]
+    print(f"\n{stage}: {len(losses)} kills (+{completed_early} runs that ended first), lost per kill: max {max(losses)} "
+          f"mean {np.mean(losses):.1f} {stage_runner.UNIT[stage]} (checkpoint interval {interval}); leftovers {leftovers}")
