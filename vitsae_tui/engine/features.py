@@ -169,9 +169,7 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
                 last_progress = now
                 report(Progress(STAGE, end, store.n_images, "images", meter.elapsed_s, meter.update(end)))
             if stop.is_set():
-                report(Log(STAGE, "stopped before the index was complete; nothing was written", "warning"))
-                report(Finished(STAGE, str(index_dir), {}, stopped=True))
-                return IndexResult(index_dir, {})
+                return _stopped(index_dir, report)
 
     n_tokens = store.n_tokens
     arrays = {
@@ -184,13 +182,17 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
         "class_counts": acc.class_counts.cpu().numpy(),
     }
     arrays["band_values"], arrays["band_tokens"] = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
+    if stop.is_set():
+        return _stopped(index_dir, report)
     report(Log(STAGE, "computing class effects"))
     arrays["class_effect"] = _class_effects(ws, store, sae, device, report)
     concepts = []
     concept_maps = store.concept_maps()
-    if concept_maps is not None:
+    if concept_maps is not None and not stop.is_set():
         report(Log(STAGE, "scoring ground-truth concept recovery"))
         concepts = _concepts(store, sae, concept_maps, arrays["top_tokens"], device)
+    if stop.is_set():
+        return _stopped(index_dir, report)
 
     tmp = index_dir.parent / f".{index_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -226,6 +228,12 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
     report(ArtifactWritten(STAGE, str(index_dir), "feature index"))
     report(Finished(STAGE, str(index_dir), summary))
     return IndexResult(index_dir, summary)
+
+
+def _stopped(index_dir: Path, report: Report) -> IndexResult:
+    report(Log(STAGE, "stopped before the index was complete; nothing was written", "warning"))
+    report(Finished(STAGE, str(index_dir), {}, stopped=True))
+    return IndexResult(index_dir, {})
 
 
 def _bands(values: np.ndarray, tokens: np.ndarray, n_bands: int = 4, per_band: int = 4) -> tuple[np.ndarray, np.ndarray]:

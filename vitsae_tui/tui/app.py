@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,13 +46,17 @@ class VitsaeApp(App):
     def on_mount(self) -> None:
         # a dropped SSH link (SIGHUP) or a scheduler's SIGTERM stops every job with a checkpoint before exiting
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                loop.add_signal_handler(sig, lambda: self.run_worker(self._stop_jobs_and_exit(), group="shutdown"))
+        loop.add_signal_handler(signal.SIGTERM, lambda: self.run_worker(self._stop_jobs_and_exit(False), group="shutdown"))
+        if hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.run_worker(self._stop_jobs_and_exit(True), group="shutdown"))
 
-    async def _stop_jobs_and_exit(self) -> None:
+    async def _stop_jobs_and_exit(self, hung_up: bool) -> None:
         self.jobs.stop_all()
         await self.jobs.wait_all()
+        if hung_up:
+            # the terminal is gone: Textual's orderly shutdown would block forever writing to it, and there is no
+            # screen left to restore; every checkpoint and status is already on disk
+            os._exit(0)
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
