@@ -6,6 +6,7 @@ on synthetic sets, concept-map) file per shard, and `manifest.json` listing only
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import re
@@ -48,6 +49,20 @@ def validate_manifest(manifest: Any, set_dir: Path) -> dict[str, Any]:
         raise StoreError(f"{where} claims an absurd size (d_model {manifest['d_model']}); delete the set")
     if manifest["dtype"] not in ("float16", "float32"):
         raise StoreError(f"{where} has dtype {manifest['dtype']!r}; only float16 and float32 are stored")
+    try:
+        _check_shards(manifest, set_dir, where)
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise StoreError(f"{where} has malformed shard entries; delete the set and collect it again") from None
+    for key in ("mean", "var"):
+        stats = manifest.get(key)
+        if stats and (not isinstance(stats, list) or len(stats) != manifest["d_model"]
+                      or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)):
+            raise StoreError(f"{where} records NaN, infinite or malformed activation statistics ('{key}'): the model "
+                             f"produced non-finite activations; collect again from a healthy checkpoint")
+    return manifest
+
+
+def _check_shards(manifest: dict[str, Any], set_dir: Path, where: str) -> None:
     rows = images = 0
     for i, shard in enumerate(manifest["shards"]):
         files = shard.get("files") if isinstance(shard, dict) else None
@@ -61,7 +76,6 @@ def validate_manifest(manifest: Any, set_dir: Path) -> dict[str, Any]:
                 raise StoreError(f"activations/{set_dir.name} lacks {files.get(key)}; collect it again with the same command")
     if rows != manifest["n_tokens"] or images != manifest["n_images"] or len(manifest["images"]) != images:
         raise StoreError(f"{where} totals do not match its shards; delete the set and collect it again")
-    return manifest
 
 
 class ActivationStore:

@@ -7,6 +7,7 @@ are on disk, so a killed collection resumes after the last complete shard.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -172,8 +173,8 @@ class _ShardWriter:
             "stem": stem,
             "acts_tmp": acts_tmp,
             "thumbs_tmp": thumbs_tmp,
-            "acts": np.lib.format.open_memmap(acts_tmp, mode="w+", dtype=self.dtype, shape=(rows, self.d_model)),
-            "thumbs": np.lib.format.open_memmap(thumbs_tmp, mode="w+", dtype=np.uint8, shape=(n_images, THUMB_SIZE, THUMB_SIZE, 3)),
+            "acts": _allocated_memmap(acts_tmp, self.dtype, (rows, self.d_model)),
+            "thumbs": _allocated_memmap(thumbs_tmp, np.uint8, (n_images, THUMB_SIZE, THUMB_SIZE, 3)),
             "images": [],
             "concepts": [],
             "filled": 0,
@@ -406,6 +407,11 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
             stale.unlink()
     manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
     if not stopped:
+        sealed_end = manifest["shards"][-1]["selected_end"] if manifest["shards"] else 0
+        manifest["skipped_images"] += sum(1 for p in bad_positions if p >= sealed_end)  # unreadable ones after the last shard
+        if manifest["n_images"] == 0:
+            raise StageError(f"none of the {len(selected)} images of {data.dataset} ({cfg.split}) could be decoded; "
+                             f"check that the folder holds readable JPEG/PNG files")
         manifest["complete"] = True
         atomic_write_json(set_dir / "manifest.json", manifest)
     summary = _summary(manifest, set_dir)
@@ -418,10 +424,29 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
     return CollectResult(set_dir, manifest["n_images"], manifest["n_tokens"], summary["bytes_on_disk"], stopped)
 
 
+def _allocated_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A writable .npy memmap whose blocks are reserved now: a full disk raises ENOSPC here, not SIGBUS mid-write."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate keep sparse files
+                raise
+        finally:
+            os.close(fd)
+    return array
+
+
 def _forward(model, images_u8: torch.Tensor, hook: str, device, bf16: bool) -> np.ndarray:
     with autocast(device, bf16):
         acts = model.run_to(normalize(images_u8.to(device, non_blocking=True)), hook)  # (B, T, d)
-    return acts.float().cpu().numpy()
+    acts = acts.float().cpu().numpy()
+    if not np.isfinite(acts).all():
+        raise StageError(f"the model produced NaN or infinite activations at {hook}; nothing non-finite is stored: "
+                         f"collect from another checkpoint or retrain the model")
+    return acts
 
 
 def _size_on_disk(set_dir: Path) -> int:

@@ -236,6 +236,7 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
 
     while epoch < cfg.epochs and not stopped:
         model.train()
+        trained_this_epoch, whole_epoch = 0, batch_in_epoch == 0
         order = epoch_order(cfg.seed, epoch, len(train_set))[batch_in_epoch * cfg.batch_size :]
         for images, labels, ok in _local_batches(train_set, order, cfg.batch_size, cfg.num_workers, ranks):
             keep = ok & (labels >= 0)
@@ -262,6 +263,7 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
                 loss_sum += batch_loss
                 correct_sum += int(batch_correct)
                 loss_count += int(n_global)
+                trained_this_epoch += int(n_global)
             step += 1
             batch_in_epoch += 1
             if step % LOG_EVERY_STEPS == 0 and loss_count:
@@ -284,9 +286,15 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
                 break
         if stopped:
             break
+        if whole_epoch and trained_this_epoch == 0:
+            raise StageError(f"none of the {len(train_set)} training images of {cfg.data.dataset} could be decoded; "
+                             f"check that the folder holds readable JPEG/PNG files")
         epoch += 1
         batch_in_epoch = 0
         val = evaluate(model, val_set, device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers, ranks)
+        if val["val_images"] == 0:
+            raise StageError(f"none of the {len(val_set)} validation images of {cfg.data.dataset} could be decoded; "
+                             f"check the files or raise --val-fraction")
         row = {"kind": "epoch", "step": step, "epoch": epoch, **val}
         report(Metrics(STAGE, row))
         report(Log(STAGE, f"epoch {epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}"))
@@ -325,6 +333,20 @@ def _reduced(ranks: distributed.Ranks, device: torch.device, *values: float) -> 
     return ranks.all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)).tolist()
 
 
+def describe_architecture(model_cfg) -> str:
+    return f"{model_cfg.n_layer} blocks of width {model_cfg.n_embd}"
+
+
+def describe_weights(state) -> str:
+    """What a checkpoint's tensors say about the model they came from, for a mismatch message."""
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        return "no model weights"
+    blocks = {key.split(".")[1] for key in weights if isinstance(key, str) and key.startswith("blocks.")}
+    width = weights.get("blocks.0.ln_1.weight")
+    return f"{len(blocks)} blocks of width {width.shape[0] if isinstance(width, torch.Tensor) else '?'}"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     model: VisionTransformerClassifier
@@ -347,8 +369,10 @@ def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | 
     model = VisionTransformerClassifier(cfg.model)
     try:
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, TypeError):
-        raise WorkspaceError(f"the {checkpoint} checkpoint of models/{run} does not match its config.json ({cfg.preset} preset)") from None
+    except (KeyError, RuntimeError, TypeError, AttributeError):
+        raise WorkspaceError(f"models/{run}/{checkpoint}.pt holds {describe_weights(state)}, but its config.json describes "
+                             f"{describe_architecture(cfg.model)} ({cfg.preset} preset); train it again or restore the matching "
+                             f"config") from None
     dataset_info = read_json(run_dir / "dataset.json") if (run_dir / "dataset.json").exists() else {}
     model.to(pick_device(device) if isinstance(device, str) else device).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), tuple(dataset_info.get("class_names", ())))

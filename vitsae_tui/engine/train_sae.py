@@ -202,6 +202,11 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
     if resuming:
         if not (run_dir / "trainer.pt").exists():
             raise StageError(f"no checkpoint in saes/{run_dir.name}; start a new run instead of resuming")
+        trained_on = read_json(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
+        if (trained_on.get("d_in"), trained_on.get("hook")) not in ((store.d_model, store.hook), (None, None)):
+            raise StageError(f"saes/{run_dir.name} was trained on {trained_on.get('hook')} with d_model "
+                             f"{trained_on.get('d_in')}, but activations/{store.path.name} now holds {store.hook} with "
+                             f"d_model {store.d_model}; start a new run on this set")
         state = load_torch_file(run_dir / "trainer.pt")
         try:
             sae.load_state_dict(state["sae"])
