@@ -2,6 +2,7 @@
 checkpoint intact, and a resume (after the cause is fixed) ending where an uninterrupted run would."""
 
 import errno
+import json
 import subprocess
 import sys
 import threading
@@ -199,6 +200,15 @@ def test_non_finite_activations_are_refused(tmp_path):
         with pytest.raises(StageError, match="NaN, infinite"):
             train_sae(SAETrainConfig(activations=name, device="cpu", tokens=512, batch_size=128), ws, Collector(),
                       threading.Event())
+    # a shard changed after collection, its statistics still finite
+    shard = ws.run_dir("activations", "nan-set") / "shard-00000.npy"
+    manifest_path = shard.parent / "manifest.json"
+    manifest = read_json(manifest_path)
+    manifest.update(mean=[0.0] * 8, var=[1.0] * 8)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StageError, match="activations/nan-set holds NaN or infinite values"):
+        train_sae(SAETrainConfig(activations="nan-set", device="cpu", tokens=512, batch_size=128, resident="yes"), ws,
+                  Collector(), threading.Event())
     # a model whose weights went NaN: collection stops at once and stores nothing
     run = make_model_run(ws)
     best = ws.run_dir("models", run) / "best.pt"

@@ -221,7 +221,12 @@ class TokenSource:
         if resident is None:
             resident = store.nbytes <= (resident_budget_bytes if resident_budget_bytes is not None else _resident_budget(device))
         self.resident = resident
-        self.tokens = torch.from_numpy(store.load_all()[keep]).to(device) if resident else None
+        self.tokens = None
+        if resident:
+            tokens = store.load_all()[keep]
+            if not np.isfinite(tokens).all():  # statistics catch collected NaNs; this catches a shard changed since
+                raise StoreError(f"activations/{store.path.name} holds NaN or infinite values; collect it again")
+            self.tokens = torch.from_numpy(tokens).to(device)
 
     def batches_per_epoch(self) -> int:
         return -(-self.n_train_tokens // self.batch_size)
