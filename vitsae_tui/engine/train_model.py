@@ -18,7 +18,7 @@ from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report
-from vitsae_tui.engine.stages import StageError, stage_failed
+from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -132,12 +132,7 @@ def train_model(
         distributed.teardown(ranks)
         return result
     except (StageError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        message = None
-        if isinstance(e, distributed.RankLost) and run_dir is not None:
-            message = (f"{e}; models/{run_dir.name} keeps its last checkpoint: resume it with --resume {run_dir.name} "
-                       f"on any number of processes")
-        main = ranks is None or ranks.is_main
-        raise stage_failed(STAGE, e, report, run_dir if main else None, message) from e
+        raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
 
 
 def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:

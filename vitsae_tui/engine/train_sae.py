@@ -20,7 +20,7 @@ from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Pr
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
 from vitsae_tui.engine.sae_eval import Evaluator
-from vitsae_tui.engine.stages import StageError, stage_failed
+from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -153,12 +153,7 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
         distributed.teardown(ranks)
         return result
     except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
-        message = None
-        if isinstance(e, distributed.RankLost) and run_dir is not None:
-            message = (f"{e}; saes/{run_dir.name} keeps its last checkpoint: resume it with --resume {run_dir.name} "
-                       f"on any number of processes")
-        main = ranks is None or ranks.is_main
-        raise stage_failed(STAGE, e, report, run_dir if main else None, message) from e
+        raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
 
 
 def _claim_run(ws: Workspace, cfg: SAETrainConfig, resume: str | None) -> str:
