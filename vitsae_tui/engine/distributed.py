@@ -60,7 +60,7 @@ class Ranks:
             try:
                 dist.all_reduce(tensor)
             except RuntimeError as e:  # DistBackendError and gloo's connection errors are RuntimeErrors
-                raise RankLost(f"another process of this torchrun job stopped ({_first_line(e)})") from None
+                raise _lost(e) from None
         return tensor
 
     def any(self, flag: bool) -> bool:
@@ -77,7 +77,7 @@ class Ranks:
         try:
             dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         except RuntimeError as e:
-            raise RankLost(f"another process of this torchrun job stopped ({_first_line(e)})") from None
+            raise _lost(e) from None
         return box[0]
 
     def on_main(self, work: Callable[[], Any]) -> Any:
@@ -104,6 +104,10 @@ class Ranks:
         if self.enabled:
             for tensor in tensors:
                 dist.broadcast(tensor.data, src=0)
+
+
+def _lost(error: BaseException) -> RankLost:
+    return RankLost(f"another process of this torchrun job stopped ({_first_line(error)})")
 
 
 def _first_line(error: BaseException) -> str:
@@ -157,7 +161,7 @@ def teardown(ranks: Ranks) -> None:
         try:
             dist.barrier()
         except RuntimeError as e:
-            raise RankLost(f"another process of this torchrun job stopped ({_first_line(e)})") from None
+            raise _lost(e) from None
         dist.destroy_process_group()
 
 
