@@ -23,8 +23,9 @@ MODEL = tiny_train_config(epochs=4, data=dataclasses.replace(DATA, n_train=160),
 COLLECT = CollectConfig(model="demo-1", device="cpu", shard_images=24, batch_size=16, data=DATA, name="set")
 SAE = SAETrainConfig(activations="set", batch_size=256, tokens=256 * 1500, expansion=4, device="cpu", log_every=5,
                      eval_every=500, checkpoint_every=50, lr=1e-3)
+INDEX_BATCH = 16  # images per step of the index pass, which here checkpoints after every step
 CHECKPOINT_INTERVAL = {"model": MODEL.checkpoint_every, "collect": COLLECT.shard_images, "sae": SAE.checkpoint_every,
-                       "index": None}
+                       "index": INDEX_BATCH}
 UNIT = {"model": "steps", "collect": "images", "sae": "steps", "index": "images"}
 
 
@@ -53,6 +54,6 @@ def run(stage: str, root: str, resume: bool, shared) -> None:
     elif stage == "sae":
         train_sae(SAE, ws, report, stop, resume="sae-1" if resume else None)
     elif stage == "index":
-        build_index(ws, "sae-1", report, stop, device="cpu")
+        build_index(ws, "sae-1", report, stop, device="cpu", checkpoint_every_s=0.0, images_per_batch=INDEX_BATCH)
     else:
         raise ValueError(stage)

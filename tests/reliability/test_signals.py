@@ -111,7 +111,7 @@ def test_cli_collect_and_index_stop_cleanly_on_signal(workspace):
     assert again.returncode == 0, err
     assert read_json(set_dir / "manifest.json")["complete"]
 
-    # an index has no checkpoints: a stop writes nothing, and the complete index already there stays usable
+    # a stopped index keeps its pass so far and the same command continues it; the complete index there is untouched
     index_dir = ws.kind_dir("features") / "sae-1"
     before = (index_dir / "index.json").read_bytes()
     job = cli(ws, "index", "--sae", "sae-1", "--device", "cpu")
@@ -121,8 +121,13 @@ def test_cli_collect_and_index_stop_cleanly_on_signal(workspace):
     job.wait(timeout=120)
     err = "".join(lines)
     assert job.returncode == 0, err
-    assert "stopped before the index was complete; nothing was written" in err
+    assert "the same command continues from there" in err
     assert (index_dir / "index.json").read_bytes() == before
+    assert (index_dir.parent / ".sae-1.pass.pt").exists()
+    again = cli(ws, "index", "--sae", "sae-1", "--device", "cpu")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0 and "continuing the index pass" in err, err
+    assert not (index_dir.parent / ".sae-1.pass.pt").exists()
 
 
 def follow(stream) -> list[str]:

@@ -33,8 +33,10 @@ from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
     atomic_save_npy,
+    atomic_torch_save,
     atomic_write_json,
     file_sha256,
+    load_torch_file,
     read_json,
     write_status,
 )
@@ -47,6 +49,7 @@ IMAGES_PER_BATCH = 128
 CONCEPT_TOKENS = 20_000
 CLASS_EFFECT_IMAGES = 16
 PROGRESS_EVERY_S = 0.25
+CHECKPOINT_EVERY_S = 60.0
 
 
 def index_name(sae_run: str, activations: str, trained_on: str) -> str:
@@ -124,7 +127,8 @@ class IndexResult:
 
 
 def build_index(ws: Workspace, sae_run: str, report: Report, stop: threading.Event, activations: str | None = None,
-                device: str = "auto") -> IndexResult:
+                device: str = "auto", checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+                images_per_batch: int = IMAGES_PER_BATCH) -> IndexResult:
     """Index one SAE over an activation set (default: the set it was trained on) into features/<name>/."""
     index_dir: Path | None = None
     try:
@@ -139,14 +143,16 @@ def build_index(ws: Workspace, sae_run: str, report: Report, stop: threading.Eve
         if not RUN_NAME.match(name):
             raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
         index_dir = ws.kind_dir("features") / name
-        return _build(ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device))
+        return _build(ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device), checkpoint_every_s,
+                      images_per_batch)
     except (StageError, StoreError, WorkspaceError, RuntimeError, OSError, ValueError, KeyError) as e:
         message = f"saes/{sae_run}/meta.json lacks {e}; retrain the SAE" if isinstance(e, KeyError) else None
         # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
         raise stage_failed(STAGE, e, report, index_dir, message, mark_run=False) from e
 
 
-def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dict, report: Report, stop, device) -> IndexResult:
+def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dict, report: Report, stop, device,
+           checkpoint_every_s: float, images_per_batch: int) -> IndexResult:
     sae = load_sae(sae_dir, device)
     labels = store.labels()
     n_classes = len(store.class_names) or int(labels.max(initial=-1) + 1)
@@ -154,12 +160,20 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
     generator = torch.Generator().manual_seed(0)
     threshold = sae.threshold.detach()
     T = store.tokens_per_image
-    meter, last_progress = RateMeter(), 0.0
+    meter = RateMeter()
+    # the streaming pass checkpoints itself: a stopped or killed index continues where it was
+    pass_path = index_dir.parent / f".{index_dir.name}.pass.pt"
+    identity = {"sae_sha256": file_sha256(sae_dir / "sae.safetensors"), "activations": store.path.name,
+                "n_images": store.n_images, "images_per_batch": images_per_batch}
+    start = _resume_pass(pass_path, identity, acc, generator, device)
+    if start:
+        report(Log(STAGE, f"continuing the index pass at image {start} of {store.n_images}"))
     report(Log(STAGE, f"indexing saes/{sae_dir.name} over activations/{store.path.name} on {device}: "
                       f"{store.n_images} images, {sae.d_sae} features"))
+    last_progress, last_checkpoint = 0.0, time.perf_counter()
     with torch.no_grad():
-        for start in range(0, store.n_images, IMAGES_PER_BATCH):
-            end = min(start + IMAGES_PER_BATCH, store.n_images)
+        for start in range(start, store.n_images, images_per_batch):
+            end = min(start + images_per_batch, store.n_images)
             x = torch.from_numpy(np.concatenate([store.image(i) for i in range(start, end)]).astype(np.float32)).to(device)
             f = sae.encode_raw(x)
             token_labels = torch.from_numpy(np.repeat(labels[start:end], T)).to(device)
@@ -168,8 +182,11 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 report(Progress(STAGE, end, store.n_images, "images", meter.elapsed_s, meter.update(end)))
+            if end < store.n_images and (stop.is_set() or now - last_checkpoint >= checkpoint_every_s):
+                _save_pass(pass_path, identity, end, acc, generator)
+                last_checkpoint = now
             if stop.is_set():
-                return _stopped(index_dir, report)
+                return _stopped(index_dir, report, f"at image {end} of {store.n_images}")
 
     n_tokens = store.n_tokens
     arrays = {
@@ -183,6 +200,7 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
     }
     arrays["band_values"], arrays["band_tokens"] = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
     if stop.is_set():
+        _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
     report(Log(STAGE, "computing class effects"))
     arrays["class_effect"] = _class_effects(ws, store, sae, device, report)
@@ -192,6 +210,7 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
         report(Log(STAGE, "scoring ground-truth concept recovery"))
         concepts = _concepts(store, sae, concept_maps, arrays["top_tokens"], device)
     if stop.is_set():
+        _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
 
     tmp = index_dir.parent / f".{index_dir.name}.tmp"
@@ -224,16 +243,41 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
         os.replace(index_dir, old)
     os.replace(tmp, index_dir)
     shutil.rmtree(old, ignore_errors=True)
+    pass_path.unlink(missing_ok=True)
     write_status(index_dir, "finished", **{k: v for k, v in summary.items() if v is not None}, message="")
     report(ArtifactWritten(STAGE, str(index_dir), "feature index"))
     report(Finished(STAGE, str(index_dir), summary))
     return IndexResult(index_dir, summary)
 
 
-def _stopped(index_dir: Path, report: Report) -> IndexResult:
-    report(Log(STAGE, "stopped before the index was complete; nothing was written", "warning"))
+def _stopped(index_dir: Path, report: Report, where: str = "after the pass") -> IndexResult:
+    report(Log(STAGE, f"stopped {where}; the same command continues from there (an earlier index stays as it was)",
+               "warning"))
     report(Finished(STAGE, str(index_dir), {}, stopped=True))
     return IndexResult(index_dir, {})
+
+
+def _save_pass(path: Path, identity: dict, next_image: int, acc: _Accumulators, generator: torch.Generator) -> None:
+    atomic_torch_save(path, {**identity, "next_image": next_image, "generator": generator.get_state(),
+                             "acc": {k: v.cpu() for k, v in vars(acc).items()}})
+
+
+def _resume_pass(path: Path, identity: dict, acc: _Accumulators, generator: torch.Generator, device) -> int:
+    """The image to continue from (0: from the start) after loading a saved pass of this same SAE and set."""
+    if not path.exists():
+        return 0
+    try:
+        saved = load_torch_file(path)
+        if any(saved.get(k) != v for k, v in identity.items()):
+            return 0  # a pass of another SAE or set: start over
+        for name, value in saved["acc"].items():
+            if getattr(acc, name).shape != value.shape:
+                return 0
+            setattr(acc, name, value.to(device))
+        generator.set_state(saved["generator"])
+        return int(saved["next_image"])
+    except (WorkspaceError, KeyError, TypeError, AttributeError, RuntimeError):
+        return 0  # a damaged pass is only lost work
 
 
 def _bands(values: np.ndarray, tokens: np.ndarray, n_bands: int = 4, per_band: int = 4) -> tuple[np.ndarray, np.ndarray]:
