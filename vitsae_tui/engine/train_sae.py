@@ -344,7 +344,11 @@ class Window:
         self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=device)
 
     def add(self, l0: torch.Tensor, mse: torch.Tensor, sq_dev: torch.Tensor, n: int) -> None:
-        self.sums += torch.stack([l0.double() * n, mse.double() * n, sq_dev, torch.tensor(float(n), dtype=torch.float64, device=self.sums.device)])
+        # scalar arguments only: a tensor built from a Python number would be a host-to-device copy every step
+        self.sums[0] += l0.double() * n
+        self.sums[1] += mse.double() * n
+        self.sums[2] += sq_dev
+        self.sums[3] += n
 
     def load(self, saved: dict[str, Any]) -> None:
         self.sums = torch.tensor([float(saved[k]) for k in self.NAMES], dtype=torch.float64, device=self.sums.device)
