@@ -37,6 +37,7 @@ from vitsae_tui.engine.workspace import (
     atomic_write_json,
     read_json,
     refuse_if_owned,
+    remove_partial_writes,
     write_status,
 )
 
@@ -339,8 +340,7 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
         return CollectResult(set_dir, manifest["n_images"], manifest["n_tokens"], _size_on_disk(set_dir), False)
 
     start_position = manifest["shards"][-1]["selected_end"] if manifest["shards"] else 0
-    for stale in set_dir.glob(".*.tmp"):
-        stale.unlink()  # the half-written shard of a killed run
+    remove_partial_writes(set_dir)  # the half-written shard of a killed run
     if start_position:
         report(Log(STAGE, f"resuming activations/{name} after {len(manifest['shards'])} complete shard(s), "
                           f"{manifest['n_images']} images"))
@@ -403,8 +403,7 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
 
     if stopped:
         # the partial shard is dropped; a re-run redoes at most those images
-        for stale in set_dir.glob(".*.tmp"):
-            stale.unlink()
+        remove_partial_writes(set_dir)
     manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
     if not stopped:
         sealed_end = manifest["shards"][-1]["selected_end"] if manifest["shards"] else 0

@@ -38,6 +38,7 @@ from vitsae_tui.engine.workspace import (
     file_sha256,
     load_torch_file,
     read_json,
+    remove_partial_writes,
     write_status,
 )
 
@@ -165,6 +166,7 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
     pass_path = index_dir.parent / f".{index_dir.name}.pass.pt"
     identity = {"sae_sha256": file_sha256(sae_dir / "sae.safetensors"), "activations": store.path.name,
                 "n_images": store.n_images, "images_per_batch": images_per_batch}
+    remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
     start = _resume_pass(pass_path, identity, acc, generator, device)
     if start:
         report(Log(STAGE, f"continuing the index pass at image {start} of {store.n_images}"))

@@ -30,6 +30,7 @@ from vitsae_tui.engine.workspace import (
     load_torch_file,
     read_json,
     refuse_if_owned,
+    remove_partial_writes,
     truncate_jsonl,
     write_status,
 )
@@ -138,6 +139,7 @@ def train_model(
 def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:
     """The run folder to write: the resumed one, or a new one with its config."""
     if resume:
+        remove_partial_writes(ws.run_dir("models", resume))  # a killed run's half-written checkpoint
         return resume
     run_dir = ws.new_run("models", cfg.preset)
     atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))

@@ -33,6 +33,7 @@ from vitsae_tui.engine.workspace import (
     read_json,
     read_jsonl,
     refuse_if_owned,
+    remove_partial_writes,
     truncate_jsonl,
     write_status,
 )
@@ -159,6 +160,7 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
 def _claim_run(ws: Workspace, cfg: SAETrainConfig, resume: str | None) -> str:
     """The run folder to write: the resumed one, or a new one with its config."""
     if resume:
+        remove_partial_writes(ws.run_dir("saes", resume))  # a killed run's half-written checkpoint
         return resume
     run_dir = ws.new_run("saes", "sae")
     atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))

@@ -103,6 +103,13 @@ def load_torch_file(path: Path) -> Any:
         raise WorkspaceError(f"{path} is not a valid checkpoint and was not loaded ({reason}); pick another run") from None
 
 
+def remove_partial_writes(folder: Path, prefix: str = "") -> None:
+    """Delete the temporary files of atomic writes a killed process left behind; only for folders nobody is writing."""
+    for tmp in Path(folder).glob(f".{prefix}*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text("utf-8"))
