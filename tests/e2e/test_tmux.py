@@ -18,7 +18,7 @@ class Tmux:
     def __init__(self, workspace: Path):
         assert shutil.which("tmux"), "tmux is required for the end-to-end test (CI installs it: apt-get install -y tmux)"
         self.session = f"vitsae-e2e-{uuid.uuid4().hex[:8]}"
-        self.socket = f"vitsae-e2e-{os.getpid()}"
+        self.socket = f"vitsae-e2e-{os.getpid()}-{uuid.uuid4().hex[:6]}"  # one server per session: no race with a closing one
         command = f"{sys.executable} -m vitsae_tui --workspace {workspace} --demo-size tiny"
         env = {**os.environ, "COLORTERM": "truecolor", "TERM": "xterm-256color"}
         self.run("-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(WIDTH), "-y", str(HEIGHT), command, env=env)
