@@ -137,7 +137,8 @@ def follow(stream) -> list[str]:
     return lines
 
 
-def test_app_stops_its_job_with_a_checkpoint_when_the_terminal_hangs_up(tmp_path):
+@pytest.mark.parametrize("how", ["hang-up", "sigterm"])
+def test_app_stops_its_job_with_a_checkpoint_on_hangup_or_sigterm(tmp_path, how):
     ws_root = tmp_path / "ws"
     tmux = Tmux(ws_root)
     try:
@@ -146,7 +147,10 @@ def test_app_stops_its_job_with_a_checkpoint_when_the_terminal_hangs_up(tmp_path
         sae_dir = ws_root / "saes" / "sae-1"
         wait_until(lambda: metrics_beyond(sae_dir, 20), timeout_s=240, what="the guided run's SAE stage")
         pid = read_json(sae_dir / "status.json")["pid"]
-        tmux.run("kill-session", "-t", tmux.session)  # what a dropped SSH connection does: SIGHUP to the app
+        if how == "hang-up":
+            tmux.run("kill-session", "-t", tmux.session)  # what a dropped SSH connection does: SIGHUP to the app
+        else:
+            os.kill(pid, signal.SIGTERM)  # the terminal stays: the app exits the orderly way and restores it
         wait_until(lambda: not _alive(pid), timeout_s=120, what="the app to exit")
         status = read_json(sae_dir / "status.json")
         assert status["state"] == "stopped", status
@@ -159,24 +163,6 @@ def test_app_stops_its_job_with_a_checkpoint_when_the_terminal_hangs_up(tmp_path
         again.wait_for(r"resume or redo the sae stage", timeout_s=60)
     finally:
         again.close()
-
-
-def test_app_stops_its_job_with_a_checkpoint_on_sigterm(tmp_path):
-    ws_root = tmp_path / "ws"
-    tmux = Tmux(ws_root)
-    try:
-        tmux.wait_for("guided run|press g", timeout_s=60)
-        tmux.keys("g")
-        sae_dir = ws_root / "saes" / "sae-1"
-        wait_until(lambda: metrics_beyond(sae_dir, 20), timeout_s=240, what="the guided run's SAE stage")
-        pid = read_json(sae_dir / "status.json")["pid"]
-        os.kill(pid, signal.SIGTERM)  # the terminal stays: the app exits the orderly way and restores it
-        wait_until(lambda: not _alive(pid), timeout_s=120, what="the app to exit")
-        status = read_json(sae_dir / "status.json")
-        assert status["state"] == "stopped", status
-        assert load_torch_file(sae_dir / "trainer.pt")["step"] == status["step"]
-    finally:
-        tmux.close()
 
 
 def _alive(pid: int) -> bool:
