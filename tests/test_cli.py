@@ -51,7 +51,7 @@ def test_headless_training_and_runs_listing(tmp_path):
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):
     bad_epochs = run_cli("train-model", "--epochs", "0", workspace=tmp_path)
-    assert bad_epochs.returncode == 2 and "epochs must be at least 1" in bad_epochs.stderr
+    assert bad_epochs.returncode == 1 and "epochs must be at least 1" in bad_epochs.stderr
     assert "Traceback" not in bad_epochs.stderr
     missing = run_cli("train-model", "--resume", "nope-1", workspace=tmp_path)
     assert missing.returncode != 0 and "no run 'nope-1'" in missing.stderr and "Traceback" not in missing.stderr

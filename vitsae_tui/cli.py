@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="list what the workspace holds")
     runs.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+    parser.set_defaults(subcommands=commands.choices)
     return parser
 
 
@@ -144,7 +145,7 @@ def _run_stage(stage: Callable, *args, **kwargs) -> int:
 
             if not isinstance(e, StageError):
                 raise
-            code = 1
+            code = USER_ERROR
     if "WORLD_SIZE" in os.environ:
         # every file is written and synced by now; skipping interpreter teardown avoids an intermittent abort
         # (std::terminate) in torch.distributed's exit path that would turn a finished rank into a failed job
@@ -237,9 +238,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+USER_ERROR = 1
+"""the exit status of every error the user can fix (one sentence on stderr); argparse's usage errors exit 2"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a typo in a subcommand's flag: that subcommand's usage, not the top-level one
+        (args.subcommands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command is None:
             from vitsae_tui.tui.app import run_app
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "inspect": cmd_inspect, "feature": cmd_feature, "demo": cmd_demo, "runs": cmd_runs}[args.command](args)
     except config_mod.ConfigError as e:
         print(f"vitsae-tui: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     except Exception as e:
         from vitsae_tui.engine.activation_store import StoreError
         from vitsae_tui.engine.device import DeviceError
@@ -258,5 +265,5 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, (WorkspaceError, DeviceError, StoreError, StageError, IndexError)):
             print(f"vitsae-tui: {e}", file=sys.stderr)
-            return 2
+            return USER_ERROR
         raise

@@ -8,30 +8,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from vitsae_tui.engine import events
+from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.workspace import KINDS, Workspace
-
-METRIC_FORMATS = {
-    "mse": ("MSE", "{:.4g}"),
-    "fvu": ("FVU", "{:.4f}"),
-    "l0": ("L0", "{:.1f}"),
-    "dead_fraction": ("dead", "{:.1%}"),
-    "tokens_per_s": ("tok/s", "{:,.0f}"),
-    "train_loss": ("loss", "{:.4f}"),
-    "train_accuracy": ("acc", "{:.1%}"),
-    "val_loss": ("val loss", "{:.4f}"),
-    "val_accuracy": ("val acc", "{:.1%}"),
-}
-
-
-def format_metrics(row: dict, formats: dict = METRIC_FORMATS) -> str:
-    parts = []
-    for key, (label, fmt) in formats.items():
-        if isinstance(row.get(key), (int, float)):
-            parts.append(f"{label} {fmt.format(row[key])}")
-    return "  ".join(parts)
-
+from vitsae_tui.formatting import format_duration, format_metrics
 
 def format_eval(row: dict) -> str:
     text = f"[cyan]eval @ step {row['step']}[/]: FVU {row.get('eval_fvu', float('nan')):.4f}  L0 {row.get('eval_l0', float('nan')):.1f}"
@@ -41,24 +23,40 @@ def format_eval(row: dict) -> str:
     return text
 
 
+class StageProgress(Progress):
+    """Rich's progress board with each stage's latest metrics on a line of its own (a long metrics column would
+    squeeze the bar, the counts and the ETA into ellipses)."""
+
+    def get_renderables(self):
+        for task in self.tasks:
+            yield self.make_tasks_table([task])
+            if task.fields.get("metrics"):
+                yield Text("  " + task.fields["metrics"], style="dim", no_wrap=True, overflow="ellipsis")
+
+
 class ConsoleReport:
-    """A `report` callable that draws one progress bar per stage and prints logs, results and errors."""
+    """A `report` callable for the CLI: a live progress board on a terminal; on a pipe or in a log file, plain
+    progress lines (at most one per stage every PLAIN_INTERVAL_S, and one at the end) instead of a board."""
+
+    PLAIN_INTERVAL_S = 30.0
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True, soft_wrap=True)
-        self.progress = Progress(
+        self.live = self.console.is_terminal
+        self.progress = StageProgress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TextColumn("{task.fields[unit]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
             console=self.console,
+            disable=not self.live,
         )
         self.tasks: dict[str, int] = {}
         self.latest: dict[str, dict] = {}
+        self.printed_at: dict[str, float] = {}
 
     def __enter__(self) -> ConsoleReport:
         self.progress.__enter__()
@@ -72,26 +70,44 @@ class ConsoleReport:
             self.tasks[stage] = self.progress.add_task(stage, total=None, unit="", metrics="")
         return self.tasks[stage]
 
+    def _print(self, text: str, style: str = "") -> None:
+        self.progress.console.print(Text(text, style=style))
+
+    def _plain_progress(self, event: events.Progress) -> None:
+        now = time.monotonic()
+        finished = event.total and event.done >= event.total
+        if not finished and now - self.printed_at.get(event.stage, -1e9) < self.PLAIN_INTERVAL_S:
+            return
+        self.printed_at[event.stage] = now
+        eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
+        metrics = format_metrics(self.latest.get(event.stage, {}))
+        self._print(f"{time.strftime('%H:%M:%S')} {event.stage} {event.done:,}/{event.total:,} {event.unit}{eta}"
+                    + (f" · {metrics}" if metrics else ""))
+
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.Progress):
-            self.progress.update(self._task(event.stage), completed=event.done, total=event.total or None, unit=event.unit)
+            if self.live:
+                self.progress.update(self._task(event.stage), completed=event.done, total=event.total or None, unit=event.unit)
+            else:
+                self._plain_progress(event)
         elif isinstance(event, events.Metrics):
             if event.row.get("kind") == "eval":
                 self.progress.console.print(format_eval(event.row))
                 return
             self.latest.setdefault(event.stage, {}).update(event.row)
-            self.progress.update(self._task(event.stage), metrics=format_metrics(self.latest[event.stage]))
+            if self.live:
+                self.progress.update(self._task(event.stage), metrics=format_metrics(self.latest[event.stage]))
         elif isinstance(event, events.Log):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-            self.progress.console.print(f"[{style}]{time.strftime('%H:%M:%S')} {escape(event.message)}[/]")
+            self._print(f"{time.strftime('%H:%M:%S')} {event.message}", style)
         elif isinstance(event, events.Failed):
-            self.progress.console.print(f"[bold red]{event.stage} failed:[/] {escape(event.message)}")
+            self.progress.console.print(Text.assemble((f"{event.stage} failed: ", "bold red"), event.message))
         elif isinstance(event, events.Finished):
             verb = "stopped (checkpoint saved; resume with --resume)" if event.stopped else "finished"
-            self.progress.console.print(f"[bold green]{event.stage} {verb}[/] → {escape(event.run_dir)}")
+            self.progress.console.print(Text.assemble((f"{event.stage} {verb}", "bold green"), f" → {event.run_dir}"))
             for key, value in event.summary.items():
                 shown = f"{value:.4g}" if isinstance(value, float) else value
-                self.progress.console.print(f"  {key}: {escape(str(shown))}")
+                self._print(f"  {key}: {shown}")
 
 
 class RankReport:
@@ -113,24 +129,21 @@ class RankReport:
 
 
 def print_runs(ws: Workspace, console: Console | None = None) -> None:
+    """Every run by kind, newest first: name, state and time on one line, its details on the next (never cut)."""
     console = console or Console()
-    console.print(f"workspace: {escape(str(ws.root))}")
+    console.print(Text(f"workspace: {ws.root}"))
     for kind in KINDS:
         runs = ws.runs(kind)
         if not runs:
             continue
-        table = Table(title=kind, title_justify="left", show_edge=False)
-        table.add_column("run", no_wrap=True, min_width=max(len(r.name) for r in runs))
-        table.add_column("state")
-        table.add_column("updated")
-        table.add_column("details")
+        console.print(Text(kind, style="bold"))
+        width = max(len(r.name) for r in runs)
         for run in runs:
-            details = {k: v for k, v in run.status.items()
-                       if k.startswith("best_") or k in ("images", "tokens", "d_model", "dtype", "fvu", "l0", "ce_recovered")
-                       or (k == "message" and v)}
-            table.add_row(run.name, run.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.updated)),
-                          "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details.items()))
-        console.print(table)
+            updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-"
+            console.print(Text(f"  {run.name:<{width}}  {run.state:<11} {updated}"))
+            details = describe_run(run)
+            if details:
+                console.print(Text(f"      {details}", style="dim"))
     if not any(ws.runs(kind) for kind in KINDS):
         console.print("no runs yet: `vitsae-tui train-model` starts one, or open the app with `vitsae-tui`")
 

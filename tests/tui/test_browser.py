@@ -6,7 +6,9 @@ from textual.widgets import ContentSwitcher, DataTable, Static
 
 from tests.helpers import make_indexed_workspace
 from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.engine.cards import one_per_image
 from vitsae_tui.tui.screens.browser import BrowserScreen
+from vitsae_tui.tui.widgets.examples_view import ExamplesView
 
 SNAPSHOT_WORKSPACE = Path("/tmp/vitsae-tui-snapshot-browser")
 
@@ -41,13 +43,13 @@ async def test_image_patch_feature_example_and_back(indexed_root):
         assert screen.feature == feature
         assert f"feature {feature}" in str(screen.query_one("#feature-stats", Static).render())
         assert f"heatmap of feature {feature}" in title()
-        examples = screen.query_one("#feature-examples", DataTable)
+        examples = screen.query_one("#examples", ExamplesView)
         top_image, top_token, _ = screen.index.top_examples(feature)[0]
-        assert examples.row_count == len(screen.index.top_examples(feature))
+        assert examples.examples == one_per_image(screen.index.top_examples(feature))
         await pilot.press("x", "enter")  # focus the examples; the strongest opens with the cursor on its patch
         await pilot.pause(0.2)
         assert (screen.image, screen.cursor) == (top_image, top_token)
-        assert screen.query_one("#side", ContentSwitcher).current == "patch-view"
+        assert screen.focused is screen.query_one("#image")
         await pilot.press("right")
         assert screen.cursor == min(top_token + 1, top_token - top_token % 6 + 5)
         await pilot.press("escape")  # drop the heatmap

@@ -30,7 +30,7 @@ async def test_guided_run_builds_every_stage_and_opens_the_browser(tmp_path):
         await pilot.press("escape", "escape")
         await pilot.pause(0.5)
         text = str(app.screen.query_one("#pipeline", Static).render())
-        assert text.count("done") == 4 and "browse the features" in text
+        assert text.count("done") == 4 and "b browses them" in str(app.screen.query_one("#next", Static).render())
 
 
 def test_a_run_written_by_another_live_process_is_refused(tmp_path):

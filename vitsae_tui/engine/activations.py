@@ -26,7 +26,7 @@ from vitsae_tui.engine.activation_store import MANIFEST_VERSION, StoreError, val
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report, Started, progress_callback
 from vitsae_tui.engine.stages import StageError, stage_failed
 from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import (
@@ -324,7 +324,8 @@ def _open_or_create(set_dir: Path, name: str, wanted: dict[str, Any], loaded, ho
 
 
 def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop) -> CollectResult:
-    dataset: ImageDataset = load_dataset(ws, data, cfg.split)
+    report(Started(STAGE, str(set_dir), config_mod.to_dict(cfg)))
+    dataset: ImageDataset = load_dataset(ws, data, cfg.split, progress_callback(report, STAGE, "images drawn"))
     selected = select_images(len(dataset), cfg.limit)
     if len(selected) == 0:
         raise StageError(f"{data.dataset} ({cfg.split}) has no images to collect; pick another dataset or split")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,15 +199,23 @@ def _synthetic_cache(ws: Workspace, cfg: DataConfig) -> Path:
     return ws.data_dir / "synthetic" / key
 
 
-def _draw_parallel(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+DrawProgress = Callable[[int, int], None]
+"""called with (images drawn so far, images to draw) while the synthetic data is drawn"""
+
+
+def _draw_parallel(seed: int, start: int, count: int, progress: DrawProgress | None = None) -> tuple[np.ndarray, ...]:
     """Draw in chunks on a thread per core (numpy and PIL release the GIL; threads need no spawn or pickling)."""
-    chunks = [(seed, s, min(250, start + count - s)) for s in range(start, start + count, 250)]
+    chunks = [(seed, s, min(50, start + count - s)) for s in range(start, start + count, 50)]
+    parts = []
     with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
-        parts = list(pool.map(lambda chunk: synthetic.draw_images(*chunk), chunks))
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
+        for part in pool.map(lambda chunk: synthetic.draw_images(*chunk), chunks):  # in order, as they finish
+            parts.append(part)
+            if progress is not None:
+                progress(sum(len(p[1]) for p in parts), count)
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
-def load_synthetic(ws: Workspace, cfg: DataConfig, split: str) -> SyntheticDataset:
+def load_synthetic(ws: Workspace, cfg: DataConfig, split: str, progress: DrawProgress | None = None) -> SyntheticDataset:
     """The synthetic split, drawn on first use and then read from the workspace cache."""
     cache = _synthetic_cache(ws, cfg)
     files = [cache / f"{split}-{part}.npy" for part in ("images", "labels", "concepts")]
@@ -215,7 +223,7 @@ def load_synthetic(ws: Workspace, cfg: DataConfig, split: str) -> SyntheticDatas
         cache.mkdir(parents=True, exist_ok=True)
         # validation images come from an index range the training split never reaches
         start, count = (0, cfg.n_train) if split == "train" else (10_000_000, cfg.n_val)
-        arrays = _draw_parallel(cfg.data_seed, start, count)
+        arrays = _draw_parallel(cfg.data_seed, start, count, progress)
         for path, array in zip(files, arrays):
             atomic_save_npy(path, array)
         atomic_write_text(cache / "README.json", json.dumps({"generator": "vitsae-tui synthetic v1", "concepts": synthetic.CONCEPTS}))
@@ -290,10 +298,10 @@ def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDatas
     return FileListDataset(paths, labels, class_names)
 
 
-def load_dataset(ws: Workspace, cfg: DataConfig, split: str) -> ImageDataset:
-    """split: 'train', 'val' or (folders) 'all'."""
+def load_dataset(ws: Workspace, cfg: DataConfig, split: str, progress: DrawProgress | None = None) -> ImageDataset:
+    """split: 'train', 'val' or (folders) 'all'; `progress` follows the drawing of synthetic images."""
     if cfg.dataset == "synthetic":
-        return load_synthetic(ws, cfg, "val" if split == "val" else "train")
+        return load_synthetic(ws, cfg, "val" if split == "val" else "train", progress)
     if cfg.dataset == "imagenette":
         return load_imagenette(ws, cfg, split)
     return load_folder(cfg, split)

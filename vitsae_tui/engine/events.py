@@ -29,6 +29,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Started:
+    stage: str
+    run_dir: str
+    """the run folder this stage now writes (a new one, or the one it resumes)"""
+    config: dict[str, Any]
+    """the stage's full configuration, as saved in the run's config.json"""
+    resumed: bool = False
+    """True when the run continues from a checkpoint (its earlier metrics are in its metrics.jsonl)"""
+
+
+@dataclass(frozen=True)
 class Metrics:
     stage: str
     row: dict[str, Any]
@@ -66,7 +77,7 @@ class Failed:
     run_dir: str = ""
 
 
-Event = Progress | Metrics | Log | ArtifactWritten | Finished | Failed
+Event = Progress | Started | Metrics | Log | ArtifactWritten | Finished | Failed
 Report = Callable[[Event], None]
 
 
@@ -93,3 +104,13 @@ class RateMeter:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.start
+
+
+def progress_callback(report: Report, stage: str, unit: str) -> Callable[[int, int], None]:
+    """A (done, total) callable that reports a stage's Progress with a rate, for sub-steps such as drawing data."""
+    meter = RateMeter()
+
+    def update(done: int, total: int) -> None:
+        report(Progress(stage, done, total, unit, meter.elapsed_s, meter.update(done)))
+
+    return update

@@ -57,37 +57,95 @@ def _state(run: RunInfo) -> str:
     return "done" if run.state == "finished" else run.state
 
 
-def lineage(ws: Workspace, model_run: str | None = None) -> list[StageState]:
-    """A model (the given one, else the newest finished or running one) and what was built from it, stage by stage."""
-    models = [r for r in ws.runs("models") if (r.path / "best.pt").exists() or r.state == "running"]
-    if model_run is not None:
-        models = [r for r in models if r.name == model_run] or models
-    else:
-        models = sorted(models, key=lambda r: r.state not in ("finished", "running"))  # stable: newest first within
-    if not models:
+# which run of a stage the lineage follows: finished beats running beats resumable beats failed, whatever their age
+_STATE_RANK = {"finished": 0, "running": 1, "stopped": 2, "interrupted": 2}
+
+
+def _best(candidates: list[RunInfo], *preferences) -> RunInfo | None:
+    """The run to follow: by state, then by each preference (a run -> bool, True first), then newest (runs() order)."""
+    ranked = sorted(candidates, key=lambda r: (_STATE_RANK.get(r.state, 3), *[not prefer(r) for prefer in preferences]))
+    return ranked[0] if ranked else None
+
+
+def _has_checkpoint(run: RunInfo) -> bool:
+    return (run.path / "best.pt").exists() or (run.path / "last.pt").exists()
+
+
+def _set_model(run: RunInfo) -> str | None:
+    provenance = _read(run.path / "manifest.json").get("provenance")
+    return provenance.get("model_run") if isinstance(provenance, dict) else None
+
+
+def _on_default_dataset(run: RunInfo) -> bool:
+    provenance = _read(run.path / "manifest.json").get("provenance")
+    data = provenance.get("data") if isinstance(provenance, dict) else None
+    return isinstance(data, dict) and data.get("dataset") == "synthetic"
+
+
+def _index_sae(run: RunInfo) -> str | None:
+    return _read(run.path / "index.json").get("sae_run")
+
+
+def _named(runs: list[RunInfo], name: str | None) -> RunInfo | None:
+    return next((r for r in runs if r.name == name), None)
+
+
+def lineage(ws: Workspace, selected: tuple[str, str] | None = None) -> list[StageState]:
+    """One model and what was built from it, stage by stage: through the selected run (kind, name) when given.
+
+    Upstream of the selected run, its own provenance; downstream (or with no selection), the run to follow is the
+    best of its stage: finished before running before resumable before failed, one with a finished child before one
+    without, the offline default dataset before others, then the newest.
+    """
+    all_runs = {kind: ws.runs(kind) for kind in ("models", "activations", "saes", "features")}
+    pinned: dict[str, RunInfo] = {}
+    if selected is not None:
+        kind, name = selected
+        run = _named(all_runs.get(kind, []), name)
+        if run is not None:
+            pinned[kind] = run
+            if kind == "features":
+                pinned["saes"] = _named(all_runs["saes"], _index_sae(run))
+            if "saes" in pinned and pinned["saes"] is not None:
+                pinned["activations"] = _named(all_runs["activations"], pinned["saes"].config.get("activations"))
+            if pinned.get("activations") is not None:
+                pinned["models"] = _named(all_runs["models"], _set_model(pinned["activations"]))
+    pinned = {k: v for k, v in pinned.items() if v is not None}
+
+    finished_indexes = {_index_sae(r) for r in all_runs["features"] if r.state == "finished"}
+    finished_saes = {r.config.get("activations") for r in all_runs["saes"] if r.state == "finished"}
+    finished_sets = {_set_model(r) for r in all_runs["activations"] if r.state == "finished"}
+
+    models = [r for r in all_runs["models"] if _has_checkpoint(r) or r.state == "running"]
+    model = pinned.get("models") or _best(models, lambda r: r.name in finished_sets)
+    if model is None:
         return [StageState(s, None, "missing") for s in STAGES]
-    model = models[0]
     states = [StageState("model", model.name, _state(model), _model_detail(model))]
     best = model.path / "best.pt"
     sha = _sha(best) if best.exists() and model.state != "running" else None
-    sets = [r for r in ws.runs("activations") if _read(r.path / "manifest.json").get("provenance", {}).get("model_run") == model.name]
-    if not sets:
+
+    sets = [r for r in all_runs["activations"] if _set_model(r) == model.name]
+    act = pinned.get("activations") or _best(sets, lambda r: r.name in finished_saes, _on_default_dataset)
+    if act is None:
         return states + [StageState(s, None, "missing") for s in STAGES[1:]]
-    act = sets[0]
     provenance = _read(act.path / "manifest.json").get("provenance", {})
     stale = sha is not None and provenance.get("checkpoint_sha256") != sha and provenance.get("checkpoint") == "best"
+    tokens = act.status.get("tokens")
     states.append(StageState("activations", act.name, "stale" if stale and act.state == "finished" else _state(act),
-                             f"{act.status.get('tokens', 0):,} tokens" if act.state == "finished" else ""))
-    saes = [r for r in ws.runs("saes") if r.config.get("activations") == act.name]
-    if not saes:
+                             f"{tokens:,} tokens" if act.state == "finished" and isinstance(tokens, int) else ""))
+
+    saes = [r for r in all_runs["saes"] if r.config.get("activations") == act.name]
+    sae = pinned.get("saes") or _best(saes, lambda r: r.name in finished_indexes)
+    if sae is None:
         return states + [StageState(s, None, "missing") for s in STAGES[2:]]
-    sae = saes[0]
-    sae_detail = f"FVU {sae.status['fvu']:.3f} · L0 {sae.status['l0']:.1f}" if isinstance(sae.status.get("fvu"), float) else ""
+    fvu, l0 = sae.status.get("fvu"), sae.status.get("l0")
+    sae_detail = f"FVU {fvu:.3f} · L0 {l0:.1f}" if isinstance(fvu, float) and isinstance(l0, (int, float)) else ""
     states.append(StageState("sae", sae.name, "stale" if states[-1].state == "stale" else _state(sae), sae_detail))
-    indexes = [r for r in ws.runs("features") if _read(r.path / "index.json").get("sae_run") == sae.name]
-    if not indexes:
+
+    indexes = [r for r in all_runs["features"] if _index_sae(r) == sae.name]
+    index = pinned.get("features") or _best(indexes)
+    if index is None:
         return states + [StageState("index", None, "missing")]
-    index = indexes[0]
     index_sha = _read(index.path / "index.json").get("sae_sha256")
     weights = sae.path / "sae.safetensors"
     index_stale = weights.exists() and sae.state == "finished" and index_sha != _sha(weights)
@@ -96,6 +154,11 @@ def lineage(ws: Workspace, model_run: str | None = None) -> list[StageState]:
         detail = f"concept AUROC {index.status['mean_feature_auroc']:.3f} (neurons {index.status.get('mean_neuron_auroc', 0):.3f})"
     states.append(StageState("index", index.name, "stale" if index_stale else _state(index), detail))
     return states
+
+
+def lineage_input(states: list[StageState], stage: str) -> str | None:
+    """The finished run of a stage in a lineage, the default input of the stage after it."""
+    return next((s.run for s in states if s.stage == stage and s.state == "done"), None)
 
 
 def next_step(states: list[StageState]) -> str:
@@ -119,33 +182,51 @@ def _model_detail(run: RunInfo) -> str:
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
 
 
+_JSON_CACHE: dict[str, tuple[int, int, dict[str, Any]]] = {}
+
+
 def _read(path: Path) -> dict[str, Any]:
+    """A JSON object from the workspace (empty when missing or not an object), parsed again only when it changed."""
     import json
 
     try:
+        st = path.stat()
+        cached = _JSON_CACHE.get(str(path))
+        if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
+            return cached[2]
         data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    data = data if isinstance(data, dict) else {}
+    _JSON_CACHE[str(path)] = (st.st_mtime_ns, st.st_size, data)
+    return data
 
 
-def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str = "demo") -> dict[str, str]:
-    """Build every missing or stale stage of the newest lineage on the offline default, one after another."""
+def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str = "demo",
+                 selected: tuple[str, str] | None = None) -> dict[str, str]:
+    """Build every missing, stale, stopped or failed stage of the lineage shown for `selected`, one after another.
+
+    A stopped or interrupted model or SAE run with a checkpoint is resumed, a collection continues after its last
+    complete shard and an index pass continues where it stopped; a failed stage is built again.
+    """
     from vitsae_tui.engine.activations import collect
     from vitsae_tui.engine.features import build_index
     from vitsae_tui.engine.train_model import train_model
     from vitsae_tui.engine.train_sae import train_sae
 
     model_cfg, sae_cfg = demo_configs(size)
-    states = {s.stage: s for s in lineage(ws)}
+    states = {s.stage: s for s in lineage(ws, selected)}
     built: dict[str, str] = {}
-    if states["model"].state != "done":
-        report(Log("pipeline", "stage 1/4: training the demo model"))
-        result = train_model(model_cfg, ws, report, stop)
+    resumable = ("stopped", "interrupted")
+    model_state = states["model"]
+    if model_state.state != "done":
+        resume = model_state.run if model_state.state in resumable else None
+        report(Log("pipeline", f"stage 1/4: {'resuming ' + resume if resume else 'training the demo model'}"))
+        result = train_model(model_cfg, ws, report, stop, resume=resume)
         if result.stopped:
             return built
         built["model"] = result.run_dir.name
-    model = built.get("model") or states["model"].run
+    model = built.get("model") or model_state.run
     if built or states["activations"].state != "done":
         report(Log("pipeline", "stage 2/4: collecting activations"))
         name = ""
@@ -156,13 +237,15 @@ def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str
             return built
         built["activations"] = result.set_dir.name
     activations = built.get("activations") or states["activations"].run
-    if built or states["sae"].state != "done":
-        report(Log("pipeline", "stage 3/4: training the JumpReLU SAE"))
-        result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop)
+    sae_state = states["sae"]
+    if built or sae_state.state != "done":
+        resume = sae_state.run if sae_state.state in resumable and (ws.kind_dir("saes") / sae_state.run / "trainer.pt").exists() else None
+        report(Log("pipeline", f"stage 3/4: {'resuming ' + resume if resume else 'training the JumpReLU SAE'}"))
+        result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop, resume=resume)
         if result.stopped:
             return built
         built["sae"] = result.run_dir.name
-    sae = built.get("sae") or states["sae"].run
+    sae = built.get("sae") or sae_state.run
     if built or states["index"].state != "done":
         report(Log("pipeline", "stage 4/4: indexing the features"))
         result = build_index(ws, sae, report, stop)

@@ -17,7 +17,8 @@ from vitsae_tui.engine import distributed
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report
+from vitsae_tui.engine.events import (ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started,
+                                     progress_callback)
 from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
@@ -129,6 +130,7 @@ def train_model(
         ranks = distributed.setup(cfg.device)
         ranks.check_divisible(cfg.batch_size)
         run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
+        report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
         result = _train(cfg, ws, run_dir, report, stop, resume is not None, ranks)
         distributed.teardown(ranks)
         return result
@@ -165,8 +167,9 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
     torch.manual_seed(cfg.seed)
     report(Log(STAGE, f"loading {cfg.data.dataset} data"))
     sets: dict = {}
+    drawn = progress_callback(report, STAGE, "images drawn")
     # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
-    ranks.on_main(lambda: sets.update(train=load_dataset(ws, cfg.data, "train"), val=load_dataset(ws, cfg.data, "val")))
+    ranks.on_main(lambda: sets.update(train=load_dataset(ws, cfg.data, "train", drawn), val=load_dataset(ws, cfg.data, "val", drawn)))
     train_set = sets["train"] if sets else load_dataset(ws, cfg.data, "train")
     val_set = sets["val"] if sets else load_dataset(ws, cfg.data, "val")
     if len(train_set) == 0 or len(val_set) == 0:

@@ -16,7 +16,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import distributed
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
 from vitsae_tui.engine.config import SAETrainConfig
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
 from vitsae_tui.engine.sae_eval import Evaluator
@@ -150,6 +150,7 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
         ranks.check_divisible(cfg.batch_size)
         store = ActivationStore(ws.run_dir("activations", cfg.activations))
         run_dir = ws.run_dir("saes", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
+        report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
         result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks)
         distributed.teardown(ranks)
         return result

@@ -70,8 +70,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """The object with NaN and infinite floats replaced by null: JSON has no such numbers (Python's would write them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -121,7 +132,7 @@ def read_json(path: Path) -> Any:
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one line and flush it to disk, so a reader in another process sees whole rows only."""
-    line = json.dumps(row, sort_keys=True) + "\n"
+    line = json.dumps(json_safe(row), sort_keys=True, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
@@ -148,7 +159,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def truncate_jsonl(path: Path, keep: callable) -> None:
     """Rewrite a metrics log keeping only rows for which keep(row) holds (used on resume)."""
     rows = [r for r in read_jsonl(path) if keep(r)]
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(json_safe(r), sort_keys=True, allow_nan=False) + "\n" for r in rows))
 
 
 def file_sha256(path: Path) -> str:

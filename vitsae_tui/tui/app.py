@@ -31,7 +31,6 @@ class VitsaeApp(App):
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
         Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True),
-        Binding("h", "switch_mode('home')", "Home", show=False),
     ]
 
     def __init__(self, workspace: str | Path | None = None, demo_size: str = "demo"):
@@ -40,6 +39,8 @@ class VitsaeApp(App):
         self.jobs = JobManager(self)
         self.demo_size = demo_size
         self.following_stage: str | None = None
+        self.lineage_selection: tuple[str, str] | None = None
+        """the run (kind, name) whose lineage home shows and the guided run completes; None: the best one"""
         self.jobs.subscribe(self.follow_pipeline)
         self.sub_title = str(self.workspace.root)
 
@@ -59,8 +60,22 @@ class VitsaeApp(App):
             os._exit(0)
         self.exit()
 
+    def lineage_run(self, kind: str) -> str | None:
+        """The finished run of one kind in the shown lineage: the default input of the stage that reads it."""
+        from vitsae_tui.engine.pipeline import lineage, lineage_input
+
+        stage = {"models": "model", "activations": "activations", "saes": "sae", "features": "index"}[kind]
+        return lineage_input(lineage(self.workspace, self.lineage_selection), stage)
+
+    async def open_run(self, kind: str, name: str) -> None:
+        """Show one run on its stage's screen: live while it is written, else from its files."""
+        mode = {"models": "train", "saes": "sae", "activations": "collect", "features": "browse"}[kind]
+        await self.switch_mode(mode)  # awaited, so a screen opened for the first time is mounted before use
+        self.screen.show_run(self.workspace.root / kind / name)
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # the built-in Quit would exit at once, without stopping running jobs with a checkpoint
+        yield from (command for command in super().get_system_commands(screen) if command.title != "Quit")
         yield SystemCommand("Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home"))
         yield SystemCommand("Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run)
         yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
@@ -85,7 +100,7 @@ class VitsaeApp(App):
             yield SystemCommand("Start training", "Start a run with the form's settings", screen.action_start)
             yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)
             yield SystemCommand("Resume training", "Continue the run chosen under 'resume run'", screen.action_resume)
-        yield SystemCommand("Quit vitsae-tui", "Stop running jobs with a checkpoint, then quit", self.action_request_quit)
+        yield SystemCommand("Quit", "Quit vitsae-tui (asks first, and stops running jobs with a checkpoint)", self.action_request_quit)
 
     STAGE_MODES = {"train-model": "train", "collect": "collect", "train-sae": "sae", "index": "home"}
 
@@ -98,7 +113,7 @@ class VitsaeApp(App):
             return
         size = size or self.demo_size
         self.following_stage = None
-        self.jobs.start("pipeline", f"guided run ({size})", run_pipeline, self.workspace, size=size)
+        self.jobs.start("pipeline", f"guided run ({size})", run_pipeline, self.workspace, size=size, selected=self.lineage_selection)
         self.notify("guided run started: each stage opens as it runs")
 
     def follow_pipeline(self, job, batch) -> None:
@@ -110,22 +125,32 @@ class VitsaeApp(App):
                 self.following_stage = event.stage
                 self.switch_mode(mode)
             if event.stage == "pipeline" and isinstance(event, Finished):
-                self.switch_mode("browse")  # its mount or resume lists the new index
+                self.call_later(self.open_built_index)
+
+    async def open_built_index(self) -> None:
+        index = self.lineage_run("features")
+        if index is not None:
+            await self.open_run("features", index)
+        else:
+            await self.switch_mode("browse")
 
     def action_build_index(self, sae_run: str | None = None) -> None:
-        """Index an SAE in a worker; the browser opens it when done."""
+        """Index an SAE (by default the shown lineage's) in a worker; the browser lists it when done."""
         from vitsae_tui.engine.features import build_index
 
-        runs = [r for r in self.workspace.runs("saes") if r.state == "finished"]
-        sae_run = sae_run or (runs[0].name if runs else None)
+        sae_run = sae_run or self.lineage_run("saes")
         if sae_run is None:
-            self.notify("no finished SAE to index: train one first (a on the home screen)", severity="warning")
+            self.notify("the shown lineage has no finished SAE to index: train one first (a), or select one on home",
+                        severity="warning")
             return
         if self.jobs.running("index"):
             self.notify("an index is already being built", severity="warning")
             return
         self.jobs.start("index", f"index {sae_run}", build_index, self.workspace, sae_run)
         self.notify(f"building the feature index of {sae_run}…")
+
+    async def action_quit(self) -> None:
+        await self.action_request_quit()  # every way out asks first and stops jobs with a checkpoint
 
     async def action_request_quit(self) -> None:
         if not self.jobs.running():

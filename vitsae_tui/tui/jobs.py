@@ -36,6 +36,10 @@ class Job:
     progress_by_stage: dict[str, events.Progress] = field(default_factory=dict)
     history: list[events.Event] = field(default_factory=list)
     """every event so far, so a screen opened mid-run can draw the whole curve"""
+    active_stage: str = ""
+    """the stage this job is running now (a pipeline job runs one stage after another)"""
+    last_rows: dict[tuple[str, str], dict] = field(default_factory=dict)
+    """the newest metrics row per (stage, kind): a screen reads only its own stage's rows"""
     started: float = field(default_factory=time.time)
     result: Any = None
     thread: threading.Thread | None = None
@@ -48,6 +52,13 @@ class Job:
     def running(self) -> bool:
         return self.state == "running"
 
+    def runs_stage(self, stage: str) -> bool:
+        """True while this job is running `stage`, as itself or as a step of a pipeline."""
+        return self.running and (self.stage == stage or self.active_stage == stage)
+
+    def last_row(self, stage: str, kind: str) -> dict | None:
+        return self.last_rows.get((stage, kind))
+
     def drain(self) -> list[events.Event]:
         batch = []
         while True:
@@ -56,13 +67,24 @@ class Job:
             except queue.Empty:
                 break
         for event in batch:
-            if isinstance(event, events.Progress):
+            if isinstance(event, events.Started):
+                self.active_stage = event.stage
+                self.progress_by_stage.pop(event.stage, None)  # a new run of the stage starts from 0
+                self.last_rows = {key: row for key, row in self.last_rows.items() if key[0] != event.stage}
+            elif isinstance(event, events.Progress):
                 self.progress = event
                 self.progress_by_stage[event.stage] = event
-            elif isinstance(event, events.Finished) and event.stage == self.stage:
-                self.state, self.run_dir = ("stopped" if event.stopped else "finished"), event.run_dir
+                self.active_stage = event.stage
+            elif isinstance(event, events.Metrics):
+                self.last_rows[(event.stage, str(event.row.get("kind")))] = event.row
+            elif isinstance(event, events.Finished):
+                if event.stage == self.active_stage:
+                    self.active_stage = ""
+                if event.stage == self.stage:
+                    self.state, self.run_dir = ("stopped" if event.stopped else "finished"), event.run_dir
             elif isinstance(event, events.Failed):  # a failed stage ends a pipeline job too
                 self.state, self.message, self.run_dir = "failed", event.message, event.run_dir or self.run_dir
+                self.active_stage = ""
         self.history.extend(batch)
         return batch
 
@@ -97,12 +119,17 @@ class JobManager:
         return job
 
     def running(self, stage: str | None = None) -> bool:
+        """Is any job running, or (with `stage`) is that stage running, as its own job or inside a pipeline?"""
         if stage is not None:
-            return stage in self.jobs and self.jobs[stage].running
+            return any(job.runs_stage(stage) for job in self.jobs.values())
         return any(job.running for job in self.jobs.values())
 
     def get(self, stage: str) -> Job | None:
         return self.jobs.get(stage)
+
+    def running_stage(self, stage: str) -> Job | None:
+        """The job running `stage` now (its own job or a pipeline in that stage), if any."""
+        return next((job for job in self.jobs.values() if job.runs_stage(stage)), None)
 
     def stop_all(self) -> None:
         for job in self.jobs.values():

@@ -12,14 +12,21 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen, Screen
-from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, Label, Select, Static
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
-from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, overlay
-from vitsae_tui.tui.widgets.choices import refill_select
+from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
+from vitsae_tui.tui.screens.prompt import PromptScreen
+from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
+from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.widgets.examples_view import ExamplesView
+from vitsae_tui.tui.widgets.patch_image import PatchImage
 
 SORTS = [("density", "frequency"), ("max_activation", "max activation"), ("concept", "concept AUROC")]
 SPARK = "▁▂▃▄▅▆▇█"
+NO_FEATURE = "no feature open: 1-9 or enter opens one of the patch's features, f lists all"
+STACKED_HEIGHT = 50
+"""from this many rows up the side pane shows the patch's features (or the list) and the open feature together"""
 
 
 def sparkline(counts: np.ndarray) -> str:
@@ -27,62 +34,30 @@ def sparkline(counts: np.ndarray) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int(c / peak * (len(SPARK) - 1)))] if c else " " for c in counts)
 
 
-class PromptScreen(ModalScreen[str | None]):
-    """One line of input in a dialog; escape cancels."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, question: str, value: str = ""):
-        super().__init__()
-        self.question, self.value = question, value
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(self.question)
-            yield Input(self.value, id="answer")
-
-    def on_mount(self) -> None:
-        self.query_one("#answer", Input).focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class ImageView(Static):
-    """Draws one composed PIL image as half-block terminal pixels, sized to the widget, with a render cache."""
-
-    def show(self, image: Image.Image) -> None:
-        from rich_pixels import HalfcellRenderer, Pixels
-
-        self.update(Pixels.from_image(image, renderer=HalfcellRenderer()))
-
-
 class BrowserScreen(Screen):
     BINDINGS = [
-        # priority, so they move the patch cursor even while a table has focus; check_action passes them on
-        # to the table in the feature and list views
-        Binding("left,h", "move(0,-1)", "←", show=False, priority=True),
-        Binding("right,l", "move(0,1)", "→", show=False, priority=True),
-        Binding("up,k", "move(-1,0)", "↑", show=False, priority=True),
-        Binding("down,j", "move(1,0)", "↓", show=False, priority=True),
+        # the arrows move the patch cursor while the image has focus (its own bindings); hjkl do it from anywhere
+        Binding("h", "move(0,-1)", "←", show=False),
+        Binding("l", "move(0,1)", "→", show=False),
+        Binding("k", "move(-1,0)", "↑", show=False),
+        Binding("j", "move(1,0)", "↓", show=False),
         *[Binding(str(n), f"open_top({n})", f"feature #{n}", show=False) for n in range(1, 10)],
-        Binding("n,]", "image(1)", "Next image"),
-        Binding("p,[", "image(-1)", "Prev image", show=False),
-        Binding("g", "goto_image", "Go to image"),
-        Binding("c", "class_filter", "Class filter"),
-        Binding("f", "show('list-view')", "Features"),
+        Binding("n,]", "image(1)", "Next"),
+        Binding("p,[", "image(-1)", "Prev", show=False),
+        Binding("g", "goto_image", "Image #"),
+        Binding("c", "class_filter", "Class", show=False),
+        Binding("f", "show_list", "Features"),
         Binding("x", "focus_examples", "Examples"),
-        Binding("slash", "goto_feature", "Feature id"),
-        Binding("L", "label", "Label"),
-        Binding("e", "export", "PNG"),
+        Binding("slash", "goto_feature", "Feature #", show=False),
+        Binding("L", "label", "Label", show=False),
+        Binding("e", "export", "PNG", show=False),
         Binding("E", "export_card", "Card PNG", show=False),
         Binding("o", "cycle_sort", "Sort", show=False),
-        Binding("pagedown", "examples_page(1)", "More examples", show=False),
-        Binding("pageup", "examples_page(-1)", "Previous examples", show=False),
-        Binding("d", "toggle_dead", "Hide dead", show=False),
+        Binding("d", "toggle_dead", "Dead", show=False),
+        Binding("D", "toggle_one_per_image", "One per image", show=False),
+        # priority: a focused table would otherwise take page up/down for itself
+        Binding("pagedown", "examples_page(1)", "More examples", show=False, priority=True),
+        Binding("pageup", "examples_page(-1)", "Previous examples", show=False, priority=True),
         Binding("escape", "back", "Back"),
     ]
 
@@ -95,7 +70,10 @@ class BrowserScreen(Screen):
         self.class_filter: int | None = None
         self.sort = 0
         self.hide_dead = True
-        self.example_page = 0
+        self.all_examples = False
+        """False: the strongest example of each image only; True: every top example (several per image)"""
+        self.side_mode = "patch"
+        """what the side pane shows: the patch's features, the feature list, or the open feature"""
         self.renders: OrderedDict = OrderedDict()
 
     def compose(self) -> ComposeResult:
@@ -104,8 +82,7 @@ class BrowserScreen(Screen):
             with Vertical(id="image-pane"):
                 yield Select([], prompt="(build an index first)", id="index", compact=True)
                 yield Static("", id="image-title")
-                yield ImageView(id="image")
-            # the feature panel is always shown, so opening a feature never switches views (a restyle costs ~150 ms)
+                yield PatchImage(id="image")
             with Vertical(id="side-pane"):
                 with ContentSwitcher(initial="patch-view", id="side"):
                     with Vertical(id="patch-view"):
@@ -115,30 +92,49 @@ class BrowserScreen(Screen):
                         yield Static("", id="list-title")
                         yield DataTable(id="feature-list", cursor_type="row", zebra_stripes=True)
                 with Vertical(id="feature-view"):
-                    yield Static("no feature open: 1-9 or enter opens one of the patch's features, f lists all", id="feature-stats")
-                    yield ImageView(id="examples")
-                    yield DataTable(id="feature-examples", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+                    yield Static(NO_FEATURE, id="feature-stats")
+                    yield ExamplesView(id="examples")
+                    yield Static("", id="example-caption")
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#patch-features", DataTable).add_columns("feature", "act", "density", "label")
-        self.query_one("#feature-examples", DataTable).add_columns("#", "image", "patch", "act", "class")
         self.query_one("#feature-list", DataTable).add_columns("feature", "density", "max", "concept", "label")
+        self.apply_layout()
         self.refresh_indexes()
 
     def on_screen_resume(self) -> None:
         self.refresh_indexes()
 
+    def on_resize(self) -> None:
+        self.apply_layout()
+
+    def apply_layout(self) -> None:
+        """Below STACKED_HEIGHT rows the side pane shows one panel at a time: the patch's features, the feature list
+        or the open feature (whose examples then get the room to be seen)."""
+        self.set_class(self.size.height < COMPACT_HEIGHT, "compact")
+        self.set_class(self.size.height < STACKED_HEIGHT, "one-panel")
+        self.set_class(self.side_mode == "feature", "feature-mode")
+
+    def set_side(self, mode: str) -> None:
+        self.side_mode = mode
+        if mode != "feature":
+            self.query_one("#side", ContentSwitcher).current = f"{mode}-view"
+        self.apply_layout()
+
     def refresh_indexes(self) -> None:
         runs = [r for r in self.app.workspace.runs("features") if r.state == "finished"]
-        select = self.query_one("#index", Select)
-        refill_select(select, [(r.name, r.name) for r in runs])
+        refill_select(self.query_one("#index", Select), [(r.name, r.name) for r in runs], self.app.lineage_run("features"))
+
+    def show_run(self, index_dir: Path) -> None:
+        """Open one index (from home)."""
+        self.refresh_indexes()
+        if not choose(self.query_one("#index", Select), index_dir.name):
+            self.notify(f"features/{index_dir.name} is not a finished index yet", severity="warning", markup=False)
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action == "move":  # arrows reach the tables when the feature list or the examples table has focus
-            return (self.app.screen is self and self.query_one("#side", ContentSwitcher).current == "patch-view"
-                    and self.focused is not self.query_one("#feature-examples", DataTable))
-        return True
+        # while the index list is open, keys belong to it (typing must not move the cursor or write files)
+        return not self.query_one("#index", Select).expanded
 
     def on_select_changed(self, event: Select.Changed) -> None:
         # refreshing the options on screen resume re-sends the same value: keep the open index and position
@@ -154,20 +150,29 @@ class BrowserScreen(Screen):
             self.index = None
             self.notify(str(e), severity="error", timeout=10, markup=False)
             return
-        self.image, self.cursor, self.feature, self.class_filter = 0, 0, None, None
+        self.image, self.cursor, self.class_filter = 0, 0, None
+        self.close_feature()
         self.renders.clear()
         self.fill_feature_list()
         self.refresh_image()
-        self.query_one("#patch-features", DataTable).focus()
+        self.query_one("#image", PatchImage).focus()
 
     # --- drawing -------------------------------------------------------------------------------------------------
 
-    def pixel_size(self, widget: Static, max_px: int = 224) -> int:
+    @property
+    def grid(self) -> int:
+        return self.index.store.manifest["grid"][0] if self.index else 6
+
+    def class_name(self, image: int) -> str:
+        names = self.index.store.class_names
+        label = self.index.store.manifest["images"][image]["label"]
+        return names[label] if 0 <= label < len(names) else "unlabelled"
+
+    def pixel_size(self, widget: PatchImage, max_px: int = 224) -> int:
         """Largest square (in pixels) that fits the widget: one column per pixel, two pixels per row."""
-        width, height = widget.size.width, widget.size.height * 2
-        grid = self.index.store.manifest["grid"][0] if self.index else 6
-        side = max(grid * 2, min(width, height, max_px))
-        return side - side % grid
+        width, height = widget.pixel_box()
+        side = max(self.grid * 2, min(width, height, max_px))
+        return side - side % self.grid
 
     def composed_image(self, size: int) -> Image.Image:
         key = (self.image, self.feature, self.cursor, size)
@@ -178,7 +183,7 @@ class BrowserScreen(Screen):
             else:
                 vmax = float(self.index.arrays["max_activation"][self.feature]) or None
                 picture = overlay(thumb, self.index.heatmap(self.image, self.feature), size, vmax)
-            self.renders[key] = draw_grid(picture, self.index.store.manifest["grid"][0], self.cursor)
+            self.renders[key] = draw_grid(picture, self.grid, self.cursor)
             if len(self.renders) > 64:
                 self.renders.popitem(last=False)
         return self.renders[key]
@@ -187,16 +192,12 @@ class BrowserScreen(Screen):
         if self.index is None:
             return
         store = self.index.store
-        entry = store.manifest["images"][self.image]
-        names = store.class_names
-        label = names[entry["label"]] if 0 <= entry["label"] < len(names) else "unlabelled"
-        grid = store.manifest["grid"][1]
-        row, col = divmod(self.cursor, grid)
-        filt = f" · only {names[self.class_filter]}" if self.class_filter is not None else ""
+        row, col = divmod(self.cursor, self.grid)
+        only = f" · only {store.class_names[self.class_filter]}" if self.class_filter is not None else ""
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
-        self.query_one("#image-title", Static).update(
-            f"image {self.image}/{store.n_images - 1} · {label}{filt} · patch {self.cursor} ({row},{col}){feature}")
-        view = self.query_one("#image", ImageView)
+        self.query_one("#image-title", Static).update(Text(
+            f"image {self.image}/{store.n_images - 1} · {self.class_name(self.image)}{only} · patch {self.cursor} ({row},{col}){feature}"))
+        view = self.query_one("#image", PatchImage)
         view.show(self.composed_image(self.pixel_size(view)))
         self.fill_patch_features()
 
@@ -209,7 +210,12 @@ class BrowserScreen(Screen):
             f"top features of patch {self.cursor}" + (" (1-9 or enter opens one)" if top else ": none fire"))
         for feature, value in top:
             style = "bold" if feature == self.feature else ""
-            table.add_row(Text(str(feature), style=style), f"{value:.3g}", f"{density[feature]:.1e}", self.index.label(feature), key=str(feature))
+            table.add_row(Text(str(feature), style=style), f"{value:.3g}", f"{density[feature]:.1e}", Text(self.index.label(feature)),
+                          key=str(feature))
+
+    def shown_examples(self, feature: int) -> list[tuple[int, int, float]]:
+        examples = self.index.top_examples(feature)
+        return examples if self.all_examples else one_per_image(examples)
 
     def show_feature(self, feature: int) -> None:
         index = self.index
@@ -219,47 +225,61 @@ class BrowserScreen(Screen):
         self.feature = feature
         a = index.arrays
         promoted, suppressed = index.class_effect(feature, 2)
-        lines = [f"[b]feature {feature}[/]" + (f" — {index.label(feature)}" if index.label(feature) else ""),
-                 f"density {a['density'][feature]:.2e} · max {a['max_activation'][feature]:.3g} · mean {a['mean_activation'][feature]:.3g}",
-                 f"act/θ 1×…256× [{sparkline(a['activation_hist'][feature])}]",
-                 "promotes " + ", ".join(f"{n} {v:+.2f}" for n, v in promoted) + " · suppresses " + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed)]
+        label = index.label(feature)
+        stats = Text.assemble((f"feature {feature}", "bold"), f" — {label}" if label else "")
+        # most telling first: a short terminal shows only the first few lines
+        lines = [f"density {a['density'][feature]:.2e} · max {a['max_activation'][feature]:.3g} · mean {a['mean_activation'][feature]:.3g}"]
         distribution = index.class_distribution(feature)[:3]
         if distribution:
             lines.append("fires on " + ", ".join(f"{n} {p:.0%}" for n, p in distribution))
+        lines.append("promotes " + ", ".join(f"{n} {v:+.2f}" for n, v in promoted)
+                     + " · suppresses " + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed))
         for c in index.matched_concepts.get(feature, []):
             lines.append(f"matches {c['concept']}: AUROC {c['feature_auroc']:.2f} (neuron {c['neuron_auroc']:.2f}, probe {c['probe_auroc']:.2f})")
+        lines.append(f"act/θ 1×…256× [{sparkline(a['activation_hist'][feature])}]")
         bands = index.band_examples(feature)
         lines.append("bands " + " | ".join(", ".join(f"{i}/{t}" for i, t, _ in band[:2]) for band in bands if band))
-        self.query_one("#feature-stats", Static).update("\n".join(lines))
-        examples = index.top_examples(feature)
-        table = self.query_one("#feature-examples", DataTable)
-        table.clear()
-        names = index.store.class_names
-        for rank, (image, token, value) in enumerate(examples, 1):
-            lab = index.store.manifest["images"][image]["label"]
-            table.add_row(str(rank), str(image), str(token), f"{value:.3g}", names[lab] if 0 <= lab < len(names) else "-", key=f"{image}:{token}")
-        self.call_after_refresh(self.draw_examples)  # once the view is laid out, so the grid fits its real size
+        for line in lines:
+            stats.append("\n" + line)
+        self.query_one("#feature-stats", Static).update(stats)
+        self.draw_examples()
+        self.set_side("feature")
+        if self.focused is None or not self.focused.display or not self.focused.parent.display:
+            self.query_one("#image", PatchImage).focus()  # the focused table was hidden (short terminal)
         self.refresh_image()
 
-    def draw_examples(self, page: int = 0) -> None:
-        """As many top-example thumbnails (with heatmaps) as the widget fits, composed into one image."""
-        if self.feature is None:
-            return
-        view = self.query_one("#examples", ImageView)
-        examples = self.index.top_examples(self.feature)
-        width, height = max(view.size.width, 12), max(view.size.height * 2, 12)
-        tile = min(24 if width >= 96 else 18, max(8, height - 1))
-        columns, rows = max(1, width // (tile + 1)), max(1, height // (tile + 1))
-        per_page = columns * rows
-        self.example_page = page % max(1, -(-len(examples) // per_page))
-        shown = examples[self.example_page * per_page : (self.example_page + 1) * per_page]
-        canvas = Image.new("RGB", (columns * (tile + 1), rows * (tile + 1)), (0, 0, 0))
+    def draw_examples(self) -> None:
+        examples = self.shown_examples(self.feature)
         vmax = float(self.index.arrays["max_activation"][self.feature]) or None
-        for k, (image, token, _value) in enumerate(shown):
-            r, c = divmod(k, columns)
-            tile_image = overlay(self.index.store.thumbnail(image), self.index.heatmap(image, self.feature), tile, vmax)
-            canvas.paste(draw_grid(tile_image, self.index.store.manifest["grid"][0], token), (c * (tile + 1), r * (tile + 1)))
-        view.show(canvas)
+        feature = self.feature
+
+        def draw_tile(example: tuple[int, int, float], tile: int) -> Image.Image:
+            image, token, _value = example
+            picture = overlay(self.index.store.thumbnail(image), self.index.heatmap(image, feature), tile, vmax)
+            return draw_grid(picture, self.grid, token, lines=False)
+
+        self.query_one("#examples", ExamplesView).set_examples(examples, draw_tile)
+
+    def on_examples_view_highlighted(self, event: ExamplesView.Highlighted) -> None:
+        caption = self.query_one("#example-caption", Static)
+        if event.example is None or self.index is None:
+            caption.update("")
+            return
+        image, token, value = event.example
+        total = len(self.query_one("#examples", ExamplesView).examples)
+        scope = "" if self.all_examples else " (one per image)"
+        caption.update(Text(f"#{event.rank + 1}/{total}{scope} · image {image} · patch {token} · {value:.3g} · "
+                            f"{self.class_name(image)}"))
+
+    def on_examples_view_opened(self, event: ExamplesView.Opened) -> None:
+        image, token, _value = event.example
+        self.open_image(image, token)
+
+    def close_feature(self) -> None:
+        self.feature = None
+        self.query_one("#feature-stats", Static).update(NO_FEATURE)
+        self.query_one("#examples", ExamplesView).clear_examples()
+        self.set_side("patch")
 
     def fill_feature_list(self) -> None:
         index = self.index
@@ -277,7 +297,7 @@ class BrowserScreen(Screen):
         table.clear()
         for i in ids[:2000]:
             concept = next((c["concept"] for c in index.concepts if c["feature"] == i), "")
-            table.add_row(str(i), f"{a['density'][i]:.1e}", f"{a['max_activation'][i]:.3g}", concept, index.label(int(i)), key=str(i))
+            table.add_row(str(i), f"{a['density'][i]:.1e}", f"{a['max_activation'][i]:.3g}", concept, Text(index.label(int(i))), key=str(i))
         dead = int((a["density"] == 0).sum())
         self.query_one("#list-title", Static).update(
             f"{len(ids)} features by {title} (o: sort) · {dead} dead {'hidden' if self.hide_dead else 'shown'} (d) · / jumps to an id")
@@ -287,10 +307,9 @@ class BrowserScreen(Screen):
     def action_move(self, d_row: int, d_col: int) -> None:
         if self.index is None:
             return
-        grid = self.index.store.manifest["grid"][1]
-        row, col = divmod(self.cursor, grid)
-        row, col = min(max(row + d_row, 0), grid - 1), min(max(col + d_col, 0), grid - 1)
-        self.cursor = row * grid + col
+        row, col = divmod(self.cursor, self.grid)
+        row, col = min(max(row + d_row, 0), self.grid - 1), min(max(col + d_col, 0), self.grid - 1)
+        self.cursor = row * self.grid + col
         self.refresh_image()
 
     def action_image(self, step: int) -> None:
@@ -312,11 +331,19 @@ class BrowserScreen(Screen):
         top = self.index.top_features(self.image, self.cursor, 12)
         if n <= len(top):
             self.show_feature(top[n - 1][0])
+        else:
+            self.notify(f"patch {self.cursor} has {len(top)} firing feature(s)", severity="warning")
+
+    def action_open_highlighted(self) -> None:
+        """enter on the image: open the feature highlighted in the patch's table (the strongest, unless moved)."""
+        table = self.query_one("#patch-features", DataTable)
+        if self.index is not None and table.row_count:
+            self.show_feature(int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
 
     def open_image(self, image: int, token: int) -> None:
         self.image, self.cursor = image, token
-        self.query_one("#side", ContentSwitcher).current = "patch-view"
-        self.query_one("#patch-features", DataTable).focus()
+        self.set_side("feature" if self.feature is not None else "patch")
+        self.query_one("#image", PatchImage).focus()
         self.refresh_image()
 
     def ask_number(self, question: str, upper: int, then) -> None:
@@ -355,43 +382,54 @@ class BrowserScreen(Screen):
         else:
             self.refresh_image()
 
-    def action_show(self, view: str) -> None:
+    def action_show_list(self) -> None:
         if self.index is not None:
-            self.query_one("#side", ContentSwitcher).current = view
-            self.query_one("#feature-list" if view == "list-view" else "#patch-features", DataTable).focus()
+            self.set_side("list")
+            self.query_one("#feature-list", DataTable).focus()
 
     def action_focus_examples(self) -> None:
         """Move focus to the open feature's top examples (arrows pick one, enter opens it)."""
-        if self.feature is not None:
-            self.query_one("#feature-examples", DataTable).focus()
+        if self.feature is None:
+            self.notify("open a feature first (1-9 or enter), then x picks one of its examples", severity="warning")
+            return
+        self.set_side("feature")
+        self.query_one("#examples", ExamplesView).focus()
 
     def action_back(self) -> None:
-        switcher = self.query_one("#side", ContentSwitcher)
-        if switcher.current != "patch-view" or self.focused is self.query_one("#feature-examples", DataTable):
-            switcher.current = "patch-view"
-            self.query_one("#patch-features", DataTable).focus()
+        examples = self.query_one("#examples", ExamplesView)
+        if self.side_mode == "list" or self.focused is examples:
+            self.set_side("feature" if self.feature is not None else "patch")
+            self.query_one("#image", PatchImage).focus()
         elif self.feature is not None:
-            self.feature = None
-            self.query_one("#feature-stats", Static).update("no feature open: 1-9 or enter opens one of the patch's features")
-            self.query_one("#feature-examples", DataTable).clear()
-            self.query_one("#examples", ImageView).update("")
+            self.close_feature()
+            self.query_one("#image", PatchImage).focus()
             self.refresh_image()
         else:
             self.app.switch_mode("home")
 
     def action_examples_page(self, step: int) -> None:
+        if self.feature is None:
+            self.notify("open a feature first: page up/down page its top examples", severity="warning")
+            return
+        self.query_one("#examples", ExamplesView).page(step)
+
+    def action_toggle_one_per_image(self) -> None:
+        self.all_examples = not self.all_examples
+        self.notify("top examples: every patch" if self.all_examples else "top examples: the strongest patch of each image")
         if self.feature is not None:
-            self.draw_examples(self.example_page + step)
+            self.draw_examples()
 
     def action_cycle_sort(self) -> None:
         if self.index is not None:
             self.sort = (self.sort + 1) % len(SORTS)
             self.fill_feature_list()
+            self.set_side("list")
 
     def action_toggle_dead(self) -> None:
         if self.index is not None:
             self.hide_dead = not self.hide_dead
             self.fill_feature_list()
+            self.set_side("list")
 
     def action_label(self) -> None:
         if self.index is None or self.feature is None:
@@ -413,19 +451,15 @@ class BrowserScreen(Screen):
             return
         suffix = f"-feature-{self.feature}" if self.feature is not None else ""
         path = image_card(self.index, self.image, Path.cwd() / f"image-{self.image}{suffix}.png", self.feature, self.cursor)
-        self.notify(f"wrote {path}")
+        self.notify(f"wrote {path}", markup=False)
 
     def action_export_card(self) -> None:
         """The open feature's card (stats and top examples with heatmaps) as a PNG in the cwd."""
         if self.index is None or self.feature is None:
             self.notify("open a feature first, then E writes its card", severity="warning")
             return
-        self.notify(f"wrote {feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png')}")
+        self.notify(f"wrote {feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png')}", markup=False)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        key = event.row_key.value
         if event.data_table.id in ("patch-features", "feature-list"):
-            self.show_feature(int(key))
-        elif event.data_table.id == "feature-examples":
-            image, token = (int(v) for v in key.split(":"))
-            self.open_image(image, token)
+            self.show_feature(int(event.row_key.value))

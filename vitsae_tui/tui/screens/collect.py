@@ -7,7 +7,8 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+from rich.text import Text
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
@@ -15,7 +16,8 @@ from vitsae_tui.engine.config import CollectConfig, ConfigError, DataConfig, Tra
 from vitsae_tui.engine.workspace import WorkspaceError, read_json
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen, format_bytes, read_status
-from vitsae_tui.tui.widgets.choices import refill_select
+from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "collect"
 
@@ -55,7 +57,7 @@ class CollectScreen(StageScreen):
                 yield Static("no job: pick a model run and press s", id="status")
                 yield ProgressBar(total=1, id="progress", show_eta=False)
                 yield Static("", id="summary")
-                yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
+                yield StageLog(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -67,11 +69,19 @@ class CollectScreen(StageScreen):
     def refresh_models(self) -> None:
         runs = [r for r in self.app.workspace.runs("models") if (r.path / "best.pt").exists()]
         select = self.query_one("#model", Select)
-        refill_select(select, [(f"{r.name} ({r.state})", r.name) for r in runs])
+        refill_select(select, [(f"{r.name} ({r.state})", r.name) for r in runs], self.app.lineage_run("models"))
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "model" and isinstance(event.value, str):
             self.fill_hooks(str(event.value))
+
+    def fill_form(self, config: dict) -> None:
+        choose(self.query_one("#model", Select), config.get("model"))
+        for key in ("checkpoint", "hook", "split", "dtype"):
+            choose(self.query_one(f"#{key}", Select), config.get(key))
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        self.query_one("#dataset", Input).value = str(data.get("dataset", ""))
+        self.query_one("#limit", Input).value = str(config.get("limit", 0))
 
     def fill_hooks(self, run: str) -> None:
         from vitsae_tui.engine.vision_model import default_hook, hook_names
@@ -111,35 +121,35 @@ class CollectScreen(StageScreen):
         {"start": self.action_start, "stop": self.action_stop}[event.button.id]()
 
     def action_start(self) -> None:
+        if self.app.jobs.running(STAGE):
+            self.notify("a collection is already running; stop it first (x)", severity="warning")
+            return
         try:
             cfg = self.form_config()
         except ConfigError as e:
-            self.notify(str(e), severity="error")
+            self.notify(str(e), severity="error", markup=False)
             return
         from vitsae_tui.engine.activations import collect
 
-        self.set_dir = None
-        self.query_one("#summary", Static).update("")
         self.start_job(f"collect {cfg.hook or 'default hook'} of {cfg.model}", collect, cfg, self.app.workspace)
 
+    def reset_view(self) -> None:
+        self.set_dir, self.size_on_disk = None, 0
+        self.query_one("#summary", Static).update("")
+
     def on_stage_event(self, job: Job, event: events.Event) -> None:
-        if isinstance(event, events.ArtifactWritten) and event.what == "activation set (collecting)":
-            self.set_dir = Path(event.path)
+        if isinstance(event, events.Started):
+            self.set_dir = Path(event.run_dir)
         elif isinstance(event, events.Finished):
             s = event.summary
             verb = "stopped (re-run the same settings to finish)" if event.stopped else "done"
-            self.query_one("#summary", Static).update(
-                f"[bold green]{verb}[/]: {s['images']} images · {s['tokens']:,} tokens of {s['d_model']} {s['dtype']} · "
-                f"{s['shards']} shard(s) · {format_bytes(s['bytes_on_disk'])} → {event.run_dir}"
-            )
+            self.query_one("#summary", Static).update(Text(
+                f"{verb}: {s['images']} images · {s['tokens']:,} tokens of {s['d_model']} {s['dtype']} · "
+                f"{s['shards']} shard(s) · {format_bytes(s['bytes_on_disk'])} → {event.run_dir}", style="green"))
 
-    def show_set(self, set_dir: Path) -> None:
+    def show_run(self, set_dir: Path) -> None:
         """Describe an activation set from its manifest, and keep following it while another process collects it."""
-        if self.app.jobs.running(STAGE):
-            self.notify("a collection is running here; its progress stays on screen", severity="warning")
-            return
-        self.watching = set_dir
-        self.poll_watched()
+        self.watch_run(set_dir)
 
     def poll_watched(self) -> None:
         if self.watching is None:
@@ -150,21 +160,20 @@ class CollectScreen(StageScreen):
         try:
             m = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
         except (StoreError, WorkspaceError, OSError, ValueError) as e:
-            self.query_one("#summary", Static).update(f"[red]{e}[/]")
+            self.query_one("#summary", Static).update(Text(str(e), style="red"))
             return
         status = read_status(set_dir)
         owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
-        self.query_one("#status", Static).update(f"watching {set_dir.name}: {status.get('state', 'unknown')} (read-only{owner})")
+        self.query_one("#status", Static).update(Text(f"watching {set_dir.name}: {status.get('state', 'unknown')} (read-only{owner})"))
         planned = m.get("n_images_planned") or m["n_images"] or 1
         self.query_one("#progress", ProgressBar).update(total=planned, progress=m["n_images"])
         p = m["provenance"]
         state = "complete" if m["complete"] else f"incomplete ({m['n_images']} of {m.get('n_images_planned', '?')} images)"
         size = sum(f.stat().st_size for f in set_dir.iterdir() if f.is_file())
-        self.query_one("#summary", Static).update(
-            f"[b]{set_dir.name}[/]: {state} · {m['n_images']} images · {m['n_tokens']:,} tokens of {m['d_model']} {m['dtype']} · "
+        self.query_one("#summary", Static).update(Text(
+            f"{set_dir.name}: {state} · {m['n_images']} images · {m['n_tokens']:,} tokens of {m['d_model']} {m['dtype']} · "
             f"{format_bytes(size)}\nfrom models/{p['model_run']} ({p['checkpoint']}, {p['checkpoint_sha256'][:12]}) at {m['hook']}, "
-            f"{p['data']['dataset']} {p['split']}"
-        )
+            f"{p['data']['dataset']} {p['split']}"))
 
     def status_detail(self, job: Job) -> str:
         detail = super().status_detail(job)

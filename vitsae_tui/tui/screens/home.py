@@ -1,10 +1,9 @@
-"""Home: the workspace at a glance (runs and their state, newest first), running jobs, and what to do next."""
+"""Home: the workspace at a glance (runs and their state, newest first), the chosen lineage, and what to do next."""
 
 from __future__ import annotations
 
 import time
 
-from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,71 +11,60 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from vitsae_tui.engine.workspace import KINDS, RunInfo
+from vitsae_tui.engine.pipeline import StageState, lineage, next_step
+from vitsae_tui.engine.run_details import describe_run
+from vitsae_tui.engine.workspace import KINDS
 
 STATE_STYLE = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow", "interrupted": "yellow", "damaged": "red"}
+MARKS = {"done": ("✓", "green"), "running": ("…", "cyan"), "failed": ("✗", "red"), "stale": ("!", "yellow"),
+         "missing": ("·", "dim"), "stopped": ("‖", "yellow"), "interrupted": ("‖", "yellow")}
+# the key that builds each stage by hand
+STAGE_KEYS = {"model": "t", "activations": "c", "sae": "a", "index": "i"}
+GUIDED_RUN = ("g runs the whole pipeline on the built-in offline data: it trains the demo model, collects its "
+              "activations, trains a JumpReLU SAE and indexes its features, then opens the browser")
 
 
-def run_details(run: RunInfo) -> str:
-    status = run.status
-    if run.state == "failed":
-        return str(status.get("message", ""))[:60]
-    parts = []
-    if isinstance(status.get("best_val_accuracy"), (int, float)):
-        parts.append(f"val acc {status['best_val_accuracy']:.1%}")
-    if isinstance(status.get("tokens"), int):
-        parts.append(f"{status.get('images', 0)} images · {status['tokens']:,} tokens · d {status.get('d_model', '?')}")
-    if isinstance(status.get("mean_feature_auroc"), (int, float)):
-        parts.append(f"concept AUROC SAE {status['mean_feature_auroc']:.3f} vs neuron {status.get('mean_neuron_auroc', 0):.3f}")
-    if isinstance(status.get("alive"), int):
-        parts.append(f"{status['alive']}/{status.get('features', '?')} alive")
-    if isinstance(status.get("fvu"), (int, float)) and isinstance(status.get("l0"), (int, float)):
-        parts.append(f"FVU {status['fvu']:.3f} · L0 {status['l0']:.1f}")
-    if isinstance(status.get("step"), int):
-        total = status.get("total_steps")
-        parts.append(f"step {status['step']}" + (f"/{total}" if total else ""))
-    preset = run.config.get("preset")
-    if preset:
-        parts.append(str(preset))
-    return " · ".join(parts)
+def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) -> Text:
+    text = Text.assemble(("pipeline", "bold"), " ")
+    for i, s in enumerate(states):
+        mark, style = MARKS.get(s.state, ("?", ""))
+        text.append_text(Text.assemble(" → " if i else "", (mark, style), f" {s.stage} ", (s.state, "dim"),
+                                       (f" {s.run}" if s.run else "", "dim")))
+    if selected is not None:
+        text.append(f"\nfollowing the selected {selected[0][:-1] if selected[0] != 'activations' else 'activation set'} "
+                    f"{selected[1]}", style="dim")
+    return text
 
 
-def pipeline_text(ws, model_run: str | None = None) -> str:
-    from vitsae_tui.engine.pipeline import lineage
-    from vitsae_tui.engine.pipeline import next_step as pipeline_next
-
-    states = lineage(ws, model_run)
-    marks = {"done": "[green]✓[/]", "running": "[cyan]…[/]", "failed": "[red]✗[/]", "stale": "[yellow]![/]",
-             "missing": "[dim]·[/]", "stopped": "[yellow]‖[/]", "interrupted": "[yellow]‖[/]"}
-    parts = [f"{marks.get(s.state, '?')} {s.stage} [dim]{s.state}{' ' + s.run if s.run else ''}[/]" for s in states]
-    return "[b]pipeline[/] " + " → ".join(parts) + f"\n[b]g[/] guided run: {pipeline_next(states)} on the offline default"
-
-
-def next_step(runs: dict[str, list[RunInfo]], jobs_running: bool) -> str:
+def next_text(states: list[StageState], jobs_running: bool) -> Text:
     if jobs_running:
-        return "A job is running: t opens its live view."
-    if not any(r.state == "finished" for r in runs["models"]):
-        return "Next: train a vision model. Press t, then s to start the demo preset (about 2 minutes on a laptop CPU)."
-    if not any(r.state == "finished" for r in runs["activations"]):
-        return "A model is trained. Next: press c to collect its activations (enter on a model shows its curves)."
-    if not any(r.state == "finished" for r in runs["saes"]):
-        return "Activations are collected. Next: press a to train a JumpReLU SAE on them."
-    if not any(r.state == "finished" for r in runs["features"]):
-        return "An SAE is trained. Next: press i to build its feature index (select an SAE run first to pick another)."
-    return "Features are indexed. Press b to browse them; t, c, a and i start new runs."
+        return Text("A job is running: its screen shows it live (t, c or a); q asks before stopping it with a checkpoint.")
+    if all(s.state == "missing" for s in states):
+        return Text.assemble(("New here? Press g. ", "bold"), GUIDED_RUN, " (about 3 minutes on two CPU cores).")
+    step = next_step(states)
+    if step == "browse the features":
+        return Text("Features are indexed: b browses them. g, t, c, a and i build new runs; enter opens the selected one.")
+    first_open = next(s for s in states if s.state != "done")
+    return Text.assemble(("Next: ", "bold"), f"{step} — g does it (and every stage after it), "
+                         f"or {STAGE_KEYS[first_open.stage]} opens that stage's screen.")
 
 
 class HomeScreen(Screen):
     BINDINGS = [
         Binding("g", "app.guided_run", "Guided run"),
-        Binding("t", "app.switch_mode('train')", "Train model"),
+        Binding("t", "app.switch_mode('train')", "Train"),
         Binding("c", "app.switch_mode('collect')", "Collect"),
-        Binding("a", "app.switch_mode('sae')", "Train SAE"),
-        Binding("i", "index", "Index SAE"),
+        Binding("a", "app.switch_mode('sae')", "SAE"),
+        Binding("i", "index", "Index"),
         Binding("b", "app.switch_mode('browse')", "Browse"),
-        Binding("enter", "open_run", "Open run"),
-        Binding("f5", "refresh_runs", "Refresh"),
+        Binding("enter", "open_run", "Open"),
+        Binding("f5", "refresh_runs", "Refresh", show=False),
     ]
+
+    def __init__(self):
+        super().__init__()
+        self.settled_key: str | None = None
+        """the row under the cursor after our own refresh: a highlight of another row is the user's choice"""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -85,7 +73,8 @@ class HomeScreen(Screen):
             yield Static(id="pipeline")
             yield Static(id="next")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+            yield Static(id="run-detail")
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
@@ -102,59 +91,67 @@ class HomeScreen(Screen):
     def refresh_runs(self) -> None:
         ws = self.app.workspace
         runs = {kind: ws.runs(kind) for kind in KINDS}
-        self.query_one("#workspace", Static).update(f"[b]workspace[/] {escape(str(ws.root))}")
-        self.query_one("#pipeline", Static).update(pipeline_text(ws, self.selected_model()))
-        self.query_one("#next", Static).update(next_step(runs, self.app.jobs.running()))
+        self.query_one("#workspace", Static).update(Text.assemble(("workspace ", "bold"), str(ws.root)))
+        self.show_lineage()
         table = self.query_one("#runs", DataTable)
-        cursor = table.cursor_row
+        selected = self.app.lineage_selection
         table.clear()
         for kind in KINDS:
             for run in runs[kind]:
-                style = STATE_STYLE.get(run.state, "")
                 updated = time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-"
                 # status files are data, not markup: a message with brackets must not restyle (or break) the table
-                table.add_row(kind, run.name, Text(str(run.state), style=style or ""), updated,
-                              Text(run_details(run)), key=f"{kind}/{run.name}")
-        if table.row_count:
-            table.move_cursor(row=min(cursor, table.row_count - 1))
+                table.add_row(kind, Text(run.name), Text(str(run.state), style=STATE_STYLE.get(run.state, "")), updated,
+                              Text(describe_run(run)), key=f"{kind}/{run.name}")
+        if selected is not None and f"{selected[0]}/{selected[1]}" in table.rows:
+            table.move_cursor(row=table.get_row_index(f"{selected[0]}/{selected[1]}"))
+        cursor = self.cursor_run()
+        self.settled_key = f"{cursor[0]}/{cursor[1]}" if cursor else None
+        self.show_run_detail()
 
-    def selected_model(self) -> str | None:
-        """The model run under the table cursor, whose lineage the pipeline line shows."""
+    def show_run_detail(self) -> None:
+        """The whole detail line of the run under the cursor (the table's last column is cut on narrow terminals)."""
+        cursor = self.cursor_run()
+        detail = self.query_one("#run-detail", Static)
+        if cursor is None:
+            detail.update("")
+            return
+        run = next((r for r in self.app.workspace.runs(cursor[0]) if r.name == cursor[1]), None)
+        if run is not None:
+            detail.update(Text.assemble((f"{run.kind}/{run.name}", "bold"), f" {run.state}: ", describe_run(run) or "-"))
+
+    def show_lineage(self) -> None:
+        states = lineage(self.app.workspace, self.app.lineage_selection)
+        self.query_one("#pipeline", Static).update(pipeline_text(states, self.app.lineage_selection))
+        self.query_one("#next", Static).update(next_text(states, self.app.jobs.running()))
+
+    def cursor_run(self) -> tuple[str, str] | None:
         table = self.query_one("#runs", DataTable)
         if not table.row_count:
             return None
         kind, name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value.split("/", 1)
-        return name if kind == "models" else None
+        return kind, name
 
-    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
-        self.query_one("#pipeline", Static).update(pipeline_text(self.app.workspace, self.selected_model()))
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value
+        if key is None or key == self.settled_key or key not in event.data_table.rows:
+            return
+        self.call_later(self.show_run_detail)
+        self.settled_key = key  # the user moved the cursor: follow that run's lineage
+        kind, name = key.split("/", 1)
+        self.app.lineage_selection = (kind, name)
+        self.show_lineage()
 
     def action_index(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        selected = None
-        if table.row_count:
-            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-            kind, name = key.split("/", 1)
-            selected = name if kind == "saes" else None
-        self.app.action_build_index(selected)
+        self.app.action_build_index()
 
     async def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         await self.action_open_run()  # the focused table consumes enter itself
 
     async def action_open_run(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        if not table.row_count:
-            self.notify("the workspace is empty: press t to train a model", severity="warning")
+        selected = self.cursor_run()
+        if selected is None:
+            self.notify("the workspace is empty: press g for the guided run", severity="warning")
             return
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        kind, name = key.split("/", 1)
-        path = self.app.workspace.root / kind / name
-        mode = {"models": "train", "saes": "sae", "activations": "collect", "features": "browse"}[kind]
-        await self.app.switch_mode(mode)  # awaited, so a screen opened for the first time is mounted before use
-        screen = self.app.screen
-        if kind == "features":
-            screen.query_one("#index").value = name
-        elif kind == "activations":
-            screen.show_set(path)
-        else:
-            screen.show_run(path)
+        kind, name = selected
+        self.app.lineage_selection = selected
+        await self.app.open_run(kind, name)

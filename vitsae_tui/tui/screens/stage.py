@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.markup import escape
+from rich.text import Text
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import events
 from vitsae_tui.engine.workspace import read_jsonl
+from vitsae_tui.formatting import format_duration
 from vitsae_tui.tui.jobs import Job
 
 
@@ -21,13 +22,6 @@ def read_status(run_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def format_bytes(n: float) -> str:
@@ -44,35 +38,111 @@ START_STOP_BINDINGS = [
     Binding("escape", "app.switch_mode('home')", "Home"),
 ]
 RESUMABLE_BINDINGS = [*START_STOP_BINDINGS[:2], Binding("r", "resume", "Resume"), START_STOP_BINDINGS[2]]
+PLOT_BINDINGS = [Binding("v", "cycle_plot", "Plot")]
+COMPACT_HEIGHT = 36
+"""below this many rows a stage screen shows one plot at a time (v cycles them)"""
 
 
 class StageScreen(Screen):
-    """Subclasses set STAGE, compose `#status`, `#progress` and `#log`, and may override `on_stage_event`.
+    """Subclasses set STAGE, compose `#form`, `#status`, `#progress` and `#log`, and override the hooks below.
 
+    The screen shows one run at a time: the newest job that runs its stage (alone or inside the guided run), or a
+    run opened from home (watched read-only from its files). A new run clears the plots, the log and the header.
     Textual calls `on_mount` of every class in the MRO (subclass first), so subclasses must not call super().
     """
 
     STAGE = ""
     RUN_KIND = ""
     """the workspace folder of this stage's runs, for screens that resume them ("models", "saes")"""
+    PLOTS: tuple[str, ...] = ()
+    """ids of the screen's MetricPlots, in the order `v` cycles them"""
     watching: Path | None = None
     """a run folder followed live from its files (finished, failed, or written by another process)"""
     watch_offset = 0
+    shown_job: Job | None = None
+    shown_run: str = ""
+    history_pending: Path | None = None
+    """a resumed run whose curves up to its checkpoint are drawn when its first live row arrives"""
+    plot_choice = -1
+    """the one plot shown (an index into PLOTS), or -1 for all of them"""
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.poll_watched)
         self.app.jobs.subscribe(self.on_job_events)
-        for job in self.app.jobs.jobs.values():
+        for job in sorted(self.app.jobs.jobs.values(), key=lambda j: j.started):
             self.on_job_events(job, list(job.history))
+        self.apply_layout()
 
     def on_unmount(self) -> None:
         self.app.jobs.unsubscribe(self.on_job_events)
 
+    def on_resize(self) -> None:
+        self.apply_layout()
+
+    # --- hooks for the stage screens -------------------------------------------------------------------------------
+
     def add_metrics(self, row: dict) -> None:
-        """Draw one metrics row (stages with plots override this)."""
+        """Draw one metrics row of this stage (stages with plots override this)."""
 
     def reset_view(self) -> None:
-        """Clear plots and panels (stages with plots override this)."""
+        """Clear the stage's own plots and panels (the log, status and progress are cleared here)."""
+
+    def fill_form(self, config: dict) -> None:
+        """Show a job's real settings in the form (its config.json as a dict)."""
+
+    def on_stage_event(self, job: Job, event: events.Event) -> None:
+        """Stage-specific handling of one event (summaries); metrics rows go to add_metrics."""
+
+    # --- layout ------------------------------------------------------------------------------------------------------
+
+    def apply_layout(self) -> None:
+        compact = self.size.height < COMPACT_HEIGHT
+        self.set_class(compact, "compact")
+        if not self.PLOTS:
+            return
+        single = self.plot_choice if self.plot_choice >= 0 else (0 if compact else -1)
+        self.set_class(single >= 0, "single-plot")
+        for i, plot_id in enumerate(self.PLOTS):
+            self.query_one(f"#{plot_id}").display = single < 0 or i == single
+
+    def action_cycle_plot(self) -> None:
+        """One plot after another, then (when the screen has room) all of them again."""
+        if not self.PLOTS:
+            return
+        compact = self.size.height < COMPACT_HEIGHT
+        current = self.plot_choice if self.plot_choice >= 0 else (0 if compact else -1)
+        following = current + 1
+        if following >= len(self.PLOTS):
+            following = 0 if compact else -1
+        self.plot_choice = following
+        self.apply_layout()
+
+    # --- which run is shown ------------------------------------------------------------------------------------------
+
+    def clear_view(self) -> None:
+        self.reset_view()
+        self.query_one("#log", RichLog).clear()
+        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
+        self.history_pending = None
+
+    def follow_job(self, job: Job) -> None:
+        """Show this job from now on (it started, or its events are the newest for this stage)."""
+        self.watching = None
+        self.shown_job, self.shown_run = job, ""
+        self.clear_view()
+
+    def begin_run(self, job: Job, event: events.Started) -> None:
+        if self.shown_run and self.shown_run != event.run_dir:
+            self.clear_view()
+        self.shown_run = event.run_dir
+        self.history_pending = Path(event.run_dir) if event.resumed else None
+        self.fill_form(event.config)
+
+    def draw_history(self, run_dir: Path, before_step: int) -> None:
+        """A resumed run's curves up to the point it continues from; live points then extend them."""
+        for row in read_jsonl(run_dir / "metrics.jsonl"):
+            if isinstance(row.get("step"), int) and row["step"] < before_step:
+                self.add_metrics(row)
 
     def action_resume(self) -> None:
         select = self.query_one("#resume_run", Select)
@@ -81,20 +151,13 @@ class StageScreen(Screen):
             return
         self.action_start(resume=str(select.value))
 
-    def draw_history(self, run: str) -> None:
-        """A resumed run's curves up to the checkpoint it continues from; live points then extend them."""
-        run_dir = self.app.workspace.root / self.RUN_KIND / run
-        checkpoint_step = read_status(run_dir).get("step", 0)
-        for row in read_jsonl(run_dir / "metrics.jsonl"):
-            if isinstance(row.get("step"), int) and row["step"] <= checkpoint_step:
-                self.add_metrics(row)
-
     def watch_run(self, run_dir: Path) -> None:
         """Follow a run read-only from its metrics.jsonl and status.json, whoever is writing it."""
         if self.app.jobs.running(self.STAGE):
-            self.notify(f"a {self.STAGE} job is running here; its live curves stay on screen", severity="warning")
+            self.notify(f"a {self.STAGE} job is running here; its live view stays on screen", severity="warning")
             return
-        self.reset_view()
+        self.shown_job, self.shown_run = None, str(run_dir)
+        self.clear_view()
         self.watching, self.watch_offset = run_dir, 0
         self.poll_watched()
 
@@ -125,58 +188,74 @@ class StageScreen(Screen):
         owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
         step = f" · step {status['step']}/{status.get('total_steps', '?')}" if isinstance(status.get("step"), int) else ""
         self.query_one("#status", Static).update(
-            f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})")
+            Text(f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})"))
 
     def start_job(self, title: str, fn, *args, **kwargs) -> Job | None:
         if self.app.jobs.running(self.STAGE):
             self.notify(f"a {self.STAGE} job is already running; stop it first (x)", severity="warning")
             return None
-        self.watching = None
-        self.query_one("#log", RichLog).clear()
-        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
         job = self.app.jobs.start(self.STAGE, title, fn, *args, **kwargs)
-        self.query_one("#status", Static).update(f"{title}: starting…")
+        self.follow_job(job)
+        self.query_one("#status", Static).update(Text(f"{title}: starting…"))
         return job
 
     def action_stop(self) -> None:
-        job = self.app.jobs.get(self.STAGE)
-        if job is None or not job.running:
+        job = self.app.jobs.running_stage(self.STAGE)
+        if job is None:
             self.notify(f"no {self.STAGE} job is running", severity="warning")
             return
         job.stop.set()
         self.query_one("#status", Static).update("stopping: saving what is complete…")
+
+    # --- live events -------------------------------------------------------------------------------------------------
 
     def on_job_events(self, job: Job, batch: list[events.Event]) -> None:
         # a stage's own job, or the guided pipeline job while it runs this stage
         batch = [e for e in batch if e.stage == self.STAGE]
         if not batch:
             return
+        if job is not self.shown_job:
+            self.follow_job(job)
         log = self.query_one("#log", RichLog)
         for event in batch:
-            if isinstance(event, events.Log):
+            if isinstance(event, events.Started):
+                self.begin_run(job, event)
+            elif isinstance(event, events.Metrics):
+                if self.history_pending is not None:
+                    self.draw_history(self.history_pending, int(event.row.get("step", 0)))
+                    self.history_pending = None
+                self.add_metrics(event.row)
+            elif isinstance(event, events.Log):
                 style = {"warning": "yellow", "error": "red"}.get(event.level, "")
-                log.write(f"[{style}]{escape(event.message)}[/]" if style else escape(event.message))
+                log.write(Text(event.message, style=style))
             elif isinstance(event, events.Failed):
-                log.write(f"[bold red]failed: {escape(event.message)}[/]")
+                log.write(Text(f"failed: {event.message}", style="bold red"))
                 self.notify(event.message, severity="error", timeout=10, markup=False)
             self.on_stage_event(job, event)
         self.update_status(job)
+        self.lock_form(job.runs_stage(self.STAGE))
 
-    def on_stage_event(self, job: Job, event: events.Event) -> None:
-        """Stage-specific handling of one event (plots, summaries)."""
+    def lock_form(self, locked: bool) -> None:
+        """While a job runs, the form shows its settings and cannot be edited (Stop stays usable)."""
+        for widget in self.query("#form Input, #form Select"):
+            widget.disabled = locked
 
     def status_detail(self, job: Job) -> str:
         p = job.progress_by_stage.get(self.STAGE)
         if p is None:
             return "starting…"
-        return f"{p.done}/{p.total} {p.unit} · {p.rate:.1f} {p.unit}/s · ETA {format_duration(p.eta_s)}"
+        return f"{p.done:,}/{p.total:,} {p.unit} · ETA {format_duration(p.eta_s)} · {p.rate:,.1f} {p.unit}/s"
 
     def update_status(self, job: Job) -> None:
+        if job is not self.shown_job:
+            return
         p = job.progress_by_stage.get(self.STAGE)
         if p is not None and p.total:
             self.query_one("#progress", ProgressBar).update(total=p.total, progress=p.done)
-        if job.state == "running":
+        if job.runs_stage(self.STAGE):
             detail = self.status_detail(job)
+        elif job.running:  # a pipeline that has moved on to its next stage
+            detail = "done; the guided run goes on"
         else:
-            detail = job.state + (f": {escape(job.message)}" if job.message else "")
-        self.query_one("#status", Static).update(f"{job.title}: {detail}")
+            detail = job.state + (f": {job.message}" if job.message else "")
+        self.query_one("#status", Static).update(Text(f"{job.title}: {detail}"))

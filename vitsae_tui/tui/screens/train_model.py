@@ -6,14 +6,17 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+from rich.text import Text
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import RESUMABLE_BINDINGS, StageScreen
+from vitsae_tui.tui.screens.stage import PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
+from vitsae_tui.tui.widgets.choices import choose
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
+from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-model"
 # (input id, where the value lives in TrainModelConfig, parser)
@@ -32,7 +35,8 @@ LABELS = {"dataset": "dataset", "n_train": "synthetic images", "epochs": "epochs
 class TrainModelScreen(StageScreen):
     STAGE = STAGE
     RUN_KIND = "models"
-    BINDINGS = RESUMABLE_BINDINGS
+    BINDINGS = [*RESUMABLE_BINDINGS, *PLOT_BINDINGS]
+    PLOTS = ("loss_plot", "acc_plot")
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -55,13 +59,13 @@ class TrainModelScreen(StageScreen):
                 yield Static("no job: set the form and press s", id="status")
                 yield ProgressBar(total=1, id="progress", show_eta=False)  # determinate: no animation until a job reports
                 with Horizontal(id="plots"):
-                    yield MetricPlot("loss", id="loss_plot")
-                    yield MetricPlot("accuracy", id="acc_plot")
-                yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
+                    yield MetricPlot("loss", id="loss_plot", y_min=0.0)
+                    yield MetricPlot("accuracy", id="acc_plot", y_min=0.0, y_max=1.0)
+                yield StageLog(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.fill_form(config_mod.preset("demo"))
+        self.fill_form(config_mod.to_dict(config_mod.preset("demo")))
         self.set_interval(0.3, self.redraw_plots)
         self.redraw_plots()
         self.refresh_runs()
@@ -69,13 +73,15 @@ class TrainModelScreen(StageScreen):
     def on_screen_resume(self) -> None:
         self.refresh_runs()
 
-    def fill_form(self, cfg: TrainModelConfig) -> None:
+    def fill_form(self, config: dict) -> None:
         for key, path, _parse in FIELDS:
-            value = cfg
+            value = config
             for part in path:
-                value = getattr(value, part)
+                value = value.get(part, "") if isinstance(value, dict) else ""
             self.query_one(f"#{key}", Input).value = str(value)
-        self.query_one("#device", Select).value = cfg.device
+        for select_id, key in (("preset", "preset"), ("device", "device")):
+            with self.prevent(Select.Changed):  # a preset change would refill the form with the preset's values
+                choose(self.query_one(f"#{select_id}", Select), config.get(key))
 
     def refresh_runs(self) -> None:
         runs = self.app.workspace.runs("models")
@@ -84,7 +90,7 @@ class TrainModelScreen(StageScreen):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset" and isinstance(event.value, str):
-            self.fill_form(config_mod.preset(str(event.value)))
+            self.fill_form(config_mod.to_dict(config_mod.preset(str(event.value))))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"start": self.action_start, "stop": self.action_stop, "resume": self.action_resume}[event.button.id]()
@@ -108,10 +114,11 @@ class TrainModelScreen(StageScreen):
     def reset_view(self) -> None:
         self.query_one("#loss_plot", MetricPlot).clear()
         self.query_one("#acc_plot", MetricPlot).clear()
-        self.query_one("#log", RichLog).clear()
-        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
 
     def action_start(self, resume: str | None = None) -> None:
+        if self.app.jobs.running(STAGE):
+            self.notify("a training job is already running; stop it first (x)", severity="warning")
+            return
         try:
             cfg = self.form_config()
         except ConfigError as e:
@@ -119,12 +126,6 @@ class TrainModelScreen(StageScreen):
             return
         from vitsae_tui.engine.train_model import train_model
 
-        if self.app.jobs.running(STAGE):
-            self.notify("a training job is already running; stop it first (x)", severity="warning")
-            return
-        self.reset_view()
-        if resume:
-            self.draw_history(resume)
         self.start_job(f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume)
 
     def show_run(self, run_dir: Path) -> None:
@@ -137,19 +138,17 @@ class TrainModelScreen(StageScreen):
         acc_plot = self.query_one("#acc_plot", MetricPlot)
         step = row.get("step", 0)
         if row.get("kind") == "step":
-            loss_plot.add("train", step, row["train_loss"])
-            acc_plot.add("train", step, row["train_accuracy"])
+            loss_plot.add("train", step, row.get("train_loss"))
+            acc_plot.add("train", step, row.get("train_accuracy"))
         elif row.get("kind") == "epoch":
-            loss_plot.add("val", step, row["val_loss"])
-            acc_plot.add("val", step, row["val_accuracy"])
+            loss_plot.add("val", step, row.get("val_loss"))
+            acc_plot.add("val", step, row.get("val_accuracy"))
 
     def on_stage_event(self, job: Job, event: events.Event) -> None:
-        if isinstance(event, events.Metrics):
-            self.add_metrics(event.row)
-        elif isinstance(event, events.Finished):
+        if isinstance(event, events.Finished):
             verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
             acc = event.summary.get("best_val_accuracy", 0.0)
-            self.query_one("#log", RichLog).write(f"[bold green]{verb}[/]: best val accuracy {acc:.1%} → {event.run_dir}")
+            self.query_one("#log", StageLog).write(Text(f"{verb}: best val accuracy {acc:.1%} → {event.run_dir}", style="green"))
             self.refresh_runs()
 
     def redraw_plots(self) -> None:

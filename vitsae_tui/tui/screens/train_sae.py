@@ -6,21 +6,25 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+from rich.text import Text
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, SAETrainConfig
+from vitsae_tui.formatting import format_metrics
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import RESUMABLE_BINDINGS, StageScreen
+from vitsae_tui.tui.screens.stage import PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
-from vitsae_tui.tui.widgets.choices import refill_select
+from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-sae"
 FIELDS = [("expansion", int), ("l0_coeff", float), ("bandwidth", float), ("lr", float), ("batch_size", int), ("tokens", int)]
 LABELS = {"expansion": "expansion factor", "l0_coeff": "L0 coefficient λ", "bandwidth": "bandwidth ε", "lr": "learning rate",
           "batch_size": "batch size (tokens)", "tokens": "training tokens"}
-PLOTS = [("mse", "MSE", True), ("fvu", "FVU", True), ("l0", "L0", False), ("dead_fraction", "dead %", False)]
+# (metrics key, title, log y axis, y floor)
+PLOTS = [("mse", "MSE", True, None), ("fvu", "FVU", True, None), ("l0", "L0", False, 0.0), ("dead_fraction", "dead %", False, 0.0)]
 BARS = " ▁▂▃▄▅▆▇█"
 
 
@@ -29,22 +33,30 @@ def histogram_bars(counts: list[int]) -> str:
     return "".join(BARS[min(len(BARS) - 1, round(c / peak * (len(BARS) - 1)))] if c else " " for c in counts)
 
 
-def format_eval(row: dict) -> str:
-    lines = [f"[b]eval @ step {row['step']}[/]  FVU {row.get('eval_fvu', float('nan')):.4f} · L0 {row.get('eval_l0', float('nan')):.1f} · "
-             f"never fired {row.get('eval_never_fired_fraction', 0.0):.1%}"]
+def _value(row: dict, key: str, default: float = float("nan")) -> float:
+    value = row.get(key)
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def format_eval(row: dict) -> Text:
+    text = Text.assemble((f"eval @ step {row.get('step', '?')}", "bold"),
+                         f"  FVU {_value(row, 'eval_fvu'):.4f} · L0 {_value(row, 'eval_l0'):.1f} · "
+                         f"never fired {_value(row, 'eval_never_fired_fraction', 0.0):.1%}")
     density = row.get("density")
-    if density:
-        lines.append(f"density 1e-7 [{histogram_bars(density['counts'])}] 1   ({density['never_fired']} never fired)")
+    if isinstance(density, dict) and isinstance(density.get("counts"), list):
+        text.append(f"\ndensity 1e-7 [{histogram_bars(density['counts'])}] 1   ({density.get('never_fired', '?')} never fired)")
     if "ce_recovered" in row:
-        lines.append(f"spliced in: CE {row['ce_sae']:.3f} (clean {row['ce_clean']:.3f}, mean-ablated {row['ce_ablated']:.3f}) → "
-                     f"{row['ce_recovered']:.1%} recovered · acc {row['acc_sae']:.1%} vs {row['acc_clean']:.1%} clean")
-    return "\n".join(lines)
+        text.append(f"\nspliced in: CE {_value(row, 'ce_sae'):.3f} (clean {_value(row, 'ce_clean'):.3f}, "
+                    f"mean-ablated {_value(row, 'ce_ablated'):.3f}) → {_value(row, 'ce_recovered'):.1%} recovered · "
+                    f"acc {_value(row, 'acc_sae'):.1%} vs {_value(row, 'acc_clean'):.1%} clean")
+    return text
 
 
 class TrainSAEScreen(StageScreen):
     STAGE = STAGE
     RUN_KIND = "saes"
-    BINDINGS = RESUMABLE_BINDINGS
+    BINDINGS = [*RESUMABLE_BINDINGS, *PLOT_BINDINGS]
+    PLOTS = tuple(f"plot_{key}" for key, *_ in PLOTS)
 
     def compose(self) -> ComposeResult:
         defaults = SAETrainConfig()
@@ -68,10 +80,10 @@ class TrainSAEScreen(StageScreen):
                 yield Static("no job: pick an activation set and press s", id="status")
                 yield ProgressBar(total=1, id="progress", show_eta=False)
                 with Grid(id="sae-plots"):
-                    for key, title, log_y in PLOTS:
-                        yield MetricPlot(title, log_y=log_y, id=f"plot_{key}")
+                    for key, title, log_y, y_min in PLOTS:
+                        yield MetricPlot(title, log_y=log_y, y_min=y_min, id=f"plot_{key}")
                 yield Static("", id="eval")
-                yield RichLog(id="log", max_lines=500, wrap=True, markup=True)
+                yield StageLog(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -86,7 +98,7 @@ class TrainSAEScreen(StageScreen):
         ws = self.app.workspace
         sets = [r for r in ws.runs("activations") if r.state == "finished"]
         select = self.query_one("#activations", Select)
-        refill_select(select, [(r.name, r.name) for r in sets])
+        refill_select(select, [(r.name, r.name) for r in sets], self.app.lineage_run("activations"))
         resumable = [r for r in ws.runs("saes") if (r.path / "trainer.pt").exists() and r.state != "finished"]
         self.query_one("#resume_run", Select).set_options([(f"{r.name} ({r.state})", r.name) for r in resumable])
 
@@ -111,7 +123,16 @@ class TrainSAEScreen(StageScreen):
             plot.clear()
         self.query_one("#eval", Static).update("")
 
+    def fill_form(self, config: dict) -> None:
+        for key, _parse in FIELDS:
+            self.query_one(f"#{key}", Input).value = str(config.get(key, ""))
+        choose(self.query_one("#device", Select), config.get("device"))
+        choose(self.query_one("#activations", Select), config.get("activations"))
+
     def action_start(self, resume: str | None = None) -> None:
+        if self.app.jobs.running(STAGE):
+            self.notify("an SAE job is already running; stop it first (x)", severity="warning")
+            return
         try:
             cfg = self.form_config() if resume is None else SAETrainConfig()
         except ConfigError as e:
@@ -119,12 +140,6 @@ class TrainSAEScreen(StageScreen):
             return
         from vitsae_tui.engine.train_sae import train_sae
 
-        if self.app.jobs.running(STAGE):
-            self.notify("an SAE job is already running; stop it first (x)", severity="warning")
-            return
-        self.reset_view()
-        if resume:
-            self.draw_history(resume)
         title = f"resume {resume}" if resume else f"SAE on {cfg.activations}"
         self.start_job(title, train_sae, cfg, self.app.workspace, resume=resume)
 
@@ -135,33 +150,31 @@ class TrainSAEScreen(StageScreen):
 
     def add_metrics(self, row: dict) -> None:
         if row.get("kind") == "step":
-            for key, _title, _log in PLOTS:
-                value = row[key] * 100 if key == "dead_fraction" else row[key]
-                self.query_one(f"#plot_{key}", MetricPlot).add("train", row["step"], value)
+            for key, *_ in PLOTS:
+                value = row.get(key)
+                if key == "dead_fraction" and isinstance(value, (int, float)):
+                    value *= 100
+                self.query_one(f"#plot_{key}", MetricPlot).add("train", row.get("step"), value)
         elif row.get("kind") == "eval":
             self.query_one("#eval", Static).update(format_eval(row))
             for key in ("fvu", "l0"):
-                if f"eval_{key}" in row:
-                    self.query_one(f"#plot_{key}", MetricPlot).add("held-out", row["step"], row[f"eval_{key}"])
+                self.query_one(f"#plot_{key}", MetricPlot).add("held-out", row.get("step"), row.get(f"eval_{key}"))
 
     def on_stage_event(self, job: Job, event: events.Event) -> None:
-        if isinstance(event, events.Metrics):
-            self.add_metrics(event.row)
-        elif isinstance(event, events.Finished):
+        if isinstance(event, events.Finished):
             s = event.summary
             verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
-            self.query_one("#log", RichLog).write(
-                f"[bold green]{verb}[/]: FVU {s.get('fvu', float('nan')):.4f}, L0 {s.get('l0', float('nan')):.1f}, "
-                f"dead {s.get('dead_fraction', 0.0):.1%} → {event.run_dir}")
+            self.query_one("#log", StageLog).write(Text(
+                f"{verb}: FVU {s.get('fvu', float('nan')):.4f}, L0 {s.get('l0', float('nan')):.1f}, "
+                f"dead {s.get('dead_fraction', 0.0):.1%} → {event.run_dir}", style="green"))
             self.refresh_choices()
 
     def status_detail(self, job: Job) -> str:
         detail = super().status_detail(job)
-        row = next((e.row for e in reversed(job.history) if isinstance(e, events.Metrics) and e.row.get("kind") == "step"), None)
+        row = job.last_row(STAGE, "step")  # this stage's rows only: a pipeline job also holds the model's rows
         if row is None:
             return detail
-        return (f"{detail} · MSE {row['mse']:.4g} · FVU {row['fvu']:.4f} · L0 {row['l0']:.1f} · "
-                f"dead {row['dead_fraction']:.1%} · {row['tokens_per_s']:,.0f} tok/s")
+        return f"{detail} · {format_metrics(row, separator=' · ')}"
 
     def redraw_plots(self) -> None:
         for plot in self.query(MetricPlot):

@@ -25,17 +25,23 @@ def downsample(xs: list[float], ys: list[float], width: int) -> tuple[list[float
 class MetricPlot(PlotextPlot):
     """Named series of (x, y) points; `add` is cheap, `redraw` rebuilds the plot once for all new points."""
 
-    def __init__(self, title: str, xlabel: str = "step", log_y: bool = False, **kwargs):
+    def __init__(self, title: str, xlabel: str = "step", log_y: bool = False, y_min: float | None = None,
+                 y_max: float | None = None, **kwargs):
+        """y_min / y_max pin the y axis (e.g. 0 for a count or a percentage, whose axis must not dip below it)."""
         super().__init__(**kwargs)
         self.title = title
         self.xlabel = xlabel
         self.log_y = log_y
+        self.y_min, self.y_max = y_min, y_max
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self.dirty = True
         self.drawn_points = 0
         """points actually drawn at the last redraw (after downsampling), for tests and diagnostics"""
 
-    def add(self, name: str, x: float, y: float) -> None:
+    def add(self, name: str, x: float, y: float | None) -> None:
+        """Append a point; a missing value (null in the metrics file: NaN or infinite when logged) is skipped."""
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            return
         xs, ys = self.series.setdefault(name, ([], []))
         xs.append(float(x))
         ys.append(float(y))
@@ -69,5 +75,10 @@ class MetricPlot(PlotextPlot):
                 lines.append((name, dx, dy))
         for name, dx, dy in lines:
             plt.plot(dx, dy, label=name, marker="braille")
+        if lines and (self.y_min is not None or self.y_max is not None):
+            values = [y for _, _, dy in lines for y in dy]
+            low = self.y_min if self.y_min is not None else min(values)
+            high = max(self.y_max if self.y_max is not None else max(values), max(values))
+            plt.ylim(low, high if high > low else low + 1.0)  # a flat series at the floor still gets a sane axis
         self.drawn_points = sum(len(dx) for _, dx, _ in lines)
         self.refresh()

@@ -1,0 +1,18 @@
+"""An image drawn as half-block terminal pixels: one column and two rows of pixels per cell."""
+
+from __future__ import annotations
+
+from PIL import Image
+from textual.widgets import Static
+
+
+class PixelImage(Static):
+    def show(self, image: Image.Image) -> None:
+        """Draw a composed image at its own size (resize it first, with a good filter: rich-pixels uses NEAREST)."""
+        from rich_pixels import HalfcellRenderer, Pixels
+
+        self.update(Pixels.from_image(image, renderer=HalfcellRenderer()))
+
+    def pixel_box(self) -> tuple[int, int]:
+        """(width, height) in pixels that the widget shows."""
+        return self.size.width, self.size.height * 2
