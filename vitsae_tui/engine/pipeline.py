@@ -76,6 +76,11 @@ def _set_model(run: RunInfo) -> str | None:
     return provenance.get("model_run") if isinstance(provenance, dict) else None
 
 
+def _sae_set(run: RunInfo) -> str | None:
+    """The activation set an SAE was trained on: its config, else its meta.json."""
+    return run.config.get("activations") or _read(run.path / "meta.json").get("activations")
+
+
 def _on_default_dataset(run: RunInfo) -> bool:
     provenance = _read(run.path / "manifest.json").get("provenance")
     data = provenance.get("data") if isinstance(provenance, dict) else None
@@ -107,13 +112,13 @@ def lineage(ws: Workspace, selected: tuple[str, str] | None = None) -> list[Stag
             if kind == "features":
                 pinned["saes"] = _named(all_runs["saes"], _index_sae(run))
             if "saes" in pinned and pinned["saes"] is not None:
-                pinned["activations"] = _named(all_runs["activations"], pinned["saes"].config.get("activations"))
+                pinned["activations"] = _named(all_runs["activations"], _sae_set(pinned["saes"]))
             if pinned.get("activations") is not None:
                 pinned["models"] = _named(all_runs["models"], _set_model(pinned["activations"]))
     pinned = {k: v for k, v in pinned.items() if v is not None}
 
     finished_indexes = {_index_sae(r) for r in all_runs["features"] if r.state == "finished"}
-    finished_saes = {r.config.get("activations") for r in all_runs["saes"] if r.state == "finished"}
+    finished_saes = {_sae_set(r) for r in all_runs["saes"] if r.state == "finished"}
     finished_sets = {_set_model(r) for r in all_runs["activations"] if r.state == "finished"}
 
     models = [r for r in all_runs["models"] if _has_checkpoint(r) or r.state == "running"]
@@ -134,7 +139,7 @@ def lineage(ws: Workspace, selected: tuple[str, str] | None = None) -> list[Stag
     states.append(StageState("activations", act.name, "stale" if stale and act.state == "finished" else _state(act),
                              f"{tokens:,} tokens" if act.state == "finished" and isinstance(tokens, int) else ""))
 
-    saes = [r for r in all_runs["saes"] if r.config.get("activations") == act.name]
+    saes = [r for r in all_runs["saes"] if _sae_set(r) == act.name]
     sae = pinned.get("saes") or _best(saes, lambda r: r.name in finished_indexes)
     if sae is None:
         return states + [StageState(s, None, "missing") for s in STAGES[2:]]

@@ -243,9 +243,10 @@ class BrowserScreen(Screen):
             stats.append("\n" + line)
         self.query_one("#feature-stats", Static).update(stats)
         self.draw_examples()
+        tables = (self.query_one("#patch-features", DataTable), self.query_one("#feature-list", DataTable))
         self.set_side("feature")
-        if self.focused is None or not self.focused.display or not self.focused.parent.display:
-            self.query_one("#image", PatchImage).focus()  # the focused table was hidden (short terminal)
+        if self.focused is None or (self.has_class("one-panel") and self.focused in tables):
+            self.query_one("#image", PatchImage).focus()  # the table that had focus is hidden now
         self.refresh_image()
 
     def draw_examples(self) -> None:

@@ -14,7 +14,7 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
-from vitsae_tui.tui.widgets.choices import choose
+from vitsae_tui.tui.widgets.choices import choose, refill_select
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
@@ -86,7 +86,7 @@ class TrainModelScreen(StageScreen):
     def refresh_runs(self) -> None:
         runs = self.app.workspace.runs("models")
         options = [(f"{r.name} ({r.state})", r.name) for r in runs if (r.path / "last.pt").exists() and r.state != "finished"]
-        self.query_one("#resume_run", Select).set_options(options)
+        refill_select(self.query_one("#resume_run", Select), options)  # the newest stopped run, unless one was picked
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset" and isinstance(event.value, str):

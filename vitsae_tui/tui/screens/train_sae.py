@@ -100,7 +100,7 @@ class TrainSAEScreen(StageScreen):
         select = self.query_one("#activations", Select)
         refill_select(select, [(r.name, r.name) for r in sets], self.app.lineage_run("activations"))
         resumable = [r for r in ws.runs("saes") if (r.path / "trainer.pt").exists() and r.state != "finished"]
-        self.query_one("#resume_run", Select).set_options([(f"{r.name} ({r.state})", r.name) for r in resumable])
+        refill_select(self.query_one("#resume_run", Select), [(f"{r.name} ({r.state})", r.name) for r in resumable])
 
     def form_config(self) -> SAETrainConfig:
         select = self.query_one("#activations", Select)

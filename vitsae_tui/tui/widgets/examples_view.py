@@ -51,6 +51,8 @@ class ExamplesView(PixelImage, can_focus=True):
         self.examples: list[Example] = []
         self.draw_tile: Callable[[Example, int], Image.Image] | None = None
         self.selected = 0
+        self.tile = 0
+        """the side of one thumbnail in pixels, as last drawn"""
         self.columns = 1
         self.per_page = 1
 
@@ -71,6 +73,7 @@ class ExamplesView(PixelImage, can_focus=True):
             return
         width, height = self.pixel_box()
         tile, self.columns, rows = tile_layout(width, height, len(self.examples))
+        self.tile = tile
         self.per_page = self.columns * rows
         first = self.selected - self.selected % self.per_page
         shown = self.examples[first : first + self.per_page]

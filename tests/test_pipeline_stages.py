@@ -1,0 +1,40 @@
+"""The guided run's choices: a stopped stage is resumed, not redone, and progress is reported from the first second."""
+
+import dataclasses
+import threading
+
+from tests.helpers import Collector
+from vitsae_tui.engine import events
+from vitsae_tui.engine.config import DataConfig
+from vitsae_tui.engine.data import load_dataset
+from vitsae_tui.engine.pipeline import demo_configs, lineage, next_step, run_pipeline
+from vitsae_tui.engine.train_model import train_model
+
+
+def test_a_model_stopped_before_its_first_epoch_is_resumed_by_the_guided_run(workspace, monkeypatch):
+    model_cfg, _ = demo_configs("tiny")
+    model_cfg = dataclasses.replace(model_cfg, checkpoint_every=2, device="cpu")
+    stop = threading.Event()
+    report = Collector(stop, lambda e: isinstance(e, events.Progress) and e.unit == "steps" and e.done >= 3)
+    assert train_model(model_cfg, workspace, report, stop).stopped
+    run = workspace.runs("models")[0]
+    assert not (run.path / "best.pt").exists() and (run.path / "last.pt").exists()
+    states = lineage(workspace)
+    assert (states[0].run, states[0].state) == ("demo-1", "stopped")
+    assert next_step(states) == "resume or redo the model stage"
+    # the guided run resumes demo-1 (and stops as soon as the next stage starts: that is another test's business)
+    stop = threading.Event()
+    report = Collector(stop, lambda e: e.stage == "collect")
+    built = run_pipeline(workspace, report, stop, size="tiny")
+    assert built.get("model") == "demo-1" and [r.name for r in workspace.runs("models")] == ["demo-1"]
+    assert any(isinstance(e, events.Log) and "resuming demo-1" in e.message for e in report.events)
+
+
+def test_drawing_the_synthetic_data_reports_its_progress(workspace):
+    seen = []
+    load_dataset(workspace, DataConfig(n_train=120, n_val=16), "train", lambda done, total: seen.append((done, total)))
+    assert seen[0][0] < 120 and seen[-1] == (120, 120) and all(t == 120 for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    seen.clear()
+    load_dataset(workspace, DataConfig(n_train=120, n_val=16), "train", lambda done, total: seen.append((done, total)))
+    assert seen == [], "a cached split is read, not drawn"
