@@ -163,3 +163,21 @@ async def test_home_follows_the_lineage_the_user_built_not_the_newest_set(tmp_pa
         await pilot.pause(0.1)
         text = str(app.screen.query_one("#pipeline", Static).render())
         assert "activations stale other" in text and "sae missing" in text  # its fake provenance names no real checkpoint
+
+
+async def test_paging_the_palette_before_its_results_are_laid_out_is_harmless(tmp_path):
+    import asyncio
+
+    from tests.tui.test_monkey import send_key
+
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(80, 24)) as pilot:
+        for typed in ("", "t", "zzzz", "tr"):  # a fast typist: no pause between the keystrokes and pgdn
+            send_key(app, "ctrl+p")
+            for key in [*typed, "pagedown", "pageup", "pagedown"]:
+                send_key(app, key)
+            await asyncio.sleep(0.3)
+            send_key(app, "escape")
+            await asyncio.sleep(0.2)
+        await pilot.pause(0.2)
+        assert app.is_running and app.current_mode == "home"

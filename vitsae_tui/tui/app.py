@@ -10,10 +10,12 @@ from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.command import CommandPalette
 from textual.screen import Screen
 
 from vitsae_tui.engine.events import Finished
 from vitsae_tui.engine.workspace import Workspace
+from vitsae_tui.tui.commands import SafeCommandPalette
 from vitsae_tui.tui.jobs import JobManager
 from vitsae_tui.tui.screens.browser import BrowserScreen
 from vitsae_tui.tui.screens.collect import CollectScreen
@@ -148,6 +150,10 @@ class VitsaeApp(App):
             return
         self.jobs.start("index", f"index {sae_run}", build_index, self.workspace, sae_run)
         self.notify(f"building the feature index of {sae_run}…")
+
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not CommandPalette.is_open(self):
+            self.push_screen(SafeCommandPalette(id="--command-palette"))
 
     async def action_quit(self) -> None:
         await self.action_request_quit()  # every way out asks first and stops jobs with a checkpoint
