@@ -125,3 +125,25 @@ def make_indexed_workspace(root) -> tuple[Workspace, str]:
     write_status(sae_dir, "finished")
     build_index(ws, sae_dir.name, ignore, threading.Event(), device="cpu")
     return ws, sae_dir.name
+
+
+async def answer(pilot, key, *typed):
+    """Press a key that opens a prompt, type the answer and submit it."""
+    await pilot.press(key)
+    await pilot.pause(0.1)
+    await pilot.press(*typed, "enter")
+    await pilot.pause(0.2)
+
+
+async def start_small_training(pilot, app, epochs: int) -> None:
+    """From home: the Train screen with a small CPU run of `epochs` epochs, started and reporting steps."""
+    from textual.widgets import Input, Select
+
+    await pilot.press("t")
+    screen = app.screen
+    for key, value in (("n_train", "64"), ("epochs", str(epochs)), ("batch_size", "16")):
+        screen.query_one(f"#{key}", Input).value = value
+    screen.query_one("#device", Select).value = "cpu"
+    screen.query_one("#log").focus()
+    await pilot.press("s")
+    await wait_for(pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps")

@@ -15,6 +15,7 @@ from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.workspace import KINDS, Workspace
 from vitsae_tui.formatting import format_duration, format_metrics
 
+
 def format_eval(row: dict) -> str:
     text = f"[cyan]eval @ step {row['step']}[/]: FVU {row.get('eval_fvu', float('nan')):.4f}  L0 {row.get('eval_l0', float('nan')):.1f}"
     if "ce_recovered" in row:

@@ -1,23 +1,17 @@
 import shutil
 from pathlib import Path
 
-import pytest
 from textual.widgets import ContentSwitcher, DataTable, Static
 
-from tests.helpers import make_indexed_workspace
-from vitsae_tui.tui.app import VitsaeApp
+from tests.helpers import answer, make_indexed_workspace
 from vitsae_tui.engine.cards import one_per_image
+from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.browser import BrowserScreen
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 
 SNAPSHOT_WORKSPACE = Path("/tmp/vitsae-tui-snapshot-browser")
 
 
-@pytest.fixture(scope="module")
-def indexed_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser") / "ws"
-    make_indexed_workspace(root)
-    return root
 
 
 async def test_image_patch_feature_example_and_back(indexed_root):
@@ -71,19 +65,13 @@ async def test_jump_to_image_and_feature_and_label(indexed_root):
         await pilot.press("b")
         await pilot.pause(0.3)
         screen = app.screen
-        async def answer(key, *typed):
-            await pilot.press(key)
-            await pilot.pause(0.1)
-            await pilot.press(*typed, "enter")
-            await pilot.pause(0.2)
-
-        await answer("g", "4", "2")
+        await answer(pilot, "g", "4", "2")
         assert screen.image == 42
-        await answer("g", "9", "9", "9")
+        await answer(pilot, "g", "9", "9", "9")
         assert screen.image == 42 and any("from 0 to 95" in n.message for n in app._notifications)
-        await answer("slash", "5")
+        await answer(pilot, "slash", "5")
         assert screen.feature == 5
-        await answer("L", *"edge")
+        await answer(pilot, "L", *"edge")
         await pilot.pause(0.2)
         assert screen.index.label(5) == "edge"
         assert "edge" in str(screen.query_one("#feature-stats", Static).render())

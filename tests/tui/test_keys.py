@@ -1,28 +1,13 @@
 """Every key in the README's Keys table, pressed on its screen, does its one documented thing."""
 
-import pytest
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Select
 
-from tests.helpers import make_indexed_workspace, wait_for
+from tests.helpers import answer, start_small_training, wait_for
 from vitsae_tui.engine.cards import one_per_image
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.browser import BrowserScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
-
-
-@pytest.fixture(scope="module")
-def indexed_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys") / "ws"
-    make_indexed_workspace(root)
-    return root
-
-
-async def answer(pilot, key, *typed):
-    await pilot.press(key)
-    await pilot.pause(0.1)
-    await pilot.press(*typed, "enter")
-    await pilot.pause(0.2)
 
 
 async def test_browser_keys(indexed_root, tmp_path, monkeypatch):
@@ -91,7 +76,7 @@ async def test_browser_keys(indexed_root, tmp_path, monkeypatch):
         await answer(pilot, "L", *"edge")
         assert s.index.label(5) == "edge"
         await pilot.press("e", "E")
-        assert (tmp_path / f"image-3-feature-5.png").exists() and (tmp_path / "feature-5.png").exists()
+        assert (tmp_path / "image-3-feature-5.png").exists() and (tmp_path / "feature-5.png").exists()
         # with the index list open, keys belong to it: nothing moves and nothing is written
         select = s.query_one("#index", Select)
         select.focus()
@@ -132,18 +117,12 @@ async def test_home_keys(indexed_root):
 async def test_stage_screen_keys(indexed_root):
     app = VitsaeApp(indexed_root)
     async with app.run_test(size=(110, 40)) as pilot:
-        await pilot.press("t")
+        await start_small_training(pilot, app, epochs=30)
         screen = app.screen
-        for key, value in (("n_train", "32"), ("epochs", "30"), ("batch_size", "16")):
-            screen.query_one(f"#{key}", Input).value = value
-        screen.query_one("#device", Select).value = "cpu"
         await pilot.press("v")
         assert screen.plot_choice == 0 and not screen.query_one("#acc_plot").display
         await pilot.press("v", "v")
         assert screen.plot_choice == -1 and screen.query_one("#acc_plot").display
-        screen.query_one("#log").focus()
-        await pilot.press("s")
-        await wait_for(pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps")
         await pilot.press("x")
         await wait_for(pilot, lambda: not app.jobs.running(), timeout_s=60)
         run = app.jobs.get("train-model").run_dir

@@ -3,20 +3,12 @@
 import pytest
 from textual.widgets import Static
 
-from tests.helpers import make_indexed_workspace
 from tests.tui.test_main_path import fake_pipeline
 from vitsae_tui.engine import events
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
-
-
-@pytest.fixture(scope="module")
-def indexed_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layout") / "ws"
-    make_indexed_workspace(root)
-    return root
 
 
 async def test_train_sae_at_80x24_shows_a_readable_plot_the_whole_status_and_cycles_plots(tmp_path):

@@ -4,7 +4,7 @@ import json
 
 from textual.widgets import Input, Static
 
-from tests.helpers import make_indexed_workspace, wait_for, write_activation_set
+from tests.helpers import make_indexed_workspace, write_activation_set
 from vitsae_tui.engine import events
 from vitsae_tui.engine.workspace import Workspace, write_status
 from vitsae_tui.tui.app import VitsaeApp

@@ -1,17 +1,14 @@
 """A seeded monkey: thousands of random keys across every screen, with a job running, at several sizes; no exception."""
 
+import asyncio
 import os
 import random
-
-import asyncio
 import unicodedata
 
-import pytest
 from textual import events
 from textual.keys import _character_to_key, _get_unicode_name_from_key
-from textual.widgets import Input, Select
 
-from tests.helpers import make_indexed_workspace, wait_for
+from tests.helpers import start_small_training, wait_for
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 
@@ -37,11 +34,6 @@ def send_key(app: VitsaeApp, key: str) -> None:
     app._driver.send_message(event)
 
 
-@pytest.fixture(scope="module")
-def indexed_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("monkey") / "ws"
-    make_indexed_workspace(root)
-    return root
 
 
 async def test_random_keys_on_every_screen_with_a_job_running(indexed_root, tmp_path, monkeypatch):
@@ -49,13 +41,7 @@ async def test_random_keys_on_every_screen_with_a_job_running(indexed_root, tmp_
     rng = random.Random(20261128)
     app = VitsaeApp(indexed_root, demo_size="tiny")
     async with app.run_test(size=SIZES[0]) as pilot:
-        await pilot.press("t")
-        screen = app.screen
-        for key, value in (("n_train", "64"), ("epochs", "200"), ("batch_size", "16")):
-            screen.query_one(f"#{key}", Input).value = value
-        screen.query_one("#device", Select).value = "cpu"
-        await pilot.press("s")
-        await wait_for(pilot, lambda: app.jobs.running("train-model"))
+        await start_small_training(pilot, app, epochs=200)
         for n in range(KEYS):
             if n % 500 == 0:
                 await pilot.resize_terminal(*SIZES[(n // 500) % len(SIZES)])

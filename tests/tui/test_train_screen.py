@@ -3,7 +3,6 @@ import json
 from textual.widgets import Input, RichLog
 
 from tests.helpers import wait_for
-
 from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.train_model import TrainModelScreen

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from rich.text import Text
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from rich.text import Text
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
@@ -15,8 +15,8 @@ from vitsae_tui.engine.config import ConfigError, SAETrainConfig
 from vitsae_tui.formatting import format_metrics
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
-from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-sae"
