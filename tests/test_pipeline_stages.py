@@ -38,3 +38,17 @@ def test_drawing_the_synthetic_data_reports_its_progress(workspace):
     seen.clear()
     load_dataset(workspace, DataConfig(n_train=120, n_val=16), "train", lambda done, total: seen.append((done, total)))
     assert seen == [], "a cached split is read, not drawn"
+
+
+def test_the_guided_run_never_races_a_stage_another_process_is_building(workspace):
+    import pytest
+
+    from vitsae_tui.engine.stages import StageError
+    from vitsae_tui.engine.workspace import write_status
+
+    write_status(workspace.new_run("models", "demo"), "running", step=3, total_steps=376)  # a live owner: this process
+    report = Collector()
+    with pytest.raises(StageError, match="being built by another process"):
+        run_pipeline(workspace, report, threading.Event(), size="tiny")
+    assert [r.name for r in workspace.runs("models")] == ["demo-1"], "no second model was started"
+    assert report.of(events.Failed)

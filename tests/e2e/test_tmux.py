@@ -82,8 +82,8 @@ def test_guided_run_at_the_default_size_then_browsing_as_a_person_would(tmux, tm
     tmux.wait_for(r"patch 7 \(1,1\)", timeout_s=10)
     tmux.keys("1")
     tmux.wait_for(r"heatmap of", timeout_s=10)
-    features = tmux.wait_for(r"density \d", timeout_s=10)
-    assert re.search(r"feature \d+", features) and re.search(r"#1/\d+", features), "the top examples are on screen"
+    features = tmux.wait_for(r"#1/\d+", timeout_s=10)  # the caption of the first top example, drawn below them
+    assert re.search(r"feature \d+", features) and re.search(r"density \d", features)
     coloured = tmux.screen(colours=True)
     # the image and heatmap are half-block cells with 24-bit foreground and background colours
     cells = re.findall(r"\x1b\[[0-9;]*38;2;\d+;\d+;\d+[0-9;]*m▄|\x1b\[[0-9;]*48;2;\d+;\d+;\d+[0-9;]*m▄", coloured)

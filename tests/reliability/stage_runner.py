@@ -30,14 +30,15 @@ UNIT = {"model": "steps", "collect": "images", "sae": "steps", "index": "images"
 
 
 class ProgressMirror:
-    """A report that publishes the furthest step or image count the stage has announced, for the parent to read."""
+    """A report that publishes the furthest step or image count the stage has announced, for the parent to read
+    (in the stage's own unit: drawing the synthetic data reports "images drawn" first)."""
 
-    def __init__(self, shared):
-        self.shared = shared
+    def __init__(self, shared, unit: str):
+        self.shared, self.unit = shared, unit
 
     def __call__(self, event) -> None:
         done = None
-        if isinstance(event, Progress):
+        if isinstance(event, Progress) and event.unit == self.unit:
             done = event.done
         elif isinstance(event, Metrics) and isinstance(event.row.get("step"), int):
             done = event.row["step"]
@@ -46,7 +47,7 @@ class ProgressMirror:
 
 
 def run(stage: str, root: str, resume: bool, shared) -> None:
-    ws, report, stop = Workspace(root), ProgressMirror(shared), threading.Event()
+    ws, report, stop = Workspace(root), ProgressMirror(shared, UNIT[stage]), threading.Event()
     if stage == "model":
         train_model(MODEL, ws, report, stop, resume="demo-1" if resume else None)
     elif stage == "collect":

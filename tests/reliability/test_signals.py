@@ -31,7 +31,7 @@ def workspace(tmp_path_factory) -> Workspace:
     ws = Workspace(tmp_path_factory.mktemp("signals"))
     stop = threading.Event()
     long_model = dataclasses.replace(stage_runner.MODEL, epochs=50)
-    train_model(long_model, ws, Collector(stop, lambda e: isinstance(e, Progress) and e.done >= 12), stop)
+    train_model(long_model, ws, Collector(stop, lambda e: isinstance(e, Progress) and e.unit == "steps" and e.done >= 12), stop)
     collect(stage_runner.COLLECT, ws, Collector(), threading.Event())
     train_sae(dataclasses.replace(stage_runner.SAE, tokens=256 * 100), ws, Collector(), threading.Event())
     build_index(ws, "sae-1", Collector(), threading.Event(), device="cpu")
@@ -142,7 +142,7 @@ def test_app_stops_its_job_with_a_checkpoint_on_hangup_or_sigterm(tmp_path, how)
     ws_root = tmp_path / "ws"
     tmux = Tmux(ws_root)
     try:
-        tmux.wait_for("guided run|press g", timeout_s=60)
+        tmux.wait_for("guided run|Press g", timeout_s=60)
         tmux.keys("g")
         sae_dir = ws_root / "saes" / "sae-1"
         wait_until(lambda: metrics_beyond(sae_dir, 20), timeout_s=240, what="the guided run's SAE stage")

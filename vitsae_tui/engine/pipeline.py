@@ -15,6 +15,7 @@ from typing import Any
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import CollectConfig, SAETrainConfig, TrainModelConfig
 from vitsae_tui.engine.events import Finished, Log, Report
+from vitsae_tui.engine.stages import StageError, stage_failed
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -221,6 +222,11 @@ def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str
 
     model_cfg, sae_cfg = demo_configs(size)
     states = {s.stage: s for s in lineage(ws, selected)}
+    running = next((s for s in states.values() if s.state == "running"), None)
+    if running is not None:  # another process is building it: a second copy would race it
+        message = (f"the {running.stage} stage is being built by another process ({running.run}); "
+                   "wait for it to finish (enter on its row follows it live), then press g again")
+        raise stage_failed("pipeline", StageError(message), report, mark_run=False)
     built: dict[str, str] = {}
     resumable = ("stopped", "interrupted")
     model_state = states["model"]
@@ -257,6 +263,7 @@ def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str
         if not result.summary:
             return built
         built["index"] = result.index_dir.name
+    index = built.get("index") or states["index"].run
     report(Finished("pipeline", str(ws.root), {"built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date",
-                                               "browse": f"vitsae-tui --workspace {ws.root}  (then b)"}))
+                                               "index": index, "browse": f"vitsae-tui --workspace {ws.root}  (then b)"}))
     return built

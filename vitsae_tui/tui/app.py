@@ -127,6 +127,9 @@ class VitsaeApp(App):
                 self.following_stage = event.stage
                 self.switch_mode(mode)
             if event.stage == "pipeline" and isinstance(event, Finished):
+                index = event.summary.get("index")
+                if index:  # home and the stage screens now follow the lineage the guided run completed
+                    self.lineage_selection = ("features", index)
                 self.call_later(self.open_built_index)
 
     async def open_built_index(self) -> None:
