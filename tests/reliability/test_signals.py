@@ -140,7 +140,7 @@ def follow(stream) -> list[str]:
 @pytest.mark.parametrize("how", ["hang-up", "sigterm"])
 def test_app_stops_its_job_with_a_checkpoint_on_hangup_or_sigterm(tmp_path, how):
     ws_root = tmp_path / "ws"
-    tmux = Tmux(ws_root)
+    tmux = Tmux(ws_root, demo_size="tiny")  # the signal, not the demo's size, is under test here
     try:
         tmux.wait_for("guided run|Press g", timeout_s=60)
         tmux.keys("g")
@@ -158,7 +158,7 @@ def test_app_stops_its_job_with_a_checkpoint_on_hangup_or_sigterm(tmp_path, how)
     finally:
         tmux.close()
     # the next start shows the run as stopped and offers to resume it
-    again = Tmux(ws_root)
+    again = Tmux(ws_root, demo_size="tiny")
     try:
         again.wait_for(r"resume or redo the sae stage", timeout_s=60)
     finally:
