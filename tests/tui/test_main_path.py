@@ -181,3 +181,20 @@ async def test_paging_the_palette_before_its_results_are_laid_out_is_harmless(tm
             await asyncio.sleep(0.2)
         await pilot.pause(0.2)
         assert app.is_running and app.current_mode == "home"
+
+
+async def test_the_collect_form_shows_the_running_collections_hook(indexed_root):
+    model = Workspace(indexed_root).runs("models")[0].name
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("c")
+        screen = app.screen
+        screen.query_one("#model").clear()  # so that showing the job's model changes the selection
+        await pilot.pause(0.1)
+        config = {"model": model, "checkpoint": "last", "hook": "blocks.0.resid_mid", "split": "val", "dtype": "float32",
+                  "data": {"dataset": "synthetic"}, "limit": 40}
+        fake_pipeline(app, [events.Started("collect", str(indexed_root / "activations" / "x"), config)])
+        await pilot.pause(0.3)
+        values = {key: str(screen.query_one(f"#{key}").value) for key in ("model", "checkpoint", "hook", "split", "dtype", "limit")}
+        assert values == {"model": model, "checkpoint": "last", "hook": "blocks.0.resid_mid", "split": "val", "dtype": "float32",
+                          "limit": "40"}

@@ -157,8 +157,6 @@ class BrowserScreen(Screen):
         self.refresh_image()
         self.query_one("#image", PatchImage).focus()
 
-    # --- drawing -------------------------------------------------------------------------------------------------
-
     @property
     def grid(self) -> int:
         return self.index.store.manifest["grid"][0] if self.index else 6
@@ -302,8 +300,6 @@ class BrowserScreen(Screen):
         dead = int((a["density"] == 0).sum())
         self.query_one("#list-title", Static).update(
             f"{len(ids)} features by {title} (o: sort) · {dead} dead {'hidden' if self.hide_dead else 'shown'} (d) · / jumps to an id")
-
-    # --- actions ---------------------------------------------------------------------------------------------------
 
     def action_move(self, d_row: int, d_col: int) -> None:
         if self.index is None:

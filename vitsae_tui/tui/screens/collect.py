@@ -76,7 +76,9 @@ class CollectScreen(StageScreen):
             self.fill_hooks(str(event.value))
 
     def fill_form(self, config: dict) -> None:
-        choose(self.query_one("#model", Select), config.get("model"))
+        with self.prevent(Select.Changed):  # its handler would reset the hook to the model's default afterwards
+            if choose(self.query_one("#model", Select), config.get("model")):
+                self.fill_hooks(str(config["model"]))
         for key in ("checkpoint", "hook", "split", "dtype"):
             choose(self.query_one(f"#{key}", Select), config.get(key))
         data = config.get("data") if isinstance(config.get("data"), dict) else {}

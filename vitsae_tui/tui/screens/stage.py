@@ -79,8 +79,6 @@ class StageScreen(Screen):
     def on_resize(self) -> None:
         self.apply_layout()
 
-    # --- hooks for the stage screens -------------------------------------------------------------------------------
-
     def add_metrics(self, row: dict) -> None:
         """Draw one metrics row of this stage (stages with plots override this)."""
 
@@ -92,8 +90,6 @@ class StageScreen(Screen):
 
     def on_stage_event(self, job: Job, event: events.Event) -> None:
         """Stage-specific handling of one event (summaries); metrics rows go to add_metrics."""
-
-    # --- layout ------------------------------------------------------------------------------------------------------
 
     def apply_layout(self) -> None:
         compact = self.size.height < COMPACT_HEIGHT
@@ -116,8 +112,6 @@ class StageScreen(Screen):
             following = 0 if compact else -1
         self.plot_choice = following
         self.apply_layout()
-
-    # --- which run is shown ------------------------------------------------------------------------------------------
 
     def clear_view(self) -> None:
         self.reset_view()
@@ -206,8 +200,6 @@ class StageScreen(Screen):
             return
         job.stop.set()
         self.query_one("#status", Static).update("stopping: saving what is complete…")
-
-    # --- live events -------------------------------------------------------------------------------------------------
 
     def on_job_events(self, job: Job, batch: list[events.Event]) -> None:
         # a stage's own job, or the guided pipeline job while it runs this stage
