@@ -56,13 +56,15 @@ async def test_a_new_run_replaces_a_watched_one_and_the_form_shows_its_settings(
     write_status(old, "stopped", step=25, total_steps=376)
     rows = [{"kind": "step", "step": s, "train_loss": 5.0, "train_accuracy": 0.1} for s in (10, 20)]
     (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (old / "config.json").write_text(json.dumps({"preset": "demo", "epochs": 5, "data": {"dataset": "synthetic", "n_train": 300}}))
     app = VitsaeApp(ws.root)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.pause(0.2)
-        await pilot.press("enter")  # open the stopped run: watched read-only
+        await pilot.press("enter")  # open the stopped run: watched read-only, with its own settings and progress
         await pilot.pause(0.3)
         screen = app.screen
         assert isinstance(screen, TrainModelScreen) and "watching demo-1: stopped" in status_text(screen)
+        assert screen.query_one("#epochs", Input).value == "5" and screen.query_one("#progress").progress == 25
         loss = screen.query_one("#loss_plot", MetricPlot)
         assert loss.point_count("train") == 2
         config = {"preset": "demo", "epochs": 3, "batch_size": 32, "lr": 0.002, "seed": 7, "device": "cpu",

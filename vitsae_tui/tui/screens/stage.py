@@ -16,9 +16,10 @@ from vitsae_tui.formatting import format_duration
 from vitsae_tui.tui.jobs import Job
 
 
-def read_status(run_dir: Path) -> dict:
+def read_status(run_dir: Path, name: str = "status.json") -> dict:
+    """A run's status (or another of its JSON files) as a dict; empty when missing or damaged."""
     try:
-        status = json.loads((run_dir / "status.json").read_text("utf-8"))
+        status = json.loads((run_dir / name).read_text("utf-8"))
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
@@ -152,6 +153,9 @@ class StageScreen(Screen):
             return
         self.shown_job, self.shown_run = None, str(run_dir)
         self.clear_view()
+        config = read_status(run_dir, "config.json")
+        if config:  # the form shows the settings the watched run was started with
+            self.fill_form(config)
         self.watching, self.watch_offset = run_dir, 0
         self.poll_watched()
 
@@ -181,6 +185,8 @@ class StageScreen(Screen):
         status = read_status(self.watching)
         owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
         step = f" · step {status['step']}/{status.get('total_steps', '?')}" if isinstance(status.get("step"), int) else ""
+        if isinstance(status.get("step"), int) and isinstance(status.get("total_steps"), int) and status["total_steps"] > 0:
+            self.query_one("#progress", ProgressBar).update(total=status["total_steps"], progress=status["step"])
         self.query_one("#status", Static).update(
             Text(f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})"))
 
