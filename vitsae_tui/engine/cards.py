@@ -93,7 +93,7 @@ def feature_card(index, feature: int, path: Path, columns: int = 4, rows: int = 
         x, y = 8 + c * (tile + 8), header + r * (tile + 24)
         tile_image = overlay(index.store.thumbnail(image), index.heatmap(image, feature), tile, vmax)
         card.paste(draw_grid(tile_image, index.store.manifest["grid"][0], token, lines=False), (x, y))
-        caption = _fit(draw, f"image {image}  patch {token}  {value:.3g}", caption_font, tile)
+        caption = _fit(draw, f"img {image}  patch {token}  {value:.3g}", caption_font, tile)
         draw.text((x, y + tile + 4), caption, fill=(200, 200, 210), font=caption_font)
     card.save(path, "PNG")
     return Path(path)
