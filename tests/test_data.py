@@ -1,5 +1,6 @@
 import io
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,26 @@ def test_offline_imagenette_gives_a_clear_message(workspace, monkeypatch):
     monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
     with pytest.raises(DataError, match="could not download Imagenette.*--dataset synthetic"):
         load_dataset(workspace, DataConfig(dataset="imagenette"), "train")
+
+
+def test_a_folder_keeps_its_split_wherever_it_lies(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from vitsae_tui.engine.config import DataConfig
+    from vitsae_tui.engine.data import load_folder
+
+    first = tmp_path / "first" / "data"
+    for label in ("a", "b"):
+        (first / label).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(first / label / f"{i}.png")
+    moved = tmp_path / "elsewhere" / "deeper" / "copy"
+    shutil.copytree(first, moved)
+
+    def val_files(root):
+        dataset = load_folder(DataConfig(dataset=str(root), val_fraction=0.5), "val")
+        return sorted(str(Path(dataset.source(i)).relative_to(root)) for i in range(len(dataset)))
+
+    assert val_files(first) == val_files(moved) and 0 < len(val_files(first)) < 24

@@ -266,8 +266,10 @@ def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
     paths, labels, class_names = _scan_folder(root)
     if not paths:
         raise DataError(f"no images (.jpg, .png, ...) found in {root}; point --dataset at a folder that has some")
-    # a stable hash of each path decides its split, so adding files never moves old ones across
-    in_val = [int(hashlib.sha1(p.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction for p in paths]
+    # a stable hash of each path inside the folder decides its split: adding files never moves old ones across,
+    # and the split is the same wherever the folder lies (a hash of the absolute path changed with the location)
+    relative = [Path(p).relative_to(root).as_posix() for p in paths]
+    in_val = [int(hashlib.sha1(r.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction for r in relative]
     keep = [(p, l) for p, l, v in zip(paths, labels, in_val) if v == (split == "val")]
     if split == "all":
         keep = list(zip(paths, labels))
