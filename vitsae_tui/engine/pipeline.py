@@ -96,14 +96,16 @@ def _named(runs: list[RunInfo], name: str | None) -> RunInfo | None:
     return next((r for r in runs if r.name == name), None)
 
 
-def lineage(ws: Workspace, selected: tuple[str, str] | None = None) -> list[StageState]:
+def lineage(ws: Workspace, selected: tuple[str, str] | None = None,
+            runs: dict[str, list[RunInfo]] | None = None) -> list[StageState]:
     """One model and what was built from it, stage by stage: through the selected run (kind, name) when given.
 
     Upstream of the selected run, its own provenance; downstream (or with no selection), the run to follow is the
     best of its stage: finished before running before resumable before failed, one with a finished child before one
-    without, the offline default dataset before others, then the newest.
+    without, the offline default dataset before others, then the newest. `runs` (kind -> ws.runs(kind)) spares a
+    caller that has just listed the workspace a second scan.
     """
-    all_runs = {kind: ws.runs(kind) for kind in ("models", "activations", "saes", "features")}
+    all_runs = runs if runs is not None else {kind: ws.runs(kind) for kind in ("models", "activations", "saes", "features")}
     pinned: dict[str, RunInfo] = {}
     if selected is not None:
         kind, name = selected

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from vitsae_tui.engine.pipeline import StageState, lineage, next_step
 from vitsae_tui.engine.run_details import describe_run
-from vitsae_tui.engine.workspace import KINDS
+from vitsae_tui.engine.workspace import KINDS, RunInfo
 
 STATE_STYLE = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow", "interrupted": "yellow", "damaged": "red"}
 MARKS = {"done": ("✓", "green"), "running": ("…", "cyan"), "failed": ("✗", "red"), "stale": ("!", "yellow"),
@@ -65,6 +65,8 @@ class HomeScreen(Screen):
         super().__init__()
         self.settled_key: str | None = None
         """the row under the cursor after our own refresh: a highlight of another row is the user's choice"""
+        self.runs: dict[str, list[RunInfo]] = {}
+        """the workspace as last listed (every 2 s): cursor moves redraw from it instead of scanning the disk"""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -90,7 +92,7 @@ class HomeScreen(Screen):
 
     def refresh_runs(self) -> None:
         ws = self.app.workspace
-        runs = {kind: ws.runs(kind) for kind in KINDS}
+        self.runs = runs = {kind: ws.runs(kind) for kind in KINDS}
         self.query_one("#workspace", Static).update(Text.assemble(("workspace ", "bold"), str(ws.root)))
         self.show_lineage()
         table = self.query_one("#runs", DataTable)
@@ -115,12 +117,12 @@ class HomeScreen(Screen):
         if cursor is None:
             detail.update("")
             return
-        run = next((r for r in self.app.workspace.runs(cursor[0]) if r.name == cursor[1]), None)
+        run = next((r for r in self.runs.get(cursor[0], []) if r.name == cursor[1]), None)
         if run is not None:
             detail.update(Text.assemble((f"{run.kind}/{run.name}", "bold"), f" {run.state}: ", describe_run(run) or "-"))
 
     def show_lineage(self) -> None:
-        states = lineage(self.app.workspace, self.app.lineage_selection)
+        states = lineage(self.app.workspace, self.app.lineage_selection, self.runs or None)
         self.query_one("#pipeline", Static).update(pipeline_text(states, self.app.lineage_selection))
         self.query_one("#next", Static).update(next_text(states, self.app.jobs.running()))
 

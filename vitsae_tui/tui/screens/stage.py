@@ -64,6 +64,7 @@ class StageScreen(Screen):
     shown_run: str = ""
     history_pending: Path | None = None
     """a resumed run whose curves up to its checkpoint are drawn when its first live row arrives"""
+    form_locked = False
     plot_choice = -1
     """the one plot shown (an index into PLOTS), or -1 for all of them"""
 
@@ -235,6 +236,9 @@ class StageScreen(Screen):
 
     def lock_form(self, locked: bool) -> None:
         """While a job runs, the form shows its settings and cannot be edited (Stop stays usable)."""
+        if locked == self.form_locked:  # called for every batch of events: touch the widgets only on a change
+            return
+        self.form_locked = locked
         for widget in self.query("#form Input, #form Select"):
             widget.disabled = locked
 

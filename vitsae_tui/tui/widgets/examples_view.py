@@ -51,6 +51,8 @@ class ExamplesView(PixelImage, can_focus=True):
         self.examples: list[Example] = []
         self.draw_tile: Callable[[Example, int], Image.Image] | None = None
         self.selected = 0
+        self.tiles: dict[tuple[Example, int], Image.Image] = {}
+        """composed thumbnails: moving the selection redraws the frame, not every heatmap"""
         self.tile = 0
         """the side of one thumbnail in pixels, as last drawn"""
         self.columns = 1
@@ -58,10 +60,12 @@ class ExamplesView(PixelImage, can_focus=True):
 
     def set_examples(self, examples: list[Example], draw_tile: Callable[[Example, int], Image.Image]) -> None:
         self.examples, self.draw_tile, self.selected = examples, draw_tile, 0
+        self.tiles.clear()
         self.redraw()
 
     def clear_examples(self) -> None:
         self.examples, self.draw_tile, self.selected = [], None, 0
+        self.tiles.clear()
         self.update("")
         self.post_message(self.Highlighted(0, None))
 
@@ -82,7 +86,9 @@ class ExamplesView(PixelImage, can_focus=True):
         for k, example in enumerate(shown):
             r, c = divmod(k, self.columns)
             x, y = c * (tile + 1) + 1, r * (tile + 1) + 1
-            canvas.paste(self.draw_tile(example, tile), (x, y))
+            if (example, tile) not in self.tiles:
+                self.tiles[(example, tile)] = self.draw_tile(example, tile)
+            canvas.paste(self.tiles[(example, tile)], (x, y))
             if first + k == self.selected and self.has_focus:
                 draw.rectangle([x - 1, y - 1, x + tile, y + tile], outline=SELECTED)
         self.show(canvas)
