@@ -200,3 +200,19 @@ async def test_the_collect_form_shows_the_running_collections_hook(indexed_root)
         values = {key: str(screen.query_one(f"#{key}").value) for key in ("model", "checkpoint", "hook", "split", "dtype", "limit")}
         assert values == {"model": model, "checkpoint": "last", "hook": "blocks.0.resid_mid", "split": "val", "dtype": "float32",
                           "limit": "40"}
+
+
+async def test_a_stage_screen_says_when_the_guided_run_it_showed_has_ended(tmp_path):
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("t")
+        screen = app.screen
+        job = fake_pipeline(app, [events.Started("train-model", "models/demo-1", {}),
+                                  events.Finished("train-model", "models/demo-1", {})])
+        await pilot.pause(0.1)
+        assert "the guided run goes on" in status_text(screen)
+        job.report(events.Started("collect", "activations/x", {}))
+        job.report(events.Finished("pipeline", str(tmp_path), {}))
+        app.jobs._drain()
+        await pilot.pause(0.1)
+        assert status_text(screen).endswith("finished") and "goes on" not in status_text(screen)

@@ -18,6 +18,7 @@ from vitsae_tui.engine.workspace import KINDS, RunInfo
 STATE_STYLE = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow", "interrupted": "yellow", "damaged": "red"}
 MARKS = {"done": ("✓", "green"), "running": ("…", "cyan"), "failed": ("✗", "red"), "stale": ("!", "yellow"),
          "missing": ("·", "dim"), "stopped": ("‖", "yellow"), "interrupted": ("‖", "yellow")}
+KIND_NAMES = {"models": "model", "activations": "activation set", "saes": "SAE", "features": "index"}
 # the key that builds each stage by hand
 STAGE_KEYS = {"model": "t", "activations": "c", "sae": "a", "index": "i"}
 GUIDED_RUN = ("g runs the whole pipeline on the built-in offline data: it trains the demo model, collects its "
@@ -31,8 +32,7 @@ def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) ->
         text.append_text(Text.assemble(" → " if i else "", (mark, style), f" {s.stage} ", (s.state, "dim"),
                                        (f" {s.run}" if s.run else "", "dim")))
     if selected is not None:
-        text.append(f"\nfollowing the selected {selected[0][:-1] if selected[0] != 'activations' else 'activation set'} "
-                    f"{selected[1]}", style="dim")
+        text.append(f"\nfollowing the selected {KIND_NAMES.get(selected[0], selected[0])} {selected[1]}", style="dim")
     return text
 
 

@@ -212,6 +212,8 @@ class StageScreen(Screen):
         # a stage's own job, or the guided pipeline job while it runs this stage
         batch = [e for e in batch if e.stage == self.STAGE]
         if not batch:
+            if job is self.shown_job:  # the guided run moved on or ended: the status line says so
+                self.update_status(job)
             return
         if job is not self.shown_job:
             self.follow_job(job)
