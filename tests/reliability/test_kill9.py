@@ -73,6 +73,8 @@ def recovered(stage: str, ws: Workspace) -> int:
     saved_pass = ws.kind_dir("features") / ".sae-1.pass.pt"
     if stage == "index" and saved_pass.exists():
         return int(load_torch_file(saved_pass)["next_image"])
+    if stage == "index" and (run_dir / "index.json").exists():  # done, killed in teardown: the pass file is gone
+        return ActivationStore(ws.kind_dir("activations") / "set").n_images
     return 0
 
 
