@@ -31,7 +31,10 @@ from vitsae_tui.engine.workspace import Workspace, atomic_torch_save, atomic_wri
 def make_model_run(ws: Workspace, preset: str, n_images: int) -> tuple[str, config_mod.TrainModelConfig]:
     """An untrained model run of the preset's architecture: throughput does not depend on the weights."""
     cfg = config_mod.preset(preset)
-    cfg = config_mod.from_dict(config_mod.TrainModelConfig, {**config_mod.to_dict(cfg), "data": config_mod.to_dict(DataConfig(n_train=n_images, n_val=8))})
+    cfg = config_mod.from_dict(
+        config_mod.TrainModelConfig,
+        {**config_mod.to_dict(cfg), "data": config_mod.to_dict(DataConfig(n_train=n_images, n_val=8))},
+    )
     run_dir = ws.new_run("models", f"bench-{preset}")
     atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
     atomic_write_json(run_dir / "dataset.json", {"class_names": [], "concept_names": []})
@@ -70,7 +73,9 @@ def main() -> None:
 
         model = VisionTransformerClassifier(cfg.model).to(device).eval()
         with torch.inference_mode():
-            for images, _l, _ok in iterate_batches(dataset, np.arange(min(args.batch_size * 2, len(dataset))), args.batch_size):
+            for images, _l, _ok in iterate_batches(
+                dataset, np.arange(min(args.batch_size * 2, len(dataset))), args.batch_size
+            ):
                 model.run_to(normalize(images.to(device)), hook)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -86,18 +91,30 @@ def main() -> None:
                 progress.append((time.perf_counter(), event.done))
 
         start = time.perf_counter()
-        result = collect(CollectConfig(model=run, hook=hook, device=str(device), batch_size=args.batch_size, shard_images=1024),
-                         ws, record, threading.Event())
+        result = collect(
+            CollectConfig(model=run, hook=hook, device=str(device), batch_size=args.batch_size, shard_images=1024),
+            ws,
+            record,
+            threading.Event(),
+        )
         collect_s = time.perf_counter() - start
         collected = result.n_images / collect_s
         # from the first to the last in-flight progress report: the rate once model and data are loaded
-        (t0, d0), (t1, d1) = (progress[0], progress[-2]) if len(progress) >= 3 else ((0.0, 0), (collect_s, result.n_images))
+        (t0, d0), (t1, d1) = (
+            (progress[0], progress[-2]) if len(progress) >= 3 else ((0.0, 0), (collect_s, result.n_images))
+        )
         steady = (d1 - d0) / (t1 - t0)
         store = ActivationStore(result.set_dir)
         print(f"bare forward       {bare:10.1f} images/s")
-        print(f"collection         {steady:10.1f} images/s   ratio {steady / bare:.2f}x of bare forward (target >= 0.9), steady state")
-        print(f"collection overall {collected:10.1f} images/s   ratio {collected / bare:.2f}x, including model and dataset loading")
-        print(f"store size         {store.nbytes / 1e6:10.1f} MB activations, {result.bytes_on_disk / 1e6:.1f} MB with thumbnails")
+        print(
+            f"collection         {steady:10.1f} images/s   ratio {steady / bare:.2f}x of bare forward (target >= 0.9), steady state"
+        )
+        print(
+            f"collection overall {collected:10.1f} images/s   ratio {collected / bare:.2f}x, including model and dataset loading"
+        )
+        print(
+            f"store size         {store.nbytes / 1e6:10.1f} MB activations, {result.bytes_on_disk / 1e6:.1f} MB with thumbnails"
+        )
 
         acts = store.load_all()
         write_dir = root / "write-test"
@@ -128,7 +145,9 @@ def main() -> None:
             path = per_file_dir / f"{i}.pt"
             torch.save(torch.from_numpy(store.image(i).copy()), path)
             files.append(path)
-        loader = torch.utils.data.DataLoader(PerFileDataset(files), batch_size=batch // store.tokens_per_image, shuffle=True)
+        loader = torch.utils.data.DataLoader(
+            PerFileDataset(files), batch_size=batch // store.tokens_per_image, shuffle=True
+        )
         for _ in loader:
             pass
         start = time.perf_counter()

@@ -19,7 +19,12 @@ from vitsae_tui.tui.app import VitsaeApp
 
 async def measure(workspace: str, index: str | None, presses: int) -> dict[str, list[float]]:
     app = VitsaeApp(workspace)
-    timings: dict[str, list[float]] = {"no-op key (harness)": [], "move patch cursor": [], "switch image": [], "switch feature": []}
+    timings: dict[str, list[float]] = {
+        "no-op key (harness)": [],
+        "move patch cursor": [],
+        "switch image": [],
+        "switch feature": [],
+    }
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("b")
         await pilot.pause(0.5)
@@ -27,7 +32,11 @@ async def measure(workspace: str, index: str | None, presses: int) -> dict[str, 
         if index:
             screen.query_one("#index").value = index
             await pilot.pause(0.5)
-        keys = {"no-op key (harness)": ["z"], "move patch cursor": ["right", "down", "left", "up"], "switch image": ["n", "p", "n", "n"]}
+        keys = {
+            "no-op key (harness)": ["z"],
+            "move patch cursor": ["right", "down", "left", "up"],
+            "switch image": ["n", "p", "n", "n"],
+        }
         for action, cycle in keys.items():
             for i in range(presses):
                 start = time.perf_counter()
@@ -56,8 +65,10 @@ def main() -> None:
     print(f"harness overhead per key: {harness:.1f} ms (subtracted below)")
     for action, values in timings.items():
         values_ms = sorted(v * 1000 - harness for v in values)
-        print(f"{action:18s} median {statistics.median(values_ms):6.1f} ms   p90 {values_ms[int(0.9 * len(values_ms))]:6.1f} ms"
-              f"   (target median <= 100 ms, n={len(values_ms)})")
+        print(
+            f"{action:18s} median {statistics.median(values_ms):6.1f} ms   p90 {values_ms[int(0.9 * len(values_ms))]:6.1f} ms"
+            f"   (target median <= 100 ms, n={len(values_ms)})"
+        )
 
 
 if __name__ == "__main__":

@@ -82,8 +82,15 @@ def contestant(name: str, d_in: int, d_sae: int, batch: int, device_name: str, d
         from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
         from sae_lens.saes.sae import TrainStepInput
 
-        cfg = JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device_name, dtype="float32",
-                                        jumprelu_bandwidth=0.001, jumprelu_init_threshold=0.001, l0_coefficient=1.0)
+        cfg = JumpReLUTrainingSAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            device=device_name,
+            dtype="float32",
+            jumprelu_bandwidth=0.001,
+            jumprelu_init_threshold=0.001,
+            l0_coefficient=1.0,
+        )
         sae = JumpReLUTrainingSAE(cfg)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.0, 0.999))
         n = {"step": 0}
@@ -91,8 +98,15 @@ def contestant(name: str, d_in: int, d_sae: int, batch: int, device_name: str, d
         def step():
             opt.zero_grad()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l0": 1.0}, dead_neuron_mask=None,
-                                                               n_training_steps=n["step"], is_logging_step=False))
+                out = sae.training_forward_pass(
+                    TrainStepInput(
+                        sae_in=x,
+                        coefficients={"l0": 1.0},
+                        dead_neuron_mask=None,
+                        n_training_steps=n["step"],
+                        is_logging_step=False,
+                    )
+                )
             out.loss.backward()
             opt.step()
             n["step"] += 1
@@ -112,14 +126,35 @@ def main() -> None:
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(contestant(args.only, args.d_in, args.d_sae, args.batch, args.device, args.dtype, args.repeats)))
+        print(
+            json.dumps(contestant(args.only, args.d_in, args.d_sae, args.batch, args.device, args.dtype, args.repeats))
+        )
         return
     print(f"{args.d_in} -> {args.d_sae}, batch {args.batch}, {args.dtype}, {args.device}")
     results = {}
     for name in ("floor", "ours", "ours-untuned", "naive", "saelens"):
-        proc = subprocess.run([sys.executable, __file__, "--only", name, "--d-in", str(args.d_in), "--d-sae", str(args.d_sae),
-                               "--batch", str(args.batch), "--device", args.device, "--dtype", args.dtype,
-                               "--repeats", str(args.repeats)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--only",
+                name,
+                "--d-in",
+                str(args.d_in),
+                "--d-sae",
+                str(args.d_sae),
+                "--batch",
+                str(args.batch),
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
+                "--repeats",
+                str(args.repeats),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
             print(f"{name:14s} not measured: {reason}")

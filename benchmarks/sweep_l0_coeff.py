@@ -28,14 +28,19 @@ def main() -> None:
     args = parser.parse_args()
     ws = Workspace(args.workspace)
     base = SAETrainConfig(activations=args.activations, tokens=args.tokens, bandwidth=args.bandwidth, eval_every=10**9)
-    print(f"{'lambda':>8} {'L0':>8} {'FVU':>8} {'eval L0':>8} {'eval FVU':>9} {'CE rec':>7} {'acc SAE':>8} {'dead':>6} {'s':>6}")
+    print(
+        f"{'lambda':>8} {'L0':>8} {'FVU':>8} {'eval L0':>8} {'eval FVU':>9} {'CE rec':>7} {'acc SAE':>8} {'dead':>6} {'s':>6}"
+    )
     for value in (float(v) for v in args.values.split(",")):
         start = time.perf_counter()
         run = train_sae(dataclasses.replace(base, l0_coeff=value), ws, ignore, threading.Event())
         m = run.metrics
-        print(f"{value:8.3g} {m['l0']:8.2f} {m['fvu']:8.4f} {m.get('eval_l0', float('nan')):8.2f} {m.get('eval_fvu', float('nan')):9.4f} "
-              f"{m.get('ce_recovered', float('nan')):7.3f} {m.get('acc_sae', float('nan')):8.3f} {m['dead_fraction']:6.3f} "
-              f"{time.perf_counter() - start:6.1f}", flush=True)
+        print(
+            f"{value:8.3g} {m['l0']:8.2f} {m['fvu']:8.4f} {m.get('eval_l0', float('nan')):8.2f} {m.get('eval_fvu', float('nan')):9.4f} "
+            f"{m.get('ce_recovered', float('nan')):7.3f} {m.get('acc_sae', float('nan')):8.3f} {m['dead_fraction']:6.3f} "
+            f"{time.perf_counter() - start:6.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

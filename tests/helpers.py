@@ -68,8 +68,9 @@ async def wait_for(pilot, condition, timeout_s=180.0):
         await pilot.pause(0.1)
 
 
-def write_activation_set(ws: Workspace, name: str, acts, labels=None, hook: str = "blocks.0.resid_post",
-                         model_run: str = "none") -> str:
+def write_activation_set(
+    ws: Workspace, name: str, acts, labels=None, hook: str = "blocks.0.resid_post", model_run: str = "none"
+) -> str:
     """An activation set built from an array (n_images, tokens, d): the store's own format, one shard."""
     import numpy as np
 
@@ -85,17 +86,41 @@ def write_activation_set(ws: Workspace, name: str, acts, labels=None, hook: str 
     atomic_save_npy(set_dir / "shard-00000.npy", rows)
     atomic_save_npy(set_dir / "shard-00000.thumbs.npy", np.zeros((n_images, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
     as64 = rows.astype(np.float64)
-    atomic_write_json(set_dir / "manifest.json", {
-        "version": MANIFEST_VERSION, "name": name, "hook": hook, "d_model": d, "grid": [6, 6],
-        "tokens_per_image": tokens, "dtype": "float32", "thumb_size": THUMB_SIZE, "class_names": [], "concept_names": [],
-        "provenance": {"model_run": model_run, "checkpoint": "best", "checkpoint_sha256": "0" * 64, "hook": hook},
-        "n_images_planned": n_images, "n_images": n_images, "n_tokens": n_images * tokens, "skipped_images": 0,
-        "shards": [{"files": {"acts": "shard-00000.npy", "thumbs": "shard-00000.thumbs.npy"},
-                    "rows": [0, n_images * tokens], "images": [0, n_images], "selected_end": n_images, "skipped": 0,
-                    "sum": as64.sum(0).tolist(), "sumsq": (as64**2).sum(0).tolist()}],
-        "images": [{"source": f"array:{i}", "label": int(labels[i]), "index": i} for i in range(n_images)],
-        "mean": as64.mean(0).tolist(), "var": as64.var(0).tolist(), "complete": True,
-    })
+    atomic_write_json(
+        set_dir / "manifest.json",
+        {
+            "version": MANIFEST_VERSION,
+            "name": name,
+            "hook": hook,
+            "d_model": d,
+            "grid": [6, 6],
+            "tokens_per_image": tokens,
+            "dtype": "float32",
+            "thumb_size": THUMB_SIZE,
+            "class_names": [],
+            "concept_names": [],
+            "provenance": {"model_run": model_run, "checkpoint": "best", "checkpoint_sha256": "0" * 64, "hook": hook},
+            "n_images_planned": n_images,
+            "n_images": n_images,
+            "n_tokens": n_images * tokens,
+            "skipped_images": 0,
+            "shards": [
+                {
+                    "files": {"acts": "shard-00000.npy", "thumbs": "shard-00000.thumbs.npy"},
+                    "rows": [0, n_images * tokens],
+                    "images": [0, n_images],
+                    "selected_end": n_images,
+                    "skipped": 0,
+                    "sum": as64.sum(0).tolist(),
+                    "sumsq": (as64**2).sum(0).tolist(),
+                }
+            ],
+            "images": [{"source": f"array:{i}", "label": int(labels[i]), "index": i} for i in range(n_images)],
+            "mean": as64.mean(0).tolist(),
+            "var": as64.var(0).tolist(),
+            "complete": True,
+        },
+    )
     write_status(set_dir, "finished")
     return name
 
@@ -120,8 +145,17 @@ def make_indexed_workspace(root) -> tuple[Workspace, str]:
     sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=0.5, input_scale=input_scale(store), seed=3)
     sae_dir = ws.new_run("saes", "sae")
     save_sae(sae_dir / "sae.safetensors", sae)
-    atomic_write_json(sae_dir / "meta.json", {"activations": set_dir.name, "hook": store.hook, "d_in": store.d_model,
-                                              "d_sae": sae.d_sae, "input_scale": float(sae.input_scale), "model_run": run})
+    atomic_write_json(
+        sae_dir / "meta.json",
+        {
+            "activations": set_dir.name,
+            "hook": store.hook,
+            "d_in": store.d_model,
+            "d_sae": sae.d_sae,
+            "input_scale": float(sae.input_scale),
+            "model_run": run,
+        },
+    )
     write_status(sae_dir, "finished")
     build_index(ws, sae_dir.name, ignore, threading.Event(), device="cpu")
     return ws, sae_dir.name
@@ -146,4 +180,6 @@ async def start_small_training(pilot, app, epochs: int) -> None:
     screen.query_one("#device", Select).value = "cpu"
     screen.query_one("#log").focus()
     await pilot.press("s")
-    await wait_for(pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps")
+    await wait_for(
+        pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps"
+    )

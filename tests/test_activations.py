@@ -12,8 +12,8 @@ from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.distributed import Ranks
+from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Finished
-from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import atomic_torch_save
 
@@ -63,7 +63,11 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
 
     monkeypatch.setattr(activations, "_forward", stopping_forward)
     stopped = collect(collect_cfg(run, name="resumed"), workspace, Collector(), stop)
-    assert stopped.stopped and stopped.n_images == 40 and not ActivationStore(stopped.set_dir, allow_incomplete=True).manifest["complete"]
+    assert (
+        stopped.stopped
+        and stopped.n_images == 40
+        and not ActivationStore(stopped.set_dir, allow_incomplete=True).manifest["complete"]
+    )
     with pytest.raises(StoreError, match="incomplete.*re-run the same collect command"):
         ActivationStore(stopped.set_dir)
 
@@ -92,20 +96,26 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
 
 def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
     run = make_model_run(workspace)
-    store = ActivationStore(collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).set_dir)
+    store = ActivationStore(
+        collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).set_dir
+    )
     everything = store.load_all()
     reference = np.sort(everything.view(np.dtype((np.void, everything.dtype.itemsize * everything.shape[1]))).ravel())
     for buffer_rows, chunk_rows in ((1 << 20, 1 << 15), (300, 64)):
         epochs = []
         for epoch in (0, 1):
-            batches = list(store.shuffled_batches(256, seed=3, epoch=epoch, buffer_rows=buffer_rows, chunk_rows=chunk_rows))
+            batches = list(
+                store.shuffled_batches(256, seed=3, epoch=epoch, buffer_rows=buffer_rows, chunk_rows=chunk_rows)
+            )
             assert all(len(b) == 256 for b in batches[:-1])
             seen = np.concatenate(batches)
             rows = np.sort(np.ascontiguousarray(seen).view(reference.dtype).ravel())
             np.testing.assert_array_equal(rows, reference)
             epochs.append(seen)
         assert not np.array_equal(epochs[0], epochs[1])
-        again = np.concatenate(list(store.shuffled_batches(256, seed=3, epoch=0, buffer_rows=buffer_rows, chunk_rows=chunk_rows)))
+        again = np.concatenate(
+            list(store.shuffled_batches(256, seed=3, epoch=0, buffer_rows=buffer_rows, chunk_rows=chunk_rows))
+        )
         np.testing.assert_array_equal(again, epochs[0])
     for resident in (True, False):
         source = TokenSource(store, torch.device("cpu"), batch_size=500, seed=1, resident=resident)
@@ -118,8 +128,10 @@ def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
         np.testing.assert_array_equal(skipped, seen[1000:])
         # three data-parallel ranks: each gets a disjoint slice of every global batch, together the same batches
         ranks = [Ranks(r, 3, torch.device("cpu")) for r in range(3)]
-        parts = [list(TokenSource(store, torch.device("cpu"), 500, 1, resident=resident, part=r.local_rows).epoch(0))
-                 for r in ranks]
+        parts = [
+            list(TokenSource(store, torch.device("cpu"), 500, 1, resident=resident, part=r.local_rows).epoch(0))
+            for r in ranks
+        ]
         assert all(len(p) == len(batches) for p in parts)
         for b, (whole, n_global) in enumerate(batches):
             assert [p[b][1] for p in parts] == [n_global] * 3
@@ -130,7 +142,10 @@ def test_mismatched_provenance_is_refused(workspace):
     run = make_model_run(workspace)
     collect(collect_cfg(run, name="set"), workspace, Collector(), threading.Event())
     # the model's best checkpoint changes (e.g. it was trained further): the old set no longer describes it
-    atomic_torch_save(workspace.root / "models" / run / "best.pt", torch.load(workspace.root / "models" / run / "last.pt", weights_only=True))
+    atomic_torch_save(
+        workspace.root / "models" / run / "best.pt",
+        torch.load(workspace.root / "models" / run / "last.pt", weights_only=True),
+    )
     with pytest.raises(StageError, match="different best checkpoint.*--name"):
         collect(collect_cfg(run, name="set"), workspace, Collector(), threading.Event())
     collect(collect_cfg(run, name="other", hook="blocks.1.resid_post"), workspace, Collector(), threading.Event())

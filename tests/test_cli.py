@@ -4,13 +4,34 @@ import subprocess
 import sys
 import time
 
-ENGINE_MODULES = ["activation_store", "activations", "cards", "concepts", "config", "data", "device", "events", "features", "perf", "pipeline", "sae", "sae_eval", "stages", "synthetic", "train_model",
-                  "train_sae", "vision_model", "workspace"]
+ENGINE_MODULES = [
+    "activation_store",
+    "activations",
+    "cards",
+    "concepts",
+    "config",
+    "data",
+    "device",
+    "events",
+    "features",
+    "perf",
+    "pipeline",
+    "sae",
+    "sae_eval",
+    "stages",
+    "synthetic",
+    "train_model",
+    "train_sae",
+    "vision_model",
+    "workspace",
+]
 
 
 def run_cli(*args, workspace=None, timeout=300):
     env = {**os.environ, "VITSAE_WORKSPACE": str(workspace)} if workspace else None
-    return subprocess.run([sys.executable, "-m", "vitsae_tui", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "vitsae_tui", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_engine_never_imports_the_ui():
@@ -26,7 +47,10 @@ def test_engine_never_imports_the_ui():
 
 def test_help_is_fast_and_does_not_import_torch():
     code = "import sys; from vitsae_tui.cli import build_parser; build_parser().format_help(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
     start = time.perf_counter()
     result = run_cli("--help")
     assert result.returncode == 0 and "train-model" in result.stdout
@@ -39,8 +63,20 @@ def test_train_model_help_comes_from_the_config_docstrings():
 
 
 def test_headless_training_and_runs_listing(tmp_path):
-    result = run_cli("train-model", "--epochs", "1", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
-                     "--device", "cpu", workspace=tmp_path)
+    result = run_cli(
+        "train-model",
+        "--epochs",
+        "1",
+        "--n-train",
+        "32",
+        "--n-val",
+        "16",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        workspace=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "train-model finished" in result.stderr and "demo-1" in result.stderr
     status = json.loads((tmp_path / "models" / "demo-1" / "status.json").read_text())
@@ -60,16 +96,43 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
 
 
 def test_headless_pipeline_collect_and_train_sae(tmp_path):
-    assert run_cli("train-model", "--epochs", "1", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
-                   "--device", "cpu", workspace=tmp_path).returncode == 0
+    assert (
+        run_cli(
+            "train-model",
+            "--epochs",
+            "1",
+            "--n-train",
+            "32",
+            "--n-val",
+            "16",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            workspace=tmp_path,
+        ).returncode
+        == 0
+    )
     collect = run_cli("collect", "--model", "demo-1", "--limit", "20", "--device", "cpu", workspace=tmp_path)
     assert collect.returncode == 0, collect.stderr
     name = "demo-1.blocks.1.resid_post.synthetic.train.n20"
     assert "collect finished" in collect.stderr and name in collect.stderr
     again = run_cli("collect", "--model", "demo-1", "--limit", "20", "--device", "cpu", workspace=tmp_path)
     assert again.returncode == 0 and "already complete" in again.stderr
-    sae = run_cli("train-sae", "--activations", name, "--tokens", "40000", "--batch-size", "512", "--eval-every", "50",
-                  "--device", "cpu", workspace=tmp_path)
+    sae = run_cli(
+        "train-sae",
+        "--activations",
+        name,
+        "--tokens",
+        "40000",
+        "--batch-size",
+        "512",
+        "--eval-every",
+        "50",
+        "--device",
+        "cpu",
+        workspace=tmp_path,
+    )
     assert sae.returncode == 0, sae.stderr
     assert "train-sae finished" in sae.stderr and "CE recovered" in sae.stderr
     listing = run_cli("runs", workspace=tmp_path)

@@ -12,7 +12,15 @@ from vitsae_tui.cli_progress import ConsoleReport, print_runs
 from vitsae_tui.engine import events
 from vitsae_tui.engine.workspace import Workspace, write_status
 
-SAE_ROW = {"kind": "step", "step": 33, "mse": 2.945, "fvu": 0.0594, "l0": 10.5, "dead_fraction": 0.0, "tokens_per_s": 249669.0}
+SAE_ROW = {
+    "kind": "step",
+    "step": 33,
+    "mse": 2.945,
+    "fvu": 0.0594,
+    "l0": 10.5,
+    "dead_fraction": 0.0,
+    "tokens_per_s": 249669.0,
+}
 
 
 def test_the_live_board_keeps_counts_and_eta_whole_at_100_columns():
@@ -44,7 +52,9 @@ def test_off_a_terminal_progress_is_plain_lines_and_no_empty_board():
 
 def test_runs_shows_every_detail_at_80_columns(workspace: Workspace):
     run = workspace.new_run("saes", "sae")
-    write_status(run, "finished", fvu=0.0594, l0=10.48, dead_fraction=0.0, tokens=4_817_904, step=1220, total_steps=1220)
+    write_status(
+        run, "finished", fvu=0.0594, l0=10.48, dead_fraction=0.0, tokens=4_817_904, step=1220, total_steps=1220
+    )
     out = io.StringIO()
     print_runs(workspace, Console(file=out, width=80))
     text = out.getvalue()
@@ -55,19 +65,31 @@ def test_runs_shows_every_detail_at_80_columns(workspace: Workspace):
 def test_status_files_are_strict_json(workspace: Workspace):
     run = workspace.new_run("models", "demo")
     write_status(run, "running", best_val_loss=math.inf, l0=math.nan)
-    status = json.loads((run / "status.json").read_text(), parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+    status = json.loads(
+        (run / "status.json").read_text(), parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name))
+    )
     assert status["best_val_loss"] is None and status["l0"] is None
 
 
 def run_cli(*args, workspace):
-    return subprocess.run([sys.executable, "-m", "vitsae_tui", "--workspace", str(workspace), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vitsae_tui", "--workspace", str(workspace), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_user_errors_exit_1_everywhere_and_a_flag_typo_shows_the_subcommands_usage(tmp_path):
-    for args in (["inspect", "--sae", "nope", "--image", "0"], ["feature", "--sae", "nope", "3"], ["index", "--sae", "nope"],
-                 ["train-sae", "--resume", "nope"], ["train-model", "--resume", "nope"], ["collect", "--model", "nope"],
-                 ["train-model", "--epochs", "0"]):
+    for args in (
+        ["inspect", "--sae", "nope", "--image", "0"],
+        ["feature", "--sae", "nope", "3"],
+        ["index", "--sae", "nope"],
+        ["train-sae", "--resume", "nope"],
+        ["train-model", "--resume", "nope"],
+        ["collect", "--model", "nope"],
+        ["train-model", "--epochs", "0"],
+    ):
         result = run_cli(*args, workspace=tmp_path)
         assert result.returncode == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.strip(), args

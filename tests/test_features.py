@@ -9,8 +9,8 @@ from PIL import Image
 from tests.helpers import Collector, make_indexed_workspace, write_activation_set
 from vitsae_tui.engine.cards import feature_card, image_card
 from vitsae_tui.engine.concepts import TOP_K, auroc, concept_recovery
+from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.features import build_index, open_index_for
-from vitsae_tui.engine.stages import StageError
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,7 @@ def test_index_of_an_sae_on_a_mismatched_set_names_both_sides(indexed):
 
 def test_png_exports_put_the_heatmap_where_the_activations_are(indexed, tmp_path):
     _ws, _run, index = indexed
+
     def far_cold_patch(heat):
         """A silent patch two or more cells from every active one (bilinear blending reaches one cell)."""
         active = np.argwhere(heat > 0)
@@ -129,14 +130,19 @@ def test_png_exports_put_the_heatmap_where_the_activations_are(indexed, tmp_path
         return None
 
     # a feature that fires on part of its top image, so the heatmap has hot and cold patches
-    feature, image = next((j, index.top_examples(j)[0][0]) for j in range(index.d_sae)
-                          if index.top_examples(j) and far_cold_patch(index.heatmap(index.top_examples(j)[0][0], j)) is not None)
+    feature, image = next(
+        (j, index.top_examples(j)[0][0])
+        for j in range(index.d_sae)
+        if index.top_examples(j) and far_cold_patch(index.heatmap(index.top_examples(j)[0][0], j)) is not None
+    )
     heat = index.heatmap(image, feature)
     hot = int(np.argmax(heat))
     cold = far_cold_patch(heat)
     assert heat.flat[hot] > 0 and heat.flat[cold] == 0
     plain = np.asarray(Image.open(image_card(index, image, tmp_path / "plain.png")).convert("RGB"), dtype=np.float32)
-    tinted = np.asarray(Image.open(image_card(index, image, tmp_path / "heat.png", feature=feature)).convert("RGB"), dtype=np.float32)
+    tinted = np.asarray(
+        Image.open(image_card(index, image, tmp_path / "heat.png", feature=feature)).convert("RGB"), dtype=np.float32
+    )
     assert tinted.shape == plain.shape == (448 + 28, 448, 3)
     cell = 448 // 6
 

@@ -43,7 +43,7 @@ def test_drawing_the_synthetic_data_reports_its_progress(workspace):
 def test_the_guided_run_never_races_a_stage_another_process_is_building(workspace):
     import pytest
 
-    from vitsae_tui.engine.stages import StageError
+    from vitsae_tui.engine.errors import StageError
     from vitsae_tui.engine.workspace import write_status
 
     write_status(workspace.new_run("models", "demo"), "running", step=3, total_steps=376)  # a live owner: this process

@@ -38,7 +38,9 @@ def _top_help() -> str:
 
 
 def test_the_quickstart_is_two_commands_install_and_test():
-    quickstart = re.search(r"## Quickstart\n\n```bash\n(.*?)```", README.read_text(), flags=re.S).group(1).strip().splitlines()
+    quickstart = (
+        re.search(r"## Quickstart\n\n```bash\n(.*?)```", README.read_text(), flags=re.S).group(1).strip().splitlines()
+    )
     assert len(quickstart) == 2
     assert quickstart[0].startswith("pip install") and "vitsae-tui" in quickstart[0]
     assert quickstart[1].startswith("pip install") and "pytest" in quickstart[1]

@@ -8,10 +8,10 @@ from safetensors.torch import load_file
 
 from tests.helpers import Collector, write_activation_set
 from vitsae_tui.engine import events
-from vitsae_tui.engine.config import SAETrainConfig
-from vitsae_tui.engine.stages import StageError
-from vitsae_tui.engine.train_sae import input_scale, l0_coeff_at, load_sae, lr_at, train_sae
 from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.train_sae import input_scale, l0_coeff_at, load_sae, lr_at, train_sae
 from vitsae_tui.engine.workspace import read_jsonl
 
 
@@ -29,8 +29,18 @@ def planted(ws, n_images=800, d=32, n_atoms=64, k=3, seed=0):
 
 
 def small_cfg(**kw):
-    base = dict(activations="planted", expansion=4, l0_coeff=0.3, lr=0.01, batch_size=1024, tokens=1_000_000,
-                device="cpu", log_every=10, eval_every=10**9, checkpoint_every=10**9)
+    base = dict(
+        activations="planted",
+        expansion=4,
+        l0_coeff=0.3,
+        lr=0.01,
+        batch_size=1024,
+        tokens=1_000_000,
+        device="cpu",
+        log_every=10,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+    )
     return SAETrainConfig(**{**base, **kw})
 
 
@@ -79,7 +89,9 @@ def test_resume_continues_the_same_trajectory(workspace):
     cfg = small_cfg(tokens=300_000, checkpoint_every=100)
     straight = train_sae(cfg, workspace, Collector(), threading.Event())
     stop = threading.Event()
-    stopped = train_sae(cfg, workspace, Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row["step"] >= 130), stop)
+    stopped = train_sae(
+        cfg, workspace, Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row["step"] >= 130), stop
+    )
     assert stopped.stopped and stopped.step == 130
     resumed = train_sae(cfg, workspace, Collector(), threading.Event(), resume=stopped.run_dir.name)
     assert resumed.step == straight.step == 292
@@ -131,7 +143,9 @@ def test_export_round_trips_on_raw_activations(workspace):
     assert cfg["normalize_activations"] == "none" and (cfg["d_in"], cfg["d_sae"]) == (32, 128)
     weights = load_file(str(run.run_dir / "saelens" / "sae_weights.safetensors"))
     assert set(weights) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
-    x_raw = torch.from_numpy(ActivationStore(workspace.run_dir("activations", "planted")).load_all()[:500].astype(np.float32))
+    x_raw = torch.from_numpy(
+        ActivationStore(workspace.run_dir("activations", "planted")).load_all()[:500].astype(np.float32)
+    )
     z = x_raw @ weights["W_enc"] + weights["b_enc"]
     f = z * (z > weights["threshold"])
     with torch.no_grad():

@@ -31,7 +31,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls, names: list[str]) -> None:
         if kind in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(cls, name))
         else:
-            converter = {"int": int, "float": float, "str": str}.get(kind if isinstance(kind, str) else kind.__name__, str)
+            converter = {"int": int, "float": float, "str": str}.get(
+                kind if isinstance(kind, str) else kind.__name__, str
+            )
             parser.add_argument(flag, type=converter, default=None, metavar=name.upper(), help=_help(cls, name))
 
 
@@ -39,8 +41,31 @@ def _overrides(args: argparse.Namespace, cls, names: list[str]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-TRAIN_FIELDS = ["epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "seed", "device", "bf16", "checkpoint_every", "num_workers"]
-COLLECT_FIELDS = ["model", "checkpoint", "hook", "split", "limit", "dtype", "shard_images", "batch_size", "device", "bf16", "name"]
+TRAIN_FIELDS = [
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "lr_schedule",
+    "seed",
+    "device",
+    "bf16",
+    "checkpoint_every",
+    "num_workers",
+]
+COLLECT_FIELDS = [
+    "model",
+    "checkpoint",
+    "hook",
+    "split",
+    "limit",
+    "dtype",
+    "shard_images",
+    "batch_size",
+    "device",
+    "bf16",
+    "name",
+]
 SAE_FIELDS = [f.name for f in dataclasses.fields(SAETrainConfig)]
 DATA_FIELDS = ["dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction"]
 
@@ -52,13 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         "With no command, opens the terminal app.",
     )
     parser.add_argument("--version", action="version", version=f"vitsae-tui {__version__}")
-    parser.add_argument("--workspace", metavar="DIR", help="workspace folder (default: $VITSAE_WORKSPACE or the user data dir)")
-    parser.add_argument("--demo-size", choices=["demo", "tiny"], default="demo",
-                        help="what the app's guided run (g) builds: 'demo' (default) or 'tiny' (seconds; a smoke test)")
+    parser.add_argument(
+        "--workspace", metavar="DIR", help="workspace folder (default: $VITSAE_WORKSPACE or the user data dir)"
+    )
+    parser.add_argument(
+        "--demo-size",
+        choices=["demo", "tiny"],
+        default="demo",
+        help="what the app's guided run (g) builds: 'demo' (default) or 'tiny' (seconds; a smoke test)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train-model", help="train the vision classifier headless")
-    train.add_argument("--preset", choices=list(config_mod.PRESETS), default="demo", help="starting configuration (default: demo)")
+    train.add_argument(
+        "--preset", choices=list(config_mod.PRESETS), default="demo", help="starting configuration (default: demo)"
+    )
     train.add_argument("--resume", metavar="RUN", help="continue models/RUN from its last checkpoint")
     train.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
     _add_fields(train, TrainModelConfig, TRAIN_FIELDS)
@@ -74,28 +107,42 @@ def build_parser() -> argparse.ArgumentParser:
     sae.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
     _add_fields(sae, SAETrainConfig, SAE_FIELDS)
 
-    index = commands.add_parser("index", help="build the feature index of a trained SAE (top examples, densities, concepts)")
+    index = commands.add_parser(
+        "index", help="build the feature index of a trained SAE (top examples, densities, concepts)"
+    )
     index.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/")
-    index.add_argument("--activations", metavar="SET", help="activation set to index (default: the one the SAE was trained on)")
+    index.add_argument(
+        "--activations", metavar="SET", help="activation set to index (default: the one the SAE was trained on)"
+    )
     index.add_argument("--device", default="auto", help="'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
     index.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     inspect = commands.add_parser("inspect", help="print the top SAE features of every patch of one image")
-    inspect.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)")
+    inspect.add_argument(
+        "--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)"
+    )
     inspect.add_argument("--image", metavar="N", type=int, required=True, help="image number in the activation set")
     inspect.add_argument("--token", metavar="T", type=int, help="only this patch (0-35, row-major)")
     inspect.add_argument("--top", metavar="K", type=int, default=5, help="features per patch (default 5)")
     inspect.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     feature = commands.add_parser("feature", help="print one feature's statistics and top examples")
-    feature.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)")
+    feature.add_argument(
+        "--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)"
+    )
     feature.add_argument("id", metavar="ID", type=int, help="feature number")
-    feature.add_argument("--png", metavar="FILE", help="also write the feature's card (top images with heatmaps) as a PNG")
+    feature.add_argument(
+        "--png", metavar="FILE", help="also write the feature's card (top images with heatmaps) as a PNG"
+    )
     feature.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     demo = commands.add_parser("demo", help="run every missing stage of the pipeline on the built-in offline data")
-    demo.add_argument("--size", choices=["demo", "tiny"], default="demo",
-                      help="'demo' (the default pipeline, a few minutes on a laptop CPU) or 'tiny' (seconds; a smoke test)")
+    demo.add_argument(
+        "--size",
+        choices=["demo", "tiny"],
+        default="demo",
+        help="'demo' (the default pipeline, a few minutes on a laptop CPU) or 'tiny' (seconds; a smoke test)",
+    )
     demo.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     runs = commands.add_parser("runs", help="list what the workspace holds")
@@ -109,7 +156,11 @@ def train_model_config(args: argparse.Namespace) -> TrainModelConfig:
     data = dataclasses.replace(base.data, **_overrides(args, DataConfig, DATA_FIELDS))
     return config_mod.from_dict(
         TrainModelConfig,
-        {**config_mod.to_dict(base), **_overrides(args, TrainModelConfig, TRAIN_FIELDS), "data": config_mod.to_dict(data)},
+        {
+            **config_mod.to_dict(base),
+            **_overrides(args, TrainModelConfig, TRAIN_FIELDS),
+            "data": config_mod.to_dict(data),
+        },
     )
 
 
@@ -122,7 +173,10 @@ def _install_stop_signals(stop: threading.Event) -> None:
         if stop.is_set() and not under_torchrun:
             raise KeyboardInterrupt
         if not stop.is_set() and int(os.environ.get("RANK", "0")) == 0:
-            print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…", file=sys.stderr)
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…",
+                file=sys.stderr,
+            )
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
@@ -137,11 +191,11 @@ def _run_stage(stage: Callable, *args, **kwargs) -> int:
     _install_stop_signals(stop)
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun; engine.distributed is not imported before --help
     code = 0
-    with (ConsoleReport() if rank == 0 else RankReport(rank)) as report:
+    with ConsoleReport() if rank == 0 else RankReport(rank) as report:
         try:
             stage(*args, report=report, stop=stop, **kwargs)
         except Exception as e:  # stages raise StageError with a user message; anything else is a bug to show
-            from vitsae_tui.engine.stages import StageError
+            from vitsae_tui.engine.errors import StageError
 
             if not isinstance(e, StageError):
                 raise
@@ -165,7 +219,9 @@ def cmd_train_model(args: argparse.Namespace) -> int:
 
 def collect_config(args: argparse.Namespace) -> CollectConfig:
     data = dataclasses.replace(DataConfig(), **_overrides(args, DataConfig, DATA_FIELDS))
-    return config_mod.from_dict(CollectConfig, {**_overrides(args, CollectConfig, COLLECT_FIELDS), "data": config_mod.to_dict(data)})
+    return config_mod.from_dict(
+        CollectConfig, {**_overrides(args, CollectConfig, COLLECT_FIELDS), "data": config_mod.to_dict(data)}
+    )
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -185,7 +241,10 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     cfg = config_mod.from_dict(SAETrainConfig, _overrides(args, SAETrainConfig, SAE_FIELDS))
     if not cfg.activations and not args.resume:
-        print("vitsae-tui: train-sae needs --activations SET (a set from `vitsae-tui runs`) or --resume RUN", file=sys.stderr)
+        print(
+            "vitsae-tui: train-sae needs --activations SET (a set from `vitsae-tui runs`) or --resume RUN",
+            file=sys.stderr,
+        )
         return 2
     return _run_stage(train_sae, cfg, Workspace(args.workspace), resume=args.resume)
 
@@ -194,7 +253,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from vitsae_tui.engine.features import build_index
     from vitsae_tui.engine.workspace import Workspace
 
-    return _run_stage(build_index, Workspace(args.workspace), args.sae, activations=args.activations, device=args.device)
+    return _run_stage(
+        build_index, Workspace(args.workspace), args.sae, activations=args.activations, device=args.device
+    )
 
 
 def _open_index(args: argparse.Namespace):
@@ -252,15 +313,23 @@ def main(argv: list[str] | None = None) -> int:
             from vitsae_tui.tui.app import run_app
 
             return run_app(args.workspace, args.demo_size)
-        return {"train-model": cmd_train_model, "collect": cmd_collect, "train-sae": cmd_train_sae, "index": cmd_index,
-                "inspect": cmd_inspect, "feature": cmd_feature, "demo": cmd_demo, "runs": cmd_runs}[args.command](args)
+        return {
+            "train-model": cmd_train_model,
+            "collect": cmd_collect,
+            "train-sae": cmd_train_sae,
+            "index": cmd_index,
+            "inspect": cmd_inspect,
+            "feature": cmd_feature,
+            "demo": cmd_demo,
+            "runs": cmd_runs,
+        }[args.command](args)
     except config_mod.ConfigError as e:
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return USER_ERROR
     except Exception as e:
         from vitsae_tui.engine.activation_store import StoreError
         from vitsae_tui.engine.device import DeviceError
-        from vitsae_tui.engine.stages import StageError
+        from vitsae_tui.engine.errors import StageError
         from vitsae_tui.engine.workspace import WorkspaceError
 
         if isinstance(e, (WorkspaceError, DeviceError, StoreError, StageError, IndexError)):

@@ -19,8 +19,10 @@ from vitsae_tui.formatting import format_duration, format_metrics
 def format_eval(row: dict) -> str:
     text = f"[cyan]eval @ step {row['step']}[/]: FVU {row.get('eval_fvu', float('nan')):.4f}  L0 {row.get('eval_l0', float('nan')):.1f}"
     if "ce_recovered" in row:
-        text += (f"  CE recovered {row['ce_recovered']:.3f} (clean {row['ce_clean']:.3f}, SAE {row['ce_sae']:.3f}, "
-                 f"mean-ablated {row['ce_ablated']:.3f})  acc {row['acc_sae']:.1%} vs clean {row['acc_clean']:.1%}")
+        text += (
+            f"  CE recovered {row['ce_recovered']:.3f} (clean {row['ce_clean']:.3f}, SAE {row['ce_sae']:.3f}, "
+            f"mean-ablated {row['ce_ablated']:.3f})  acc {row['acc_sae']:.1%} vs clean {row['acc_clean']:.1%}"
+        )
     return text
 
 
@@ -82,13 +84,17 @@ class ConsoleReport:
         self.printed_at[event.stage] = now
         eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
         metrics = format_metrics(self.latest.get(event.stage, {}))
-        self._print(f"{time.strftime('%H:%M:%S')} {event.stage} {event.done:,}/{event.total:,} {event.unit}{eta}"
-                    + (f" · {metrics}" if metrics else ""))
+        self._print(
+            f"{time.strftime('%H:%M:%S')} {event.stage} {event.done:,}/{event.total:,} {event.unit}{eta}"
+            + (f" · {metrics}" if metrics else "")
+        )
 
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.Progress):
             if self.live:
-                self.progress.update(self._task(event.stage), completed=event.done, total=event.total or None, unit=event.unit)
+                self.progress.update(
+                    self._task(event.stage), completed=event.done, total=event.total or None, unit=event.unit
+                )
             else:
                 self._plain_progress(event)
         elif isinstance(event, events.Metrics):
@@ -158,15 +164,21 @@ def print_image_features(index, image: int, token: int | None, top: int, console
     if token is not None and not 0 <= token < T:
         raise IndexError(f"token {token} is outside 0..{T - 1}")
     entry = index.store.manifest["images"][image]
-    label = index.store.class_names[entry["label"]] if 0 <= entry["label"] < len(index.store.class_names) else "unlabelled"
-    table = Table(title=f"image {image} ({label}, {entry['source']}) · top {top} features per patch", title_justify="left")
+    label = (
+        index.store.class_names[entry["label"]] if 0 <= entry["label"] < len(index.store.class_names) else "unlabelled"
+    )
+    table = Table(
+        title=f"image {image} ({label}, {entry['source']}) · top {top} features per patch", title_justify="left"
+    )
     table.add_column("patch", justify="right")
     table.add_column("row,col")
     table.add_column("features (id: activation, density, label)")
     grid = index.store.manifest["grid"][1]
-    for t in ([token] if token is not None else range(T)):
-        cells = [f"{j}: {v:.3g} ({index.arrays['density'][j]:.1e})" + (f" {index.label(j)}" if index.label(j) else "")
-                 for j, v in index.top_features(image, t, top)]
+    for t in [token] if token is not None else range(T):
+        cells = [
+            f"{j}: {v:.3g} ({index.arrays['density'][j]:.1e})" + (f" {index.label(j)}" if index.label(j) else "")
+            for j, v in index.top_features(image, t, top)
+        ]
         table.add_row(str(t), f"{t // grid},{t % grid}", "  ".join(cells) or "(no feature fires)")
     console.print(table)
 
@@ -178,16 +190,24 @@ def print_feature(index, feature: int, console: Console | None = None) -> None:
     a = index.arrays
     label = index.label(feature)
     console.print(f"[b]feature {feature}[/]" + (f" — {label}" if label else ""))
-    console.print(f"density {a['density'][feature]:.3e} · max {a['max_activation'][feature]:.4g} · mean {a['mean_activation'][feature]:.4g}")
+    console.print(
+        f"density {a['density'][feature]:.3e} · max {a['max_activation'][feature]:.4g} · mean {a['mean_activation'][feature]:.4g}"
+    )
     promoted, suppressed = index.class_effect(feature)
-    console.print("class effect: promotes " + ", ".join(f"{n} {v:+.3f}" for n, v in promoted)
-                  + " · suppresses " + ", ".join(f"{n} {v:+.3f}" for n, v in suppressed))
+    console.print(
+        "class effect: promotes "
+        + ", ".join(f"{n} {v:+.3f}" for n, v in promoted)
+        + " · suppresses "
+        + ", ".join(f"{n} {v:+.3f}" for n, v in suppressed)
+    )
     distribution = index.class_distribution(feature)[:5]
     if distribution:
         console.print("fires on: " + ", ".join(f"{n} {p:.0%}" for n, p in distribution))
     for c in index.matched_concepts.get(feature, []):
-        console.print(f"best feature for {c['concept']}: AUROC {c['feature_auroc']:.3f} (best neuron {c['neuron_auroc']:.3f}, "
-                      f"probe {c['probe_auroc']:.3f}), top-{index.meta['top_k']} precision {c['top_precision']:.0%}")
+        console.print(
+            f"best feature for {c['concept']}: AUROC {c['feature_auroc']:.3f} (best neuron {c['neuron_auroc']:.3f}, "
+            f"probe {c['probe_auroc']:.3f}), top-{index.meta['top_k']} precision {c['top_precision']:.0%}"
+        )
     table = Table(title="top examples", title_justify="left")
     for column in ("rank", "image", "patch", "activation", "class"):
         table.add_column(column, justify="right" if column != "class" else "left")
@@ -199,4 +219,6 @@ def print_feature(index, feature: int, console: Console | None = None) -> None:
     bands = index.band_examples(feature)
     for b, examples in enumerate(bands):
         if examples:
-            console.print(f"band {b + 1} of {len(bands)}: " + ", ".join(f"img {i}/p{t} {v:.3g}" for i, t, v in examples))
+            console.print(
+                f"band {b + 1} of {len(bands)}: " + ", ".join(f"img {i}/p{t} {v:.3g}" for i, t, v in examples)
+            )

@@ -19,7 +19,7 @@ from tests.helpers import TINY_MODEL, Collector, tiny_train_config, write_activa
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.distributed import Ranks
-from vitsae_tui.engine.stages import StageError
+from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.train_model import train_model
 from vitsae_tui.engine.train_sae import train_sae
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
@@ -27,7 +27,9 @@ from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 REPO = Path(__file__).resolve().parents[2]
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 240, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+def torchrun(
+    *args: str, nproc: int = 2, timeout: float = 240, **popen
+) -> subprocess.CompletedProcess | subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if popen:
@@ -42,10 +44,26 @@ def activation_set(ws: Workspace, n_images: int = 120, d: int = 16) -> str:
 
 
 def sae_args(ws: Workspace, **overrides) -> list[str]:
-    options = {"activations": "set", "batch_size": 256, "tokens": 256 * 24, "expansion": 4, "device": "cpu",
-               "log_every": 4, "eval_every": 1000, "checkpoint_every": 8, "lr": 3e-3, **overrides}
-    return ["-m", "vitsae_tui", "train-sae", "--workspace", str(ws.root),
-            *[a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+    options = {
+        "activations": "set",
+        "batch_size": 256,
+        "tokens": 256 * 24,
+        "expansion": 4,
+        "device": "cpu",
+        "log_every": 4,
+        "eval_every": 1000,
+        "checkpoint_every": 8,
+        "lr": 3e-3,
+        **overrides,
+    }
+    return [
+        "-m",
+        "vitsae_tui",
+        "train-sae",
+        "--workspace",
+        str(ws.root),
+        *[a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))],
+    ]
 
 
 def test_ranks_split_every_global_batch_and_refuse_uneven_batches():
@@ -64,9 +82,21 @@ def test_two_ranks_train_the_same_sae_as_one_process(tmp_path, resident):
     single, double = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
     for ws in (single, double):
         activation_set(ws)
-    cfg = config_mod.from_dict(SAETrainConfig, {"activations": "set", "batch_size": 256, "tokens": 256 * 24,
-                                                "expansion": 4, "device": "cpu", "log_every": 4, "eval_every": 1000,
-                                                "checkpoint_every": 8, "lr": 3e-3, "resident": resident})
+    cfg = config_mod.from_dict(
+        SAETrainConfig,
+        {
+            "activations": "set",
+            "batch_size": 256,
+            "tokens": 256 * 24,
+            "expansion": 4,
+            "device": "cpu",
+            "log_every": 4,
+            "eval_every": 1000,
+            "checkpoint_every": 8,
+            "lr": 3e-3,
+            "resident": resident,
+        },
+    )
     reference = train_sae(cfg, single, Collector(), threading.Event())
     result = torchrun(*sae_args(double, resident=resident))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,8 +119,11 @@ def test_two_ranks_train_the_same_sae_as_one_process(tmp_path, resident):
 
 def test_two_ranks_train_the_same_model_as_one_process(tmp_path):
     # no dropout: its masks are random per rank; BatchNorm statistics are synchronised across the ranks
-    cfg = tiny_train_config(model=dataclasses.replace(TINY_MODEL, dropout=0.0), epochs=1,
-                            data=dataclasses.replace(tiny_train_config().data, n_train=64, n_val=16))
+    cfg = tiny_train_config(
+        model=dataclasses.replace(TINY_MODEL, dropout=0.0),
+        epochs=1,
+        data=dataclasses.replace(tiny_train_config().data, n_train=64, n_val=16),
+    )
     single, double = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
     # in float32, Adam turns rounding noise in near-zero gradients (key biases, conv biases before BatchNorm) into
     # lr-sized steps; float64 (the worker uses it too) leaves only real differences
@@ -127,8 +160,11 @@ def _child_with_rank(parent_pid: int, rank: int) -> int | None:
 def test_killing_one_rank_fails_the_job_clearly_and_one_process_resumes(tmp_path):
     ws = Workspace(tmp_path / "ws")
     activation_set(ws, n_images=400, d=32)
-    job = torchrun(*sae_args(ws, tokens=256 * 100_000, checkpoint_every=20, log_every=10),
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job = torchrun(
+        *sae_args(ws, tokens=256 * 100_000, checkpoint_every=20, log_every=10),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     run_dir = ws.root / "saes" / "sae-1"
     deadline = time.monotonic() + 120
     while not (run_dir / "trainer.pt").exists():
@@ -149,5 +185,7 @@ def test_killing_one_rank_fails_the_job_clearly_and_one_process_resumes(tmp_path
     # one process picks it up from that checkpoint, with fewer total tokens so the test stays short
     config = read_json(run_dir / "config.json")
     (run_dir / "config.json").write_text(json.dumps({**config, "tokens": 256 * (saved["step"] + 10)}))
-    finished = train_sae(config_mod.from_dict(SAETrainConfig, config), ws, Collector(), threading.Event(), resume="sae-1")
+    finished = train_sae(
+        config_mod.from_dict(SAETrainConfig, config), ws, Collector(), threading.Event(), resume="sae-1"
+    )
     assert finished.step == saved["step"] + 10 and not finished.stopped

@@ -17,12 +17,29 @@ CRASH = re.compile(r"Traceback|\b[A-Z]\w*Error\b|Exception")
 
 class Tmux:
     def __init__(self, workspace: Path, width: int = WIDTH, height: int = HEIGHT, demo_size: str = "demo"):
-        assert shutil.which("tmux"), "tmux is required for the end-to-end test (CI installs it: apt-get install -y tmux)"
+        assert shutil.which("tmux"), (
+            "tmux is required for the end-to-end test (CI installs it: apt-get install -y tmux)"
+        )
         self.session = f"vitsae-e2e-{uuid.uuid4().hex[:8]}"
-        self.socket = f"vitsae-e2e-{os.getpid()}-{uuid.uuid4().hex[:6]}"  # one server per session: no race with a closing one
+        self.socket = (
+            f"vitsae-e2e-{os.getpid()}-{uuid.uuid4().hex[:6]}"  # one server per session: no race with a closing one
+        )
         command = f"{sys.executable} -m vitsae_tui --workspace {workspace} --demo-size {demo_size}"
         env = {**os.environ, "COLORTERM": "truecolor", "TERM": "xterm-256color"}
-        self.run("-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height), command, env=env)
+        self.run(
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            command,
+            env=env,
+        )
         self.run("set-option", "-t", self.session, "-g", "default-terminal", "tmux-256color")
 
     def run(self, *args, env=None) -> str:

@@ -21,11 +21,24 @@ from vitsae_tui.engine.workspace import Workspace
 DATA = DataConfig(n_train=480, n_val=32)
 MODEL = tiny_train_config(epochs=4, data=dataclasses.replace(DATA, n_train=160), checkpoint_every=3)
 COLLECT = CollectConfig(model="demo-1", device="cpu", shard_images=24, batch_size=16, data=DATA, name="set")
-SAE = SAETrainConfig(activations="set", batch_size=256, tokens=256 * 1500, expansion=4, device="cpu", log_every=5,
-                     eval_every=500, checkpoint_every=50, lr=1e-3)
+SAE = SAETrainConfig(
+    activations="set",
+    batch_size=256,
+    tokens=256 * 1500,
+    expansion=4,
+    device="cpu",
+    log_every=5,
+    eval_every=500,
+    checkpoint_every=50,
+    lr=1e-3,
+)
 INDEX_BATCH = 16  # images per step of the index pass, which here checkpoints after every step
-CHECKPOINT_INTERVAL = {"model": MODEL.checkpoint_every, "collect": COLLECT.shard_images, "sae": SAE.checkpoint_every,
-                       "index": INDEX_BATCH}
+CHECKPOINT_INTERVAL = {
+    "model": MODEL.checkpoint_every,
+    "collect": COLLECT.shard_images,
+    "sae": SAE.checkpoint_every,
+    "index": INDEX_BATCH,
+}
 UNIT = {"model": "steps", "collect": "images", "sae": "steps", "index": "images"}
 
 

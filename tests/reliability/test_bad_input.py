@@ -18,9 +18,9 @@ from vitsae_tui.engine import data as data_mod
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError
 from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
+from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Log
 from vitsae_tui.engine.features import build_index
-from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.train_model import load_model, train_model
 from vitsae_tui.engine.train_sae import load_sae, train_sae
 from vitsae_tui.engine.workspace import Workspace, WorkspaceError, atomic_write_json, read_json
@@ -90,8 +90,12 @@ def test_bad_images_are_skipped_with_a_count_and_the_run_says_so(tmp_path, unrea
     ws = Workspace(tmp_path / "ws")
     run = make_model_run(ws)
     report = Collector()
-    result = collect(CollectConfig(model=run, device="cpu", split="all", data=DataConfig(dataset=str(folder))), ws,
-                     report, threading.Event())
+    result = collect(
+        CollectConfig(model=run, device="cpu", split="all", data=DataConfig(dataset=str(folder))),
+        ws,
+        report,
+        threading.Event(),
+    )
     manifest = read_json(result.set_dir / "manifest.json")
     assert (manifest["n_images"], manifest["skipped_images"]) == (good, bad)
     assert f"skipped {bad} unreadable images" in [e.message for e in report.of(Log)]
@@ -99,8 +103,11 @@ def test_bad_images_are_skipped_with_a_count_and_the_run_says_so(tmp_path, unrea
 
     # training on the same folder reports its skips too
     report = Collector()
-    cfg = tiny_train_config(epochs=1, data=DataConfig(dataset=str(folder), val_fraction=0.3),
-                            model=dataclasses.replace(TINY_MODEL, n_classes=2))
+    cfg = tiny_train_config(
+        epochs=1,
+        data=DataConfig(dataset=str(folder), val_fraction=0.3),
+        model=dataclasses.replace(TINY_MODEL, n_classes=2),
+    )
     trained = train_model(cfg, ws, report, threading.Event())
     assert read_json(trained.run_dir / "status.json")["skipped_images"] > 0
     assert any(e.message.startswith("skipped ") for e in report.of(Log))
@@ -116,13 +123,22 @@ def test_empty_and_all_bad_folders_are_one_sentence(tmp_path):
         (all_bad / label / "x.jpg").write_text("not an image")
         (all_bad / label / "y.png").write_bytes(b"")
     with pytest.raises(StageError, match="no images .* found in") as empty:
-        collect(CollectConfig(model=run, device="cpu", split="all", data=DataConfig(dataset=str(tmp_path / "empty"))),
-                ws, Collector(), threading.Event())
+        collect(
+            CollectConfig(model=run, device="cpu", split="all", data=DataConfig(dataset=str(tmp_path / "empty"))),
+            ws,
+            Collector(),
+            threading.Event(),
+        )
     with pytest.raises(StageError, match=r"none of the 4 images .* could be decoded") as nothing:
-        collect(CollectConfig(model=run, device="cpu", split="all", data=DataConfig(dataset=str(all_bad))), ws,
-                Collector(), threading.Event())
-    cfg = tiny_train_config(data=DataConfig(dataset=str(all_bad), val_fraction=0.5),
-                            model=dataclasses.replace(TINY_MODEL, n_classes=2))
+        collect(
+            CollectConfig(model=run, device="cpu", split="all", data=DataConfig(dataset=str(all_bad))),
+            ws,
+            Collector(),
+            threading.Event(),
+        )
+    cfg = tiny_train_config(
+        data=DataConfig(dataset=str(all_bad), val_fraction=0.5), model=dataclasses.replace(TINY_MODEL, n_classes=2)
+    )
     with pytest.raises(StageError, match=r"none of the \d training images of .* could be decoded") as untrainable:
         train_model(cfg, ws, Collector(), threading.Event())
     for error in (empty, nothing, untrainable):
@@ -143,8 +159,9 @@ def test_crafted_pickles_are_refused_without_running(tmp_path):
         train_model(tiny_train_config(), ws, Collector(), threading.Event(), resume=run)
     # an SAE run whose files were replaced by pickles
     write_activation_set(ws, "set", np.random.default_rng(0).standard_normal((20, 36, 8)).astype(np.float32))
-    sae = train_sae(SAETrainConfig(activations="set", tokens=512, batch_size=256, device="cpu"), ws, Collector(),
-                    threading.Event())
+    sae = train_sae(
+        SAETrainConfig(activations="set", tokens=512, batch_size=256, device="cpu"), ws, Collector(), threading.Event()
+    )
     (sae.run_dir / "trainer.pt").write_bytes(evil)
     with pytest.raises(StageError, match="not a valid checkpoint"):
         train_sae(SAETrainConfig(), ws, Collector(), threading.Event(), resume=sae.run_dir.name)
@@ -154,17 +171,20 @@ def test_crafted_pickles_are_refused_without_running(tmp_path):
     assert not MARKER.exists(), "a crafted file ran code"
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda m: m.update(d_model="256"), "wrong 'd_model'"),
-    (lambda m: m.pop("shards"), "wrong 'shards'"),
-    (lambda m: m.update(d_model=10**9), "absurd size"),
-    (lambda m: m["shards"][0]["files"].update(acts="../../models/x/best.pt"), "outside the set"),
-    (lambda m: m["shards"][0]["files"].update(acts="/etc/passwd"), "outside the set"),
-    (lambda m: m["shards"][0].update(images="all"), "malformed shard entries"),
-    (lambda m: m.update(n_tokens=10**15), "totals do not match"),
-    (lambda m: m.update(mean=[float("nan")] * len(m["mean"])), "NaN, infinite"),
-    (lambda m: m.update(version=99), "format version 99"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda m: m.update(d_model="256"), "wrong 'd_model'"),
+        (lambda m: m.pop("shards"), "wrong 'shards'"),
+        (lambda m: m.update(d_model=10**9), "absurd size"),
+        (lambda m: m["shards"][0]["files"].update(acts="../../models/x/best.pt"), "outside the set"),
+        (lambda m: m["shards"][0]["files"].update(acts="/etc/passwd"), "outside the set"),
+        (lambda m: m["shards"][0].update(images="all"), "malformed shard entries"),
+        (lambda m: m.update(n_tokens=10**15), "totals do not match"),
+        (lambda m: m.update(mean=[float("nan")] * len(m["mean"])), "NaN, infinite"),
+        (lambda m: m.update(version=99), "format version 99"),
+    ],
+)
 def test_crafted_manifests_are_refused_with_a_clear_message(tmp_path, damage, message):
     ws = Workspace(tmp_path / "ws")
     write_activation_set(ws, "set", np.ones((4, 36, 8), dtype=np.float32))
@@ -194,24 +214,39 @@ def test_mismatches_name_both_sides(tmp_path):
     rng = np.random.default_rng(0)
     write_activation_set(ws, "narrow", rng.standard_normal((20, 36, 8)).astype(np.float32))
     write_activation_set(ws, "wide", rng.standard_normal((20, 36, 16)).astype(np.float32), hook="blocks.1.resid_post")
-    sae = train_sae(SAETrainConfig(activations="narrow", tokens=512, batch_size=256, device="cpu"), ws, Collector(),
-                    threading.Event())
+    sae = train_sae(
+        SAETrainConfig(activations="narrow", tokens=512, batch_size=256, device="cpu"),
+        ws,
+        Collector(),
+        threading.Event(),
+    )
     # an index of this SAE over a set of another width and hook
     report = Collector()
-    with pytest.raises(StageError, match=r"reads blocks.0.resid_post with d_model 8, but activations/wide holds "
-                                         r"blocks.1.resid_post with d_model 16"):
+    with pytest.raises(
+        StageError,
+        match=r"reads blocks.0.resid_post with d_model 8, but activations/wide holds "
+        r"blocks.1.resid_post with d_model 16",
+    ):
         build_index(ws, sae.run_dir.name, report, threading.Event(), activations="wide")
     assert report.of(Failed)
     # resuming the SAE after its set was replaced by one of another width
     config = read_json(sae.run_dir / "config.json")
     atomic_write_json(sae.run_dir / "config.json", {**config, "activations": "wide", "tokens": 1024})
-    with pytest.raises(StageError, match=r"trained on blocks.0.resid_post with d_model 8, but activations/wide now "
-                                         r"holds blocks.1.resid_post with d_model 16"):
+    with pytest.raises(
+        StageError,
+        match=r"trained on blocks.0.resid_post with d_model 8, but activations/wide now "
+        r"holds blocks.1.resid_post with d_model 16",
+    ):
         train_sae(SAETrainConfig(), ws, Collector(), threading.Event(), resume=sae.run_dir.name)
     # a model checkpoint of another architecture than its config
     small = make_model_run(ws, tiny_train_config())
     other = make_model_run(ws, tiny_train_config(model=dataclasses.replace(TINY_MODEL, n_layer=3)))
-    ws.run_dir("models", small).joinpath("best.pt").write_bytes(ws.run_dir("models", other).joinpath("best.pt").read_bytes())
-    with pytest.raises(WorkspaceError, match=r"best.pt holds 3 blocks of width 16, but its config.json describes 2 "
-                                             r"blocks of width 16"):
+    ws.run_dir("models", small).joinpath("best.pt").write_bytes(
+        ws.run_dir("models", other).joinpath("best.pt").read_bytes()
+    )
+    with pytest.raises(
+        WorkspaceError,
+        match=r"best.pt holds 3 blocks of width 16, but its config.json describes 2 "
+        r"blocks of width 16",
+    ):
         load_model(ws, small)

@@ -122,13 +122,19 @@ def assert_equal_to_reference(stage: str, ours: Path, theirs: Path) -> None:
         assert a.manifest["images"] == b.manifest["images"] and a.manifest["complete"]
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
     elif stage == "sae":
-        a, b = load_file(str(ours / "saes/sae-1/sae.safetensors")), load_file(str(theirs / "saes/sae-1/sae.safetensors"))
+        a, b = (
+            load_file(str(ours / "saes/sae-1/sae.safetensors")),
+            load_file(str(theirs / "saes/sae-1/sae.safetensors")),
+        )
         for key, value in b.items():
             torch.testing.assert_close(a[key], value, rtol=0, atol=0, msg=key)
     else:
         for key in ("density", "top_values", "top_tokens", "class_counts", "band_tokens", "class_effect"):
-            np.testing.assert_array_equal(np.load(ours / "features/sae-1" / f"{key}.npy"),
-                                          np.load(theirs / "features/sae-1" / f"{key}.npy"), err_msg=key)
+            np.testing.assert_array_equal(
+                np.load(ours / "features/sae-1" / f"{key}.npy"),
+                np.load(theirs / "features/sae-1" / f"{key}.npy"),
+                err_msg=key,
+            )
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -136,7 +142,7 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
     reference_root, work_seconds = reference
     root = tmp_path / "ws"
     shutil.copytree(reference_root, root)  # the stage's inputs, as the reference had them
-    for later in STAGES[STAGES.index(stage):]:
+    for later in STAGES[STAGES.index(stage) :]:
         shutil.rmtree(root / OUTPUTS[later] / RUN[later])
     ws = Workspace(root)
     rng = random.Random(f"kill-9 {stage}")
@@ -169,5 +175,7 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
     assert_equal_to_reference(stage, root, reference_root)
     leftovers = [p.name for p in (root / OUTPUTS[stage]).rglob(".*") if p.name.endswith((".tmp", ".pass.pt"))]
     assert not leftovers, leftovers
-    print(f"\n{stage}: {len(losses)} kills (+{completed_early} runs that ended first), lost per kill: max {max(losses)} "
-          f"mean {np.mean(losses):.1f} {stage_runner.UNIT[stage]} (checkpoint interval {interval}); leftovers {leftovers}")
+    print(
+        f"\n{stage}: {len(losses)} kills (+{completed_early} runs that ended first), lost per kill: max {max(losses)} "
+        f"mean {np.mean(losses):.1f} {stage_runner.UNIT[stage]} (checkpoint interval {interval}); leftovers {leftovers}"
+    )

@@ -20,13 +20,21 @@ from vitsae_tui.engine import train_sae as train_sae_mod
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError
 from vitsae_tui.engine.activations import collect
 from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
+from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Metrics
-from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 
 REPO = Path(__file__).resolve().parents[2]
-SAE = dict(activations="set", batch_size=128, tokens=128 * 120, expansion=4, device="cpu", log_every=10,
-           eval_every=1000, checkpoint_every=20)
+SAE = dict(
+    activations="set",
+    batch_size=128,
+    tokens=128 * 120,
+    expansion=4,
+    device="cpu",
+    log_every=10,
+    eval_every=1000,
+    checkpoint_every=20,
+)
 
 
 @pytest.fixture
@@ -34,7 +42,9 @@ def small_disk(tmp_path):
     """A real 16 MiB file system (tmpfs), so 'disk full' and 'read-only' are the kernel's, not a mock's."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"this machine cannot mount a tmpfs ({result.stderr.strip()}); the injected faults below still run")
     yield mount
@@ -56,7 +66,9 @@ def fill(disk: Path) -> Path:
 
 def activations(ws: Workspace) -> None:
     rng = np.random.default_rng(0)
-    write_activation_set(ws, "set", (rng.standard_normal((40, 36, 16)) * rng.gamma(1, 1, (40, 36, 1))).astype(np.float32))
+    write_activation_set(
+        ws, "set", (rng.standard_normal((40, 36, 16)) * rng.gamma(1, 1, (40, 36, 1))).astype(np.float32)
+    )
 
 
 def reference_sae(tmp_path) -> dict:
@@ -91,7 +103,9 @@ def test_disk_full_during_sae_training_keeps_the_last_checkpoint(tmp_path, small
         train_sae(SAETrainConfig(**SAE), ws, report, threading.Event())
     assert report.of(Failed)[-1].message == str(error.value)
     run_dir = ws.run_dir("saes", "sae-1")
-    assert load_torch_file(run_dir / "trainer.pt")["step"] == 20  # the last checkpoint (step 40 never got written), whole
+    assert (
+        load_torch_file(run_dir / "trainer.pt")["step"] == 20
+    )  # the last checkpoint (step 40 never got written), whole
     filled[0].unlink()
     finished = train_sae(SAETrainConfig(), ws, Collector(), threading.Event(), resume="sae-1")
     assert finished.step == 120 and not finished.stopped
@@ -104,8 +118,15 @@ def test_disk_full_while_collecting_keeps_sealed_shards(tmp_path, small_disk):
     rng = np.random.default_rng(1)
     for i in range(40):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
-    cfg = CollectConfig(model="demo-1", device="cpu", split="all", shard_images=8, batch_size=8, name="set",
-                        data=DataConfig(dataset=str(images)))
+    cfg = CollectConfig(
+        model="demo-1",
+        device="cpu",
+        split="all",
+        shard_images=8,
+        batch_size=8,
+        name="set",
+        data=DataConfig(dataset=str(images)),
+    )
     reference_ws = Workspace(tmp_path / "reference")
     make_model_run(reference_ws)
     reference = collect(cfg, reference_ws, Collector(), threading.Event())
@@ -121,7 +142,9 @@ def test_disk_full_while_collecting_keeps_sealed_shards(tmp_path, small_disk):
     assert 0 < sealed.n_images < 40 and np.isfinite(sealed.load_all()).all()
     filler.unlink()
     done = collect(cfg, ws, Collector(), threading.Event())
-    np.testing.assert_array_equal(ActivationStore(done.set_dir).load_all(), ActivationStore(reference.set_dir).load_all())
+    np.testing.assert_array_equal(
+        ActivationStore(done.set_dir).load_all(), ActivationStore(reference.set_dir).load_all()
+    )
 
 
 def test_a_read_only_workspace_is_one_sentence_and_still_readable(tmp_path, small_disk):
@@ -129,12 +152,22 @@ def test_a_read_only_workspace_is_one_sentence_and_still_readable(tmp_path, smal
     activations(ws)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     command = [sys.executable, "-m", "vitsae_tui"]
-    trained = subprocess.run([*command, "train-sae", "--activations", "set", "--device", "cpu", "--workspace", str(ws.root)],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    trained = subprocess.run(
+        [*command, "train-sae", "--activations", "set", "--device", "cpu", "--workspace", str(ws.root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert trained.returncode == 1
-    assert "the workspace cannot be written" in trained.stderr and "pass --workspace DIR with a writable folder" in trained.stderr
+    assert (
+        "the workspace cannot be written" in trained.stderr
+        and "pass --workspace DIR with a writable folder" in trained.stderr
+    )
     assert "Traceback" not in trained.stderr
-    listed = subprocess.run([*command, "runs", "--workspace", str(ws.root)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [*command, "runs", "--workspace", str(ws.root)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert listed.returncode == 0 and "set" in listed.stdout
 
 
@@ -198,8 +231,12 @@ def test_non_finite_activations_are_refused(tmp_path):
         with pytest.raises(StoreError, match="NaN, infinite"):
             ActivationStore(ws.run_dir("activations", name))
         with pytest.raises(StageError, match="NaN, infinite"):
-            train_sae(SAETrainConfig(activations=name, device="cpu", tokens=512, batch_size=128), ws, Collector(),
-                      threading.Event())
+            train_sae(
+                SAETrainConfig(activations=name, device="cpu", tokens=512, batch_size=128),
+                ws,
+                Collector(),
+                threading.Event(),
+            )
     # a shard changed after collection, its statistics still finite
     shard = ws.run_dir("activations", "nan-set") / "shard-00000.npy"
     manifest_path = shard.parent / "manifest.json"
@@ -207,8 +244,12 @@ def test_non_finite_activations_are_refused(tmp_path):
     manifest.update(mean=[0.0] * 8, var=[1.0] * 8)
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(StageError, match="activations/nan-set holds NaN or infinite values"):
-        train_sae(SAETrainConfig(activations="nan-set", device="cpu", tokens=512, batch_size=128, resident="yes"), ws,
-                  Collector(), threading.Event())
+        train_sae(
+            SAETrainConfig(activations="nan-set", device="cpu", tokens=512, batch_size=128, resident="yes"),
+            ws,
+            Collector(),
+            threading.Event(),
+        )
     # a model whose weights went NaN: collection stops at once and stores nothing
     run = make_model_run(ws)
     best = ws.run_dir("models", run) / "best.pt"

@@ -31,7 +31,9 @@ def workspace(tmp_path_factory) -> Workspace:
     ws = Workspace(tmp_path_factory.mktemp("signals"))
     stop = threading.Event()
     long_model = dataclasses.replace(stage_runner.MODEL, epochs=50)
-    train_model(long_model, ws, Collector(stop, lambda e: isinstance(e, Progress) and e.unit == "steps" and e.done >= 12), stop)
+    train_model(
+        long_model, ws, Collector(stop, lambda e: isinstance(e, Progress) and e.unit == "steps" and e.done >= 12), stop
+    )
     collect(stage_runner.COLLECT, ws, Collector(), threading.Event())
     train_sae(dataclasses.replace(stage_runner.SAE, tokens=256 * 100), ws, Collector(), threading.Event())
     build_index(ws, "sae-1", Collector(), threading.Event(), device="cpu")
@@ -39,8 +41,13 @@ def workspace(tmp_path_factory) -> Workspace:
 
 
 def cli(ws: Workspace, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vitsae_tui", *args, "--workspace", str(ws.root)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vitsae_tui", *args, "--workspace", str(ws.root)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until(condition, timeout_s: float = 120.0, what: str = "") -> None:
@@ -79,8 +86,22 @@ def test_cli_train_model_and_train_sae_checkpoint_and_exit_on_signal(workspace, 
     saved = load_torch_file(model_dir / "last.pt")
     assert status["state"] == "stopped" and saved["step"] == status["step"] > before
 
-    sae_job = cli(ws, "train-sae", "--activations", "set", "--tokens", str(256 * 1_000_000), "--batch-size", "256",
-                  "--device", "cpu", "--log-every", "5", "--checkpoint-every", "1000000")
+    sae_job = cli(
+        ws,
+        "train-sae",
+        "--activations",
+        "set",
+        "--tokens",
+        str(256 * 1_000_000),
+        "--batch-size",
+        "256",
+        "--device",
+        "cpu",
+        "--log-every",
+        "5",
+        "--checkpoint-every",
+        "1000000",
+    )
     sae_dir = ws.kind_dir("saes") / ("sae-2" if sig == signal.SIGHUP else "sae-3")
     wait_until(lambda: metrics_beyond(sae_dir, 20), what="SAE training to make progress")
     sae_job.send_signal(sig)
@@ -93,11 +114,29 @@ def test_cli_train_model_and_train_sae_checkpoint_and_exit_on_signal(workspace, 
 
 def test_cli_collect_and_index_stop_cleanly_on_signal(workspace):
     ws = workspace
-    job = cli(ws, "collect", "--model", "demo-1", "--name", "slow", "--batch-size", "1", "--shard-images", "8",
-              "--n-train", "480", "--n-val", "32", "--device", "cpu")
+    job = cli(
+        ws,
+        "collect",
+        "--model",
+        "demo-1",
+        "--name",
+        "slow",
+        "--batch-size",
+        "1",
+        "--shard-images",
+        "8",
+        "--n-train",
+        "480",
+        "--n-val",
+        "32",
+        "--device",
+        "cpu",
+    )
     set_dir = ws.kind_dir("activations") / "slow"
-    wait_until(lambda: (set_dir / "manifest.json").exists() and read_json(set_dir / "manifest.json")["n_images"] >= 16,
-               what="two sealed shards")
+    wait_until(
+        lambda: (set_dir / "manifest.json").exists() and read_json(set_dir / "manifest.json")["n_images"] >= 16,
+        what="two sealed shards",
+    )
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 0, err
@@ -105,8 +144,24 @@ def test_cli_collect_and_index_stop_cleanly_on_signal(workspace):
     assert not manifest["complete"] and manifest["n_images"] % 8 == 0 and manifest["n_images"] < 480
     assert read_json(set_dir / "status.json")["state"] == "stopped"
     # the same command continues it
-    again = cli(ws, "collect", "--model", "demo-1", "--name", "slow", "--batch-size", "16", "--shard-images", "8",
-                "--n-train", "480", "--n-val", "32", "--device", "cpu")
+    again = cli(
+        ws,
+        "collect",
+        "--model",
+        "demo-1",
+        "--name",
+        "slow",
+        "--batch-size",
+        "16",
+        "--shard-images",
+        "8",
+        "--n-train",
+        "480",
+        "--n-val",
+        "32",
+        "--device",
+        "cpu",
+    )
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert read_json(set_dir / "manifest.json")["complete"]

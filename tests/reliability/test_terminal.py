@@ -15,7 +15,15 @@ async def test_resizing_to_40x12_and_back_while_a_job_runs(tmp_path):
         await pilot.press("t")
         app.screen.query_one("#n_train", Input).value = "640"
         await pilot.press("s")
-        await wait_for(pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps" and job.progress.done >= 1)
+        await wait_for(
+            pilot,
+            lambda: (
+                (job := app.jobs.get("train-model"))
+                and job.progress
+                and job.progress.unit == "steps"
+                and job.progress.done >= 1
+            ),
+        )
         for size in ((40, 12), (80, 24), (40, 12), (200, 60), (80, 24)):
             await pilot.resize_terminal(*size)
             for mode in MODES:

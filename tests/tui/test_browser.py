@@ -12,8 +12,6 @@ from vitsae_tui.tui.widgets.examples_view import ExamplesView
 SNAPSHOT_WORKSPACE = Path("/tmp/vitsae-tui-snapshot-browser")
 
 
-
-
 async def test_image_patch_feature_example_and_back(indexed_root):
     app = VitsaeApp(indexed_root)
     async with app.run_test(size=(110, 36)) as pilot:
@@ -110,4 +108,6 @@ async def test_png_exports_from_the_browser(indexed_root, tmp_path, monkeypatch)
         assert (tmp_path / "image-0.png").exists()
         await pilot.press("1", "E")
         feature = app.screen.feature
-        assert (tmp_path / f"feature-{feature}.png").exists() and (tmp_path / f"image-0-feature-{feature}.png").exists() is False
+        assert (tmp_path / f"feature-{feature}.png").exists() and (
+            tmp_path / f"image-0-feature-{feature}.png"
+        ).exists() is False

@@ -41,7 +41,9 @@ async def test_browser_keys(indexed_root, tmp_path, monkeypatch):
         assert app.current_mode == "browse" and s.cursor == 6
         top = s.index.top_features(s.image, s.cursor, 12)
         await pilot.press("down", "down", "enter")  # in the patch table: the highlighted row
-        assert s.feature == top[2][0] and s.focused is s.query_one("#image"), "the hidden table hands focus to the image"
+        assert s.feature == top[2][0] and s.focused is s.query_one("#image"), (
+            "the hidden table hands focus to the image"
+        )
         await pilot.press("x")
         examples = s.query_one("#examples", ExamplesView)
         assert s.focused is examples and examples.examples == one_per_image(s.index.top_examples(s.feature))

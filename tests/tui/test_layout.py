@@ -16,9 +16,23 @@ async def test_train_sae_at_80x24_shows_a_readable_plot_the_whole_status_and_cyc
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("a")
         screen = app.screen
-        row = {"kind": "step", "step": 20, "mse": 2.5, "fvu": 0.1, "l0": 12.0, "dead_fraction": 0.0, "tokens_per_s": 9e4}
-        fake_pipeline(app, [events.Started("train-sae", "saes/sae-1", {}), events.Metrics("train-sae", row),
-                            events.Progress("train-sae", 20, 1220, "steps", 1.0, 20.0)])
+        row = {
+            "kind": "step",
+            "step": 20,
+            "mse": 2.5,
+            "fvu": 0.1,
+            "l0": 12.0,
+            "dead_fraction": 0.0,
+            "tokens_per_s": 9e4,
+        }
+        fake_pipeline(
+            app,
+            [
+                events.Started("train-sae", "saes/sae-1", {}),
+                events.Metrics("train-sae", row),
+                events.Progress("train-sae", 20, 1220, "steps", 1.0, 20.0),
+            ],
+        )
         await pilot.pause(0.2)
         shown = [plot for plot in screen.query(MetricPlot) if plot.display]
         assert len(shown) == 1 and shown[0].id == "plot_mse" and shown[0].size.height >= 8
@@ -34,7 +48,9 @@ async def test_the_log_wraps_at_its_own_width_and_loses_nothing(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("a")
         log = app.screen.query_one("#log", StageLog)
-        message = "training sae-1 on cpu (resident data): 64 -> 512 features, 1220 steps of 4096 tokens, input scale 5.859"
+        message = (
+            "training sae-1 on cpu (resident data): 64 -> 512 features, 1220 steps of 4096 tokens, input scale 5.859"
+        )
         log.write(message)
         await pilot.pause(0.1)
         lines = [strip.text.rstrip() for strip in log.lines]
@@ -62,5 +78,7 @@ async def test_top_examples_are_on_screen_and_large_enough(indexed_root, size, m
         examples = app.screen.query_one("#examples", ExamplesView)
         region = examples.region
         assert examples.display and region.height >= 8 and region.bottom <= size[1] - 1, "the examples are on screen"
-        assert examples.tile >= min_tile and min(examples.per_page, len(examples.examples)) >= min(min_shown, len(examples.examples))
+        assert examples.tile >= min_tile and min(examples.per_page, len(examples.examples)) >= min(
+            min_shown, len(examples.examples)
+        )
         assert str(app.screen.query_one("#example-caption", Static).render()).startswith("#1/")

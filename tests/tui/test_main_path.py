@@ -36,15 +36,33 @@ async def test_the_sae_screen_reads_only_its_own_rows_of_a_pipeline_job(tmp_path
         await pilot.press("a")
         screen = app.screen
         model_row = {"kind": "step", "step": 5, "train_loss": 1.0, "train_accuracy": 0.5}
-        fake_pipeline(app, [events.Started("train-model", "models/demo-1", {"epochs": 8}),
-                            events.Metrics("train-model", model_row), events.Finished("train-model", "models/demo-1", {})],
-                      [events.Started("train-sae", "saes/sae-1", {"tokens": 5_000_000}),
-                       events.Progress("train-sae", 20, 1220, "steps", 1.0, 20.0)])
+        fake_pipeline(
+            app,
+            [
+                events.Started("train-model", "models/demo-1", {"epochs": 8}),
+                events.Metrics("train-model", model_row),
+                events.Finished("train-model", "models/demo-1", {}),
+            ],
+            [
+                events.Started("train-sae", "saes/sae-1", {"tokens": 5_000_000}),
+                events.Progress("train-sae", 20, 1220, "steps", 1.0, 20.0),
+            ],
+        )
         await pilot.pause(0.1)
         assert isinstance(screen, TrainSAEScreen)
         assert "20/1,220 steps · ETA" in status_text(screen) and "MSE" not in status_text(screen)
-        sae_row = {"kind": "step", "step": 20, "mse": 2.5, "fvu": 0.1, "l0": 12.0, "dead_fraction": 0.0, "tokens_per_s": 9e4}
-        fake_pipeline(app, [events.Metrics("train-sae", sae_row), events.Progress("train-sae", 40, 1220, "steps", 2.0, 20.0)])
+        sae_row = {
+            "kind": "step",
+            "step": 20,
+            "mse": 2.5,
+            "fvu": 0.1,
+            "l0": 12.0,
+            "dead_fraction": 0.0,
+            "tokens_per_s": 9e4,
+        }
+        fake_pipeline(
+            app, [events.Metrics("train-sae", sae_row), events.Progress("train-sae", 40, 1220, "steps", 2.0, 20.0)]
+        )
         await pilot.pause(0.1)
         assert "MSE 2.5 · FVU 0.1000 · L0 12.0" in status_text(screen)
         assert screen.query_one("#tokens", Input).value == "5000000"
@@ -56,7 +74,9 @@ async def test_a_new_run_replaces_a_watched_one_and_the_form_shows_its_settings(
     write_status(old, "stopped", step=25, total_steps=376)
     rows = [{"kind": "step", "step": s, "train_loss": 5.0, "train_accuracy": 0.1} for s in (10, 20)]
     (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (old / "config.json").write_text(json.dumps({"preset": "demo", "epochs": 5, "data": {"dataset": "synthetic", "n_train": 300}}))
+    (old / "config.json").write_text(
+        json.dumps({"preset": "demo", "epochs": 5, "data": {"dataset": "synthetic", "n_train": 300}})
+    )
     app = VitsaeApp(ws.root)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.pause(0.2)
@@ -67,11 +87,24 @@ async def test_a_new_run_replaces_a_watched_one_and_the_form_shows_its_settings(
         assert screen.query_one("#epochs", Input).value == "5" and screen.query_one("#progress").progress == 25
         loss = screen.query_one("#loss_plot", MetricPlot)
         assert loss.point_count("train") == 2
-        config = {"preset": "demo", "epochs": 3, "batch_size": 32, "lr": 0.002, "seed": 7, "device": "cpu",
-                  "data": {"dataset": "synthetic", "n_train": 500}}
+        config = {
+            "preset": "demo",
+            "epochs": 3,
+            "batch_size": 32,
+            "lr": 0.002,
+            "seed": 7,
+            "device": "cpu",
+            "data": {"dataset": "synthetic", "n_train": 500},
+        }
         new_row = {"kind": "step", "step": 1, "train_loss": 2.0, "train_accuracy": 0.3}
-        fake_pipeline(app, [events.Started("train-model", str(ws.root / "models" / "demo-2"), config),
-                            events.Metrics("train-model", new_row), events.Progress("train-model", 1, 48, "steps", 1.0, 1.0)])
+        fake_pipeline(
+            app,
+            [
+                events.Started("train-model", str(ws.root / "models" / "demo-2"), config),
+                events.Metrics("train-model", new_row),
+                events.Progress("train-model", 1, 48, "steps", 1.0, 1.0),
+            ],
+        )
         await pilot.pause(0.1)
         assert "watching" not in status_text(screen) and "1/48 steps" in status_text(screen)
         assert loss.series["train"] == ([1.0], [2.0]), "only the new run's curve is drawn"
@@ -90,8 +123,13 @@ async def test_resuming_draws_the_runs_curve_up_to_its_checkpoint_once(tmp_path)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("t")
         screen = app.screen
-        fake_pipeline(app, [events.Started("train-model", str(run), {"epochs": 8}, resumed=True),
-                            events.Metrics("train-model", {"kind": "step", "step": 3, "train_loss": 0.2, "train_accuracy": 0.2})])
+        fake_pipeline(
+            app,
+            [
+                events.Started("train-model", str(run), {"epochs": 8}, resumed=True),
+                events.Metrics("train-model", {"kind": "step", "step": 3, "train_loss": 0.2, "train_accuracy": 0.2}),
+            ],
+        )
         await pilot.pause(0.1)
         assert screen.query_one("#loss_plot", MetricPlot).series["train"][0] == [1.0, 2.0, 3.0]
 
@@ -134,16 +172,20 @@ async def test_home_follows_the_lineage_the_user_built_not_the_newest_set(tmp_pa
     from tests.helpers import Collector
     from vitsae_tui.engine.activations import collect
     from vitsae_tui.engine.config import CollectConfig, DataConfig
+    from vitsae_tui.engine.errors import StageError
     from vitsae_tui.engine.pipeline import lineage
-    from vitsae_tui.engine.stages import StageError
 
     ws, sae = make_indexed_workspace(tmp_path / "ws")
     good = lineage(ws)
     assert [s.state for s in good] == ["done"] * 4
     model, good_set = good[0].run, good[1].run
     try:  # a failed collect from the same model (the folder does not exist)
-        collect(CollectConfig(model=model, device="cpu", data=DataConfig(dataset=str(tmp_path / "nope"))), ws, Collector(),
-                threading.Event())
+        collect(
+            CollectConfig(model=model, device="cpu", data=DataConfig(dataset=str(tmp_path / "nope"))),
+            ws,
+            Collector(),
+            threading.Event(),
+        )
     except StageError:
         pass
     # and a finished set of the same model on other data, newer than everything else
@@ -164,7 +206,9 @@ async def test_home_follows_the_lineage_the_user_built_not_the_newest_set(tmp_pa
             await pilot.press("down" if table.cursor_row < other_row else "up")
         await pilot.pause(0.1)
         text = str(app.screen.query_one("#pipeline", Static).render())
-        assert "activations stale other" in text and "sae missing" in text  # its fake provenance names no real checkpoint
+        assert (
+            "activations stale other" in text and "sae missing" in text
+        )  # its fake provenance names no real checkpoint
 
 
 async def test_paging_the_palette_before_its_results_are_laid_out_is_harmless(tmp_path):
@@ -193,13 +237,29 @@ async def test_the_collect_form_shows_the_running_collections_hook(indexed_root)
         screen = app.screen
         screen.query_one("#model").clear()  # so that showing the job's model changes the selection
         await pilot.pause(0.1)
-        config = {"model": model, "checkpoint": "last", "hook": "blocks.0.resid_mid", "split": "val", "dtype": "float32",
-                  "data": {"dataset": "synthetic"}, "limit": 40}
+        config = {
+            "model": model,
+            "checkpoint": "last",
+            "hook": "blocks.0.resid_mid",
+            "split": "val",
+            "dtype": "float32",
+            "data": {"dataset": "synthetic"},
+            "limit": 40,
+        }
         fake_pipeline(app, [events.Started("collect", str(indexed_root / "activations" / "x"), config)])
         await pilot.pause(0.3)
-        values = {key: str(screen.query_one(f"#{key}").value) for key in ("model", "checkpoint", "hook", "split", "dtype", "limit")}
-        assert values == {"model": model, "checkpoint": "last", "hook": "blocks.0.resid_mid", "split": "val", "dtype": "float32",
-                          "limit": "40"}
+        values = {
+            key: str(screen.query_one(f"#{key}").value)
+            for key in ("model", "checkpoint", "hook", "split", "dtype", "limit")
+        }
+        assert values == {
+            "model": model,
+            "checkpoint": "last",
+            "hook": "blocks.0.resid_mid",
+            "split": "val",
+            "dtype": "float32",
+            "limit": "40",
+        }
 
 
 async def test_a_stage_screen_says_when_the_guided_run_it_showed_has_ended(tmp_path):
@@ -207,8 +267,10 @@ async def test_a_stage_screen_says_when_the_guided_run_it_showed_has_ended(tmp_p
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("t")
         screen = app.screen
-        job = fake_pipeline(app, [events.Started("train-model", "models/demo-1", {}),
-                                  events.Finished("train-model", "models/demo-1", {})])
+        job = fake_pipeline(
+            app,
+            [events.Started("train-model", "models/demo-1", {}), events.Finished("train-model", "models/demo-1", {})],
+        )
         await pilot.pause(0.1)
         assert "the guided run goes on" in status_text(screen)
         job.report(events.Started("collect", "activations/x", {}))

@@ -13,9 +13,47 @@ from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 
 # the README's Keys table (quitting aside: it is tested on its own), printable keys and the navigation keys
-TABLE_KEYS = ["ctrl+p", "g", "t", "c", "a", "i", "b", "enter", "s", "x", "r", "escape", "up", "down", "left", "right",
-              "h", "j", "k", "l", "n", "p", "1", "2", "3", "9", "f", "slash", "L", "e", "E", "o", "d", "D", "v",
-              "pagedown", "pageup", "tab", "shift+tab"]
+TABLE_KEYS = [
+    "ctrl+p",
+    "g",
+    "t",
+    "c",
+    "a",
+    "i",
+    "b",
+    "enter",
+    "s",
+    "x",
+    "r",
+    "escape",
+    "up",
+    "down",
+    "left",
+    "right",
+    "h",
+    "j",
+    "k",
+    "l",
+    "n",
+    "p",
+    "1",
+    "2",
+    "3",
+    "9",
+    "f",
+    "slash",
+    "L",
+    "e",
+    "E",
+    "o",
+    "d",
+    "D",
+    "v",
+    "pagedown",
+    "pageup",
+    "tab",
+    "shift+tab",
+]
 PRINTABLE = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPRSTUVWXYZ0123456789 -_.,[]/")
 SIZES = [(80, 24), (120, 40), (60, 20), (200, 60)]
 KEYS = int(os.environ.get("VITSAE_MONKEY_KEYS", "2000"))
@@ -32,8 +70,6 @@ def send_key(app: VitsaeApp, key: str) -> None:
     event = events.Key(key, char)
     event.set_sender(app)
     app._driver.send_message(event)
-
-
 
 
 async def test_random_keys_on_every_screen_with_a_job_running(indexed_root, tmp_path, monkeypatch):

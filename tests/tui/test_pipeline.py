@@ -92,7 +92,7 @@ def test_resuming_a_run_another_process_writes_leaves_its_status_alone(tmp_path)
     import threading
 
     from tests.helpers import Collector, tiny_train_config
-    from vitsae_tui.engine.stages import StageError
+    from vitsae_tui.engine.errors import StageError
     from vitsae_tui.engine.train_model import train_model
 
     ws = Workspace(tmp_path / "ws")

@@ -44,7 +44,15 @@ async def test_switching_screens_keeps_the_job_and_quitting_asks_then_checkpoint
         await pilot.press("t")
         app.screen.query_one("#n_train", Input).value = "640"
         await pilot.press("s")
-        await wait_for(pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps" and job.progress.done >= 2)
+        await wait_for(
+            pilot,
+            lambda: (
+                (job := app.jobs.get("train-model"))
+                and job.progress
+                and job.progress.unit == "steps"
+                and job.progress.done >= 2
+            ),
+        )
         await pilot.press("escape")  # to home: the job keeps running
         await pilot.pause(0.5)
         assert app.jobs.running("train-model")

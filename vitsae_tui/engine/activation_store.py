@@ -18,19 +18,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.workspace import read_json
 
 MANIFEST_VERSION = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """An activation set that cannot be used as asked; the message says why and what to do."""
 
 
 _MANIFEST_TYPES = {
-    "version": int, "name": str, "provenance": dict, "hook": str, "d_model": int, "grid": list,
-    "tokens_per_image": int, "dtype": str, "thumb_size": int, "class_names": list, "concept_names": list,
-    "n_images": int, "n_tokens": int, "shards": list, "images": list, "complete": bool,
+    "version": int,
+    "name": str,
+    "provenance": dict,
+    "hook": str,
+    "d_model": int,
+    "grid": list,
+    "tokens_per_image": int,
+    "dtype": str,
+    "thumb_size": int,
+    "class_names": list,
+    "concept_names": list,
+    "n_images": int,
+    "n_tokens": int,
+    "shards": list,
+    "images": list,
+    "complete": bool,
 }
 MAX_D_MODEL = 1 << 16
 
@@ -55,10 +69,15 @@ def validate_manifest(manifest: Any, set_dir: Path) -> dict[str, Any]:
         raise StoreError(f"{where} has malformed shard entries; delete the set and collect it again") from None
     for key in ("mean", "var"):
         stats = manifest.get(key)
-        if stats and (not isinstance(stats, list) or len(stats) != manifest["d_model"]
-                      or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)):
-            raise StoreError(f"{where} records NaN, infinite or malformed activation statistics ('{key}'): the model "
-                             f"produced non-finite activations; collect again from a healthy checkpoint")
+        if stats and (
+            not isinstance(stats, list)
+            or len(stats) != manifest["d_model"]
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)
+        ):
+            raise StoreError(
+                f"{where} records NaN, infinite or malformed activation statistics ('{key}'): the model "
+                f"produced non-finite activations; collect again from a healthy checkpoint"
+            )
     return manifest
 
 
@@ -66,14 +85,21 @@ def _check_shards(manifest: dict[str, Any], set_dir: Path, where: str) -> None:
     rows = images = 0
     for i, shard in enumerate(manifest["shards"]):
         files = shard.get("files") if isinstance(shard, dict) else None
-        if not isinstance(files, dict) or not all(isinstance(f, str) and re.fullmatch(r"shard-\d{5}(\.\w+)?\.npy", f) for f in files.values()):
+        if not isinstance(files, dict) or not all(
+            isinstance(f, str) and re.fullmatch(r"shard-\d{5}(\.\w+)?\.npy", f) for f in files.values()
+        ):
             raise StoreError(f"{where} names shard files outside the set; delete the set and collect it again")
-        if shard.get("rows") != [rows, rows + (shard["images"][1] - shard["images"][0]) * manifest["tokens_per_image"]] or shard["images"][0] != images:
+        if (
+            shard.get("rows") != [rows, rows + (shard["images"][1] - shard["images"][0]) * manifest["tokens_per_image"]]
+            or shard["images"][0] != images
+        ):
             raise StoreError(f"{where} has inconsistent row ranges at shard {i}; delete the set and collect it again")
         rows, images = shard["rows"][1], shard["images"][1]
         for key in ("acts", "thumbs"):
             if not (set_dir / files.get(key, "")).is_file():
-                raise StoreError(f"activations/{set_dir.name} lacks {files.get(key)}; collect it again with the same command")
+                raise StoreError(
+                    f"activations/{set_dir.name} lacks {files.get(key)}; collect it again with the same command"
+                )
     if rows != manifest["n_tokens"] or images != manifest["n_images"] or len(manifest["images"]) != images:
         raise StoreError(f"{where} totals do not match its shards; delete the set and collect it again")
 
@@ -105,8 +131,10 @@ class ActivationStore:
             acts = np.load(self.path / shard["files"]["acts"], mmap_mode="r", allow_pickle=False)
             n_rows = shard["rows"][1] - shard["rows"][0]
             if acts.shape != (n_rows, self.d_model) or acts.dtype != np.dtype(self.manifest["dtype"]):
-                raise StoreError(f"{shard['files']['acts']} in activations/{self.path.name} has shape {acts.shape} "
-                                 f"{acts.dtype}, the manifest says ({n_rows}, {self.d_model}) {self.manifest['dtype']}")
+                raise StoreError(
+                    f"{shard['files']['acts']} in activations/{self.path.name} has shape {acts.shape} "
+                    f"{acts.dtype}, the manifest says ({n_rows}, {self.d_model}) {self.manifest['dtype']}"
+                )
             self.shards.append(acts)
             self.thumbs.append(np.load(self.path / shard["files"]["thumbs"], mmap_mode="r", allow_pickle=False))
         self.mean = np.asarray(self.manifest["mean"], dtype=np.float64) if self.manifest["mean"] else None
@@ -160,9 +188,17 @@ class ActivationStore:
         """Every token as one (n_tokens, d_model) array in the storage dtype."""
         return np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else np.empty((0, self.d_model))
 
-    def shuffled_batches(self, batch_size: int, seed: int, epoch: int, buffer_rows: int = 1 << 18,
-                         chunk_rows: int = 1 << 12, drop_last: bool = False, heldout_every: int = 0,
-                         part: Callable[[int], slice] | None = None) -> Iterator[np.ndarray]:
+    def shuffled_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        buffer_rows: int = 1 << 18,
+        chunk_rows: int = 1 << 12,
+        drop_last: bool = False,
+        heldout_every: int = 0,
+        part: Callable[[int], slice] | None = None,
+    ) -> Iterator[np.ndarray]:
         """Every token exactly once per epoch in an order fixed by (seed, epoch), with bounded memory.
 
         Contiguous chunks (~110 images) are read in a random order into a buffer of ~buffer_rows (64 chunks from all
@@ -174,8 +210,11 @@ class ActivationStore:
         """
         part = part or (lambda n: slice(0, n))
         rng = np.random.default_rng([seed, epoch])
-        chunks = [(s, start, min(start + chunk_rows, len(shard))) for s, shard in enumerate(self.shards)
-                  for start in range(0, len(shard), chunk_rows)]
+        chunks = [
+            (s, start, min(start + chunk_rows, len(shard)))
+            for s, shard in enumerate(self.shards)
+            for start in range(0, len(shard), chunk_rows)
+        ]
         order = rng.permutation(len(chunks))
         carry = np.empty((0, self.d_model), dtype=np.dtype(self.manifest["dtype"]))
         pending: list[np.ndarray] = []
@@ -209,9 +248,17 @@ class TokenSource:
     batches; `epoch` yields (local batch, global batch size).
     """
 
-    def __init__(self, store: ActivationStore, device: torch.device, batch_size: int, seed: int,
-                 resident: bool | None = None, resident_budget_bytes: int | None = None, heldout_every: int = 0,
-                 part: Callable[[int], slice] | None = None):
+    def __init__(
+        self,
+        store: ActivationStore,
+        device: torch.device,
+        batch_size: int,
+        seed: int,
+        resident: bool | None = None,
+        resident_budget_bytes: int | None = None,
+        heldout_every: int = 0,
+        part: Callable[[int], slice] | None = None,
+    ):
         self.store, self.device, self.batch_size, self.seed = store, device, batch_size, seed
         self.heldout_every = heldout_every
         self.part = part or (lambda n: slice(0, n))
@@ -219,7 +266,9 @@ class TokenSource:
         keep = image_ids % heldout_every != heldout_every - 1 if heldout_every else np.ones(store.n_tokens, dtype=bool)
         self.n_train_tokens = int(keep.sum())
         if resident is None:
-            resident = store.nbytes <= (resident_budget_bytes if resident_budget_bytes is not None else _resident_budget(device))
+            resident = store.nbytes <= (
+                resident_budget_bytes if resident_budget_bytes is not None else _resident_budget(device)
+            )
         self.resident = resident
         self.tokens = None
         if resident:
@@ -233,8 +282,10 @@ class TokenSource:
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
         """(float32 local batch, global batch size) pairs; skip_batches resumes mid-epoch on the same order."""
-        sizes = (min(self.batch_size, self.n_train_tokens - b) for b in range(skip_batches * self.batch_size,
-                                                                            self.n_train_tokens, self.batch_size))
+        sizes = (
+            min(self.batch_size, self.n_train_tokens - b)
+            for b in range(skip_batches * self.batch_size, self.n_train_tokens, self.batch_size)
+        )
         if self.tokens is not None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(len(self.tokens), generator=generator).to(self.device)
@@ -242,8 +293,9 @@ class TokenSource:
                 mine = self.part(n_global)
                 yield self.tokens[order[b + mine.start : b + mine.stop]].float(), n_global
             return
-        batches = self.store.shuffled_batches(self.batch_size, self.seed, epoch, heldout_every=self.heldout_every,
-                                              part=self.part)
+        batches = self.store.shuffled_batches(
+            self.batch_size, self.seed, epoch, heldout_every=self.heldout_every, part=self.part
+        )
         for _ in range(skip_batches):
             next(batches, None)
         yield from zip(prefetch(batches, self.device), sizes)

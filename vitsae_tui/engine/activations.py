@@ -26,8 +26,17 @@ from vitsae_tui.engine.activation_store import MANIFEST_VERSION, StoreError, val
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report, Started, progress_callback
-from vitsae_tui.engine.stages import StageError, stage_failed
+from vitsae_tui.engine.errors import StageError, stage_failed
+from vitsae_tui.engine.events import (
+    ArtifactWritten,
+    Finished,
+    Log,
+    Progress,
+    RateMeter,
+    Report,
+    Started,
+    progress_callback,
+)
 from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
@@ -183,7 +192,9 @@ class _ShardWriter:
             "sumsq": np.zeros(self.d_model, dtype=np.float64),
         }
 
-    def _write_batch(self, shard, acts: np.ndarray, images_u8: torch.Tensor, table: list[dict], concepts: np.ndarray | None) -> None:
+    def _write_batch(
+        self, shard, acts: np.ndarray, images_u8: torch.Tensor, table: list[dict], concepts: np.ndarray | None
+    ) -> None:
         n = acts.shape[0]  # acts: (n_images, tokens, d) float32; statistics are of the stored (rounded) values
         start = shard["filled"]
         rows = acts.reshape(-1, self.d_model)
@@ -201,7 +212,10 @@ class _ShardWriter:
         stem = shard["stem"]
         n_images = shard["filled"]
         files = {"acts": f"{stem}.npy", "thumbs": f"{stem}.thumbs.npy"}
-        for key, tmp, n in (("acts", shard["acts_tmp"], n_images * self.tokens_per_image), ("thumbs", shard["thumbs_tmp"], n_images)):
+        for key, tmp, n in (
+            ("acts", shard["acts_tmp"], n_images * self.tokens_per_image),
+            ("thumbs", shard["thumbs_tmp"], n_images),
+        ):
             array = shard.pop(key)
             if len(array) != n:  # unreadable images left the planned shard short: store exactly what was filled
                 atomic_save_npy(self.set_dir / files[key], np.array(array[:n]))
@@ -219,15 +233,17 @@ class _ShardWriter:
         shards = self.manifest["shards"]
         row_start = shards[-1]["rows"][1] if shards else 0
         image_start = shards[-1]["images"][1] if shards else 0
-        shards.append({
-            "files": files,
-            "rows": [row_start, row_start + n_images * self.tokens_per_image],
-            "images": [image_start, image_start + n_images],
-            "selected_end": selected_end,
-            "skipped": skipped,
-            "sum": shard["sum"].tolist(),
-            "sumsq": shard["sumsq"].tolist(),
-        })
+        shards.append(
+            {
+                "files": files,
+                "rows": [row_start, row_start + n_images * self.tokens_per_image],
+                "images": [image_start, image_start + n_images],
+                "selected_end": selected_end,
+                "skipped": skipped,
+                "sum": shard["sum"].tolist(),
+                "sumsq": shard["sumsq"].tolist(),
+            }
+        )
         self.manifest["images"].extend(shard["images"])
         _update_totals(self.manifest)
         # the manifest names the shard only now that every file of it is complete on disk
@@ -343,12 +359,22 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
     start_position = manifest["shards"][-1]["selected_end"] if manifest["shards"] else 0
     remove_partial_writes(set_dir)  # the half-written shard of a killed run
     if start_position:
-        report(Log(STAGE, f"resuming activations/{name} after {len(manifest['shards'])} complete shard(s), "
-                          f"{manifest['n_images']} images"))
+        report(
+            Log(
+                STAGE,
+                f"resuming activations/{name} after {len(manifest['shards'])} complete shard(s), "
+                f"{manifest['n_images']} images",
+            )
+        )
     write_status(set_dir, "running", message="")
     report(ArtifactWritten(STAGE, str(set_dir), "activation set (collecting)"))
-    report(Log(STAGE, f"collecting {hook} of models/{manifest['provenance']['model_run']} on {device}: "
-                      f"{len(selected)} {data.dataset} images → activations/{name}"))
+    report(
+        Log(
+            STAGE,
+            f"collecting {hook} of models/{manifest['provenance']['model_run']} on {device}: "
+            f"{len(selected)} {data.dataset} images → activations/{name}",
+        )
+    )
 
     tokens_per_image = manifest["tokens_per_image"]
     writer = _ShardWriter(set_dir, manifest, tokens_per_image, manifest["d_model"], cfg.dtype)
@@ -379,8 +405,10 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
                     take = min(len(images), cfg.shard_images - in_shard)
                     acts = _forward(model, images[:take], hook, device, cfg.bf16)
                     indices = selected[positions[:take]]
-                    table = [{"source": dataset.source(int(i)), "label": int(l), "index": int(i)}
-                             for i, l in zip(indices, labels[:take])]
+                    table = [
+                        {"source": dataset.source(int(i)), "label": int(l), "index": int(i)}
+                        for i, l in zip(indices, labels[:take])
+                    ]
                     concepts = concept_maps[indices] if concept_maps is not None else None
                     writer.put(("batch", acts, images[:take], table, concepts))
                     images, labels, positions = images[take:], labels[take:], positions[take:]
@@ -393,7 +421,11 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
                 now = time.perf_counter()
                 if now - last_progress >= PROGRESS_EVERY_S:
                     last_progress = now
-                    report(Progress(STAGE, images_done, len(selected), "images", meter.elapsed_s, meter.update(images_done)))
+                    report(
+                        Progress(
+                            STAGE, images_done, len(selected), "images", meter.elapsed_s, meter.update(images_done)
+                        )
+                    )
                 if stop.is_set():
                     stopped = True
                     break
@@ -408,10 +440,14 @@ def _collect(cfg, ws, data, model, hook, device, set_dir, manifest, report, stop
     manifest = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
     if not stopped:
         sealed_end = manifest["shards"][-1]["selected_end"] if manifest["shards"] else 0
-        manifest["skipped_images"] += sum(1 for p in bad_positions if p >= sealed_end)  # unreadable ones after the last shard
+        manifest["skipped_images"] += sum(
+            1 for p in bad_positions if p >= sealed_end
+        )  # unreadable ones after the last shard
         if manifest["n_images"] == 0:
-            raise StageError(f"none of the {len(selected)} images of {data.dataset} ({cfg.split}) could be decoded; "
-                             f"check that the folder holds readable JPEG/PNG files")
+            raise StageError(
+                f"none of the {len(selected)} images of {data.dataset} ({cfg.split}) could be decoded; "
+                f"check that the folder holds readable JPEG/PNG files"
+            )
         manifest["complete"] = True
         atomic_write_json(set_dir / "manifest.json", manifest)
     summary = _summary(manifest, set_dir)
@@ -444,8 +480,10 @@ def _forward(model, images_u8: torch.Tensor, hook: str, device, bf16: bool) -> n
         acts = model.run_to(normalize(images_u8.to(device, non_blocking=True)), hook)  # (B, T, d)
     acts = acts.float().cpu().numpy()
     if not np.isfinite(acts).all():
-        raise StageError(f"the model produced NaN or infinite activations at {hook}; nothing non-finite is stored: "
-                         f"collect from another checkpoint or retrain the model")
+        raise StageError(
+            f"the model produced NaN or infinite activations at {hook}; nothing non-finite is stored: "
+            f"collect from another checkpoint or retrain the model"
+        )
     return acts
 
 
@@ -454,8 +492,12 @@ def _size_on_disk(set_dir: Path) -> int:
 
 
 def _summary(manifest: dict[str, Any], set_dir: Path) -> dict[str, Any]:
-    return {"images": manifest["n_images"], "tokens": manifest["n_tokens"], "d_model": manifest["d_model"],
-            "dtype": manifest["dtype"], "shards": len(manifest["shards"]), "skipped_images": manifest["skipped_images"],
-            "bytes_on_disk": _size_on_disk(set_dir)}
-
-
+    return {
+        "images": manifest["n_images"],
+        "tokens": manifest["n_tokens"],
+        "d_model": manifest["d_model"],
+        "dtype": manifest["dtype"],
+        "shards": len(manifest["shards"]),
+        "skipped_images": manifest["skipped_images"],
+        "bytes_on_disk": _size_on_disk(set_dir),
+    }

@@ -20,7 +20,9 @@ def overlay(image_rgb: np.ndarray, heat: np.ndarray, size: int, vmax: float | No
     return Image.fromarray((dimmed * (1 - weight) + base * weight).round().astype(np.uint8))
 
 
-def draw_grid(image: Image.Image, grid: int, cursor: int | None = None, colour=(255, 255, 255), lines: bool = True) -> Image.Image:
+def draw_grid(
+    image: Image.Image, grid: int, cursor: int | None = None, colour=(255, 255, 255), lines: bool = True
+) -> Image.Image:
     """Token-grid lines (faint, unless `lines` is False) and an outline drawn around (never over) the selected patch."""
     image = image.copy()
     draw = ImageDraw.Draw(image, "RGBA")
@@ -77,14 +79,25 @@ def feature_card(index, feature: int, path: Path, columns: int = 4, rows: int = 
     density = index.arrays["density"][feature]
     label = index.label(feature)
     title_font, text_font, caption_font = _font(22), _font(14), _font(13)
-    draw.text((8, 6), _fit(draw, f"feature {feature}" + (f" - {label}" if label else ""), title_font, width - 16),
-              fill=(255, 255, 255), font=title_font)
+    draw.text(
+        (8, 6),
+        _fit(draw, f"feature {feature}" + (f" - {label}" if label else ""), title_font, width - 16),
+        fill=(255, 255, 255),
+        font=title_font,
+    )
     promoted, suppressed = index.class_effect(feature, 2)
-    lines = [f"density {density:.2e} | max {index.arrays['max_activation'][feature]:.3g} | mean {index.arrays['mean_activation'][feature]:.3g}",
-             "promotes " + ", ".join(f"{n} {v:+.2f}" for n, v in promoted) + " | suppresses " + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed)]
+    lines = [
+        f"density {density:.2e} | max {index.arrays['max_activation'][feature]:.3g} | mean {index.arrays['mean_activation'][feature]:.3g}",
+        "promotes "
+        + ", ".join(f"{n} {v:+.2f}" for n, v in promoted)
+        + " | suppresses "
+        + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed),
+    ]
     concepts = index.matched_concepts.get(feature, [])
     if concepts:
-        lines.append("best feature for " + ", ".join(f"{c['concept']} (AUROC {c['feature_auroc']:.2f})" for c in concepts))
+        lines.append(
+            "best feature for " + ", ".join(f"{c['concept']} (AUROC {c['feature_auroc']:.2f})" for c in concepts)
+        )
     for i, line in enumerate(lines):
         draw.text((8, 36 + 18 * i), _fit(draw, line, text_font, width - 16), fill=(200, 200, 210), font=text_font)
     vmax = float(index.arrays["max_activation"][feature]) or None
@@ -99,21 +112,34 @@ def feature_card(index, feature: int, path: Path, columns: int = 4, rows: int = 
     return Path(path)
 
 
-def image_card(index, image: int, path: Path, feature: int | None = None, token: int | None = None, size: int = 448) -> Path:
+def image_card(
+    index, image: int, path: Path, feature: int | None = None, token: int | None = None, size: int = 448
+) -> Path:
     """A PNG of one image with the token grid, the selected patch and (optionally) a feature's heatmap."""
     thumb = index.store.thumbnail(image)
     if feature is None:
         picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
     else:
-        picture = overlay(thumb, index.heatmap(image, feature), size, float(index.arrays["max_activation"][feature]) or None)
+        picture = overlay(
+            thumb, index.heatmap(image, feature), size, float(index.arrays["max_activation"][feature]) or None
+        )
     picture = draw_grid(picture, index.store.manifest["grid"][0], token)
     caption = 28
     card = Image.new("RGB", (size, size + caption), (18, 18, 24))
     card.paste(picture, (0, 0))
-    text = f"image {image}" + (f" | patch {token}" if token is not None else "") + (f" | feature {feature}" if feature is not None else "")
+    text = (
+        f"image {image}"
+        + (f" | patch {token}" if token is not None else "")
+        + (f" | feature {feature}" if feature is not None else "")
+    )
     label = index.label(feature) if feature is not None else ""
     draw = ImageDraw.Draw(card)
     font = _font(14)
-    draw.text((6, size + 6), _fit(draw, text + (f" - {label}" if label else ""), font, size - 12), fill=(220, 220, 230), font=font)
+    draw.text(
+        (6, size + 6),
+        _fit(draw, text + (f" - {label}" if label else ""), font, size - 12),
+        fill=(220, 220, 230),
+        font=font,
+    )
     card.save(path, "PNG")
     return Path(path)

@@ -44,7 +44,9 @@ def top_precision_matrix(scores: np.ndarray, positives: np.ndarray, k: int) -> n
     return positives[top].mean(axis=0).astype(np.float64) if k else np.zeros((scores.shape[1], positives.shape[1]))
 
 
-def probe_auroc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, steps: int = 200) -> float:
+def probe_auroc(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, steps: int = 200
+) -> float:
     """Held-out AUROC of a logistic-regression probe (the supervised ceiling for one concept)."""
     if y_train.all() or not y_train.any():
         return math.nan
@@ -58,7 +60,10 @@ def probe_auroc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt, pos_weight=pos_weight) + 1e-3 * w.pow(2).sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt, pos_weight=pos_weight)
+            + 1e-3 * w.pow(2).sum()
+        )
         loss.backward()
         return loss
 
@@ -68,8 +73,14 @@ def probe_auroc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     return auroc(scores, y_test)
 
 
-def concept_recovery(x_raw: np.ndarray, feature_acts: np.ndarray, concepts: np.ndarray, names: list[str],
-                     top_tokens: np.ndarray, token_concepts_all: np.ndarray) -> list[dict[str, Any]]:
+def concept_recovery(
+    x_raw: np.ndarray,
+    feature_acts: np.ndarray,
+    concepts: np.ndarray,
+    names: list[str],
+    top_tokens: np.ndarray,
+    token_concepts_all: np.ndarray,
+) -> list[dict[str, Any]]:
     """Per concept: best SAE feature AUROC, best neuron AUROC (either sign), probe ceiling, precision of top examples.
 
     x_raw (N, d), feature_acts (N, F), concepts (N, n_concepts) bool for the same sampled tokens;
@@ -91,18 +102,20 @@ def concept_recovery(x_raw: np.ndarray, feature_acts: np.ndarray, concepts: np.n
         feature_scores, neuron_scores = feature_aurocs[:, c], neuron_aurocs[:, c]
         best = int(np.nanargmax(feature_scores))
         tops = top_tokens[best][top_tokens[best] >= 0]
-        results.append({
-            "concept": name,
-            "prevalence": float(positive.mean()),
-            "feature": best,
-            "feature_auroc": float(feature_scores[best]),
-            "neuron": int(np.nanargmax(neuron_scores)),
-            "neuron_auroc": float(np.nanmax(neuron_scores)),
-            "probe_auroc": probe_auroc(x_raw[split], positive[split], x_raw[~split], positive[~split]),
-            "top_precision": float(token_concepts_all[tops, c].mean()) if len(tops) else math.nan,
-            # monosemanticity, which AUROC (favouring dense scores) misses: the purest top-k of any feature vs neuron
-            "best_feature_precision": float(feature_precision[:, c].max()),
-            "best_feature_by_precision": int(feature_precision[:, c].argmax()),
-            "best_neuron_precision": float(neuron_precision[:, c].max()),
-        })
+        results.append(
+            {
+                "concept": name,
+                "prevalence": float(positive.mean()),
+                "feature": best,
+                "feature_auroc": float(feature_scores[best]),
+                "neuron": int(np.nanargmax(neuron_scores)),
+                "neuron_auroc": float(np.nanmax(neuron_scores)),
+                "probe_auroc": probe_auroc(x_raw[split], positive[split], x_raw[~split], positive[~split]),
+                "top_precision": float(token_concepts_all[tops, c].mean()) if len(tops) else math.nan,
+                # monosemanticity, which AUROC (favouring dense scores) misses: the purest top-k of any feature vs neuron
+                "best_feature_precision": float(feature_precision[:, c].max()),
+                "best_feature_by_precision": int(feature_precision[:, c].argmax()),
+                "best_neuron_precision": float(neuron_precision[:, c].max()),
+            }
+        )
     return results

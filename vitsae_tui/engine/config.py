@@ -15,8 +15,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from vitsae_tui.engine.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or value that cannot be used; the message says what to fix."""
 
 
@@ -68,10 +70,14 @@ class ModelConfig:
     """add learned position embeddings to the tokens (off in the reference)"""
 
     def validate(self) -> None:
-        _check(len(self.conv_channels) == 5 and all(c >= 2 and c % 2 == 0 for c in self.conv_channels),
-               "conv_channels must be 5 even numbers (the grouped convolutions split them in two)")
+        _check(
+            len(self.conv_channels) == 5 and all(c >= 2 and c % 2 == 0 for c in self.conv_channels),
+            "conv_channels must be 5 even numbers (the grouped convolutions split them in two)",
+        )
         _check(self.n_layer >= 1 and self.n_head >= 1, "n_layer and n_head must be at least 1")
-        _check(self.n_embd % self.n_head == 0, f"the token width {self.n_embd} must be divisible by n_head {self.n_head}")
+        _check(
+            self.n_embd % self.n_head == 0, f"the token width {self.n_embd} must be divisible by n_head {self.n_head}"
+        )
         _check(self.image_size == 224, "image_size must be 224: the AlexNet stem needs it for a real 6x6 grid")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(self.grid_size >= 1 and self.n_classes >= 2, "grid_size must be >= 1 and n_classes >= 2")
@@ -206,16 +212,22 @@ class SAETrainConfig:
     """keep the whole set on the device: 'auto' (when it fits), 'yes' or 'no' (stream with prefetch)"""
 
     def validate(self) -> None:
-        _check(self.expansion >= 1 and self.batch_size >= 1 and self.tokens >= self.batch_size,
-               "expansion and batch_size must be >= 1 and tokens at least one batch")
-        _check(self.l0_coeff >= 0 and self.bandwidth > 0 and self.theta_init > 0 and self.lr > 0,
-               "l0_coeff must be >= 0; bandwidth, theta_init and lr must be positive")
+        _check(
+            self.expansion >= 1 and self.batch_size >= 1 and self.tokens >= self.batch_size,
+            "expansion and batch_size must be >= 1 and tokens at least one batch",
+        )
+        _check(
+            self.l0_coeff >= 0 and self.bandwidth > 0 and self.theta_init > 0 and self.lr > 0,
+            "l0_coeff must be >= 0; bandwidth, theta_init and lr must be positive",
+        )
         _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "Adam betas must be in [0, 1)")
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "l0_warmup_fraction"):
             _check(0 <= getattr(self, name) <= 1, f"{name} must be between 0 and 1")
         _check(self.heldout_every >= 2, "heldout_every must be at least 2")
-        _check(min(self.log_every, self.eval_every, self.checkpoint_every, self.dead_window_tokens) >= 1,
-               "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1")
+        _check(
+            min(self.log_every, self.eval_every, self.checkpoint_every, self.dead_window_tokens) >= 1,
+            "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1",
+        )
         _check(self.resident in ("auto", "yes", "no"), "resident must be 'auto', 'yes' or 'no'")
 
     @property
@@ -286,9 +298,7 @@ def _coerce(value, annotation, where: str):
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{where} must be an integer, not a boolean; fix or delete the file")
     if annotation in (int, float, str, bool) and not isinstance(value, annotation):
-        raise ConfigError(
-            f"{where} must be {annotation.__name__}, not {type(value).__name__}; fix or delete the file"
-        )
+        raise ConfigError(f"{where} must be {annotation.__name__}, not {type(value).__name__}; fix or delete the file")
     return value
 
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from vitsae_tui.engine import synthetic
 from vitsae_tui.engine.config import DataConfig
+from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +33,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 RESIZE_TO = 256
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset that cannot be used; the message says what to do."""
 
 
@@ -72,7 +73,9 @@ def to_model_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
     """Resize the short side to 256/224*size (antialiased) and centre-crop size x size: (size, size, 3) uint8."""
     short = round(RESIZE_TO * size / 224)
     scale = short / min(image.width, image.height)
-    resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BICUBIC)
+    resized = image.resize(
+        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BICUBIC
+    )
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
@@ -128,7 +131,11 @@ class SyntheticDataset(ImageDataset):
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index_tensor = torch.from_numpy(indices)
-        return self.images_u8[index_tensor], torch.from_numpy(self._labels[indices]), torch.ones(len(indices), dtype=torch.bool)
+        return (
+            self.images_u8[index_tensor],
+            torch.from_numpy(self._labels[indices]),
+            torch.ones(len(indices), dtype=torch.bool),
+        )
 
     def source(self, index: int) -> str:
         return f"synthetic:seed={self.seed}:{self.split}:{index}"
@@ -215,7 +222,9 @@ def _draw_parallel(seed: int, start: int, count: int, progress: DrawProgress | N
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
-def load_synthetic(ws: Workspace, cfg: DataConfig, split: str, progress: DrawProgress | None = None) -> SyntheticDataset:
+def load_synthetic(
+    ws: Workspace, cfg: DataConfig, split: str, progress: DrawProgress | None = None
+) -> SyntheticDataset:
     """The synthetic split, drawn on first use and then read from the workspace cache."""
     cache = _synthetic_cache(ws, cfg)
     files = [cache / f"{split}-{part}.npy" for part in ("images", "labels", "concepts")]
@@ -226,7 +235,9 @@ def load_synthetic(ws: Workspace, cfg: DataConfig, split: str, progress: DrawPro
         arrays = _draw_parallel(cfg.data_seed, start, count, progress)
         for path, array in zip(files, arrays):
             atomic_save_npy(path, array)
-        atomic_write_text(cache / "README.json", json.dumps({"generator": "vitsae-tui synthetic v1", "concepts": synthetic.CONCEPTS}))
+        atomic_write_text(
+            cache / "README.json", json.dumps({"generator": "vitsae-tui synthetic v1", "concepts": synthetic.CONCEPTS})
+        )
     try:
         images, labels, concepts = (np.load(f, allow_pickle=False) for f in files)
     except (OSError, ValueError):
@@ -236,6 +247,7 @@ def load_synthetic(ws: Workspace, cfg: DataConfig, split: str, progress: DrawPro
 
 def _scan_folder(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
     """Class sub-folders give labels; a flat folder of images gives unlabelled items (label -1)."""
+
     def images_in(folder: Path) -> list[str]:
         found = []
         for dirpath, _dirs, names in os.walk(folder, followlinks=False):

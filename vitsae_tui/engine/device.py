@@ -6,8 +6,10 @@ import contextlib
 
 import torch
 
+from vitsae_tui.engine.errors import UserError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(UserError, RuntimeError):
     """A requested device that this machine does not have."""
 
 

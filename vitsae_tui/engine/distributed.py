@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.stages import StageError, stage_failed, user_message
+from vitsae_tui.engine.errors import StageError, stage_failed, user_message
 
 # a rank that waits longer than this for the others gives up (a dead peer usually fails the collective at once)
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
@@ -51,8 +51,10 @@ class Ranks:
 
     def check_divisible(self, batch_size: int) -> None:
         if batch_size % self.world_size:
-            raise StageError(f"the batch size {batch_size} is the global batch and must divide evenly over "
-                             f"{self.world_size} processes; pick a multiple of {self.world_size}")
+            raise StageError(
+                f"the batch size {batch_size} is the global batch and must divide evenly over "
+                f"{self.world_size} processes; pick a multiple of {self.world_size}"
+            )
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks in place (a no-op on one process)."""
@@ -116,12 +118,16 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(error).__name__
 
 
-def stage_failed_on_rank(stage: str, error: BaseException, report, run_dir: Path | None, ranks: Ranks | None) -> StageError:
+def stage_failed_on_rank(
+    stage: str, error: BaseException, report, run_dir: Path | None, ranks: Ranks | None
+) -> StageError:
     """stage_failed as a rank sees it: only rank 0 marks the run, and a lost peer's message says how to resume."""
     message = None
     if isinstance(error, RankLost) and run_dir is not None:
-        message = (f"{error}; {run_dir.parent.name}/{run_dir.name} keeps its last checkpoint: resume it with --resume "
-                   f"{run_dir.name} on any number of processes")
+        message = (
+            f"{error}; {run_dir.parent.name}/{run_dir.name} keeps its last checkpoint: resume it with --resume "
+            f"{run_dir.name} on any number of processes"
+        )
     main = ranks is None or ranks.is_main
     return stage_failed(stage, error, report, run_dir if main else None, message)
 
@@ -144,12 +150,16 @@ def setup(device_name: str) -> Ranks:
     device = pick_device(device_name)
     if device.type == "cuda":
         if device.index is None and local_rank >= torch.cuda.device_count():
-            raise StageError(f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); "
-                             f"start at most {torch.cuda.device_count()} processes per node")
+            raise StageError(
+                f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible); "
+                f"start at most {torch.cuda.device_count()} processes per node"
+            )
         device = torch.device("cuda", local_rank) if device.index is None else device
         torch.cuda.set_device(device)
     elif device.type == "mps":
-        raise StageError("torchrun needs CUDA (NCCL) or the CPU (gloo); pass --device cpu or run a single process on mps")
+        raise StageError(
+            "torchrun needs CUDA (NCCL) or the CPU (gloo); pass --device cpu or run a single process on mps"
+        )
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Ranks(rank, world_size, device)
@@ -211,11 +221,11 @@ def sync_batchnorm(model: nn.Module, ranks: Ranks) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, module in list(model.named_children()):
         if type(module) is nn.BatchNorm2d:
-            replacement = DistributedBatchNorm2d(module.num_features, module.eps, module.momentum,
-                                                 module.affine, module.track_running_stats).to(ranks.device)
+            replacement = DistributedBatchNorm2d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            ).to(ranks.device)
             replacement.load_state_dict(module.state_dict())
             setattr(model, name, replacement)
         else:
             sync_batchnorm(module, ranks)
     return model
-

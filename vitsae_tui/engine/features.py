@@ -24,8 +24,8 @@ import torch
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError
 from vitsae_tui.engine.concepts import TOP_K, concept_recovery
 from vitsae_tui.engine.device import pick_device
+from vitsae_tui.engine.errors import StageError, stage_failed
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
-from vitsae_tui.engine.stages import StageError, stage_failed
 from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.train_sae import load_sae
 from vitsae_tui.engine.workspace import (
@@ -82,13 +82,28 @@ class _Accumulators:
     @classmethod
     def empty(cls, d_sae: int, n_classes: int, device) -> _Accumulators:
         z = lambda *s, dt=torch.float32, v=0.0: torch.full(s, v, dtype=dt, device=device)  # noqa: E731
-        return cls(z(d_sae, dt=torch.int64), z(d_sae, dt=torch.float64), z(d_sae), z(d_sae, len(HIST_BINS) - 1, dt=torch.int64),
-                   z(d_sae, TOP_K), z(d_sae, TOP_K, dt=torch.int64, v=-1), z(d_sae, RESERVOIR, v=math.inf),
-                   z(d_sae, RESERVOIR), z(d_sae, RESERVOIR, dt=torch.int64, v=-1), z(d_sae, max(n_classes, 1), dt=torch.int64))
+        return cls(
+            z(d_sae, dt=torch.int64),
+            z(d_sae, dt=torch.float64),
+            z(d_sae),
+            z(d_sae, len(HIST_BINS) - 1, dt=torch.int64),
+            z(d_sae, TOP_K),
+            z(d_sae, TOP_K, dt=torch.int64, v=-1),
+            z(d_sae, RESERVOIR, v=math.inf),
+            z(d_sae, RESERVOIR),
+            z(d_sae, RESERVOIR, dt=torch.int64, v=-1),
+            z(d_sae, max(n_classes, 1), dt=torch.int64),
+        )
 
 
-def _accumulate(acc: _Accumulators, f: torch.Tensor, first_token: int, token_labels: torch.Tensor,
-                threshold: torch.Tensor, generator: torch.Generator) -> None:
+def _accumulate(
+    acc: _Accumulators,
+    f: torch.Tensor,
+    first_token: int,
+    token_labels: torch.Tensor,
+    threshold: torch.Tensor,
+    generator: torch.Generator,
+) -> None:
     """Fold one batch of feature activations f (B, F) into the accumulators."""
     B = f.shape[0]
     token_ids = torch.arange(first_token, first_token + B, device=f.device)
@@ -104,8 +119,9 @@ def _accumulate(acc: _Accumulators, f: torch.Tensor, first_token: int, token_lab
     cand_values, cand_rows = torch.topk(f.t(), k, dim=1)
     cand_values = torch.where(cand_values > 0, cand_values, torch.zeros_like(cand_values))
     cand_tokens = torch.where(cand_values > 0, token_ids[cand_rows], torch.full_like(cand_rows, -1))
-    acc.top_values, acc.top_tokens = merge_top(torch.cat([acc.top_values, cand_values], 1),
-                                               torch.cat([acc.top_tokens, cand_tokens], 1), TOP_K)
+    acc.top_values, acc.top_tokens = merge_top(
+        torch.cat([acc.top_values, cand_values], 1), torch.cat([acc.top_tokens, cand_tokens], 1), TOP_K
+    )
     keys = torch.full_like(f, math.inf)
     keys[rows, cols] = torch.rand(len(rows), generator=generator, device="cpu").to(f.device)
     r = min(RESERVOIR, B)
@@ -114,7 +130,11 @@ def _accumulate(acc: _Accumulators, f: torch.Tensor, first_token: int, token_lab
     all_values = torch.cat([acc.sample_values, f.t().gather(1, key_rows)], 1)
     all_tokens = torch.cat([acc.sample_tokens, torch.where(torch.isinf(new_keys), -1, token_ids[key_rows])], 1)
     keep = torch.topk(all_keys, RESERVOIR, dim=1, largest=False).indices
-    acc.sample_keys, acc.sample_values, acc.sample_tokens = all_keys.gather(1, keep), all_values.gather(1, keep), all_tokens.gather(1, keep)
+    acc.sample_keys, acc.sample_values, acc.sample_tokens = (
+        all_keys.gather(1, keep),
+        all_values.gather(1, keep),
+        all_tokens.gather(1, keep),
+    )
     labelled = token_labels >= 0
     if labelled.any():
         onehot = torch.nn.functional.one_hot(token_labels[labelled], acc.class_counts.shape[1]).float()
@@ -127,9 +147,16 @@ class IndexResult:
     summary: dict[str, Any]
 
 
-def build_index(ws: Workspace, sae_run: str, report: Report, stop: threading.Event, activations: str | None = None,
-                device: str = "auto", checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-                images_per_batch: int = IMAGES_PER_BATCH) -> IndexResult:
+def build_index(
+    ws: Workspace,
+    sae_run: str,
+    report: Report,
+    stop: threading.Event,
+    activations: str | None = None,
+    device: str = "auto",
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    images_per_batch: int = IMAGES_PER_BATCH,
+) -> IndexResult:
     """Index one SAE over an activation set (default: the set it was trained on) into features/<name>/."""
     index_dir: Path | None = None
     try:
@@ -138,22 +165,35 @@ def build_index(ws: Workspace, sae_run: str, report: Report, stop: threading.Eve
         set_name = activations or meta["activations"]
         store = ActivationStore(ws.run_dir("activations", set_name))
         if store.d_model != meta["d_in"] or store.hook != meta["hook"]:
-            raise StageError(f"saes/{sae_run} reads {meta['hook']} with d_model {meta['d_in']}, but activations/{set_name} "
-                             f"holds {store.hook} with d_model {store.d_model}; pick a matching set")
+            raise StageError(
+                f"saes/{sae_run} reads {meta['hook']} with d_model {meta['d_in']}, but activations/{set_name} "
+                f"holds {store.hook} with d_model {store.d_model}; pick a matching set"
+            )
         name = index_name(sae_run, set_name, meta["activations"])
         if not RUN_NAME.match(name):
             raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
         index_dir = ws.kind_dir("features") / name
-        return _build(ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device), checkpoint_every_s,
-                      images_per_batch)
+        return _build(
+            ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device), checkpoint_every_s, images_per_batch
+        )
     except (StageError, StoreError, WorkspaceError, RuntimeError, OSError, ValueError, KeyError) as e:
         message = f"saes/{sae_run}/meta.json lacks {e}; retrain the SAE" if isinstance(e, KeyError) else None
         # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
         raise stage_failed(STAGE, e, report, index_dir, message, mark_run=False) from e
 
 
-def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dict, report: Report, stop, device,
-           checkpoint_every_s: float, images_per_batch: int) -> IndexResult:
+def _build(
+    ws,
+    sae_dir: Path,
+    store: ActivationStore,
+    index_dir: Path,
+    meta: dict,
+    report: Report,
+    stop,
+    device,
+    checkpoint_every_s: float,
+    images_per_batch: int,
+) -> IndexResult:
     sae = load_sae(sae_dir, device)
     labels = store.labels()
     n_classes = len(store.class_names) or int(labels.max(initial=-1) + 1)
@@ -164,19 +204,30 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
     meter = RateMeter()
     # the streaming pass checkpoints itself: a stopped or killed index continues where it was
     pass_path = index_dir.parent / f".{index_dir.name}.pass.pt"
-    identity = {"sae_sha256": file_sha256(sae_dir / "sae.safetensors"), "activations": store.path.name,
-                "n_images": store.n_images, "images_per_batch": images_per_batch}
+    identity = {
+        "sae_sha256": file_sha256(sae_dir / "sae.safetensors"),
+        "activations": store.path.name,
+        "n_images": store.n_images,
+        "images_per_batch": images_per_batch,
+    }
     remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
     start = _resume_pass(pass_path, identity, acc, generator, device)
     if start:
         report(Log(STAGE, f"continuing the index pass at image {start} of {store.n_images}"))
-    report(Log(STAGE, f"indexing saes/{sae_dir.name} over activations/{store.path.name} on {device}: "
-                      f"{store.n_images} images, {sae.d_sae} features"))
+    report(
+        Log(
+            STAGE,
+            f"indexing saes/{sae_dir.name} over activations/{store.path.name} on {device}: "
+            f"{store.n_images} images, {sae.d_sae} features",
+        )
+    )
     last_progress, last_checkpoint = 0.0, time.perf_counter()
     with torch.no_grad():
         for start in range(start, store.n_images, images_per_batch):
             end = min(start + images_per_batch, store.n_images)
-            x = torch.from_numpy(np.concatenate([store.image(i) for i in range(start, end)]).astype(np.float32)).to(device)
+            x = torch.from_numpy(np.concatenate([store.image(i) for i in range(start, end)]).astype(np.float32)).to(
+                device
+            )
             f = sae.encode_raw(x)
             token_labels = torch.from_numpy(np.repeat(labels[start:end], T)).to(device)
             _accumulate(acc, f, start * T, token_labels, threshold, generator)
@@ -200,7 +251,9 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
         "top_tokens": acc.top_tokens.cpu().numpy(),
         "class_counts": acc.class_counts.cpu().numpy(),
     }
-    arrays["band_values"], arrays["band_tokens"] = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
+    arrays["band_values"], arrays["band_tokens"] = _bands(
+        acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy()
+    )
     if stop.is_set():
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
@@ -221,21 +274,38 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
     for key, array in arrays.items():
         atomic_save_npy(tmp / f"{key}.npy", array)
     summary = {
-        "features": sae.d_sae, "alive": int((arrays["density"] > 0).sum()), "tokens": n_tokens,
+        "features": sae.d_sae,
+        "alive": int((arrays["density"] > 0).sum()),
+        "tokens": n_tokens,
         "concepts": len(concepts),
         "mean_feature_auroc": float(np.mean([c["feature_auroc"] for c in concepts])) if concepts else None,
         "mean_neuron_auroc": float(np.mean([c["neuron_auroc"] for c in concepts])) if concepts else None,
         "mean_probe_auroc": float(np.nanmean([c["probe_auroc"] for c in concepts])) if concepts else None,
         "mean_top_precision": float(np.nanmean([c["top_precision"] for c in concepts])) if concepts else None,
-        "mean_best_feature_precision": float(np.mean([c["best_feature_precision"] for c in concepts])) if concepts else None,
-        "mean_best_neuron_precision": float(np.mean([c["best_neuron_precision"] for c in concepts])) if concepts else None,
+        "mean_best_feature_precision": float(np.mean([c["best_feature_precision"] for c in concepts]))
+        if concepts
+        else None,
+        "mean_best_neuron_precision": float(np.mean([c["best_neuron_precision"] for c in concepts]))
+        if concepts
+        else None,
     }
     atomic_write_json(tmp / "concepts.json", concepts)
-    atomic_write_json(tmp / "index.json", {
-        "version": INDEX_VERSION, "sae_run": sae_dir.name, "sae_sha256": file_sha256(sae_dir / "sae.safetensors"),
-        "activations": store.path.name, "hook": store.hook, "d_sae": sae.d_sae, "top_k": TOP_K,
-        "hist_log2_edges": HIST_BINS.tolist(), "class_names": store.class_names, "summary": summary, "complete": True,
-    })
+    atomic_write_json(
+        tmp / "index.json",
+        {
+            "version": INDEX_VERSION,
+            "sae_run": sae_dir.name,
+            "sae_sha256": file_sha256(sae_dir / "sae.safetensors"),
+            "activations": store.path.name,
+            "hook": store.hook,
+            "d_sae": sae.d_sae,
+            "top_k": TOP_K,
+            "hist_log2_edges": HIST_BINS.tolist(),
+            "class_names": store.class_names,
+            "summary": summary,
+            "complete": True,
+        },
+    )
     labels_path = index_dir / "labels.json"
     if labels_path.exists():
         shutil.copy2(labels_path, tmp / "labels.json")  # a researcher's labels survive re-indexing
@@ -253,15 +323,27 @@ def _build(ws, sae_dir: Path, store: ActivationStore, index_dir: Path, meta: dic
 
 
 def _stopped(index_dir: Path, report: Report, where: str = "after the pass") -> IndexResult:
-    report(Log(STAGE, f"stopped {where}; the same command continues from there (an earlier index stays as it was)",
-               "warning"))
+    report(
+        Log(
+            STAGE,
+            f"stopped {where}; the same command continues from there (an earlier index stays as it was)",
+            "warning",
+        )
+    )
     report(Finished(STAGE, str(index_dir), {}, stopped=True))
     return IndexResult(index_dir, {})
 
 
 def _save_pass(path: Path, identity: dict, next_image: int, acc: _Accumulators, generator: torch.Generator) -> None:
-    atomic_torch_save(path, {**identity, "next_image": next_image, "generator": generator.get_state(),
-                             "acc": {k: v.cpu() for k, v in vars(acc).items()}})
+    atomic_torch_save(
+        path,
+        {
+            **identity,
+            "next_image": next_image,
+            "generator": generator.get_state(),
+            "acc": {k: v.cpu() for k, v in vars(acc).items()},
+        },
+    )
 
 
 def _resume_pass(path: Path, identity: dict, acc: _Accumulators, generator: torch.Generator, device) -> int:
@@ -282,7 +364,9 @@ def _resume_pass(path: Path, identity: dict, acc: _Accumulators, generator: torc
         return 0  # a damaged pass is only lost work
 
 
-def _bands(values: np.ndarray, tokens: np.ndarray, n_bands: int = 4, per_band: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def _bands(
+    values: np.ndarray, tokens: np.ndarray, n_bands: int = 4, per_band: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """From each feature's uniform reservoir of firings, `per_band` examples from each activation quantile band."""
     F = values.shape[0]
     out_v = np.zeros((F, n_bands, per_band), dtype=np.float32)
@@ -294,7 +378,11 @@ def _bands(values: np.ndarray, tokens: np.ndarray, n_bands: int = 4, per_band: i
             continue
         order = np.argsort(-v, kind="stable")
         for band, chunk in enumerate(np.array_split(order, n_bands)):
-            pick = chunk[np.linspace(0, len(chunk) - 1, min(per_band, len(chunk))).round().astype(int)] if len(chunk) else []
+            pick = (
+                chunk[np.linspace(0, len(chunk) - 1, min(per_band, len(chunk))).round().astype(int)]
+                if len(chunk)
+                else []
+            )
             out_v[i, band, : len(pick)] = v[pick]
             out_t[i, band, : len(pick)] = t[pick]
     return out_v, out_t
@@ -329,9 +417,15 @@ def _class_effects(ws, store: ActivationStore, sae, device, report: Report) -> n
     return effects.cpu().numpy()
 
 
-def _concepts(store: ActivationStore, sae, concept_maps: np.ndarray, top_tokens: np.ndarray, device) -> list[dict[str, Any]]:
+def _concepts(
+    store: ActivationStore, sae, concept_maps: np.ndarray, top_tokens: np.ndarray, device
+) -> list[dict[str, Any]]:
     T = store.tokens_per_image
-    token_concepts = concept_maps.reshape(len(concept_maps), concept_maps.shape[1], -1).transpose(0, 2, 1).reshape(-1, concept_maps.shape[1])
+    token_concepts = (
+        concept_maps.reshape(len(concept_maps), concept_maps.shape[1], -1)
+        .transpose(0, 2, 1)
+        .reshape(-1, concept_maps.shape[1])
+    )
     n_images = min(store.n_images, max(1, CONCEPT_TOKENS // T))
     ids = np.linspace(0, store.n_images - 1, n_images).round().astype(int)
     x = np.concatenate([store.image(int(i)) for i in ids]).astype(np.float32)
@@ -347,24 +441,42 @@ class FeatureIndex:
     def __init__(self, ws: Workspace, name: str, device: str = "cpu"):
         self.dir = ws.run_dir("features", name)
         self.meta = read_json(self.dir / "index.json")
-        if not isinstance(self.meta, dict) or self.meta.get("version") != INDEX_VERSION or not self.meta.get("complete"):
+        if (
+            not isinstance(self.meta, dict)
+            or self.meta.get("version") != INDEX_VERSION
+            or not self.meta.get("complete")
+        ):
             raise StageError(f"features/{name} is not a complete index; run `vitsae-tui index` again")
         self.store = ActivationStore(ws.run_dir("activations", self.meta["activations"]))
         sae_dir = ws.run_dir("saes", self.meta["sae_run"])
         self.sae = load_sae(sae_dir, device)
         if self.sae.d_sae != self.meta["d_sae"]:
-            raise StageError(f"features/{name} indexes {self.meta['d_sae']} features but saes/{sae_dir.name} has "
-                             f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`")
+            raise StageError(
+                f"features/{name} indexes {self.meta['d_sae']} features but saes/{sae_dir.name} has "
+                f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`"
+            )
         arrays = {}
-        for key in ("density", "mean_activation", "max_activation", "activation_hist", "top_values", "top_tokens",
-                    "class_counts", "band_values", "band_tokens", "class_effect"):
+        for key in (
+            "density",
+            "mean_activation",
+            "max_activation",
+            "activation_hist",
+            "top_values",
+            "top_tokens",
+            "class_counts",
+            "band_values",
+            "band_tokens",
+            "class_effect",
+        ):
             arrays[key] = np.load(self.dir / f"{key}.npy", allow_pickle=False)
         self.arrays = arrays
         self.concepts: list[dict[str, Any]] = read_json(self.dir / "concepts.json")
         self.matched_concepts: dict[int, list[dict[str, Any]]] = {}
         for c in self.concepts:
             self.matched_concepts.setdefault(c["feature"], []).append(c)
-        self.labels: dict[str, dict[str, str]] = read_json(self.dir / "labels.json") if (self.dir / "labels.json").exists() else {}
+        self.labels: dict[str, dict[str, str]] = (
+            read_json(self.dir / "labels.json") if (self.dir / "labels.json").exists() else {}
+        )
         self._cache: dict[int, np.ndarray] = {}
 
     @property
@@ -393,12 +505,18 @@ class FeatureIndex:
     def top_examples(self, feature: int) -> list[tuple[int, int, float]]:
         """(image, token, value) of the feature's top-k, strongest first."""
         T = self.store.tokens_per_image
-        return [(int(t) // T, int(t) % T, float(v)) for v, t in zip(self.arrays["top_values"][feature], self.arrays["top_tokens"][feature]) if t >= 0]
+        return [
+            (int(t) // T, int(t) % T, float(v))
+            for v, t in zip(self.arrays["top_values"][feature], self.arrays["top_tokens"][feature])
+            if t >= 0
+        ]
 
     def band_examples(self, feature: int) -> list[list[tuple[int, int, float]]]:
         T = self.store.tokens_per_image
-        return [[(int(t) // T, int(t) % T, float(v)) for v, t in zip(vs, ts) if t >= 0]
-                for vs, ts in zip(self.arrays["band_values"][feature], self.arrays["band_tokens"][feature])]
+        return [
+            [(int(t) // T, int(t) % T, float(v)) for v, t in zip(vs, ts) if t >= 0]
+            for vs, ts in zip(self.arrays["band_values"][feature], self.arrays["band_tokens"][feature])
+        ]
 
     def label(self, feature: int) -> str:
         return self.labels.get(str(feature), {}).get("name", "")

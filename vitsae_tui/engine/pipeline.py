@@ -14,8 +14,8 @@ from typing import Any
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import CollectConfig, SAETrainConfig, TrainModelConfig
+from vitsae_tui.engine.errors import StageError, stage_failed
 from vitsae_tui.engine.events import Finished, Log, Report
-from vitsae_tui.engine.stages import StageError, stage_failed
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -28,6 +28,7 @@ def _sha(path: Path) -> str:
     if key not in _SHA_CACHE:
         _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]
+
 
 STAGES = ("model", "activations", "sae", "index")
 DEMO_SAE_TOKENS = 5_000_000
@@ -96,8 +97,9 @@ def _named(runs: list[RunInfo], name: str | None) -> RunInfo | None:
     return next((r for r in runs if r.name == name), None)
 
 
-def lineage(ws: Workspace, selected: tuple[str, str] | None = None,
-            runs: dict[str, list[RunInfo]] | None = None) -> list[StageState]:
+def lineage(
+    ws: Workspace, selected: tuple[str, str] | None = None, runs: dict[str, list[RunInfo]] | None = None
+) -> list[StageState]:
     """One model and what was built from it, stage by stage: through the selected run (kind, name) when given.
 
     Upstream of the selected run, its own provenance; downstream (or with no selection), the run to follow is the
@@ -105,7 +107,9 @@ def lineage(ws: Workspace, selected: tuple[str, str] | None = None,
     without, the offline default dataset before others, then the newest. `runs` (kind -> ws.runs(kind)) spares a
     caller that has just listed the workspace a second scan.
     """
-    all_runs = runs if runs is not None else {kind: ws.runs(kind) for kind in ("models", "activations", "saes", "features")}
+    all_runs = (
+        runs if runs is not None else {kind: ws.runs(kind) for kind in ("models", "activations", "saes", "features")}
+    )
     pinned: dict[str, RunInfo] = {}
     if selected is not None:
         kind, name = selected
@@ -139,8 +143,14 @@ def lineage(ws: Workspace, selected: tuple[str, str] | None = None,
     provenance = _read(act.path / "manifest.json").get("provenance", {})
     stale = sha is not None and provenance.get("checkpoint_sha256") != sha and provenance.get("checkpoint") == "best"
     tokens = act.status.get("tokens")
-    states.append(StageState("activations", act.name, "stale" if stale and act.state == "finished" else _state(act),
-                             f"{tokens:,} tokens" if act.state == "finished" and isinstance(tokens, int) else ""))
+    states.append(
+        StageState(
+            "activations",
+            act.name,
+            "stale" if stale and act.state == "finished" else _state(act),
+            f"{tokens:,} tokens" if act.state == "finished" and isinstance(tokens, int) else "",
+        )
+    )
 
     saes = [r for r in all_runs["saes"] if _sae_set(r) == act.name]
     sae = pinned.get("saes") or _best(saes, lambda r: r.name in finished_indexes)
@@ -172,8 +182,14 @@ def lineage_input(states: list[StageState], stage: str) -> str | None:
 def next_step(states: list[StageState]) -> str:
     for s in states:
         if s.state != "done":
-            verb = {"missing": "build", "stale": "rebuild", "failed": "redo", "stopped": "resume or redo",
-                    "interrupted": "resume or redo", "running": "wait for"}.get(s.state, "check")
+            verb = {
+                "missing": "build",
+                "stale": "rebuild",
+                "failed": "redo",
+                "stopped": "resume or redo",
+                "interrupted": "resume or redo",
+                "running": "wait for",
+            }.get(s.state, "check")
             return f"{verb} the {s.stage} stage"
     return "browse the features"
 
@@ -210,8 +226,9 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str = "demo",
-                 selected: tuple[str, str] | None = None) -> dict[str, str]:
+def run_pipeline(
+    ws: Workspace, report: Report, stop: threading.Event, size: str = "demo", selected: tuple[str, str] | None = None
+) -> dict[str, str]:
     """Build every missing, stale, stopped or failed stage of the lineage shown for `selected`, one after another.
 
     A stopped or interrupted model or SAE run with a checkpoint is resumed, a collection continues after its last
@@ -226,8 +243,10 @@ def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str
     states = {s.stage: s for s in lineage(ws, selected)}
     running = next((s for s in states.values() if s.state == "running"), None)
     if running is not None:  # another process is building it: a second copy would race it
-        message = (f"the {running.stage} stage is being built by another process ({running.run}); "
-                   "wait for it to finish (enter on its row follows it live), then press g again")
+        message = (
+            f"the {running.stage} stage is being built by another process ({running.run}); "
+            "wait for it to finish (enter on its row follows it live), then press g again"
+        )
         raise stage_failed("pipeline", StageError(message), report, mark_run=False)
     built: dict[str, str] = {}
     resumable = ("stopped", "interrupted")
@@ -252,7 +271,11 @@ def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str
     activations = built.get("activations") or states["activations"].run
     sae_state = states["sae"]
     if built or sae_state.state != "done":
-        resume = sae_state.run if sae_state.state in resumable and (ws.kind_dir("saes") / sae_state.run / "trainer.pt").exists() else None
+        resume = (
+            sae_state.run
+            if sae_state.state in resumable and (ws.kind_dir("saes") / sae_state.run / "trainer.pt").exists()
+            else None
+        )
         report(Log("pipeline", f"stage 3/4: {'resuming ' + resume if resume else 'training the JumpReLU SAE'}"))
         result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop, resume=resume)
         if result.stopped:
@@ -266,6 +289,15 @@ def run_pipeline(ws: Workspace, report: Report, stop: threading.Event, size: str
             return built
         built["index"] = result.index_dir.name
     index = built.get("index") or states["index"].run
-    report(Finished("pipeline", str(ws.root), {"built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date",
-                                               "index": index, "browse": f"vitsae-tui --workspace {ws.root}  (then b)"}))
+    report(
+        Finished(
+            "pipeline",
+            str(ws.root),
+            {
+                "built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date",
+                "index": index,
+                "browse": f"vitsae-tui --workspace {ws.root}  (then b)",
+            },
+        )
+    )
     return built

@@ -38,18 +38,29 @@ def describe_run(run: RunInfo) -> str:
         parts = [f"val acc {acc:.1%}" if acc is not None else None, _steps(status), str(run.config.get("preset") or "")]
     elif run.kind == "activations":
         images, tokens, d = _count(status, "images"), _count(status, "tokens"), _count(status, "d_model")
-        parts = [f"{images:,} images" if images is not None else None, f"{tokens:,} tokens" if tokens is not None else None,
-                 f"d {d}" if d is not None else None, str(status.get("dtype") or "")]
+        parts = [
+            f"{images:,} images" if images is not None else None,
+            f"{tokens:,} tokens" if tokens is not None else None,
+            f"d {d}" if d is not None else None,
+            str(status.get("dtype") or ""),
+        ]
     elif run.kind == "saes":
         fvu, l0, dead = _number(status, "fvu"), _number(status, "l0"), _number(status, "dead_fraction")
         tokens = _count(status, "tokens")
-        parts = [f"FVU {fvu:.3f}" if fvu is not None else None, f"L0 {l0:.1f}" if l0 is not None else None,
-                 f"dead {dead:.1%}" if dead is not None else None,
-                 f"{tokens / 1e6:.1f}M tokens trained" if tokens is not None else None, _steps(status)]
+        parts = [
+            f"FVU {fvu:.3f}" if fvu is not None else None,
+            f"L0 {l0:.1f}" if l0 is not None else None,
+            f"dead {dead:.1%}" if dead is not None else None,
+            f"{tokens / 1e6:.1f}M tokens trained" if tokens is not None else None,
+            _steps(status),
+        ]
     elif run.kind == "features":
         alive, features = _count(status, "alive"), _count(status, "features")
         sae_auroc, neuron_auroc = _number(status, "mean_feature_auroc"), _number(status, "mean_neuron_auroc")
-        parts = [f"{alive:,}/{features:,} features alive" if alive is not None and features is not None else None,
-                 f"concept AUROC SAE {sae_auroc:.3f} vs neuron {neuron_auroc:.3f}"
-                 if sae_auroc is not None and neuron_auroc is not None else None]
+        parts = [
+            f"{alive:,}/{features:,} features alive" if alive is not None and features is not None else None,
+            f"concept AUROC SAE {sae_auroc:.3f} vs neuron {neuron_auroc:.3f}"
+            if sae_auroc is not None and neuron_auroc is not None
+            else None,
+        ]
     return " · ".join(p for p in parts if p)

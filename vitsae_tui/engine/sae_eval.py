@@ -29,7 +29,7 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor) -> float:
 def density_histogram(frequency: np.ndarray) -> dict[str, Any]:
     """Counts of features per log10-frequency bin, plus how many never fired."""
     fired = frequency[frequency > 0]
-    counts, _ = np.histogram(np.log10(np.clip(fired, 10**DENSITY_BINS[0], 1.0)), bins=DENSITY_BINS)
+    counts, _ = np.histogram(np.log10(np.clip(fired, 10 ** DENSITY_BINS[0], 1.0)), bins=DENSITY_BINS)
     return {"log10_edges": DENSITY_BINS.tolist(), "counts": counts.tolist(), "never_fired": int((frequency == 0).sum())}
 
 
@@ -45,7 +45,11 @@ class Evaluator:
     def __init__(self, store: ActivationStore, heldout_every: int, device: torch.device, model=None):
         ids = heldout_images(store.n_images, heldout_every)[:MAX_EVAL_IMAGES]
         self.image_ids = ids
-        acts = np.stack([store.image(int(i)) for i in ids]) if len(ids) else np.empty((0, store.tokens_per_image, store.d_model))
+        acts = (
+            np.stack([store.image(int(i)) for i in ids])
+            if len(ids)
+            else np.empty((0, store.tokens_per_image, store.d_model))
+        )
         self.acts = torch.from_numpy(acts.astype(np.float32)).to(device)  # (N, T, d) raw
         self.labels = torch.from_numpy(store.labels()[ids]).to(device)
         self.mean = torch.from_numpy(store.mean.astype(np.float32)).to(device)
@@ -55,8 +59,13 @@ class Evaluator:
         self.ablated: dict[str, float] | None = None
 
     def _classify(self, acts: torch.Tensor) -> dict[str, float]:
-        logits = torch.cat([self.model.run_from(self.hook, acts[i : i + 128]) for i in range(0, len(acts), 128)]).float()
-        return {"ce": float(F.cross_entropy(logits, self.labels)), "acc": float((logits.argmax(-1) == self.labels).float().mean())}
+        logits = torch.cat(
+            [self.model.run_from(self.hook, acts[i : i + 128]) for i in range(0, len(acts), 128)]
+        ).float()
+        return {
+            "ce": float(F.cross_entropy(logits, self.labels)),
+            "acc": float((logits.argmax(-1) == self.labels).float().mean()),
+        }
 
     @torch.no_grad()
     def evaluate(self, sae: JumpReLUSAE) -> dict[str, Any]:
@@ -79,10 +88,16 @@ class Evaluator:
                 self.clean = self._classify(self.acts)
                 self.ablated = self._classify(self.mean.expand_as(self.acts))
             spliced = self._classify(x_hat.reshape(self.acts.shape))
-            row.update({
-                "ce_clean": self.clean["ce"], "ce_sae": spliced["ce"], "ce_ablated": self.ablated["ce"],
-                "acc_clean": self.clean["acc"], "acc_sae": spliced["acc"], "acc_ablated": self.ablated["acc"],
-                "ce_recovered": recovered(self.clean["ce"], spliced["ce"], self.ablated["ce"]),
-                "acc_recovered": recovered(-self.clean["acc"], -spliced["acc"], -self.ablated["acc"]),
-            })
+            row.update(
+                {
+                    "ce_clean": self.clean["ce"],
+                    "ce_sae": spliced["ce"],
+                    "ce_ablated": self.ablated["ce"],
+                    "acc_clean": self.clean["acc"],
+                    "acc_sae": spliced["acc"],
+                    "acc_ablated": self.ablated["acc"],
+                    "ce_recovered": recovered(self.clean["ce"], spliced["ce"], self.ablated["ce"]),
+                    "acc_recovered": recovered(-self.clean["acc"], -spliced["acc"], -self.ablated["acc"]),
+                }
+            )
         return row

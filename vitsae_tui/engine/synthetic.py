@@ -33,7 +33,9 @@ CONCEPTS: tuple[str, ...] = (
     *(f"size:{s}" for s in SIZES),
     *(f"background:{b}" for b in BACKGROUNDS),
 )
-CLASS_NAMES: tuple[str, ...] = tuple(f"{'warm' if warm else 'cool'} {shape}" for shape in SHAPES for warm in (True, False))
+CLASS_NAMES: tuple[str, ...] = tuple(
+    f"{'warm' if warm else 'cool'} {shape}" for shape in SHAPES for warm in (True, False)
+)
 
 # A patch shows an object concept when this much of it is covered by the object, a background when this much is not.
 OBJECT_COVER = 0.2
@@ -60,7 +62,20 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         return points
     if shape == "cross":
         w = r * 0.35
-        arm = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        arm = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
         c, s = math.cos(angle), math.sin(angle)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in arm]
     raise ValueError(shape)

@@ -17,9 +17,18 @@ from vitsae_tui.engine import distributed
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.events import (ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started,
-                                     progress_callback)
-from vitsae_tui.engine.stages import StageError
+from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.events import (
+    ArtifactWritten,
+    Finished,
+    Log,
+    Metrics,
+    Progress,
+    RateMeter,
+    Report,
+    Started,
+    progress_callback,
+)
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -66,8 +75,15 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, dataset: ImageDataset, device, bf16: bool, batch_size: int, num_workers: int = 0,
-             ranks: distributed.Ranks | None = None) -> dict:
+def evaluate(
+    model,
+    dataset: ImageDataset,
+    device,
+    bf16: bool,
+    batch_size: int,
+    num_workers: int = 0,
+    ranks: distributed.Ranks | None = None,
+) -> dict:
     """Mean cross-entropy and accuracy over the labelled, decodable images of a split (each rank scores its share)."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
@@ -83,7 +99,9 @@ def evaluate(model, dataset: ImageDataset, device, bf16: bool, batch_size: int, 
         correct += (logits.argmax(-1) == labels).sum().item()
         count += len(labels)
     if ranks is not None and ranks.enabled:
-        total_loss, correct, count = ranks.all_reduce(torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device)).tolist()
+        total_loss, correct, count = ranks.all_reduce(
+            torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device)
+        ).tolist()
         correct, count = int(correct), int(count)
     return {"val_loss": total_loss / max(count, 1), "val_accuracy": correct / max(count, 1), "val_images": count}
 
@@ -126,7 +144,9 @@ def train_model(
         if resume:
             if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
                 refuse_if_owned(ws.run_dir("models", resume))
-            cfg = config_mod.from_dict(TrainModelConfig, read_json(ws.run_dir("models", resume) / "config.json"), f"{resume}/config.json")
+            cfg = config_mod.from_dict(
+                TrainModelConfig, read_json(ws.run_dir("models", resume) / "config.json"), f"{resume}/config.json"
+            )
         ranks = distributed.setup(cfg.device)
         ranks.check_divisible(cfg.batch_size)
         run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
@@ -148,7 +168,9 @@ def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:
     return run_dir.name
 
 
-def _local_batches(dataset: ImageDataset, order: np.ndarray, batch_size: int, num_workers: int, ranks: distributed.Ranks):
+def _local_batches(
+    dataset: ImageDataset, order: np.ndarray, batch_size: int, num_workers: int, ranks: distributed.Ranks
+):
     """This rank's share of each global batch of `order`, one (possibly empty) batch per global batch."""
     if not ranks.enabled:
         yield from iterate_batches(dataset, order, batch_size, num_workers)
@@ -158,26 +180,46 @@ def _local_batches(dataset: ImageDataset, order: np.ndarray, batch_size: int, nu
     # every piece but the last has batch_size / world_size images, so one flat pass cuts them back apart
     yield from iterate_batches(dataset, np.concatenate(pieces), batch_size // ranks.world_size, num_workers)
     if pieces and len(pieces[-1]) == 0:
-        yield torch.empty(0, 3, 224, 224, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.bool)
+        yield (
+            torch.empty(0, 3, 224, 224, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.bool),
+        )
 
 
-def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, stop: threading.Event, resuming: bool,
-           ranks: distributed.Ranks) -> ModelRun:
+def _train(
+    cfg: TrainModelConfig,
+    ws: Workspace,
+    run_dir: Path,
+    report: Report,
+    stop: threading.Event,
+    resuming: bool,
+    ranks: distributed.Ranks,
+) -> ModelRun:
     device = ranks.device
     torch.manual_seed(cfg.seed)
     report(Log(STAGE, f"loading {cfg.data.dataset} data"))
     sets: dict = {}
     drawn = progress_callback(report, STAGE, "images drawn")
     # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
-    ranks.on_main(lambda: sets.update(train=load_dataset(ws, cfg.data, "train", drawn), val=load_dataset(ws, cfg.data, "val", drawn)))
+    ranks.on_main(
+        lambda: sets.update(
+            train=load_dataset(ws, cfg.data, "train", drawn), val=load_dataset(ws, cfg.data, "val", drawn)
+        )
+    )
     train_set = sets["train"] if sets else load_dataset(ws, cfg.data, "train")
     val_set = sets["val"] if sets else load_dataset(ws, cfg.data, "val")
     if len(train_set) == 0 or len(val_set) == 0:
-        raise StageError(f"{cfg.data.dataset} has no training or no validation images; add images or lower --val-fraction")
+        raise StageError(
+            f"{cfg.data.dataset} has no training or no validation images; add images or lower --val-fraction"
+        )
     if train_set.class_names and len(train_set.class_names) != cfg.model.n_classes:
         cfg = config_mod.from_dict(
             TrainModelConfig,
-            {**config_mod.to_dict(cfg), "model": {**config_mod.to_dict(cfg.model), "n_classes": len(train_set.class_names)}},
+            {
+                **config_mod.to_dict(cfg),
+                "model": {**config_mod.to_dict(cfg.model), "n_classes": len(train_set.class_names)},
+            },
         )
         if ranks.is_main:
             atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
@@ -186,8 +228,12 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
     if ranks.is_main:
         atomic_write_json(
             run_dir / "dataset.json",
-            {"class_names": list(train_set.class_names), "concept_names": list(train_set.concept_names),
-             "n_train": len(train_set), "n_val": len(val_set)},
+            {
+                "class_names": list(train_set.class_names),
+                "concept_names": list(train_set.concept_names),
+                "n_train": len(train_set),
+                "n_val": len(val_set),
+            },
         )
 
     model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(device), ranks)
@@ -222,11 +268,23 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if ranks.is_main:
-        write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="",
-                     world_size=ranks.world_size)
+        write_status(
+            run_dir,
+            "running",
+            step=step,
+            total_steps=total_steps,
+            device=str(device),
+            message="",
+            world_size=ranks.world_size,
+        )
     processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
-    report(Log(STAGE, f"training {run_dir.name} on {device}{processes}: {len(train_set)} train / {len(val_set)} val "
-                      f"images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"))
+    report(
+        Log(
+            STAGE,
+            f"training {run_dir.name} on {device}{processes}: {len(train_set)} train / {len(val_set)} val "
+            f"images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
+        )
+    )
     metrics_path = run_dir / "metrics.jsonl"
     meter = RateMeter()
     last_progress = 0.0
@@ -256,9 +314,12 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
                 (loss * (n_local * ranks.world_size / n_global)).backward()
                 local_loss, local_correct = loss.item(), (logits.argmax(-1) == labels).sum().item()
                 batch_loss, batch_correct, non_finite = _reduced(
-                    ranks, device, local_loss * n_local, local_correct, not math.isfinite(local_loss))
+                    ranks, device, local_loss * n_local, local_correct, not math.isfinite(local_loss)
+                )
                 if non_finite:
-                    raise StageError(f"the loss became non-finite at step {step}; lower --lr and resume from the last checkpoint")
+                    raise StageError(
+                        f"the loss became non-finite at step {step}; lower --lr and resume from the last checkpoint"
+                    )
                 optimizer.step()
                 loss_sum += batch_loss
                 correct_sum += int(batch_correct)
@@ -267,9 +328,14 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
             step += 1
             batch_in_epoch += 1
             if step % LOG_EVERY_STEPS == 0 and loss_count:
-                row = {"kind": "step", "step": step, "epoch": epoch + batch_in_epoch / steps_per_epoch,
-                       "train_loss": loss_sum / loss_count, "train_accuracy": correct_sum / loss_count,
-                       "lr": optimizer.param_groups[0]["lr"]}
+                row = {
+                    "kind": "step",
+                    "step": step,
+                    "epoch": epoch + batch_in_epoch / steps_per_epoch,
+                    "train_loss": loss_sum / loss_count,
+                    "train_accuracy": correct_sum / loss_count,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
                 if ranks.is_main:
                     append_jsonl(metrics_path, row)
                 report(Metrics(STAGE, row))
@@ -287,17 +353,25 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
         if stopped:
             break
         if whole_epoch and trained_this_epoch == 0:
-            raise StageError(f"none of the {len(train_set)} training images of {cfg.data.dataset} could be decoded; "
-                             f"check that the folder holds readable JPEG/PNG files")
+            raise StageError(
+                f"none of the {len(train_set)} training images of {cfg.data.dataset} could be decoded; "
+                f"check that the folder holds readable JPEG/PNG files"
+            )
         epoch += 1
         batch_in_epoch = 0
         val = evaluate(model, val_set, device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers, ranks)
         if val["val_images"] == 0:
-            raise StageError(f"none of the {len(val_set)} validation images of {cfg.data.dataset} could be decoded; "
-                             f"check the files or raise --val-fraction")
+            raise StageError(
+                f"none of the {len(val_set)} validation images of {cfg.data.dataset} could be decoded; "
+                f"check the files or raise --val-fraction"
+            )
         row = {"kind": "epoch", "step": step, "epoch": epoch, **val}
         report(Metrics(STAGE, row))
-        report(Log(STAGE, f"epoch {epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}"))
+        report(
+            Log(
+                STAGE, f"epoch {epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}"
+            )
+        )
         improved = val["val_loss"] < best["val_loss"]
         if improved:
             best = {"val_loss": val["val_loss"], "val_accuracy": val["val_accuracy"]}
@@ -317,8 +391,14 @@ def _train(cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, 
         report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
     if skipped:
         report(Log(STAGE, f"skipped {skipped} unreadable images", "warning"))
-    summary = {"best_val_loss": best["val_loss"], "best_val_accuracy": best["val_accuracy"], "epochs_done": epoch,
-               "step": step, "skipped_images": skipped, "elapsed_s": round(meter.elapsed_s, 1)}
+    summary = {
+        "best_val_loss": best["val_loss"],
+        "best_val_accuracy": best["val_accuracy"],
+        "epochs_done": epoch,
+        "step": step,
+        "skipped_images": skipped,
+        "elapsed_s": round(meter.elapsed_s, 1),
+    }
     if ranks.is_main:
         write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
     report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
@@ -370,9 +450,11 @@ def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | 
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, TypeError, AttributeError):
-        raise WorkspaceError(f"models/{run}/{checkpoint}.pt holds {describe_weights(state)}, but its config.json describes "
-                             f"{describe_architecture(cfg.model)} ({cfg.preset} preset); train it again or restore the matching "
-                             f"config") from None
+        raise WorkspaceError(
+            f"models/{run}/{checkpoint}.pt holds {describe_weights(state)}, but its config.json describes "
+            f"{describe_architecture(cfg.model)} ({cfg.preset} preset); train it again or restore the matching "
+            f"config"
+        ) from None
     dataset_info = read_json(run_dir / "dataset.json") if (run_dir / "dataset.json").exists() else {}
     model.to(pick_device(device) if isinstance(device, str) else device).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), tuple(dataset_info.get("class_names", ())))

@@ -16,11 +16,11 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import distributed
 from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
 from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
 from vitsae_tui.engine.sae_eval import Evaluator
-from vitsae_tui.engine.stages import StageError
 from vitsae_tui.engine.train_model import load_model
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -91,7 +91,9 @@ def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors is damaged ({e}); retrain or resume the run") from None
+        raise WorkspaceError(
+            f"saes/{run_dir.name}/sae.safetensors is damaged ({e}); retrain or resume the run"
+        ) from None
     expected = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"}
     if set(tensors) != expected or tensors["W_enc"].ndim != 2:
         raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors does not hold a JumpReLU SAE; pick another run")
@@ -112,27 +114,37 @@ def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image:
     out.mkdir(exist_ok=True)
     atomic_write_bytes(out / "sae_weights.safetensors", save(sae.raw_weights()))
     layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
-    atomic_write_json(out / "cfg.json", {
-        "architecture": "jumprelu",
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": False,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "hook_name": hook,
-        "hook_layer": layer,
-        "model_name": f"vitsae-tui:{model_run}",
-        "context_size": tokens_per_image,
-        "prepend_bos": False,
-        "metadata": {"hook_name": hook, "hook_layer": layer, "model_name": f"vitsae-tui:{model_run}",
-                     "context_size": tokens_per_image, "prepend_bos": False},
-    })
+    atomic_write_json(
+        out / "cfg.json",
+        {
+            "architecture": "jumprelu",
+            "d_in": sae.d_in,
+            "d_sae": sae.d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": False,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "hook_name": hook,
+            "hook_layer": layer,
+            "model_name": f"vitsae-tui:{model_run}",
+            "context_size": tokens_per_image,
+            "prepend_bos": False,
+            "metadata": {
+                "hook_name": hook,
+                "hook_layer": layer,
+                "model_name": f"vitsae-tui:{model_run}",
+                "context_size": tokens_per_image,
+                "prepend_bos": False,
+            },
+        },
+    )
     return out
 
 
-def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None) -> SAERun:
+def train_sae(
+    cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None
+) -> SAERun:
     """Train (or resume) a JumpReLU SAE in `saes/`; returns when done or stopped, or raises StageError.
 
     Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
@@ -143,7 +155,9 @@ def train_sae(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threadin
         if resume:
             if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
                 refuse_if_owned(ws.run_dir("saes", resume))
-            cfg = config_mod.from_dict(SAETrainConfig, read_json(ws.run_dir("saes", resume) / "config.json"), f"{resume}/config.json")
+            cfg = config_mod.from_dict(
+                SAETrainConfig, read_json(ws.run_dir("saes", resume) / "config.json"), f"{resume}/config.json"
+            )
         elif not cfg.activations:
             raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
         ranks = distributed.setup(cfg.device)
@@ -176,14 +190,28 @@ def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Repo
         report(Log(STAGE, f"spliced-in evaluation is off: {e}", "warning"))
         return None
     if loaded.checkpoint_sha256 != provenance["checkpoint_sha256"]:
-        report(Log(STAGE, f"spliced-in evaluation is off: models/{provenance['model_run']} changed since "
-                          f"activations/{store.path.name} was collected", "warning"))
+        report(
+            Log(
+                STAGE,
+                f"spliced-in evaluation is off: models/{provenance['model_run']} changed since "
+                f"activations/{store.path.name} was collected",
+                "warning",
+            )
+        )
         return None
     return loaded.model
 
 
-def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: Path, report: Report,
-           stop: threading.Event, resuming: bool, ranks: distributed.Ranks) -> SAERun:
+def _train(
+    cfg: SAETrainConfig,
+    ws: Workspace,
+    store: ActivationStore,
+    run_dir: Path,
+    report: Report,
+    stop: threading.Event,
+    resuming: bool,
+    ranks: distributed.Ranks,
+) -> SAERun:
     device = ranks.device
     if device.type == "cpu":
         tune_allocator()
@@ -202,9 +230,11 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
             raise StageError(f"no checkpoint in saes/{run_dir.name}; start a new run instead of resuming")
         trained_on = read_json(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
         if (trained_on.get("d_in"), trained_on.get("hook")) not in ((store.d_model, store.hook), (None, None)):
-            raise StageError(f"saes/{run_dir.name} was trained on {trained_on.get('hook')} with d_model "
-                             f"{trained_on.get('d_in')}, but activations/{store.path.name} now holds {store.hook} with "
-                             f"d_model {store.d_model}; start a new run on this set")
+            raise StageError(
+                f"saes/{run_dir.name} was trained on {trained_on.get('hook')} with d_model "
+                f"{trained_on.get('d_in')}, but activations/{store.path.name} now holds {store.hook} with "
+                f"d_model {store.d_model}; start a new run on this set"
+            )
         state = load_torch_file(run_dir / "trainer.pt")
         try:
             sae.load_state_dict(state["sae"])
@@ -214,7 +244,9 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
             if ranks.is_main:  # the window's sums so far are global: one rank carries them on
                 window.load(state["window"])
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError):
-            raise StageError(f"the checkpoint in saes/{run_dir.name} does not match its config; start a new run") from None
+            raise StageError(
+                f"the checkpoint in saes/{run_dir.name} does not match its config; start a new run"
+            ) from None
         if ranks.is_main:
             saved_step = step
             truncate_jsonl(metrics_path, lambda r: int(r.get("step", 0)) <= saved_step)
@@ -222,23 +254,53 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
     ranks.broadcast_(sae.parameters())
 
     if ranks.is_main:
-        atomic_write_json(run_dir / "meta.json", {
-            "activations": store.path.name, "hook": store.hook, "d_in": store.d_model, "d_sae": sae.d_sae,
-            "input_scale": scale, "model_run": store.manifest["provenance"]["model_run"],
-            "model_checkpoint_sha256": store.manifest["provenance"]["checkpoint_sha256"],
-        })
+        atomic_write_json(
+            run_dir / "meta.json",
+            {
+                "activations": store.path.name,
+                "hook": store.hook,
+                "d_in": store.d_model,
+                "d_sae": sae.d_sae,
+                "input_scale": scale,
+                "model_run": store.manifest["provenance"]["model_run"],
+                "model_checkpoint_sha256": store.manifest["provenance"]["checkpoint_sha256"],
+            },
+        )
     resident = {"auto": None, "yes": True, "no": False}[cfg.resident]
-    source = TokenSource(store, device, cfg.batch_size, cfg.seed, resident=resident, heldout_every=cfg.heldout_every,
-                         part=ranks.local_rows)
-    evaluator = Evaluator(store, cfg.heldout_every, device, _load_eval_model(ws, store, device, report)) if ranks.is_main else None
+    source = TokenSource(
+        store,
+        device,
+        cfg.batch_size,
+        cfg.seed,
+        resident=resident,
+        heldout_every=cfg.heldout_every,
+        part=ranks.local_rows,
+    )
+    evaluator = (
+        Evaluator(store, cfg.heldout_every, device, _load_eval_model(ws, store, device, report))
+        if ranks.is_main
+        else None
+    )
     mean_scaled = torch.from_numpy(store.mean.astype(np.float32)).to(device) * scale
     if ranks.is_main:
-        write_status(run_dir, "running", step=step, total_steps=total_steps, device=str(device), message="",
-                     world_size=ranks.world_size)
+        write_status(
+            run_dir,
+            "running",
+            step=step,
+            total_steps=total_steps,
+            device=str(device),
+            message="",
+            world_size=ranks.world_size,
+        )
     processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
-    report(Log(STAGE, f"training {run_dir.name} on {device}{processes} ({'resident' if source.resident else 'streamed'} "
-                      f"data): {store.d_model} -> {sae.d_sae} features, {total_steps} steps of {cfg.batch_size} tokens, "
-                      f"input scale {scale:.4g}"))
+    report(
+        Log(
+            STAGE,
+            f"training {run_dir.name} on {device}{processes} ({'resident' if source.resident else 'streamed'} "
+            f"data): {store.d_model} -> {sae.d_sae} features, {total_steps} steps of {cfg.batch_size} tokens, "
+            f"input scale {scale:.4g}",
+        )
+    )
 
     meter = RateMeter()
     last_progress = 0.0
@@ -271,11 +333,23 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
                     stopped = True
             if logging:
                 now = time.perf_counter()
-                dead = float(((tokens_seen - last_fired) >= cfg.dead_window_tokens).float().mean()) if tokens_seen >= cfg.dead_window_tokens else 0.0
-                latest = {"kind": "step", "step": step, "tokens": tokens_seen, "mse": totals["sq_err"] / totals["tokens"],
-                          "fvu": totals["sq_err"] / max(totals["sq_dev"], 1e-12), "l0": totals["l0"] / totals["tokens"],
-                          "dead_fraction": dead, "l0_coeff": l0_coeff, "lr": optimizer.param_groups[0]["lr"],
-                          "tokens_per_s": totals["tokens"] / max(now - window_start, 1e-9)}
+                dead = (
+                    float(((tokens_seen - last_fired) >= cfg.dead_window_tokens).float().mean())
+                    if tokens_seen >= cfg.dead_window_tokens
+                    else 0.0
+                )
+                latest = {
+                    "kind": "step",
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "mse": totals["sq_err"] / totals["tokens"],
+                    "fvu": totals["sq_err"] / max(totals["sq_dev"], 1e-12),
+                    "l0": totals["l0"] / totals["tokens"],
+                    "dead_fraction": dead,
+                    "l0_coeff": l0_coeff,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "tokens_per_s": totals["tokens"] / max(now - window_start, 1e-9),
+                }
                 if ranks.is_main:
                     append_jsonl(metrics_path, latest)
                 report(Metrics(STAGE, latest))
@@ -304,18 +378,30 @@ def _train(cfg: SAETrainConfig, ws: Workspace, store: ActivationStore, run_dir: 
         _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
         report(ArtifactWritten(STAGE, str(run_dir / "sae.safetensors"), "SAE checkpoint"))
         if not stopped:
-            export = export_saelens(run_dir, sae, store.hook, store.tokens_per_image, store.manifest["provenance"]["model_run"])
+            export = export_saelens(
+                run_dir, sae, store.hook, store.tokens_per_image, store.manifest["provenance"]["model_run"]
+            )
             report(ArtifactWritten(STAGE, str(export), "SAELens export"))
             last_eval = next((r for r in reversed(read_jsonl(metrics_path)) if r.get("kind") == "eval"), {})
-            summary.update({k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_")) and k != "density"})
+            summary.update(
+                {k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_")) and k != "density"}
+            )
         write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
     report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
     report(Finished(STAGE, str(run_dir), summary, stopped))
     return SAERun(run_dir, step, summary, stopped)
 
 
-def _step(step_fn: FusedStep, sae: JumpReLUSAE, x: torch.Tensor, l0_coeff: float, n_global: int,
-          ranks: distributed.Ranks, window: "Window", mean_scaled: torch.Tensor) -> torch.Tensor:
+def _step(
+    step_fn: FusedStep,
+    sae: JumpReLUSAE,
+    x: torch.Tensor,
+    l0_coeff: float,
+    n_global: int,
+    ranks: distributed.Ranks,
+    window: "Window",
+    mean_scaled: torch.Tensor,
+) -> torch.Tensor:
     """Gradients of the global batch's loss on every rank; returns which features fired anywhere in it."""
     if len(x):
         out = step_fn(x, l0_coeff)
@@ -372,10 +458,16 @@ def _check_finite(totals: dict[str, float], step: int) -> None:
 
 def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, totals) -> None:
     """trainer.pt holds everything resume needs in one atomic file; sae.safetensors is the weights for readers."""
-    atomic_torch_save(run_dir / "trainer.pt", {
-        "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
-        "last_fired": last_fired.cpu(), "window": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in totals.items()},
-    })
+    atomic_torch_save(
+        run_dir / "trainer.pt",
+        {
+            "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "last_fired": last_fired.cpu(),
+            "window": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in totals.items()},
+        },
+    )
     save_sae(run_dir / "sae.safetensors", sae)
     write_status(run_dir, "running", step=step)

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from vitsae_tui.engine.errors import UserError
+
 KINDS = ("models", "activations", "saes", "features")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(UserError, RuntimeError):
     """A workspace problem the user can fix; the message says how."""
 
 
@@ -111,7 +113,9 @@ def load_torch_file(path: Path) -> Any:
         raise WorkspaceError(f"{path} does not exist; train or pick another run") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise WorkspaceError(f"{path} is not a valid checkpoint and was not loaded ({reason}); pick another run") from None
+        raise WorkspaceError(
+            f"{path} is not a valid checkpoint and was not loaded ({reason}); pick another run"
+        ) from None
 
 
 def remove_partial_writes(folder: Path, prefix: str = "") -> None:

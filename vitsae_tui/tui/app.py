@@ -28,7 +28,13 @@ from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
 class VitsaeApp(App):
     TITLE = "vitsae-tui"
     CSS_PATH = "app.tcss"
-    MODES = {"home": HomeScreen, "train": TrainModelScreen, "collect": CollectScreen, "sae": TrainSAEScreen, "browse": BrowserScreen}
+    MODES = {
+        "home": HomeScreen,
+        "train": TrainModelScreen,
+        "collect": CollectScreen,
+        "sae": TrainSAEScreen,
+        "browse": BrowserScreen,
+    }
     DEFAULT_MODE = "home"
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
@@ -49,9 +55,13 @@ class VitsaeApp(App):
     def on_mount(self) -> None:
         # a dropped SSH link (SIGHUP) or a scheduler's SIGTERM stops every job with a checkpoint before exiting
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, lambda: self.run_worker(self._stop_jobs_and_exit(False), group="shutdown"))
+        loop.add_signal_handler(
+            signal.SIGTERM, lambda: self.run_worker(self._stop_jobs_and_exit(False), group="shutdown")
+        )
         if hasattr(signal, "SIGHUP"):
-            loop.add_signal_handler(signal.SIGHUP, lambda: self.run_worker(self._stop_jobs_and_exit(True), group="shutdown"))
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self.run_worker(self._stop_jobs_and_exit(True), group="shutdown")
+            )
 
     async def _stop_jobs_and_exit(self, hung_up: bool) -> None:
         self.jobs.stop_all()
@@ -78,31 +88,59 @@ class VitsaeApp(App):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # the built-in Quit would exit at once, without stopping running jobs with a checkpoint
         yield from (command for command in super().get_system_commands(screen) if command.title != "Quit")
-        yield SystemCommand("Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home"))
-        yield SystemCommand("Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run)
-        yield SystemCommand("Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train"))
-        yield SystemCommand("Collect activations", "Record a hook point's activations into an activation set", lambda: self.switch_mode("collect"))
-        yield SystemCommand("Train SAE", "Train a JumpReLU sparse autoencoder on an activation set", lambda: self.switch_mode("sae"))
-        yield SystemCommand("Browse features", "Images, patches and SAE features of an index", lambda: self.switch_mode("browse"))
-        yield SystemCommand("Build feature index", "Index the newest trained SAE (top examples, densities, concepts)", self.action_build_index)
+        yield SystemCommand(
+            "Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home")
+        )
+        yield SystemCommand(
+            "Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run
+        )
+        yield SystemCommand(
+            "Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train")
+        )
+        yield SystemCommand(
+            "Collect activations",
+            "Record a hook point's activations into an activation set",
+            lambda: self.switch_mode("collect"),
+        )
+        yield SystemCommand(
+            "Train SAE", "Train a JumpReLU sparse autoencoder on an activation set", lambda: self.switch_mode("sae")
+        )
+        yield SystemCommand(
+            "Browse features", "Images, patches and SAE features of an index", lambda: self.switch_mode("browse")
+        )
+        yield SystemCommand(
+            "Build feature index",
+            "Index the newest trained SAE (top examples, densities, concepts)",
+            self.action_build_index,
+        )
         if isinstance(screen, BrowserScreen):
-            yield SystemCommand("Feature list", "All features, sortable; enter opens one", lambda: screen.action_show("list-view"))
+            yield SystemCommand(
+                "Feature list", "All features, sortable; enter opens one", lambda: screen.action_show("list-view")
+            )
             yield SystemCommand("Go to feature", "Open a feature by id", screen.action_goto_feature)
             yield SystemCommand("Go to image", "Open an image by number", screen.action_goto_image)
             yield SystemCommand("Label feature", "Name the open feature (saved in the workspace)", screen.action_label)
-            yield SystemCommand("Export PNG", "Write the feature card or the image with its heatmap as a PNG", screen.action_export)
+            yield SystemCommand(
+                "Export PNG", "Write the feature card or the image with its heatmap as a PNG", screen.action_export
+            )
         if isinstance(screen, TrainSAEScreen):
             yield SystemCommand("Start SAE training", "Train with the form's settings", screen.action_start)
             yield SystemCommand("Stop SAE training", "Stop after saving a checkpoint", screen.action_stop)
-            yield SystemCommand("Resume SAE training", "Continue the run chosen under 'resume run'", screen.action_resume)
+            yield SystemCommand(
+                "Resume SAE training", "Continue the run chosen under 'resume run'", screen.action_resume
+            )
         if isinstance(screen, CollectScreen):
-            yield SystemCommand("Start collecting", "Collect with the form's settings (resumes a matching set)", screen.action_start)
+            yield SystemCommand(
+                "Start collecting", "Collect with the form's settings (resumes a matching set)", screen.action_start
+            )
             yield SystemCommand("Stop collecting", "Stop after sealing complete shards", screen.action_stop)
         if isinstance(screen, TrainModelScreen):
             yield SystemCommand("Start training", "Start a run with the form's settings", screen.action_start)
             yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)
             yield SystemCommand("Resume training", "Continue the run chosen under 'resume run'", screen.action_resume)
-        yield SystemCommand("Quit", "Quit vitsae-tui (asks first, and stops running jobs with a checkpoint)", self.action_request_quit)
+        yield SystemCommand(
+            "Quit", "Quit vitsae-tui (asks first, and stops running jobs with a checkpoint)", self.action_request_quit
+        )
 
     STAGE_MODES = {"train-model": "train", "collect": "collect", "train-sae": "sae", "index": "home"}
 
@@ -115,7 +153,9 @@ class VitsaeApp(App):
             return
         size = size or self.demo_size
         self.following_stage = None
-        self.jobs.start("pipeline", f"guided run ({size})", run_pipeline, self.workspace, size=size, selected=self.lineage_selection)
+        self.jobs.start(
+            "pipeline", f"guided run ({size})", run_pipeline, self.workspace, size=size, selected=self.lineage_selection
+        )
         self.notify("guided run started: each stage opens as it runs")
 
     def follow_pipeline(self, job, batch) -> None:
@@ -145,8 +185,10 @@ class VitsaeApp(App):
 
         sae_run = sae_run or self.lineage_run("saes")
         if sae_run is None:
-            self.notify("the shown lineage has no finished SAE to index: train one first (a), or select one on home",
-                        severity="warning")
+            self.notify(
+                "the shown lineage has no finished SAE to index: train one first (a), or select one on home",
+                severity="warning",
+            )
             return
         if self.jobs.running("index"):
             self.notify("an index is already being built", severity="warning")
@@ -173,7 +215,12 @@ class VitsaeApp(App):
                 await self.jobs.wait_all()
                 self.exit()
 
-        self.push_screen(ConfirmScreen("A job is running. Stop it (a checkpoint is saved) and quit?", "Stop and quit", "Keep running"), answered)
+        self.push_screen(
+            ConfirmScreen(
+                "A job is running. Stop it (a checkpoint is saved) and quit?", "Stop and quit", "Keep running"
+            ),
+            answered,
+        )
 
 
 def run_app(workspace: str | Path | None = None, demo_size: str = "demo") -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from textual.app import App
 
 from vitsae_tui.engine import events
-from vitsae_tui.engine.stages import StageError
+from vitsae_tui.engine.errors import StageError
 
 DRAIN_INTERVAL_S = 0.1
 

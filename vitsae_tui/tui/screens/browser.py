@@ -124,7 +124,9 @@ class BrowserScreen(Screen):
 
     def refresh_indexes(self) -> None:
         runs = [r for r in self.app.workspace.runs("features") if r.state == "finished"]
-        refill_select(self.query_one("#index", Select), [(r.name, r.name) for r in runs], self.app.lineage_run("features"))
+        refill_select(
+            self.query_one("#index", Select), [(r.name, r.name) for r in runs], self.app.lineage_run("features")
+        )
 
     def show_run(self, index_dir: Path) -> None:
         """Open one index (from home)."""
@@ -138,7 +140,11 @@ class BrowserScreen(Screen):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         # refreshing the options on screen resume re-sends the same value: keep the open index and position
-        if event.select.id == "index" and isinstance(event.value, str) and (self.index is None or self.index.dir.name != event.value):
+        if (
+            event.select.id == "index"
+            and isinstance(event.value, str)
+            and (self.index is None or self.index.dir.name != event.value)
+        ):
             self.open_index(event.value)
 
     def open_index(self, name: str) -> None:
@@ -193,8 +199,11 @@ class BrowserScreen(Screen):
         row, col = divmod(self.cursor, self.grid)
         only = f" · only {store.class_names[self.class_filter]}" if self.class_filter is not None else ""
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
-        self.query_one("#image-title", Static).update(Text(
-            f"image {self.image}/{store.n_images - 1} · {self.class_name(self.image)}{only} · patch {self.cursor} ({row},{col}){feature}"))
+        self.query_one("#image-title", Static).update(
+            Text(
+                f"image {self.image}/{store.n_images - 1} · {self.class_name(self.image)}{only} · patch {self.cursor} ({row},{col}){feature}"
+            )
+        )
         view = self.query_one("#image", PatchImage)
         view.show(self.composed_image(self.pixel_size(view)))
         self.fill_patch_features()
@@ -205,11 +214,17 @@ class BrowserScreen(Screen):
         density = self.index.arrays["density"]
         top = self.index.top_features(self.image, self.cursor, 12)
         self.query_one("#patch-title", Static).update(
-            f"top features of patch {self.cursor}" + (" (1-9 or enter opens one)" if top else ": none fire"))
+            f"top features of patch {self.cursor}" + (" (1-9 or enter opens one)" if top else ": none fire")
+        )
         for feature, value in top:
             style = "bold" if feature == self.feature else ""
-            table.add_row(Text(str(feature), style=style), f"{value:.3g}", f"{density[feature]:.1e}", Text(self.index.label(feature)),
-                          key=str(feature))
+            table.add_row(
+                Text(str(feature), style=style),
+                f"{value:.3g}",
+                f"{density[feature]:.1e}",
+                Text(self.index.label(feature)),
+                key=str(feature),
+            )
 
     def shown_examples(self, feature: int) -> list[tuple[int, int, float]]:
         examples = self.index.top_examples(feature)
@@ -226,14 +241,22 @@ class BrowserScreen(Screen):
         label = index.label(feature)
         stats = Text.assemble((f"feature {feature}", "bold"), f" — {label}" if label else "")
         # most telling first: a short terminal shows only the first few lines
-        lines = [f"density {a['density'][feature]:.2e} · max {a['max_activation'][feature]:.3g} · mean {a['mean_activation'][feature]:.3g}"]
+        lines = [
+            f"density {a['density'][feature]:.2e} · max {a['max_activation'][feature]:.3g} · mean {a['mean_activation'][feature]:.3g}"
+        ]
         distribution = index.class_distribution(feature)[:3]
         if distribution:
             lines.append("fires on " + ", ".join(f"{n} {p:.0%}" for n, p in distribution))
-        lines.append("promotes " + ", ".join(f"{n} {v:+.2f}" for n, v in promoted)
-                     + " · suppresses " + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed))
+        lines.append(
+            "promotes "
+            + ", ".join(f"{n} {v:+.2f}" for n, v in promoted)
+            + " · suppresses "
+            + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed)
+        )
         for c in index.matched_concepts.get(feature, []):
-            lines.append(f"matches {c['concept']}: AUROC {c['feature_auroc']:.2f} (neuron {c['neuron_auroc']:.2f}, probe {c['probe_auroc']:.2f})")
+            lines.append(
+                f"matches {c['concept']}: AUROC {c['feature_auroc']:.2f} (neuron {c['neuron_auroc']:.2f}, probe {c['probe_auroc']:.2f})"
+            )
         lines.append(f"act/θ 1×…256× [{sparkline(a['activation_hist'][feature])}]")
         bands = index.band_examples(feature)
         lines.append("bands " + " | ".join(", ".join(f"{i}/{t}" for i, t, _ in band[:2]) for band in bands if band))
@@ -267,8 +290,12 @@ class BrowserScreen(Screen):
         image, token, value = event.example
         total = len(self.query_one("#examples", ExamplesView).examples)
         scope = "" if self.all_examples else " (one per image)"
-        caption.update(Text(f"#{event.rank + 1}/{total}{scope} · image {image} · patch {token} · {value:.3g} · "
-                            f"{self.class_name(image)}"))
+        caption.update(
+            Text(
+                f"#{event.rank + 1}/{total}{scope} · image {image} · patch {token} · {value:.3g} · "
+                f"{self.class_name(image)}"
+            )
+        )
 
     def on_examples_view_opened(self, event: ExamplesView.Opened) -> None:
         image, token, _value = event.example
@@ -296,10 +323,18 @@ class BrowserScreen(Screen):
         table.clear()
         for i in ids[:2000]:
             concept = next((c["concept"] for c in index.concepts if c["feature"] == i), "")
-            table.add_row(str(i), f"{a['density'][i]:.1e}", f"{a['max_activation'][i]:.3g}", concept, Text(index.label(int(i))), key=str(i))
+            table.add_row(
+                str(i),
+                f"{a['density'][i]:.1e}",
+                f"{a['max_activation'][i]:.3g}",
+                concept,
+                Text(index.label(int(i))),
+                key=str(i),
+            )
         dead = int((a["density"] == 0).sum())
         self.query_one("#list-title", Static).update(
-            f"{len(ids)} features by {title} (o: sort) · {dead} dead {'hidden' if self.hide_dead else 'shown'} (d) · / jumps to an id")
+            f"{len(ids)} features by {title} (o: sort) · {dead} dead {'hidden' if self.hide_dead else 'shown'} (d) · / jumps to an id"
+        )
 
     def action_move(self, d_row: int, d_col: int) -> None:
         if self.index is None:
@@ -373,7 +408,9 @@ class BrowserScreen(Screen):
             self.notify("this set has no class labels to filter by", severity="warning")
             return
         n = len(self.index.store.class_names)
-        self.class_filter = 0 if self.class_filter is None else (None if self.class_filter + 1 >= n else self.class_filter + 1)
+        self.class_filter = (
+            0 if self.class_filter is None else (None if self.class_filter + 1 >= n else self.class_filter + 1)
+        )
         if self.class_filter is not None and self.index.store.labels()[self.image] != self.class_filter:
             self.action_image(1)
         else:
@@ -412,7 +449,9 @@ class BrowserScreen(Screen):
 
     def action_toggle_one_per_image(self) -> None:
         self.all_examples = not self.all_examples
-        self.notify("top examples: every patch" if self.all_examples else "top examples: the strongest patch of each image")
+        self.notify(
+            "top examples: every patch" if self.all_examples else "top examples: the strongest patch of each image"
+        )
         if self.feature is not None:
             self.draw_examples()
 
@@ -440,14 +479,18 @@ class BrowserScreen(Screen):
                 self.show_feature(feature)
                 self.fill_feature_list()
 
-        self.app.push_screen(PromptScreen(f"label for feature {feature} (empty removes it)", self.index.label(feature)), answered)
+        self.app.push_screen(
+            PromptScreen(f"label for feature {feature} (empty removes it)", self.index.label(feature)), answered
+        )
 
     def action_export(self) -> None:
         """The visible image, its grid, the selected patch and the open feature's heatmap, as a PNG in the cwd."""
         if self.index is None:
             return
         suffix = f"-feature-{self.feature}" if self.feature is not None else ""
-        path = image_card(self.index, self.image, Path.cwd() / f"image-{self.image}{suffix}.png", self.feature, self.cursor)
+        path = image_card(
+            self.index, self.image, Path.cwd() / f"image-{self.image}{suffix}.png", self.feature, self.cursor
+        )
         self.notify(f"wrote {path}", markup=False)
 
     def action_export_card(self) -> None:
@@ -455,7 +498,9 @@ class BrowserScreen(Screen):
         if self.index is None or self.feature is None:
             self.notify("open a feature first, then E writes its card", severity="warning")
             return
-        self.notify(f"wrote {feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png')}", markup=False)
+        self.notify(
+            f"wrote {feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png')}", markup=False
+        )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id in ("patch-features", "feature-list"):

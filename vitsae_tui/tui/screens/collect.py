@@ -39,17 +39,31 @@ class CollectScreen(StageScreen):
                 yield Label("model run")
                 yield Select([], prompt="(train a model first)", id="model", compact=True)
                 yield Label("checkpoint")
-                yield Select([("best", "best"), ("last", "last")], value="best", allow_blank=False, id="checkpoint", compact=True)
+                yield Select(
+                    [("best", "best"), ("last", "last")], value="best", allow_blank=False, id="checkpoint", compact=True
+                )
                 yield Label("hook point")
                 yield Select([], prompt="(pick a model)", id="hook", compact=True)
                 yield Label("dataset")
                 yield Input("synthetic", id="dataset", compact=True)
                 yield Label("split")
-                yield Select([(s, s) for s in ("train", "val", "all")], value="train", allow_blank=False, id="split", compact=True)
+                yield Select(
+                    [(s, s) for s in ("train", "val", "all")],
+                    value="train",
+                    allow_blank=False,
+                    id="split",
+                    compact=True,
+                )
                 yield Label("limit (0: all images)")
                 yield Input("0", id="limit", compact=True)
                 yield Label("storage dtype")
-                yield Select([("float16", "float16"), ("float32", "float32")], value="float16", allow_blank=False, id="dtype", compact=True)
+                yield Select(
+                    [("float16", "float16"), ("float32", "float32")],
+                    value="float16",
+                    allow_blank=False,
+                    id="dtype",
+                    compact=True,
+                )
                 with Horizontal(id="form-buttons"):
                     yield Button("Start (s)", variant="success", id="start", compact=True)
                     yield Button("Stop (x)", variant="error", id="stop", compact=True)
@@ -89,7 +103,9 @@ class CollectScreen(StageScreen):
         from vitsae_tui.engine.vision_model import default_hook, hook_names
 
         try:
-            cfg = config_mod.from_dict(TrainModelConfig, read_json(self.app.workspace.root / "models" / run / "config.json"))
+            cfg = config_mod.from_dict(
+                TrainModelConfig, read_json(self.app.workspace.root / "models" / run / "config.json")
+            )
         except Exception as e:  # a damaged run: say so, keep the screen usable
             self.notify(f"models/{run} cannot be read: {e}", severity="error", markup=False)
             return
@@ -109,15 +125,20 @@ class CollectScreen(StageScreen):
             raise ConfigError(f"limit must be a whole number of images, not {limit_text!r}") from None
         hook_select = self.query_one("#hook", Select)
         hook = hook_select.value
-        return config_mod.from_dict(CollectConfig, {
-            "model": str(model),
-            "checkpoint": str(self.query_one("#checkpoint", Select).value),
-            "hook": "" if hook_select.is_blank() else str(hook),
-            "data": config_mod.to_dict(DataConfig(dataset=self.query_one("#dataset", Input).value.strip() or "synthetic")),
-            "split": str(self.query_one("#split", Select).value),
-            "limit": limit,
-            "dtype": str(self.query_one("#dtype", Select).value),
-        })
+        return config_mod.from_dict(
+            CollectConfig,
+            {
+                "model": str(model),
+                "checkpoint": str(self.query_one("#checkpoint", Select).value),
+                "hook": "" if hook_select.is_blank() else str(hook),
+                "data": config_mod.to_dict(
+                    DataConfig(dataset=self.query_one("#dataset", Input).value.strip() or "synthetic")
+                ),
+                "split": str(self.query_one("#split", Select).value),
+                "limit": limit,
+                "dtype": str(self.query_one("#dtype", Select).value),
+            },
+        )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"start": self.action_start, "stop": self.action_stop}[event.button.id]()
@@ -145,9 +166,13 @@ class CollectScreen(StageScreen):
         elif isinstance(event, events.Finished):
             s = event.summary
             verb = "stopped (re-run the same settings to finish)" if event.stopped else "done"
-            self.query_one("#summary", Static).update(Text(
-                f"{verb}: {s['images']} images · {s['tokens']:,} tokens of {s['d_model']} {s['dtype']} · "
-                f"{s['shards']} shard(s) · {format_bytes(s['bytes_on_disk'])} → {event.run_dir}", style="green"))
+            self.query_one("#summary", Static).update(
+                Text(
+                    f"{verb}: {s['images']} images · {s['tokens']:,} tokens of {s['d_model']} {s['dtype']} · "
+                    f"{s['shards']} shard(s) · {format_bytes(s['bytes_on_disk'])} → {event.run_dir}",
+                    style="green",
+                )
+            )
 
     def show_run(self, set_dir: Path) -> None:
         """Describe an activation set from its manifest, and keep following it while another process collects it."""
@@ -165,17 +190,26 @@ class CollectScreen(StageScreen):
             self.query_one("#summary", Static).update(Text(str(e), style="red"))
             return
         status = read_status(set_dir)
-        owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
-        self.query_one("#status", Static).update(Text(f"watching {set_dir.name}: {status.get('state', 'unknown')} (read-only{owner})"))
+        owner = (
+            f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
+        )
+        self.query_one("#status", Static).update(
+            Text(f"watching {set_dir.name}: {status.get('state', 'unknown')} (read-only{owner})")
+        )
         planned = m.get("n_images_planned") or m["n_images"] or 1
         self.query_one("#progress", ProgressBar).update(total=planned, progress=m["n_images"])
         p = m["provenance"]
-        state = "complete" if m["complete"] else f"incomplete ({m['n_images']} of {m.get('n_images_planned', '?')} images)"
+        state = (
+            "complete" if m["complete"] else f"incomplete ({m['n_images']} of {m.get('n_images_planned', '?')} images)"
+        )
         size = sum(f.stat().st_size for f in set_dir.iterdir() if f.is_file())
-        self.query_one("#summary", Static).update(Text(
-            f"{set_dir.name}: {state} · {m['n_images']} images · {m['n_tokens']:,} tokens of {m['d_model']} {m['dtype']} · "
-            f"{format_bytes(size)}\nfrom models/{p['model_run']} ({p['checkpoint']}, {p['checkpoint_sha256'][:12]}) at {m['hook']}, "
-            f"{p['data']['dataset']} {p['split']}"))
+        self.query_one("#summary", Static).update(
+            Text(
+                f"{set_dir.name}: {state} · {m['n_images']} images · {m['n_tokens']:,} tokens of {m['d_model']} {m['dtype']} · "
+                f"{format_bytes(size)}\nfrom models/{p['model_run']} ({p['checkpoint']}, {p['checkpoint_sha256'][:12]}) at {m['hook']}, "
+                f"{p['data']['dataset']} {p['split']}"
+            )
+        )
 
     def status_detail(self, job: Job) -> str:
         detail = super().status_detail(job)

@@ -15,22 +15,45 @@ from vitsae_tui.engine.pipeline import StageState, lineage, next_step
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.workspace import KINDS, RunInfo
 
-STATE_STYLE = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow", "interrupted": "yellow", "damaged": "red"}
-MARKS = {"done": ("✓", "green"), "running": ("…", "cyan"), "failed": ("✗", "red"), "stale": ("!", "yellow"),
-         "missing": ("·", "dim"), "stopped": ("‖", "yellow"), "interrupted": ("‖", "yellow")}
+STATE_STYLE = {
+    "finished": "green",
+    "running": "cyan",
+    "failed": "red",
+    "stopped": "yellow",
+    "interrupted": "yellow",
+    "damaged": "red",
+}
+MARKS = {
+    "done": ("✓", "green"),
+    "running": ("…", "cyan"),
+    "failed": ("✗", "red"),
+    "stale": ("!", "yellow"),
+    "missing": ("·", "dim"),
+    "stopped": ("‖", "yellow"),
+    "interrupted": ("‖", "yellow"),
+}
 KIND_NAMES = {"models": "model", "activations": "activation set", "saes": "SAE", "features": "index"}
 # the key that builds each stage by hand
 STAGE_KEYS = {"model": "t", "activations": "c", "sae": "a", "index": "i"}
-GUIDED_RUN = ("g runs the whole pipeline on the built-in offline data: it trains the demo model, collects its "
-              "activations, trains a JumpReLU SAE and indexes its features, then opens the browser")
+GUIDED_RUN = (
+    "g runs the whole pipeline on the built-in offline data: it trains the demo model, collects its "
+    "activations, trains a JumpReLU SAE and indexes its features, then opens the browser"
+)
 
 
 def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) -> Text:
     text = Text.assemble(("pipeline", "bold"), " ")
     for i, s in enumerate(states):
         mark, style = MARKS.get(s.state, ("?", ""))
-        text.append_text(Text.assemble(" → " if i else "", (mark, style), f" {s.stage} ", (s.state, "dim"),
-                                       (f" {s.run}" if s.run else "", "dim")))
+        text.append_text(
+            Text.assemble(
+                " → " if i else "",
+                (mark, style),
+                f" {s.stage} ",
+                (s.state, "dim"),
+                (f" {s.run}" if s.run else "", "dim"),
+            )
+        )
     if selected is not None:
         text.append(f"\nfollowing the selected {KIND_NAMES.get(selected[0], selected[0])} {selected[1]}", style="dim")
     return text
@@ -38,15 +61,21 @@ def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) ->
 
 def next_text(states: list[StageState], jobs_running: bool) -> Text:
     if jobs_running:
-        return Text("A job is running: its screen shows it live (t, c or a); q asks before stopping it with a checkpoint.")
+        return Text(
+            "A job is running: its screen shows it live (t, c or a); q asks before stopping it with a checkpoint."
+        )
     if all(s.state == "missing" for s in states):
         return Text.assemble(("New here? Press g. ", "bold"), GUIDED_RUN, " (about 3 minutes on two CPU cores).")
     step = next_step(states)
     if step == "browse the features":
-        return Text("Features are indexed: b browses them. g, t, c, a and i build new runs; enter opens the selected one.")
+        return Text(
+            "Features are indexed: b browses them. g, t, c, a and i build new runs; enter opens the selected one."
+        )
     first_open = next(s for s in states if s.state != "done")
-    return Text.assemble(("Next: ", "bold"), f"{step} — g does it (and every stage after it), "
-                         f"or {STAGE_KEYS[first_open.stage]} opens that stage's screen.")
+    return Text.assemble(
+        ("Next: ", "bold"),
+        f"{step} — g does it (and every stage after it), or {STAGE_KEYS[first_open.stage]} opens that stage's screen.",
+    )
 
 
 class HomeScreen(Screen):
@@ -102,8 +131,14 @@ class HomeScreen(Screen):
             for run in runs[kind]:
                 updated = time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-"
                 # status files are data, not markup: a message with brackets must not restyle (or break) the table
-                table.add_row(kind, Text(run.name), Text(str(run.state), style=STATE_STYLE.get(run.state, "")), updated,
-                              Text(describe_run(run)), key=f"{kind}/{run.name}")
+                table.add_row(
+                    kind,
+                    Text(run.name),
+                    Text(str(run.state), style=STATE_STYLE.get(run.state, "")),
+                    updated,
+                    Text(describe_run(run)),
+                    key=f"{kind}/{run.name}",
+                )
         if selected is not None and f"{selected[0]}/{selected[1]}" in table.rows:
             table.move_cursor(row=table.get_row_index(f"{selected[0]}/{selected[1]}"))
         cursor = self.cursor_run()
@@ -119,7 +154,9 @@ class HomeScreen(Screen):
             return
         run = next((r for r in self.runs.get(cursor[0], []) if r.name == cursor[1]), None)
         if run is not None:
-            detail.update(Text.assemble((f"{run.kind}/{run.name}", "bold"), f" {run.state}: ", describe_run(run) or "-"))
+            detail.update(
+                Text.assemble((f"{run.kind}/{run.name}", "bold"), f" {run.state}: ", describe_run(run) or "-")
+            )
 
     def show_lineage(self) -> None:
         states = lineage(self.app.workspace, self.app.lineage_selection, self.runs or None)

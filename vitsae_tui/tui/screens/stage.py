@@ -143,7 +143,9 @@ class StageScreen(Screen):
     def action_resume(self) -> None:
         select = self.query_one("#resume_run", Select)
         if select.is_blank():
-            self.notify("no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning")
+            self.notify(
+                "no run to resume: pick one under 'resume run' (stopped or interrupted runs)", severity="warning"
+            )
             return
         self.action_start(resume=str(select.value))
 
@@ -184,12 +186,21 @@ class StageScreen(Screen):
                 self.add_metrics(row)
         self.watch_offset += complete
         status = read_status(self.watching)
-        owner = f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
-        step = f" · step {status['step']}/{status.get('total_steps', '?')}" if isinstance(status.get("step"), int) else ""
-        if isinstance(status.get("step"), int) and isinstance(status.get("total_steps"), int) and status["total_steps"] > 0:
+        owner = (
+            f", written by pid {status.get('pid')} on {status.get('host')}" if status.get("state") == "running" else ""
+        )
+        step = (
+            f" · step {status['step']}/{status.get('total_steps', '?')}" if isinstance(status.get("step"), int) else ""
+        )
+        if (
+            isinstance(status.get("step"), int)
+            and isinstance(status.get("total_steps"), int)
+            and status["total_steps"] > 0
+        ):
             self.query_one("#progress", ProgressBar).update(total=status["total_steps"], progress=status["step"])
         self.query_one("#status", Static).update(
-            Text(f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})"))
+            Text(f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})")
+        )
 
     def start_job(self, title: str, fn, *args, **kwargs) -> Job | None:
         if self.app.jobs.running(self.STAGE):

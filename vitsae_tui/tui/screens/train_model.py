@@ -28,8 +28,14 @@ FIELDS = [
     ("lr", ("lr",), float),
     ("seed", ("seed",), int),
 ]
-LABELS = {"dataset": "dataset", "n_train": "synthetic images", "epochs": "epochs", "batch_size": "batch size",
-          "lr": "learning rate", "seed": "seed"}
+LABELS = {
+    "dataset": "dataset",
+    "n_train": "synthetic images",
+    "epochs": "epochs",
+    "batch_size": "batch size",
+    "lr": "learning rate",
+    "seed": "seed",
+}
 
 
 class TrainModelScreen(StageScreen):
@@ -43,12 +49,24 @@ class TrainModelScreen(StageScreen):
         with Horizontal():
             with VerticalScroll(id="form"):
                 yield Label("preset")
-                yield Select([(name, name) for name in config_mod.PRESETS], value="demo", allow_blank=False, id="preset", compact=True)
+                yield Select(
+                    [(name, name) for name in config_mod.PRESETS],
+                    value="demo",
+                    allow_blank=False,
+                    id="preset",
+                    compact=True,
+                )
                 for key, _path, _parse in FIELDS:
                     yield Label(LABELS[key])
                     yield Input(id=key, compact=True)
                 yield Label("device")
-                yield Select([(d, d) for d in ("auto", "cpu", "cuda", "mps")], value="auto", allow_blank=False, id="device", compact=True)
+                yield Select(
+                    [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
+                    value="auto",
+                    allow_blank=False,
+                    id="device",
+                    compact=True,
+                )
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
                 with Horizontal(id="form-buttons"):
@@ -57,7 +75,9 @@ class TrainModelScreen(StageScreen):
                 yield Button("Resume (r)", id="resume", compact=True)
             with Vertical(id="live"):
                 yield Static("no job: set the form and press s", id="status")
-                yield ProgressBar(total=1, id="progress", show_eta=False)  # determinate: no animation until a job reports
+                yield ProgressBar(
+                    total=1, id="progress", show_eta=False
+                )  # determinate: no animation until a job reports
                 with Horizontal(id="plots"):
                     yield MetricPlot("loss", id="loss_plot", y_min=0.0)
                     yield MetricPlot("accuracy", id="acc_plot", y_min=0.0, y_max=1.0)
@@ -85,7 +105,9 @@ class TrainModelScreen(StageScreen):
 
     def refresh_runs(self) -> None:
         runs = self.app.workspace.runs("models")
-        options = [(f"{r.name} ({r.state})", r.name) for r in runs if (r.path / "last.pt").exists() and r.state != "finished"]
+        options = [
+            (f"{r.name} ({r.state})", r.name) for r in runs if (r.path / "last.pt").exists() and r.state != "finished"
+        ]
         refill_select(self.query_one("#resume_run", Select), options)  # the newest stopped run, unless one was picked
 
     def on_select_changed(self, event: Select.Changed) -> None:
@@ -126,7 +148,9 @@ class TrainModelScreen(StageScreen):
             return
         from vitsae_tui.engine.train_model import train_model
 
-        self.start_job(f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume)
+        self.start_job(
+            f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume
+        )
 
     def show_run(self, run_dir: Path) -> None:
         """Draw any run's curves from its files and keep following them while it is written."""
@@ -148,7 +172,9 @@ class TrainModelScreen(StageScreen):
         if isinstance(event, events.Finished):
             verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
             acc = event.summary.get("best_val_accuracy", 0.0)
-            self.query_one("#log", StageLog).write(Text(f"{verb}: best val accuracy {acc:.1%} → {event.run_dir}", style="green"))
+            self.query_one("#log", StageLog).write(
+                Text(f"{verb}: best val accuracy {acc:.1%} → {event.run_dir}", style="green")
+            )
             self.refresh_runs()
 
     def redraw_plots(self) -> None:

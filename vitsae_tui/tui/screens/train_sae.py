@@ -20,11 +20,29 @@ from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-sae"
-FIELDS = [("expansion", int), ("l0_coeff", float), ("bandwidth", float), ("lr", float), ("batch_size", int), ("tokens", int)]
-LABELS = {"expansion": "expansion factor", "l0_coeff": "L0 coefficient λ", "bandwidth": "bandwidth ε", "lr": "learning rate",
-          "batch_size": "batch size (tokens)", "tokens": "training tokens"}
+FIELDS = [
+    ("expansion", int),
+    ("l0_coeff", float),
+    ("bandwidth", float),
+    ("lr", float),
+    ("batch_size", int),
+    ("tokens", int),
+]
+LABELS = {
+    "expansion": "expansion factor",
+    "l0_coeff": "L0 coefficient λ",
+    "bandwidth": "bandwidth ε",
+    "lr": "learning rate",
+    "batch_size": "batch size (tokens)",
+    "tokens": "training tokens",
+}
 # (metrics key, title, log y axis, y floor)
-PLOTS = [("mse", "MSE", True, None), ("fvu", "FVU", True, None), ("l0", "L0", False, 0.0), ("dead_fraction", "dead %", False, 0.0)]
+PLOTS = [
+    ("mse", "MSE", True, None),
+    ("fvu", "FVU", True, None),
+    ("l0", "L0", False, 0.0),
+    ("dead_fraction", "dead %", False, 0.0),
+]
 BARS = " ▁▂▃▄▅▆▇█"
 
 
@@ -39,16 +57,22 @@ def _value(row: dict, key: str, default: float = float("nan")) -> float:
 
 
 def format_eval(row: dict) -> Text:
-    text = Text.assemble((f"eval @ step {row.get('step', '?')}", "bold"),
-                         f"  FVU {_value(row, 'eval_fvu'):.4f} · L0 {_value(row, 'eval_l0'):.1f} · "
-                         f"never fired {_value(row, 'eval_never_fired_fraction', 0.0):.1%}")
+    text = Text.assemble(
+        (f"eval @ step {row.get('step', '?')}", "bold"),
+        f"  FVU {_value(row, 'eval_fvu'):.4f} · L0 {_value(row, 'eval_l0'):.1f} · "
+        f"never fired {_value(row, 'eval_never_fired_fraction', 0.0):.1%}",
+    )
     density = row.get("density")
     if isinstance(density, dict) and isinstance(density.get("counts"), list):
-        text.append(f"\ndensity 1e-7 [{histogram_bars(density['counts'])}] 1   ({density.get('never_fired', '?')} never fired)")
+        text.append(
+            f"\ndensity 1e-7 [{histogram_bars(density['counts'])}] 1   ({density.get('never_fired', '?')} never fired)"
+        )
     if "ce_recovered" in row:
-        text.append(f"\nspliced in: CE {_value(row, 'ce_sae'):.3f} (clean {_value(row, 'ce_clean'):.3f}, "
-                    f"mean-ablated {_value(row, 'ce_ablated'):.3f}) → {_value(row, 'ce_recovered'):.1%} recovered · "
-                    f"acc {_value(row, 'acc_sae'):.1%} vs {_value(row, 'acc_clean'):.1%} clean")
+        text.append(
+            f"\nspliced in: CE {_value(row, 'ce_sae'):.3f} (clean {_value(row, 'ce_clean'):.3f}, "
+            f"mean-ablated {_value(row, 'ce_ablated'):.3f}) → {_value(row, 'ce_recovered'):.1%} recovered · "
+            f"acc {_value(row, 'acc_sae'):.1%} vs {_value(row, 'acc_clean'):.1%} clean"
+        )
     return text
 
 
@@ -69,7 +93,13 @@ class TrainSAEScreen(StageScreen):
                     yield Label(LABELS[key])
                     yield Input(str(getattr(defaults, key)), id=key, compact=True)
                 yield Label("device")
-                yield Select([(d, d) for d in ("auto", "cpu", "cuda", "mps")], value="auto", allow_blank=False, id="device", compact=True)
+                yield Select(
+                    [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
+                    value="auto",
+                    allow_blank=False,
+                    id="device",
+                    compact=True,
+                )
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
                 with Horizontal(id="form-buttons"):
@@ -112,7 +142,9 @@ class TrainSAEScreen(StageScreen):
             try:
                 values[key] = parse(text)
             except ValueError:
-                raise ConfigError(f"{LABELS[key]} must be a {'whole number' if parse is int else 'number'}, not {text!r}") from None
+                raise ConfigError(
+                    f"{LABELS[key]} must be a {'whole number' if parse is int else 'number'}, not {text!r}"
+                ) from None
         return config_mod.from_dict(SAETrainConfig, values)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -164,9 +196,13 @@ class TrainSAEScreen(StageScreen):
         if isinstance(event, events.Finished):
             s = event.summary
             verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
-            self.query_one("#log", StageLog).write(Text(
-                f"{verb}: FVU {s.get('fvu', float('nan')):.4f}, L0 {s.get('l0', float('nan')):.1f}, "
-                f"dead {s.get('dead_fraction', 0.0):.1%} → {event.run_dir}", style="green"))
+            self.query_one("#log", StageLog).write(
+                Text(
+                    f"{verb}: FVU {s.get('fvu', float('nan')):.4f}, L0 {s.get('l0', float('nan')):.1f}, "
+                    f"dead {s.get('dead_fraction', 0.0):.1%} → {event.run_dir}",
+                    style="green",
+                )
+            )
             self.refresh_choices()
 
     def status_detail(self, job: Job) -> str:

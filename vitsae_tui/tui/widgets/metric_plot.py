@@ -25,8 +25,15 @@ def downsample(xs: list[float], ys: list[float], width: int) -> tuple[list[float
 class MetricPlot(PlotextPlot):
     """Named series of (x, y) points; `add` is cheap, `redraw` rebuilds the plot once for all new points."""
 
-    def __init__(self, title: str, xlabel: str = "step", log_y: bool = False, y_min: float | None = None,
-                 y_max: float | None = None, **kwargs):
+    def __init__(
+        self,
+        title: str,
+        xlabel: str = "step",
+        log_y: bool = False,
+        y_min: float | None = None,
+        y_max: float | None = None,
+        **kwargs,
+    ):
         """y_min / y_max pin the y axis (e.g. 0 for a count or a percentage, whose axis must not dip below it)."""
         super().__init__(**kwargs)
         self.title = title

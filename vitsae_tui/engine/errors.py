@@ -1,0 +1,94 @@
+"""Errors: one UserError base for everything the user reads as a sentence; anything else is a bug with a traceback."""
+
+from __future__ import annotations
+
+import errno
+import traceback
+from pathlib import Path
+
+from vitsae_tui.engine.events import Failed, Report
+
+ERROR_LOG = "error.log"
+
+
+class UserError(Exception):
+    """Bad input, a missing artifact or a machine limit: the message is one sentence that says what to do."""
+
+
+class StageError(UserError, RuntimeError):
+    """A stage could not run; the message is one sentence for the user."""
+
+
+def resource_message(error: BaseException) -> str | None:
+    """The sentence for a machine limit (memory, disk, permissions), or None when the error is not one."""
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return (
+            "the device ran out of memory; start again with a smaller --batch-size, or resume once more memory "
+            "is free (the last checkpoint is intact)"
+        )
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "the disk is full; free some space and resume the run (the last checkpoint is intact)"
+    if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"the workspace cannot be written{where}; pass --workspace DIR with a writable folder"
+    return None
+
+
+def is_user_error(error: BaseException) -> bool:
+    return isinstance(error, UserError) or resource_message(error) is not None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def user_message(error: BaseException) -> str:
+    return resource_message(error) or first_line(error)
+
+
+def log_bug(error: BaseException, log_dir: Path | None) -> Path | None:
+    """Write a bug's traceback to `log_dir/error.log` (appended; None when it cannot be written)."""
+    if log_dir is None:
+        return None
+    path = Path(log_dir) / ERROR_LOG
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write("".join(traceback.format_exception(error)) + "\n")
+    except OSError:
+        return None
+    return path
+
+
+def bug_message(error: BaseException, log_path: Path | None) -> str:
+    where = f"; the traceback is in {log_path}" if log_path else ""
+    return f"internal error ({type(error).__name__}: {first_line(error)}), please report it{where}"
+
+
+def stage_failed(
+    stage: str,
+    error: BaseException,
+    report: Report,
+    run_dir: Path | None = None,
+    message: str | None = None,
+    mark_run: bool = True,
+    log_dir: Path | None = None,
+) -> StageError:
+    """Report a failure and return the StageError to raise; the run folder, if any, is marked failed.
+
+    A UserError or a machine limit is reported as its sentence; anything else is a bug, whose traceback goes to
+    `error.log` in the run folder (or `log_dir`).
+    """
+    from vitsae_tui.engine.workspace import write_status  # workspace's own errors import this module
+
+    if message is None and not is_user_error(error):
+        message = bug_message(error, log_bug(error, log_dir or (run_dir if run_dir and run_dir.is_dir() else None)))
+    message = message or user_message(error)
+    if mark_run and run_dir is not None and run_dir.is_dir():
+        try:
+            write_status(run_dir, "failed", message=message)
+        except OSError:  # a full or read-only disk: the user still gets the message
+            pass
+    report(Failed(stage, message, str(run_dir or "")))
+    return StageError(message)
