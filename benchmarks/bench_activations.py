@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.activation_store import ActivationStore
-from vitsae_tui.engine.activations import collect
+from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import pick_device
 from vitsae_tui.engine.events import Progress
+from vitsae_tui.engine.stages.collect import run as collect
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier, default_hook
 from vitsae_tui.engine.workspace import Workspace, atomic_torch_save, atomic_write_json
 
@@ -104,16 +104,19 @@ def main() -> None:
             (progress[0], progress[-2]) if len(progress) >= 3 else ((0.0, 0), (collect_s, result.n_images))
         )
         steady = (d1 - d0) / (t1 - t0)
-        store = ActivationStore(result.set_dir)
+        store = ActivationSet(result.set_dir)
         print(f"bare forward       {bare:10.1f} images/s")
         print(
-            f"collection         {steady:10.1f} images/s   ratio {steady / bare:.2f}x of bare forward (target >= 0.9), steady state"
+            f"collection         {steady:10.1f} images/s   ratio {steady / bare:.2f}x of bare forward "
+            "(target >= 0.9), steady state"
         )
         print(
-            f"collection overall {collected:10.1f} images/s   ratio {collected / bare:.2f}x, including model and dataset loading"
+            f"collection overall {collected:10.1f} images/s   ratio {collected / bare:.2f}x, "
+            "including model and dataset loading"
         )
         print(
-            f"store size         {store.nbytes / 1e6:10.1f} MB activations, {result.bytes_on_disk / 1e6:.1f} MB with thumbnails"
+            f"store size         {store.nbytes / 1e6:10.1f} MB activations, "
+            f"{result.bytes_on_disk / 1e6:.1f} MB with thumbnails"
         )
 
         acts = store.load_all()
@@ -129,7 +132,7 @@ def main() -> None:
         print(f"store write        {write_rate / 1e6:10.2f} M tokens/s")
 
         batch = 4096
-        for b in store.shuffled_batches(batch, seed=0, epoch=0):
+        for _batch in store.shuffled_batches(batch, seed=0, epoch=0):
             pass  # one pass to warm the page cache, as a training epoch would
         start = time.perf_counter()
         n = 0

@@ -66,7 +66,8 @@ def main() -> None:
     for action, values in timings.items():
         values_ms = sorted(v * 1000 - harness for v in values)
         print(
-            f"{action:18s} median {statistics.median(values_ms):6.1f} ms   p90 {values_ms[int(0.9 * len(values_ms))]:6.1f} ms"
+            f"{action:18s} median {statistics.median(values_ms):6.1f} ms   "
+            f"p90 {values_ms[int(0.9 * len(values_ms))]:6.1f} ms"
             f"   (target median <= 100 ms, n={len(values_ms)})"
         )
 

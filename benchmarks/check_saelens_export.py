@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
-from vitsae_tui.engine.activation_store import ActivationStore
-from vitsae_tui.engine.train_sae import load_sae
+from vitsae_tui.engine.activation_set import ActivationSet
+from vitsae_tui.engine.sae_run import load_sae
 from vitsae_tui.engine.workspace import Workspace, read_json
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     run_dir = ws.run_dir("saes", args.sae)
     ours = load_sae(run_dir)
     theirs = SAE.load_from_disk(str(run_dir / "saelens"), device="cpu")
-    store = ActivationStore(ws.run_dir("activations", read_json(run_dir / "meta.json")["activations"]))
+    store = ActivationSet(ws.run_dir("activations", read_json(run_dir / "meta.json")["activations"]))
     x_raw = torch.from_numpy(store.load_all()[:20000].astype(np.float32))
     with torch.no_grad():
         f_ours = ours.encode_raw(x_raw)

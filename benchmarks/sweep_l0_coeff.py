@@ -11,10 +11,11 @@ import argparse
 import dataclasses
 import threading
 import time
+from math import nan
 
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.events import ignore
-from vitsae_tui.engine.train_sae import train_sae
+from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.workspace import Workspace
 
 
@@ -29,15 +30,16 @@ def main() -> None:
     ws = Workspace(args.workspace)
     base = SAETrainConfig(activations=args.activations, tokens=args.tokens, bandwidth=args.bandwidth, eval_every=10**9)
     print(
-        f"{'lambda':>8} {'L0':>8} {'FVU':>8} {'eval L0':>8} {'eval FVU':>9} {'CE rec':>7} {'acc SAE':>8} {'dead':>6} {'s':>6}"
+        f"{'lambda':>8} {'L0':>8} {'FVU':>8} {'eval L0':>8} {'eval FVU':>9} {'CE rec':>7} {'acc SAE':>8} "
+        f"{'dead':>6} {'s':>6}"
     )
     for value in (float(v) for v in args.values.split(",")):
         start = time.perf_counter()
         run = train_sae(dataclasses.replace(base, l0_coeff=value), ws, ignore, threading.Event())
         m = run.metrics
         print(
-            f"{value:8.3g} {m['l0']:8.2f} {m['fvu']:8.4f} {m.get('eval_l0', float('nan')):8.2f} {m.get('eval_fvu', float('nan')):9.4f} "
-            f"{m.get('ce_recovered', float('nan')):7.3f} {m.get('acc_sae', float('nan')):8.3f} {m['dead_fraction']:6.3f} "
+            f"{value:8.3g} {m['l0']:8.2f} {m['fvu']:8.4f} {m.get('eval_l0', nan):8.2f} {m.get('eval_fvu', nan):9.4f} "
+            f"{m.get('ce_recovered', nan):7.3f} {m.get('acc_sae', nan):8.3f} {m['dead_fraction']:6.3f} "
             f"{time.perf_counter() - start:6.1f}",
             flush=True,
         )

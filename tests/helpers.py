@@ -71,56 +71,40 @@ async def wait_for(pilot, condition, timeout_s=180.0):
 def write_activation_set(
     ws: Workspace, name: str, acts, labels=None, hook: str = "blocks.0.resid_post", model_run: str = "none"
 ) -> str:
-    """An activation set built from an array (n_images, tokens, d): the store's own format, one shard."""
-    import numpy as np
+    """An activation set built from an array (n_images, 36, d), written by the set's own writer as one shard."""
+    import dataclasses
 
-    from vitsae_tui.engine.activation_store import MANIFEST_VERSION
-    from vitsae_tui.engine.activations import THUMB_SIZE
-    from vitsae_tui.engine.workspace import atomic_save_npy, atomic_write_json, write_status
+    import numpy as np
+    import torch
+
+    from vitsae_tui.engine import activation_set
+    from vitsae_tui.engine.activation_set import ImageEntry, Provenance, ShardWriter
+    from vitsae_tui.engine.config import DataConfig
+    from vitsae_tui.engine.workspace import write_status
 
     n_images, tokens, d = acts.shape
     labels = np.zeros(n_images, dtype=np.int64) if labels is None else labels
     set_dir = ws.kind_dir("activations") / name
-    set_dir.mkdir()
-    rows = acts.reshape(-1, d).astype(np.float32)
-    atomic_save_npy(set_dir / "shard-00000.npy", rows)
-    atomic_save_npy(set_dir / "shard-00000.thumbs.npy", np.zeros((n_images, THUMB_SIZE, THUMB_SIZE, 3), np.uint8))
-    as64 = rows.astype(np.float64)
-    atomic_write_json(
-        set_dir / "manifest.json",
-        {
-            "version": MANIFEST_VERSION,
-            "name": name,
-            "hook": hook,
-            "d_model": d,
-            "grid": [6, 6],
-            "tokens_per_image": tokens,
-            "dtype": "float32",
-            "thumb_size": THUMB_SIZE,
-            "class_names": [],
-            "concept_names": [],
-            "provenance": {"model_run": model_run, "checkpoint": "best", "checkpoint_sha256": "0" * 64, "hook": hook},
-            "n_images_planned": n_images,
-            "n_images": n_images,
-            "n_tokens": n_images * tokens,
-            "skipped_images": 0,
-            "shards": [
-                {
-                    "files": {"acts": "shard-00000.npy", "thumbs": "shard-00000.thumbs.npy"},
-                    "rows": [0, n_images * tokens],
-                    "images": [0, n_images],
-                    "selected_end": n_images,
-                    "skipped": 0,
-                    "sum": as64.sum(0).tolist(),
-                    "sumsq": (as64**2).sum(0).tolist(),
-                }
-            ],
-            "images": [{"source": f"array:{i}", "label": int(labels[i]), "index": i} for i in range(n_images)],
-            "mean": as64.mean(0).tolist(),
-            "var": as64.var(0).tolist(),
-            "complete": True,
-        },
+    provenance = Provenance(
+        model_run=model_run,
+        checkpoint="best",
+        checkpoint_sha256="0" * 64,
+        hook=hook,
+        data=DataConfig(),
+        split="train",
+        limit=0,
+        dtype="float32",
+        shard_images=n_images,
     )
+    manifest = activation_set.open_or_create(set_dir, provenance, "none", d, int(tokens**0.5), [])
+    writer = ShardWriter(set_dir, manifest)
+    writer.open(0, n_images)
+    entries = [ImageEntry(source=f"array:{i}", label=int(labels[i]), index=i) for i in range(n_images)]
+    writer.write(acts.astype(np.float32), torch.zeros(n_images, 3, 224, 224, dtype=torch.uint8), entries, None)
+    writer.seal(n_images, 0)
+    writer.close()
+    # sealed as collect seals a set, but without loading it back: tests also write sets that must be refused
+    dataclasses.replace(writer.manifest, complete=True).dump(set_dir)
     write_status(set_dir, "finished")
     return name
 
@@ -129,35 +113,34 @@ def make_indexed_workspace(root) -> tuple[Workspace, str]:
     """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index."""
     import threading
 
-    from vitsae_tui.engine.activation_store import ActivationStore
-    from vitsae_tui.engine.activations import collect
-    from vitsae_tui.engine.config import CollectConfig
+    from vitsae_tui.engine.activation_set import ActivationSet
+    from vitsae_tui.engine.config import CollectConfig, IndexConfig
     from vitsae_tui.engine.events import ignore
-    from vitsae_tui.engine.features import build_index
     from vitsae_tui.engine.sae import JumpReLUSAE
-    from vitsae_tui.engine.train_sae import input_scale, save_sae
-    from vitsae_tui.engine.workspace import atomic_write_json, write_status
+    from vitsae_tui.engine.sae_run import SAEMeta, save_sae
+    from vitsae_tui.engine.stages.collect import run as collect
+    from vitsae_tui.engine.stages.index import run as build_index
+    from vitsae_tui.engine.stages.train_sae import input_scale
+    from vitsae_tui.engine.workspace import write_status
 
     ws = Workspace(root)
     run = make_model_run(ws)
     set_dir = collect(CollectConfig(model=run, device="cpu", shard_images=40), ws, ignore, threading.Event()).set_dir
-    store = ActivationStore(set_dir)
+    store = ActivationSet(set_dir)
     sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=0.5, input_scale=input_scale(store), seed=3)
     sae_dir = ws.new_run("saes", "sae")
     save_sae(sae_dir / "sae.safetensors", sae)
-    atomic_write_json(
-        sae_dir / "meta.json",
-        {
-            "activations": set_dir.name,
-            "hook": store.hook,
-            "d_in": store.d_model,
-            "d_sae": sae.d_sae,
-            "input_scale": float(sae.input_scale),
-            "model_run": run,
-        },
-    )
+    SAEMeta(
+        activations=set_dir.name,
+        hook=store.hook,
+        d_in=store.d_model,
+        d_sae=sae.d_sae,
+        input_scale=float(sae.input_scale),
+        model_run=run,
+        model_checkpoint_sha256=store.provenance.checkpoint_sha256,
+    ).dump(sae_dir)
     write_status(sae_dir, "finished")
-    build_index(ws, sae_dir.name, ignore, threading.Event(), device="cpu")
+    build_index(IndexConfig(sae=sae_dir.name, device="cpu"), ws, ignore, threading.Event())
     return ws, sae_dir.name
 
 

@@ -11,18 +11,21 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 
 from vitsae_tui import __version__
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig, TrainModelConfig
+from vitsae_tui.engine.config import DataConfig
+from vitsae_tui.engine.errors import StageError, UserError
+from vitsae_tui.engine.stages import REGISTRY, STAGES, Stage
 
 
 def _help(cls, name: str) -> str:
     return config_mod.field_help(cls).get(name, "").replace("%", "%%")  # argparse formats help with %
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls, names: list[str]) -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls, names: tuple[str, ...]) -> None:
     """Options for config fields, typed and documented by the dataclass; unset ones keep the preset's value."""
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for name in names:
@@ -34,40 +37,17 @@ def _add_fields(parser: argparse.ArgumentParser, cls, names: list[str]) -> None:
             converter = {"int": int, "float": float, "str": str}.get(
                 kind if isinstance(kind, str) else kind.__name__, str
             )
-            parser.add_argument(flag, type=converter, default=None, metavar=name.upper(), help=_help(cls, name))
+            metavar = METAVARS.get(name, name.upper())
+            parser.add_argument(flag, type=converter, default=None, metavar=metavar, help=_help(cls, name))
 
 
-def _overrides(args: argparse.Namespace, cls, names: list[str]) -> dict:
+def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-TRAIN_FIELDS = [
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "lr_schedule",
-    "seed",
-    "device",
-    "bf16",
-    "checkpoint_every",
-    "num_workers",
-]
-COLLECT_FIELDS = [
-    "model",
-    "checkpoint",
-    "hook",
-    "split",
-    "limit",
-    "dtype",
-    "shard_images",
-    "batch_size",
-    "device",
-    "bf16",
-    "name",
-]
-SAE_FIELDS = [f.name for f in dataclasses.fields(SAETrainConfig)]
-DATA_FIELDS = ["dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction"]
+# fields that name a run or an activation set: their flags say so
+METAVARS = {"model": "RUN", "sae": "RUN", "activations": "SET"}
+DATA_FIELDS = ("dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,34 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    train = commands.add_parser("train-model", help="train the vision classifier headless")
-    train.add_argument(
-        "--preset", choices=list(config_mod.PRESETS), default="demo", help="starting configuration (default: demo)"
-    )
-    train.add_argument("--resume", metavar="RUN", help="continue models/RUN from its last checkpoint")
-    train.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
-    _add_fields(train, TrainModelConfig, TRAIN_FIELDS)
-    _add_fields(train, DataConfig, DATA_FIELDS)
-
-    collect = commands.add_parser("collect", help="record a hook point's activations into an activation set")
-    collect.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
-    _add_fields(collect, CollectConfig, COLLECT_FIELDS)
-    _add_fields(collect, DataConfig, DATA_FIELDS)
-
-    sae = commands.add_parser("train-sae", help="train a JumpReLU sparse autoencoder on an activation set")
-    sae.add_argument("--resume", metavar="RUN", help="continue saes/RUN from its last checkpoint")
-    sae.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
-    _add_fields(sae, SAETrainConfig, SAE_FIELDS)
-
-    index = commands.add_parser(
-        "index", help="build the feature index of a trained SAE (top examples, densities, concepts)"
-    )
-    index.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/")
-    index.add_argument(
-        "--activations", metavar="SET", help="activation set to index (default: the one the SAE was trained on)"
-    )
-    index.add_argument("--device", default="auto", help="'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
-    index.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+    for stage in STAGES:
+        sub = commands.add_parser(stage.name, help=stage.summary)
+        if stage.presets:
+            sub.add_argument(
+                "--preset",
+                choices=list(config_mod.PRESETS),
+                default="demo",
+                help="starting configuration (default: demo)",
+            )
+        if stage.resumable:
+            sub.add_argument("--resume", metavar="RUN", help=f"continue {stage.kind}/RUN from its last checkpoint")
+        sub.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+        _add_fields(sub, stage.config, stage.cli_fields)
+        if stage.takes_data:
+            _add_fields(sub, DataConfig, DATA_FIELDS)
 
     inspect = commands.add_parser("inspect", help="print the top SAE features of every patch of one image")
     inspect.add_argument(
@@ -151,17 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_model_config(args: argparse.Namespace) -> TrainModelConfig:
-    base = config_mod.preset(args.preset)
-    data = dataclasses.replace(base.data, **_overrides(args, DataConfig, DATA_FIELDS))
-    return config_mod.from_dict(
-        TrainModelConfig,
-        {
-            **config_mod.to_dict(base),
-            **_overrides(args, TrainModelConfig, TRAIN_FIELDS),
-            "data": config_mod.to_dict(data),
-        },
-    )
+def stage_config(stage: Stage, args: argparse.Namespace):
+    """The stage's config from its flags: the preset's or the class's defaults, then every flag that was given."""
+    base = config_mod.preset(args.preset) if stage.presets else stage.config()
+    values = {**config_mod.to_dict(base), **_overrides(args, stage.cli_fields)}
+    if stage.takes_data:
+        values["data"] = {**config_mod.to_dict(base.data), **_overrides(args, DATA_FIELDS)}
+    return config_mod.from_dict(stage.config, values)
 
 
 def _install_stop_signals(stop: threading.Event) -> None:
@@ -194,11 +157,9 @@ def _run_stage(stage: Callable, *args, **kwargs) -> int:
     with ConsoleReport() if rank == 0 else RankReport(rank) as report:
         try:
             stage(*args, report=report, stop=stop, **kwargs)
-        except Exception as e:  # stages raise StageError with a user message; anything else is a bug to show
-            from vitsae_tui.engine.errors import StageError
-
-            if not isinstance(e, StageError):
-                raise
+        except StageError as e:  # already reported as one sentence; a bug's traceback goes to stderr too
+            if e.bug is not None:
+                traceback.print_exception(e.bug, file=sys.stderr)
             code = USER_ERROR
     if "WORLD_SIZE" in os.environ:
         # every file is written and synced by now; skipping interpreter teardown avoids an intermittent abort
@@ -209,57 +170,26 @@ def _run_stage(stage: Callable, *args, **kwargs) -> int:
     return code
 
 
-def cmd_train_model(args: argparse.Namespace) -> int:
-    from vitsae_tui.engine.train_model import train_model
+def cmd_stage(args: argparse.Namespace) -> int:
     from vitsae_tui.engine.workspace import Workspace
 
-    cfg = train_model_config(args) if not args.resume else config_mod.preset(args.preset)
-    return _run_stage(train_model, cfg, Workspace(args.workspace), resume=args.resume)
-
-
-def collect_config(args: argparse.Namespace) -> CollectConfig:
-    data = dataclasses.replace(DataConfig(), **_overrides(args, DataConfig, DATA_FIELDS))
-    return config_mod.from_dict(
-        CollectConfig, {**_overrides(args, CollectConfig, COLLECT_FIELDS), "data": config_mod.to_dict(data)}
-    )
-
-
-def cmd_collect(args: argparse.Namespace) -> int:
-    from vitsae_tui.engine.activations import collect
-    from vitsae_tui.engine.workspace import Workspace
-
-    cfg = collect_config(args)
-    if not cfg.model:
-        print("vitsae-tui: collect needs --model RUN (a trained run from `vitsae-tui runs`)", file=sys.stderr)
-        return 2
-    return _run_stage(collect, cfg, Workspace(args.workspace))
-
-
-def cmd_train_sae(args: argparse.Namespace) -> int:
-    from vitsae_tui.engine.train_sae import train_sae
-    from vitsae_tui.engine.workspace import Workspace
-
-    cfg = config_mod.from_dict(SAETrainConfig, _overrides(args, SAETrainConfig, SAE_FIELDS))
-    if not cfg.activations and not args.resume:
+    stage = REGISTRY[args.command]
+    resume = getattr(args, "resume", None)
+    # a resumed run continues with its own saved config; only the preset's defaults are needed to name it
+    cfg = stage_config(stage, args)
+    if stage.required and not getattr(cfg, stage.required) and not resume:
+        flag = "--" + stage.required.replace("_", "-")
+        alternative = " or --resume RUN" if stage.resumable else ""
         print(
-            "vitsae-tui: train-sae needs --activations SET (a set from `vitsae-tui runs`) or --resume RUN",
+            f"vitsae-tui: {stage.name} needs {flag} {METAVARS[stage.required]}{alternative} (see `vitsae-tui runs`)",
             file=sys.stderr,
         )
         return 2
-    return _run_stage(train_sae, cfg, Workspace(args.workspace), resume=args.resume)
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    from vitsae_tui.engine.features import build_index
-    from vitsae_tui.engine.workspace import Workspace
-
-    return _run_stage(
-        build_index, Workspace(args.workspace), args.sae, activations=args.activations, device=args.device
-    )
+    return _run_stage(stage.run, cfg, Workspace(args.workspace), **({"resume": resume} if stage.resumable else {}))
 
 
 def _open_index(args: argparse.Namespace):
-    from vitsae_tui.engine.features import open_index_for
+    from vitsae_tui.engine.feature_index import open_index_for
     from vitsae_tui.engine.workspace import Workspace
 
     return open_index_for(Workspace(args.workspace), args.sae)
@@ -313,26 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             from vitsae_tui.tui.app import run_app
 
             return run_app(args.workspace, args.demo_size)
+        if args.command in REGISTRY:
+            return cmd_stage(args)
         return {
-            "train-model": cmd_train_model,
-            "collect": cmd_collect,
-            "train-sae": cmd_train_sae,
-            "index": cmd_index,
             "inspect": cmd_inspect,
             "feature": cmd_feature,
             "demo": cmd_demo,
             "runs": cmd_runs,
         }[args.command](args)
-    except config_mod.ConfigError as e:
+    except (UserError, IndexError) as e:  # an image or feature number out of range is the user's to fix too
         print(f"vitsae-tui: {e}", file=sys.stderr)
         return USER_ERROR
-    except Exception as e:
-        from vitsae_tui.engine.activation_store import StoreError
-        from vitsae_tui.engine.device import DeviceError
-        from vitsae_tui.engine.errors import StageError
-        from vitsae_tui.engine.workspace import WorkspaceError
-
-        if isinstance(e, (WorkspaceError, DeviceError, StoreError, StageError, IndexError)):
-            print(f"vitsae-tui: {e}", file=sys.stderr)
-            return USER_ERROR
-        raise

@@ -17,7 +17,8 @@ from vitsae_tui.formatting import format_duration, format_metrics
 
 
 def format_eval(row: dict) -> str:
-    text = f"[cyan]eval @ step {row['step']}[/]: FVU {row.get('eval_fvu', float('nan')):.4f}  L0 {row.get('eval_l0', float('nan')):.1f}"
+    fvu, l0 = row.get("eval_fvu", float("nan")), row.get("eval_l0", float("nan"))
+    text = f"[cyan]eval @ step {row['step']}[/]: FVU {fvu:.4f}  L0 {l0:.1f}"
     if "ce_recovered" in row:
         text += (
             f"  CE recovered {row['ce_recovered']:.3f} (clean {row['ce_clean']:.3f}, SAE {row['ce_sae']:.3f}, "
@@ -158,63 +159,43 @@ def print_runs(ws: Workspace, console: Console | None = None) -> None:
 def print_image_features(index, image: int, token: int | None, top: int, console: Console | None = None) -> None:
     """The reference's inference output, for every patch: top features with activation, density and label."""
     console = console or Console()
-    if not 0 <= image < index.store.n_images:
-        raise IndexError(f"image {image} is outside 0..{index.store.n_images - 1}")
-    T = index.store.tokens_per_image
-    if token is not None and not 0 <= token < T:
-        raise IndexError(f"token {token} is outside 0..{T - 1}")
-    entry = index.store.manifest["images"][image]
-    label = (
-        index.store.class_names[entry["label"]] if 0 <= entry["label"] < len(index.store.class_names) else "unlabelled"
-    )
+    if not 0 <= image < index.n_images:
+        raise IndexError(f"image {image} is outside 0..{index.n_images - 1}")
+    grid = index.grid
+    if token is not None and not 0 <= token < grid * grid:
+        raise IndexError(f"token {token} is outside 0..{grid * grid - 1}")
+    info = index.image_info(image)
     table = Table(
-        title=f"image {image} ({label}, {entry['source']}) · top {top} features per patch", title_justify="left"
+        title=Text(f"image {image} ({info.class_name}, {info.source}) · top {top} features per patch"),
+        title_justify="left",
     )
     table.add_column("patch", justify="right")
     table.add_column("row,col")
     table.add_column("features (id: activation, density, label)")
-    grid = index.store.manifest["grid"][1]
-    for t in [token] if token is not None else range(T):
+    for t in [token] if token is not None else range(grid * grid):
         cells = [
-            f"{j}: {v:.3g} ({index.arrays['density'][j]:.1e})" + (f" {index.label(j)}" if index.label(j) else "")
+            f"{j}: {v:.3g} ({index.density(j):.1e})" + (f" {index.label(j)}" if index.label(j) else "")
             for j, v in index.top_features(image, t, top)
         ]
-        table.add_row(str(t), f"{t // grid},{t % grid}", "  ".join(cells) or "(no feature fires)")
+        table.add_row(str(t), f"{t // grid},{t % grid}", Text("  ".join(cells) or "(no feature fires)"))
     console.print(table)
 
 
 def print_feature(index, feature: int, console: Console | None = None) -> None:
     console = console or Console()
-    if not 0 <= feature < index.d_sae:
-        raise IndexError(f"feature {feature} is outside 0..{index.d_sae - 1}")
-    a = index.arrays
-    label = index.label(feature)
-    console.print(f"[b]feature {feature}[/]" + (f" — {label}" if label else ""))
-    console.print(
-        f"density {a['density'][feature]:.3e} · max {a['max_activation'][feature]:.4g} · mean {a['mean_activation'][feature]:.4g}"
-    )
-    promoted, suppressed = index.class_effect(feature)
-    console.print(
-        "class effect: promotes "
-        + ", ".join(f"{n} {v:+.3f}" for n, v in promoted)
-        + " · suppresses "
-        + ", ".join(f"{n} {v:+.3f}" for n, v in suppressed)
-    )
-    distribution = index.class_distribution(feature)[:5]
-    if distribution:
-        console.print("fires on: " + ", ".join(f"{n} {p:.0%}" for n, p in distribution))
-    for c in index.matched_concepts.get(feature, []):
-        console.print(
-            f"best feature for {c['concept']}: AUROC {c['feature_auroc']:.3f} (best neuron {c['neuron_auroc']:.3f}, "
-            f"probe {c['probe_auroc']:.3f}), top-{index.meta['top_k']} precision {c['top_precision']:.0%}"
-        )
+    summary = index.summary(feature)
+    console.print(Text.assemble((f"feature {feature}", "bold"), f" — {summary.label}" if summary.label else ""))
+    console.print(Text(summary.stats_line(digits=4)))
+    console.print(Text(summary.effect_line(digits=3)))
+    if summary.fires_on:
+        console.print(Text(summary.fires_on_line(5)))
+    for line in summary.concept_lines(digits=3):
+        console.print(Text(line))
     table = Table(title="top examples", title_justify="left")
     for column in ("rank", "image", "patch", "activation", "class"):
         table.add_column(column, justify="right" if column != "class" else "left")
-    names = index.store.class_names
     for rank, (image, token, value) in enumerate(index.top_examples(feature)[:16], 1):
-        lab = index.store.manifest["images"][image]["label"]
-        table.add_row(str(rank), str(image), str(token), f"{value:.4g}", names[lab] if 0 <= lab < len(names) else "-")
+        table.add_row(str(rank), str(image), str(token), f"{value:.4g}", Text(index.image_info(image).class_name))
     console.print(table)
     bands = index.band_examples(feature)
     for b, examples in enumerate(bands):

@@ -1,4 +1,4 @@
-"""Plain-text formatting of metrics rows and durations, shared by the CLI's progress lines and the app's status lines."""
+"""Plain-text formatting of metrics rows and durations, shared by the CLI's progress lines and the app's status."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data parallelism under torchrun with gloo on this CPU: 2 ranks equal 1 process, a lost rank leaves a resumable run."""
+"""Data parallelism under torchrun with gloo on CPU: 2 ranks equal 1 process, a lost rank leaves a resumable run."""
 
 import dataclasses
 import json
@@ -20,8 +20,8 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.distributed import Ranks
 from vitsae_tui.engine.errors import StageError
-from vitsae_tui.engine.train_model import train_model
-from vitsae_tui.engine.train_sae import train_sae
+from vitsae_tui.engine.stages.train_model import run as train_model
+from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import torch
 from vitsae_tui.cli import _run_stage
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import TrainModelConfig
-from vitsae_tui.engine.train_model import train_model
+from vitsae_tui.engine.stages.train_model import run as train_model
 from vitsae_tui.engine.workspace import Workspace
 
 if __name__ == "__main__":

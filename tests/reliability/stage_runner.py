@@ -10,12 +10,9 @@ import threading
 import torch._dynamo  # noqa: F401  the first optimizer imports it (1.4 s): once in the forkserver, not per child
 
 from tests.helpers import tiny_train_config
-from vitsae_tui.engine.activations import collect
-from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
+from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAETrainConfig
 from vitsae_tui.engine.events import Metrics, Progress
-from vitsae_tui.engine.features import build_index
-from vitsae_tui.engine.train_model import train_model
-from vitsae_tui.engine.train_sae import train_sae
+from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.workspace import Workspace
 
 DATA = DataConfig(n_train=480, n_val=32)
@@ -32,14 +29,19 @@ SAE = SAETrainConfig(
     checkpoint_every=50,
     lr=1e-3,
 )
-INDEX_BATCH = 16  # images per step of the index pass, which here checkpoints after every step
+# images per step of the index pass, which here checkpoints after every step
+INDEX = IndexConfig(sae="sae-1", device="cpu", checkpoint_every_s=0.0, images_per_batch=16)
+CONFIGS = {"train-model": MODEL, "collect": COLLECT, "train-sae": SAE, "index": INDEX}
+RESUME = {"train-model": "demo-1", "train-sae": "sae-1"}
+"""the run a resumed stage continues (collect and index continue on their own)"""
 CHECKPOINT_INTERVAL = {
-    "model": MODEL.checkpoint_every,
+    "train-model": MODEL.checkpoint_every,
     "collect": COLLECT.shard_images,
-    "sae": SAE.checkpoint_every,
-    "index": INDEX_BATCH,
+    "train-sae": SAE.checkpoint_every,
+    "index": INDEX.images_per_batch,
 }
-UNIT = {"model": "steps", "collect": "images", "sae": "steps", "index": "images"}
+UNIT = {"train-model": "steps", "collect": "images", "train-sae": "steps", "index": "images"}
+STAGE_FUNCTIONS = {name: stage.run for name, stage in REGISTRY.items()}  # imported once, in the forkserver
 
 
 class ProgressMirror:
@@ -61,13 +63,5 @@ class ProgressMirror:
 
 def run(stage: str, root: str, resume: bool, shared) -> None:
     ws, report, stop = Workspace(root), ProgressMirror(shared, UNIT[stage]), threading.Event()
-    if stage == "model":
-        train_model(MODEL, ws, report, stop, resume="demo-1" if resume else None)
-    elif stage == "collect":
-        collect(COLLECT, ws, report, stop)
-    elif stage == "sae":
-        train_sae(SAE, ws, report, stop, resume="sae-1" if resume else None)
-    elif stage == "index":
-        build_index(ws, "sae-1", report, stop, device="cpu", checkpoint_every_s=0.0, images_per_batch=INDEX_BATCH)
-    else:
-        raise ValueError(stage)
+    extra = {"resume": RESUME[stage] if resume else None} if REGISTRY[stage].resumable else {}
+    STAGE_FUNCTIONS[stage](CONFIGS[stage], ws, report, stop, **extra)

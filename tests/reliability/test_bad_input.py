@@ -15,14 +15,16 @@ from PIL import Image
 
 from tests.helpers import TINY_MODEL, Collector, make_model_run, tiny_train_config, write_activation_set
 from vitsae_tui.engine import data as data_mod
-from vitsae_tui.engine.activation_store import ActivationStore, StoreError
-from vitsae_tui.engine.activations import collect
-from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
+from vitsae_tui.engine.activation_set import ActivationSet, Manifest, StoreError
+from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAETrainConfig
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Log
-from vitsae_tui.engine.features import build_index
-from vitsae_tui.engine.train_model import load_model, train_model
-from vitsae_tui.engine.train_sae import load_sae, train_sae
+from vitsae_tui.engine.model_run import load_model
+from vitsae_tui.engine.sae_run import load_sae
+from vitsae_tui.engine.stages.collect import run as collect
+from vitsae_tui.engine.stages.index import run as build_index
+from vitsae_tui.engine.stages.train_model import run as train_model
+from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.workspace import Workspace, WorkspaceError, atomic_write_json, read_json
 
 MARKER = Path("/tmp/vitsae-pwned-by-pickle")
@@ -96,8 +98,8 @@ def test_bad_images_are_skipped_with_a_count_and_the_run_says_so(tmp_path, unrea
         report,
         threading.Event(),
     )
-    manifest = read_json(result.set_dir / "manifest.json")
-    assert (manifest["n_images"], manifest["skipped_images"]) == (good, bad)
+    manifest = Manifest.load(result.set_dir)
+    assert (manifest.n_images, manifest.skipped_images) == (good, bad)
     assert f"skipped {bad} unreadable images" in [e.message for e in report.of(Log)]
     assert read_json(result.set_dir / "status.json")["skipped_images"] == bad
 
@@ -193,7 +195,7 @@ def test_crafted_manifests_are_refused_with_a_clear_message(tmp_path, damage, me
     damage(manifest)
     path.write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match=message) as error:
-        ActivationStore(path.parent)
+        ActivationSet(path.parent)
     assert "\n" not in str(error.value)
 
 
@@ -227,7 +229,7 @@ def test_mismatches_name_both_sides(tmp_path):
         match=r"reads blocks.0.resid_post with d_model 8, but activations/wide holds "
         r"blocks.1.resid_post with d_model 16",
     ):
-        build_index(ws, sae.run_dir.name, report, threading.Event(), activations="wide")
+        build_index(IndexConfig(sae=sae.run_dir.name, activations="wide"), ws, report, threading.Event())
     assert report.of(Failed)
     # resuming the SAE after its set was replaced by one of another width
     config = read_json(sae.run_dir / "config.json")

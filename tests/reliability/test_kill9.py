@@ -20,17 +20,18 @@ from safetensors.torch import load_file
 
 from tests.reliability import stage_runner
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.activation_set import ActivationSet, Manifest
 from vitsae_tui.engine.config import TrainModelConfig
-from vitsae_tui.engine.features import FeatureIndex
-from vitsae_tui.engine.train_sae import load_sae
+from vitsae_tui.engine.feature_index import FeatureIndex
+from vitsae_tui.engine.sae_run import load_sae
+from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import KINDS, Workspace, load_torch_file, read_json, read_jsonl
 
 KILLS_PER_STAGE = 20
-STAGES = ("model", "collect", "sae", "index")
-OUTPUTS = {"model": "models", "collect": "activations", "sae": "saes", "index": "features"}
-RUN = {"model": "demo-1", "collect": "set", "sae": "sae-1", "index": "sae-1"}
+STAGES = tuple(REGISTRY)
+OUTPUTS = {name: stage.kind for name, stage in REGISTRY.items()}
+RUN = {"train-model": "demo-1", "collect": "set", "train-sae": "sae-1", "index": "sae-1"}
 FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(["tests.reliability.stage_runner"])
 
@@ -64,23 +65,25 @@ def reference(tmp_path_factory):
 def recovered(stage: str, ws: Workspace) -> int:
     """How far a re-run starts: the last checkpoint's step, the images of sealed shards or of the saved index pass."""
     run_dir = ws.kind_dir(OUTPUTS[stage]) / RUN[stage]
-    if stage == "model" and (run_dir / "last.pt").exists():
+    if stage == "train-model" and (run_dir / "last.pt").exists():
         return int(load_torch_file(run_dir / "last.pt")["step"])
     if stage == "collect" and (run_dir / "manifest.json").exists():
-        return int(read_json(run_dir / "manifest.json")["n_images"])
-    if stage == "sae" and (run_dir / "trainer.pt").exists():
+        return Manifest.load(run_dir).n_images
+    if stage == "train-sae" and (run_dir / "trainer.pt").exists():
         return int(load_torch_file(run_dir / "trainer.pt")["step"])
     saved_pass = ws.kind_dir("features") / ".sae-1.pass.pt"
     if stage == "index" and saved_pass.exists():
         return int(load_torch_file(saved_pass)["next_image"])
     if stage == "index" and (run_dir / "index.json").exists():  # done, killed in teardown: the pass file is gone
-        return ActivationStore(ws.kind_dir("activations") / "set").n_images
+        return ActivationSet(ws.kind_dir("activations") / "set").n_images
     return 0
 
 
 def resumable(stage: str, ws: Workspace) -> bool:
     run_dir = ws.kind_dir(OUTPUTS[stage]) / RUN[stage]
-    return {"model": (run_dir / "last.pt").exists(), "sae": (run_dir / "trainer.pt").exists()}.get(stage, True)
+    return {"train-model": (run_dir / "last.pt").exists(), "train-sae": (run_dir / "trainer.pt").exists()}.get(
+        stage, True
+    )
 
 
 def assert_nothing_complete_is_corrupt(ws: Workspace) -> None:
@@ -97,7 +100,7 @@ def assert_nothing_complete_is_corrupt(ws: Workspace) -> None:
                 VisionTransformerClassifier(cfg.model).load_state_dict(load_torch_file(run.path / name)["model"])
     for run in ws.runs("activations"):
         if (run.path / "manifest.json").exists():
-            store = ActivationStore(run.path, allow_incomplete=True)  # its sealed shards must read whole
+            store = ActivationSet(run.path, allow_incomplete=True)  # its sealed shards must read whole
             assert np.isfinite(store.load_all()).all() and len(store.load_all()) == store.n_tokens
             assert all(store.thumbnail(i).shape[-1] == 3 for i in range(store.n_images))
     for run in ws.runs("saes"):
@@ -111,17 +114,17 @@ def assert_nothing_complete_is_corrupt(ws: Workspace) -> None:
 
 
 def assert_equal_to_reference(stage: str, ours: Path, theirs: Path) -> None:
-    if stage == "model":
+    if stage == "train-model":
         for name in ("last.pt", "best.pt"):
             a, b = load_torch_file(ours / "models/demo-1" / name), load_torch_file(theirs / "models/demo-1" / name)
             for key, value in b["model"].items():
                 torch.testing.assert_close(a["model"][key], value, rtol=0, atol=0, msg=f"{name}: {key}")
     elif stage == "collect":
-        a, b = ActivationStore(ours / "activations/set"), ActivationStore(theirs / "activations/set")
+        a, b = ActivationSet(ours / "activations/set"), ActivationSet(theirs / "activations/set")
         np.testing.assert_array_equal(a.load_all(), b.load_all())
-        assert a.manifest["images"] == b.manifest["images"] and a.manifest["complete"]
+        assert a.manifest.images == b.manifest.images and a.manifest.complete
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
-    elif stage == "sae":
+    elif stage == "train-sae":
         a, b = (
             load_file(str(ours / "saes/sae-1/sae.safetensors")),
             load_file(str(theirs / "saes/sae-1/sae.safetensors")),

@@ -16,12 +16,13 @@ from safetensors.torch import load_file
 
 from tests.helpers import Collector, make_model_run, write_activation_set
 from vitsae_tui.engine import sae as sae_mod
-from vitsae_tui.engine import train_sae as train_sae_mod
-from vitsae_tui.engine.activation_store import ActivationStore, StoreError
-from vitsae_tui.engine.activations import collect
+from vitsae_tui.engine import sae_run
+from vitsae_tui.engine.activation_set import ActivationSet, StoreError
 from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Metrics
+from vitsae_tui.engine.stages import train_sae as train_sae_mod
+from vitsae_tui.engine.stages.collect import run as collect
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def reference_sae(tmp_path) -> dict:
 
 
 def train_sae(*args, **kwargs):
-    return train_sae_mod.train_sae(*args, **kwargs)
+    return train_sae_mod.run(*args, **kwargs)
 
 
 def assert_same_weights(run_dir: Path, reference: dict) -> None:
@@ -138,13 +139,11 @@ def test_disk_full_while_collecting_keeps_sealed_shards(tmp_path, small_disk):
         f.truncate(filler.stat().st_size - (700 << 10))
     with pytest.raises(StageError, match="the disk is full"):
         collect(cfg, ws, Collector(), threading.Event())
-    sealed = ActivationStore(ws.run_dir("activations", "set"), allow_incomplete=True)
+    sealed = ActivationSet(ws.run_dir("activations", "set"), allow_incomplete=True)
     assert 0 < sealed.n_images < 40 and np.isfinite(sealed.load_all()).all()
     filler.unlink()
     done = collect(cfg, ws, Collector(), threading.Event())
-    np.testing.assert_array_equal(
-        ActivationStore(done.set_dir).load_all(), ActivationStore(reference.set_dir).load_all()
-    )
+    np.testing.assert_array_equal(ActivationSet(done.set_dir).load_all(), ActivationSet(reference.set_dir).load_all())
 
 
 def test_a_read_only_workspace_is_one_sentence_and_still_readable(tmp_path, small_disk):
@@ -175,7 +174,7 @@ def test_injected_disk_full_at_a_checkpoint_write(tmp_path, monkeypatch):
     """The same fault without a small file system: the checkpoint write itself fails with ENOSPC."""
     ws = Workspace(tmp_path / "ws")
     activations(ws)
-    real_save = train_sae_mod.atomic_torch_save
+    real_save = sae_run.atomic_torch_save
     calls = []
 
     def save_until_full(path, obj):
@@ -184,13 +183,13 @@ def test_injected_disk_full_at_a_checkpoint_write(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_save(path, obj)
 
-    monkeypatch.setattr(train_sae_mod, "atomic_torch_save", save_until_full)
+    monkeypatch.setattr(sae_run, "atomic_torch_save", save_until_full)
     with pytest.raises(StageError, match="the disk is full"):
         train_sae(SAETrainConfig(**SAE), ws, Collector(), threading.Event())
     run_dir = ws.run_dir("saes", "sae-1")
     assert load_torch_file(run_dir / "trainer.pt")["step"] == 40
     assert read_json(run_dir / "status.json")["state"] == "failed"
-    monkeypatch.setattr(train_sae_mod, "atomic_torch_save", real_save)
+    monkeypatch.setattr(sae_run, "atomic_torch_save", real_save)
     train_sae(SAETrainConfig(), ws, Collector(), threading.Event(), resume="sae-1")
     assert_same_weights(run_dir, reference_sae(tmp_path))
 
@@ -229,7 +228,7 @@ def test_non_finite_activations_are_refused(tmp_path):
     write_activation_set(ws, "inf-set", acts)
     for name in ("nan-set", "inf-set"):
         with pytest.raises(StoreError, match="NaN, infinite"):
-            ActivationStore(ws.run_dir("activations", name))
+            ActivationSet(ws.run_dir("activations", name))
         with pytest.raises(StageError, match="NaN, infinite"):
             train_sae(
                 SAETrainConfig(activations=name, device="cpu", tokens=512, batch_size=128),

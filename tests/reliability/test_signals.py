@@ -15,11 +15,13 @@ import pytest
 from tests.e2e.test_tmux import Tmux
 from tests.helpers import Collector
 from tests.reliability import stage_runner
-from vitsae_tui.engine.activations import collect
+from vitsae_tui.engine.activation_set import Manifest
+from vitsae_tui.engine.config import IndexConfig
 from vitsae_tui.engine.events import Progress
-from vitsae_tui.engine.features import build_index
-from vitsae_tui.engine.train_model import train_model
-from vitsae_tui.engine.train_sae import train_sae
+from vitsae_tui.engine.stages.collect import run as collect
+from vitsae_tui.engine.stages.index import run as build_index
+from vitsae_tui.engine.stages.train_model import run as train_model
+from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +38,7 @@ def workspace(tmp_path_factory) -> Workspace:
     )
     collect(stage_runner.COLLECT, ws, Collector(), threading.Event())
     train_sae(dataclasses.replace(stage_runner.SAE, tokens=256 * 100), ws, Collector(), threading.Event())
-    build_index(ws, "sae-1", Collector(), threading.Event(), device="cpu")
+    build_index(IndexConfig(sae="sae-1", device="cpu"), ws, Collector(), threading.Event())
     return ws
 
 
@@ -140,8 +142,8 @@ def test_cli_collect_and_index_stop_cleanly_on_signal(workspace):
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 0, err
-    manifest = read_json(set_dir / "manifest.json")
-    assert not manifest["complete"] and manifest["n_images"] % 8 == 0 and manifest["n_images"] < 480
+    manifest = Manifest.load(set_dir)
+    assert not manifest.complete and manifest.n_images % 8 == 0 and manifest.n_images < 480
     assert read_json(set_dir / "status.json")["state"] == "stopped"
     # the same command continues it
     again = cli(

@@ -5,7 +5,7 @@ from textual.widgets import Input
 from tests.helpers import make_indexed_workspace, wait_for
 from vitsae_tui.tui.app import VitsaeApp
 
-MODES = ("home", "train", "collect", "sae", "browse")
+MODES = ("home", "train-model", "collect", "train-sae", "browse")
 
 
 async def test_resizing_to_40x12_and_back_while_a_job_runs(tmp_path):

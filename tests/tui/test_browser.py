@@ -49,7 +49,7 @@ async def test_image_patch_feature_example_and_back(indexed_root):
         await pilot.press("f")
         assert screen.query_one("#side", ContentSwitcher).current == "list-view"
         feature_list = screen.query_one("#feature-list", DataTable)
-        alive = int((screen.index.arrays["density"] > 0).sum())
+        alive = int((screen.index.arrays.density > 0).sum())
         assert feature_list.row_count == alive
         await pilot.press("d")
         assert feature_list.row_count == screen.index.d_sae

@@ -1,7 +1,7 @@
 from textual.widgets import Input, Select, Static
 
 from tests.helpers import make_model_run, wait_for
-from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.collect import CollectScreen
@@ -28,7 +28,7 @@ async def test_a_small_collection_from_the_collect_screen(tmp_path):
         assert "40 images" in summary and "1,440 tokens" in summary
         sets = list((tmp_path / "ws" / "activations").iterdir())
         assert len(sets) == 1
-        store = ActivationStore(sets[0])
+        store = ActivationSet(sets[0])
         assert store.n_images == 40 and store.hook == "blocks.1.resid_pre"
         # home lists the set; enter on it describes it on the collect screen
         await pilot.press("escape")

@@ -98,7 +98,7 @@ async def test_home_keys(indexed_root):
     app = VitsaeApp(indexed_root, demo_size="tiny")
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.pause(0.2)
-        for key, mode in (("t", "train"), ("c", "collect"), ("a", "sae"), ("b", "browse")):
+        for key, mode in (("t", "train-model"), ("c", "collect"), ("a", "train-sae"), ("b", "browse")):
             await pilot.press(key)
             await pilot.pause(0.1)
             assert app.current_mode == mode, key
@@ -107,7 +107,7 @@ async def test_home_keys(indexed_root):
             assert app.current_mode == "home"
         await pilot.press("enter")  # the selected (first) run opens on its screen
         await pilot.pause(0.3)
-        assert app.current_mode == "train" and "watching" in str(app.screen.query_one("#status").render())
+        assert app.current_mode == "train-model" and "watching" in str(app.screen.query_one("#status").render())
         await pilot.press("escape", "i")
         await wait_for(pilot, lambda: app.jobs.get("index") is not None and not app.jobs.running(), timeout_s=120)
         assert app.jobs.get("index").state == "finished"

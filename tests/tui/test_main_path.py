@@ -170,10 +170,10 @@ async def test_home_follows_the_lineage_the_user_built_not_the_newest_set(tmp_pa
     import numpy as np
 
     from tests.helpers import Collector
-    from vitsae_tui.engine.activations import collect
     from vitsae_tui.engine.config import CollectConfig, DataConfig
     from vitsae_tui.engine.errors import StageError
     from vitsae_tui.engine.pipeline import lineage
+    from vitsae_tui.engine.stages.collect import run as collect
 
     ws, sae = make_indexed_workspace(tmp_path / "ws")
     good = lineage(ws)

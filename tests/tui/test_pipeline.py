@@ -23,7 +23,7 @@ async def test_guided_run_builds_every_stage_and_opens_the_browser(tmp_path):
             return isinstance(app.screen, BrowserScreen) and app.screen.index is not None
 
         await wait_for(pilot, done, timeout_s=300)
-        assert {"train", "collect", "sae"} <= seen_modes
+        assert {"train-model", "collect", "train-sae"} <= seen_modes
         job = app.jobs.get("pipeline")
         assert job.state == "finished", job.message
         assert [s.state for s in lineage(app.workspace)] == ["done"] * 4
@@ -83,7 +83,7 @@ async def test_enter_on_a_run_opens_its_curves_on_a_fresh_screen(tmp_path):
         await pilot.pause(0.2)
         await pilot.press("enter")
         await pilot.pause(0.5)
-        assert app.current_mode == "train"
+        assert app.current_mode == "train-model"
         assert app.screen.query_one("#loss_plot").point_count("train") == 5
         assert "watching demo-1: finished" in str(app.screen.query_one("#status", Static).render())
 
@@ -93,7 +93,7 @@ def test_resuming_a_run_another_process_writes_leaves_its_status_alone(tmp_path)
 
     from tests.helpers import Collector, tiny_train_config
     from vitsae_tui.engine.errors import StageError
-    from vitsae_tui.engine.train_model import train_model
+    from vitsae_tui.engine.stages.train_model import run as train_model
 
     ws = Workspace(tmp_path / "ws")
     run = ws.new_run("models", "demo")

@@ -74,7 +74,7 @@ async def test_bad_form_values_are_reported_not_raised(tmp_path):
         await pilot.press("s")
         await pilot.pause(0.2)
         assert app.jobs.get("train-model") is None
-        assert any("epochs must be a int" in n.message for n in app._notifications)
+        assert any("epochs must be a whole number" in n.message for n in app._notifications)
 
 
 def test_downsample_bins_to_the_width():

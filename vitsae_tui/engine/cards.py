@@ -1,4 +1,4 @@
-"""Images for people: feature activations shown over images, and PNG cards of a feature or of one image, for papers and slides."""
+"""Images for people: feature activations over images, and PNG cards of a feature or of one image, for papers."""
 
 from __future__ import annotations
 
@@ -76,36 +76,22 @@ def feature_card(index, feature: int, path: Path, columns: int = 4, rows: int = 
     width = columns * tile + (columns + 1) * 8
     card = Image.new("RGB", (width, header + rows * (tile + 24) + 8), (18, 18, 24))
     draw = ImageDraw.Draw(card)
-    density = index.arrays["density"][feature]
-    label = index.label(feature)
+    summary = index.summary(feature, n_effects=2)
     title_font, text_font, caption_font = _font(22), _font(14), _font(13)
-    draw.text(
-        (8, 6),
-        _fit(draw, f"feature {feature}" + (f" - {label}" if label else ""), title_font, width - 16),
-        fill=(255, 255, 255),
-        font=title_font,
-    )
-    promoted, suppressed = index.class_effect(feature, 2)
-    lines = [
-        f"density {density:.2e} | max {index.arrays['max_activation'][feature]:.3g} | mean {index.arrays['mean_activation'][feature]:.3g}",
-        "promotes "
-        + ", ".join(f"{n} {v:+.2f}" for n, v in promoted)
-        + " | suppresses "
-        + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed),
-    ]
-    concepts = index.matched_concepts.get(feature, [])
-    if concepts:
+    draw.text((8, 6), _fit(draw, summary.title, title_font, width - 16), fill=(255, 255, 255), font=title_font)
+    lines = [summary.stats_line(" | "), summary.effect_line(" | ")]
+    if summary.concepts:
         lines.append(
-            "best feature for " + ", ".join(f"{c['concept']} (AUROC {c['feature_auroc']:.2f})" for c in concepts)
+            "best feature for " + ", ".join(f"{c.concept} (AUROC {c.feature_auroc:.2f})" for c in summary.concepts)
         )
     for i, line in enumerate(lines):
         draw.text((8, 36 + 18 * i), _fit(draw, line, text_font, width - 16), fill=(200, 200, 210), font=text_font)
-    vmax = float(index.arrays["max_activation"][feature]) or None
+    vmax = index.heat_scale(feature)
     for k, (image, token, value) in enumerate(examples):
         r, c = divmod(k, columns)
         x, y = 8 + c * (tile + 8), header + r * (tile + 24)
-        tile_image = overlay(index.store.thumbnail(image), index.heatmap(image, feature), tile, vmax)
-        card.paste(draw_grid(tile_image, index.store.manifest["grid"][0], token, lines=False), (x, y))
+        tile_image = overlay(index.thumbnail(image), index.heatmap(image, feature), tile, vmax)
+        card.paste(draw_grid(tile_image, index.grid, token, lines=False), (x, y))
         caption = _fit(draw, f"img {image}  patch {token}  {value:.3g}", caption_font, tile)
         draw.text((x, y + tile + 4), caption, fill=(200, 200, 210), font=caption_font)
     card.save(path, "PNG")
@@ -116,14 +102,12 @@ def image_card(
     index, image: int, path: Path, feature: int | None = None, token: int | None = None, size: int = 448
 ) -> Path:
     """A PNG of one image with the token grid, the selected patch and (optionally) a feature's heatmap."""
-    thumb = index.store.thumbnail(image)
+    thumb = index.thumbnail(image)
     if feature is None:
         picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
     else:
-        picture = overlay(
-            thumb, index.heatmap(image, feature), size, float(index.arrays["max_activation"][feature]) or None
-        )
-    picture = draw_grid(picture, index.store.manifest["grid"][0], token)
+        picture = overlay(thumb, index.heatmap(image, feature), size, index.heat_scale(feature))
+    picture = draw_grid(picture, index.grid, token)
     caption = 28
     card = Image.new("RGB", (size, size + caption), (18, 18, 24))
     card.paste(picture, (0, 0))

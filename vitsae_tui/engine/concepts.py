@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 TOP_K = 32  # examples kept per feature, and the k of top-k precision
 
@@ -48,6 +47,8 @@ def probe_auroc(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, steps: int = 200
 ) -> float:
     """Held-out AUROC of a logistic-regression probe (the supervised ceiling for one concept)."""
+    import torch  # only the probe needs it: the index's readers import this module for ConceptScore
+
     if y_train.all() or not y_train.any():
         return math.nan
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
@@ -73,6 +74,34 @@ def probe_auroc(
     return auroc(scores, y_test)
 
 
+@dataclass(frozen=True)
+class ConceptScore:
+    """How well one ground-truth concept is recovered, by the best SAE feature and by the best raw neuron."""
+
+    concept: str
+    prevalence: float
+    """fraction of sampled tokens that show the concept"""
+    feature: int
+    """the SAE feature with the best AUROC for it"""
+    feature_auroc: float
+    neuron: int
+    neuron_auroc: float
+    """the best raw neuron's AUROC (either sign)"""
+    probe_auroc: float | None
+    """a linear probe on the raw activations, scored on held-out tokens: the ceiling (NaN: not computable)"""
+    top_precision: float | None
+    """fraction of the best feature's top-k examples that show the concept (NaN: it has none)"""
+    # monosemanticity, which AUROC (favouring dense scores) misses: the purest top-k of any feature vs any neuron
+    best_feature_precision: float
+    best_feature_by_precision: int
+    best_neuron_precision: float
+
+    def __post_init__(self) -> None:
+        for name in ("probe_auroc", "top_precision"):  # JSON stores NaN as null
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, math.nan)
+
+
 def concept_recovery(
     x_raw: np.ndarray,
     feature_acts: np.ndarray,
@@ -80,7 +109,7 @@ def concept_recovery(
     names: list[str],
     top_tokens: np.ndarray,
     token_concepts_all: np.ndarray,
-) -> list[dict[str, Any]]:
+) -> list[ConceptScore]:
     """Per concept: best SAE feature AUROC, best neuron AUROC (either sign), probe ceiling, precision of top examples.
 
     x_raw (N, d), feature_acts (N, F), concepts (N, n_concepts) bool for the same sampled tokens;
@@ -103,19 +132,18 @@ def concept_recovery(
         best = int(np.nanargmax(feature_scores))
         tops = top_tokens[best][top_tokens[best] >= 0]
         results.append(
-            {
-                "concept": name,
-                "prevalence": float(positive.mean()),
-                "feature": best,
-                "feature_auroc": float(feature_scores[best]),
-                "neuron": int(np.nanargmax(neuron_scores)),
-                "neuron_auroc": float(np.nanmax(neuron_scores)),
-                "probe_auroc": probe_auroc(x_raw[split], positive[split], x_raw[~split], positive[~split]),
-                "top_precision": float(token_concepts_all[tops, c].mean()) if len(tops) else math.nan,
-                # monosemanticity, which AUROC (favouring dense scores) misses: the purest top-k of any feature vs neuron
-                "best_feature_precision": float(feature_precision[:, c].max()),
-                "best_feature_by_precision": int(feature_precision[:, c].argmax()),
-                "best_neuron_precision": float(neuron_precision[:, c].max()),
-            }
+            ConceptScore(
+                concept=name,
+                prevalence=float(positive.mean()),
+                feature=best,
+                feature_auroc=float(feature_scores[best]),
+                neuron=int(np.nanargmax(neuron_scores)),
+                neuron_auroc=float(np.nanmax(neuron_scores)),
+                probe_auroc=probe_auroc(x_raw[split], positive[split], x_raw[~split], positive[~split]),
+                top_precision=float(token_concepts_all[tops, c].mean()) if len(tops) else math.nan,
+                best_feature_precision=float(feature_precision[:, c].max()),
+                best_feature_by_precision=int(feature_precision[:, c].argmax()),
+                best_neuron_precision=float(neuron_precision[:, c].max()),
+            )
         )
     return results

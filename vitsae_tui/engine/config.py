@@ -14,12 +14,18 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from vitsae_tui.engine.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
     """A configuration file or value that cannot be used; the message says what to fix."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+        """the key (dotted for nested ones) that was missing, unknown or of the wrong type, when one was"""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -235,6 +241,24 @@ class SAETrainConfig:
         return self.tokens // self.batch_size
 
 
+@dataclass(frozen=True)
+class IndexConfig:
+    sae: str = ""
+    """the SAE run in saes/ to index"""
+    activations: str = ""
+    """the activation set to index over (empty: the one the SAE was trained on)"""
+    device: str = "auto"
+    """'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'"""
+    images_per_batch: int = 128
+    """images per step of the streaming pass"""
+    checkpoint_every_s: float = 60.0
+    """seconds between saved states of the pass: a stopped or killed index continues from the last one"""
+
+    def validate(self) -> None:
+        _check(self.images_per_batch >= 1, "images_per_batch must be at least 1")
+        _check(self.checkpoint_every_s >= 0, "checkpoint_every_s must be 0 (every step) or more seconds")
+
+
 def seed_preset() -> TrainModelConfig:
     """The reference architecture, exactly."""
     return TrainModelConfig(preset="seed", epochs=10)
@@ -285,10 +309,19 @@ def _coerce(value, annotation, where: str):
                 pass
         raise ConfigError(f"{where} has the wrong type ({type(value).__name__}); fix or delete the file")
     if origin is tuple:
-        item_type = typing.get_args(annotation)[0]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, not {type(value).__name__}; fix or delete the file")
-        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+        item_types = typing.get_args(annotation)
+        if item_types[-1] is Ellipsis:
+            item_types = (item_types[0],) * len(value)
+        elif len(value) != len(item_types):
+            raise ConfigError(f"{where} must hold {len(item_types)} items; fix or delete the file")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where} must be a JSON object; fix or delete the file")
+        item_type = typing.get_args(annotation)[1]
+        return {k: _coerce(v, item_type, f"{where}.{k}") for k, v in value.items()}
     if annotation is type(None):
         if value is not None:
             raise ConfigError(f"{where} must be null")
@@ -302,16 +335,36 @@ def _coerce(value, annotation, where: str):
     return value
 
 
+@functools.cache
+def _type_hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolving string annotations is slow; manifests hold thousands of entries
+
+
 def from_dict(cls, data, where: str = "config"):
     """Build a frozen config from a JSON object, refusing unknown keys and wrong types; missing keys take defaults."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object; fix or delete the file")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where} has unknown keys {unknown}; remove them or use a matching vitsae-tui version")
-    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        raise ConfigError(
+            f"{where} has unknown keys {unknown}; remove them or use a matching vitsae-tui version", unknown[0]
+        )
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ConfigError(f"{where} lacks {missing}; fix or delete the file", missing[0])
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+        except ConfigError as e:
+            e.field = key if e.field is None else f"{key}.{e.field}"
+            raise
     cfg = cls(**values)
     validate = getattr(cfg, "validate", None)
     if validate is not None:

@@ -282,10 +282,10 @@ def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
     # and the split is the same wherever the folder lies (a hash of the absolute path changed with the location)
     relative = [Path(p).relative_to(root).as_posix() for p in paths]
     in_val = [int(hashlib.sha1(r.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction for r in relative]
-    keep = [(p, l) for p, l, v in zip(paths, labels, in_val) if v == (split == "val")]
+    keep = [(path, label) for path, label, val in zip(paths, labels, in_val) if val == (split == "val")]
     if split == "all":
         keep = list(zip(paths, labels))
-    return FileListDataset([p for p, _ in keep], [l for _, l in keep], class_names)
+    return FileListDataset([path for path, _ in keep], [label for _, label in keep], class_names)
 
 
 def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDataset:
@@ -307,7 +307,7 @@ def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDatas
             "or place the extracted dataset there, or use --dataset synthetic"
         ) from None
     paths = [str(p) for p, _ in data._samples]
-    labels = [int(l) for _, l in data._samples]
+    labels = [int(label) for _, label in data._samples]
     class_names = tuple(names[0] for names in data.classes)
     return FileListDataset(paths, labels, class_names)
 

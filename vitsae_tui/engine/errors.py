@@ -18,6 +18,11 @@ class UserError(Exception):
 class StageError(UserError, RuntimeError):
     """A stage could not run; the message is one sentence for the user."""
 
+    def __init__(self, message: str, bug: BaseException | None = None):
+        super().__init__(message)
+        self.bug = bug
+        """the unexpected exception behind it, when it was a bug (its traceback is in error.log)"""
+
 
 def resource_message(error: BaseException) -> str | None:
     """The sentence for a machine limit (memory, disk, permissions), or None when the error is not one."""
@@ -82,7 +87,8 @@ def stage_failed(
     """
     from vitsae_tui.engine.workspace import write_status  # workspace's own errors import this module
 
-    if message is None and not is_user_error(error):
+    bug = None if is_user_error(error) else error
+    if message is None and bug is not None:
         message = bug_message(error, log_bug(error, log_dir or (run_dir if run_dir and run_dir.is_dir() else None)))
     message = message or user_message(error)
     if mark_run and run_dir is not None and run_dir.is_dir():
@@ -91,4 +97,4 @@ def stage_failed(
         except OSError:  # a full or read-only disk: the user still gets the message
             pass
     report(Failed(stage, message, str(run_dir or "")))
-    return StageError(message)
+    return StageError(message, bug)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import CollectConfig, SAETrainConfig, TrainModelConfig
+from vitsae_tui.engine import model_run, sae_run
+from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
 from vitsae_tui.engine.errors import StageError, stage_failed
 from vitsae_tui.engine.events import Finished, Log, Report
+from vitsae_tui.engine.stages import REGISTRY, STAGES
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -30,7 +33,7 @@ def _sha(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-STAGES = ("model", "activations", "sae", "index")
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
 DEMO_SAE_TOKENS = 5_000_000
 
 
@@ -70,27 +73,45 @@ def _best(candidates: list[RunInfo], *preferences) -> RunInfo | None:
 
 
 def _has_checkpoint(run: RunInfo) -> bool:
-    return (run.path / "best.pt").exists() or (run.path / "last.pt").exists()
+    return any(model_run.checkpoint_path(run.path, name).exists() for name in model_run.CHECKPOINTS)
+
+
+def _provenance(run: RunInfo):
+    from vitsae_tui.engine.activation_set import MANIFEST, Manifest
+
+    manifest = _cached(run.path / MANIFEST, lambda: Manifest.load(run.path))
+    return manifest.provenance if manifest is not None else None
 
 
 def _set_model(run: RunInfo) -> str | None:
-    provenance = _read(run.path / "manifest.json").get("provenance")
-    return provenance.get("model_run") if isinstance(provenance, dict) else None
+    provenance = _provenance(run)
+    return provenance.model_run if provenance is not None else None
 
 
 def _sae_set(run: RunInfo) -> str | None:
     """The activation set an SAE was trained on: its config, else its meta.json."""
-    return run.config.get("activations") or _read(run.path / "meta.json").get("activations")
+    from vitsae_tui.engine.sae_run import SAEMeta
+
+    if isinstance(run.config.get("activations"), str) and run.config["activations"]:
+        return run.config["activations"]
+    meta = _cached(run.path / sae_run.META, lambda: SAEMeta.load(run.path))
+    return meta.activations if meta is not None else None
 
 
 def _on_default_dataset(run: RunInfo) -> bool:
-    provenance = _read(run.path / "manifest.json").get("provenance")
-    data = provenance.get("data") if isinstance(provenance, dict) else None
-    return isinstance(data, dict) and data.get("dataset") == "synthetic"
+    provenance = _provenance(run)
+    return provenance is not None and provenance.data.dataset == "synthetic"
+
+
+def _index_meta(run: RunInfo):
+    from vitsae_tui.engine.feature_index import INDEX_FILE, read_meta
+
+    return _cached(run.path / INDEX_FILE, lambda: read_meta(run.path))
 
 
 def _index_sae(run: RunInfo) -> str | None:
-    return _read(run.path / "index.json").get("sae_run")
+    meta = _index_meta(run)
+    return meta.sae_run if meta is not None else None
 
 
 def _named(runs: list[RunInfo], name: str | None) -> RunInfo | None:
@@ -131,21 +152,26 @@ def lineage(
     models = [r for r in all_runs["models"] if _has_checkpoint(r) or r.state == "running"]
     model = pinned.get("models") or _best(models, lambda r: r.name in finished_sets)
     if model is None:
-        return [StageState(s, None, "missing") for s in STAGES]
-    states = [StageState("model", model.name, _state(model), _model_detail(model))]
-    best = model.path / "best.pt"
+        return [StageState(s, None, "missing") for s in STAGE_NAMES]
+    states = [StageState("train-model", model.name, _state(model), _model_detail(model))]
+    best = model_run.checkpoint_path(model.path, "best")
     sha = _sha(best) if best.exists() and model.state != "running" else None
 
     sets = [r for r in all_runs["activations"] if _set_model(r) == model.name]
     act = pinned.get("activations") or _best(sets, lambda r: r.name in finished_saes, _on_default_dataset)
     if act is None:
-        return states + [StageState(s, None, "missing") for s in STAGES[1:]]
-    provenance = _read(act.path / "manifest.json").get("provenance", {})
-    stale = sha is not None and provenance.get("checkpoint_sha256") != sha and provenance.get("checkpoint") == "best"
+        return states + [StageState(s, None, "missing") for s in STAGE_NAMES[1:]]
+    provenance = _provenance(act)
+    stale = (
+        sha is not None
+        and provenance is not None
+        and provenance.checkpoint == "best"
+        and provenance.checkpoint_sha256 != sha
+    )
     tokens = act.status.get("tokens")
     states.append(
         StageState(
-            "activations",
+            "collect",
             act.name,
             "stale" if stale and act.state == "finished" else _state(act),
             f"{tokens:,} tokens" if act.state == "finished" and isinstance(tokens, int) else "",
@@ -155,21 +181,25 @@ def lineage(
     saes = [r for r in all_runs["saes"] if _sae_set(r) == act.name]
     sae = pinned.get("saes") or _best(saes, lambda r: r.name in finished_indexes)
     if sae is None:
-        return states + [StageState(s, None, "missing") for s in STAGES[2:]]
+        return states + [StageState(s, None, "missing") for s in STAGE_NAMES[2:]]
     fvu, l0 = sae.status.get("fvu"), sae.status.get("l0")
     sae_detail = f"FVU {fvu:.3f} · L0 {l0:.1f}" if isinstance(fvu, float) and isinstance(l0, (int, float)) else ""
-    states.append(StageState("sae", sae.name, "stale" if states[-1].state == "stale" else _state(sae), sae_detail))
+    states.append(
+        StageState("train-sae", sae.name, "stale" if states[-1].state == "stale" else _state(sae), sae_detail)
+    )
 
     indexes = [r for r in all_runs["features"] if _index_sae(r) == sae.name]
     index = pinned.get("features") or _best(indexes)
     if index is None:
         return states + [StageState("index", None, "missing")]
-    index_sha = _read(index.path / "index.json").get("sae_sha256")
-    weights = sae.path / "sae.safetensors"
+    index_meta = _index_meta(index)
+    index_sha = index_meta.sae_sha256 if index_meta is not None else None
+    weights = sae.path / sae_run.WEIGHTS
     index_stale = weights.exists() and sae.state == "finished" and index_sha != _sha(weights)
     detail = ""
-    if isinstance(index.status.get("mean_feature_auroc"), float):
-        detail = f"concept AUROC {index.status['mean_feature_auroc']:.3f} (neurons {index.status.get('mean_neuron_auroc', 0):.3f})"
+    summary = index_meta.summary if index_meta is not None else None
+    if summary is not None and summary.mean_feature_auroc is not None:
+        detail = f"concept AUROC {summary.mean_feature_auroc:.3f} (neurons {summary.mean_neuron_auroc or 0:.3f})"
     states.append(StageState("index", index.name, "stale" if index_stale else _state(index), detail))
     return states
 
@@ -190,7 +220,7 @@ def next_step(states: list[StageState]) -> str:
                 "interrupted": "resume or redo",
                 "running": "wait for",
             }.get(s.state, "check")
-            return f"{verb} the {s.stage} stage"
+            return f"{verb} the {REGISTRY[s.stage].noun} stage"
     return "browse the features"
 
 
@@ -206,24 +236,23 @@ def _model_detail(run: RunInfo) -> str:
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
 
 
-_JSON_CACHE: dict[str, tuple[int, int, dict[str, Any]]] = {}
+_ARTIFACT_CACHE: dict[str, tuple[int, int, Any]] = {}
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """A JSON object from the workspace (empty when missing or not an object), parsed again only when it changed."""
-    import json
+def _cached(path: Path, load: Callable[[], Any]) -> Any:
+    """An artifact's typed metadata (None when missing or invalid), loaded again only when its file changed."""
+    from vitsae_tui.engine.errors import UserError
 
     try:
         st = path.stat()
-        cached = _JSON_CACHE.get(str(path))
+        cached = _ARTIFACT_CACHE.get(str(path))
         if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
             return cached[2]
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    data = data if isinstance(data, dict) else {}
-    _JSON_CACHE[str(path)] = (st.st_mtime_ns, st.st_size, data)
-    return data
+        value = load()
+    except (UserError, OSError, RecursionError):
+        return None
+    _ARTIFACT_CACHE[str(path)] = (st.st_mtime_ns, st.st_size, value)
+    return value
 
 
 def run_pipeline(
@@ -234,10 +263,7 @@ def run_pipeline(
     A stopped or interrupted model or SAE run with a checkpoint is resumed, a collection continues after its last
     complete shard and an index pass continues where it stopped; a failed stage is built again.
     """
-    from vitsae_tui.engine.activations import collect
-    from vitsae_tui.engine.features import build_index
-    from vitsae_tui.engine.train_model import train_model
-    from vitsae_tui.engine.train_sae import train_sae
+    train_model, collect, train_sae, build_index = (stage.run for stage in STAGES)
 
     model_cfg, sae_cfg = demo_configs(size)
     states = {s.stage: s for s in lineage(ws, selected)}
@@ -250,7 +276,7 @@ def run_pipeline(
         raise stage_failed("pipeline", StageError(message), report, mark_run=False)
     built: dict[str, str] = {}
     resumable = ("stopped", "interrupted")
-    model_state = states["model"]
+    model_state = states["train-model"]
     if model_state.state != "done":
         resume = model_state.run if model_state.state in resumable else None
         report(Log("pipeline", f"stage 1/4: {'resuming ' + resume if resume else 'training the demo model'}"))
@@ -259,21 +285,21 @@ def run_pipeline(
             return built
         built["model"] = result.run_dir.name
     model = built.get("model") or model_state.run
-    if built or states["activations"].state != "done":
+    if built or states["collect"].state != "done":
         report(Log("pipeline", "stage 2/4: collecting activations"))
         name = ""
-        if not built and states["activations"].state == "stale":  # the old set keeps its name and provenance
-            name = _free_name(ws, f"{states['activations'].run[:58]}.r")
+        if not built and states["collect"].state == "stale":  # the old set keeps its name and provenance
+            name = _free_name(ws, f"{states['collect'].run[:58]}.r")
         result = collect(CollectConfig(model=model, name=name), ws, report, stop)
         if result.stopped:
             return built
         built["activations"] = result.set_dir.name
-    activations = built.get("activations") or states["activations"].run
-    sae_state = states["sae"]
+    activations = built.get("activations") or states["collect"].run
+    sae_state = states["train-sae"]
     if built or sae_state.state != "done":
         resume = (
             sae_state.run
-            if sae_state.state in resumable and (ws.kind_dir("saes") / sae_state.run / "trainer.pt").exists()
+            if sae_state.state in resumable and sae_run.has_checkpoint(ws.run_dir("saes", sae_state.run))
             else None
         )
         report(Log("pipeline", f"stage 3/4: {'resuming ' + resume if resume else 'training the JumpReLU SAE'}"))
@@ -284,7 +310,7 @@ def run_pipeline(
     sae = built.get("sae") or sae_state.run
     if built or states["index"].state != "done":
         report(Log("pipeline", "stage 4/4: indexing the features"))
-        result = build_index(ws, sae, report, stop)
+        result = build_index(IndexConfig(sae=sae), ws, report, stop)
         if not result.summary:
             return built
         built["index"] = result.index_dir.name

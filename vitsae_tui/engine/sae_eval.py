@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.sae import JumpReLUSAE
 
 DENSITY_BINS = np.linspace(-7.0, 0.0, 29)  # log10 firing frequency, 0.25 decades per bin
@@ -42,7 +42,7 @@ def recovered(clean: float, spliced: float, ablated: float) -> float:
 class Evaluator:
     """Holds the held-out activations (and the model after the hook, when available) and scores an SAE on them."""
 
-    def __init__(self, store: ActivationStore, heldout_every: int, device: torch.device, model=None):
+    def __init__(self, store: ActivationSet, heldout_every: int, device: torch.device, model=None):
         ids = heldout_images(store.n_images, heldout_every)[:MAX_EVAL_IMAGES]
         self.image_ids = ids
         acts = (

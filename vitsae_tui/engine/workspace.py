@@ -73,7 +73,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def json_safe(obj: Any) -> Any:
-    """The object with NaN and infinite floats replaced by null: JSON has no such numbers (Python's would write them)."""
+    """The object with NaN and infinite floats replaced by null: JSON has no such numbers (Python would write them)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

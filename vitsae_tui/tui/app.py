@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand
@@ -13,7 +14,9 @@ from textual.binding import Binding
 from textual.command import CommandPalette
 from textual.screen import Screen
 
+from vitsae_tui.engine.config import IndexConfig
 from vitsae_tui.engine.events import Finished
+from vitsae_tui.engine.stages import BY_KIND, REGISTRY, STAGES
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.commands import SafeCommandPalette
 from vitsae_tui.tui.jobs import JobManager
@@ -24,17 +27,14 @@ from vitsae_tui.tui.screens.home import HomeScreen
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
 from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
 
+STAGE_SCREENS = (TrainModelScreen, CollectScreen, TrainSAEScreen)
+
 
 class VitsaeApp(App):
     TITLE = "vitsae-tui"
     CSS_PATH = "app.tcss"
-    MODES = {
-        "home": HomeScreen,
-        "train": TrainModelScreen,
-        "collect": CollectScreen,
-        "sae": TrainSAEScreen,
-        "browse": BrowserScreen,
-    }
+    # a stage's screen is its mode, under the stage's registry name; the index stage runs from home and the browser
+    MODES = {"home": HomeScreen, **{screen.STAGE: screen for screen in STAGE_SCREENS}, "browse": BrowserScreen}
     DEFAULT_MODE = "home"
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
@@ -76,14 +76,13 @@ class VitsaeApp(App):
         """The finished run of one kind in the shown lineage: the default input of the stage that reads it."""
         from vitsae_tui.engine.pipeline import lineage, lineage_input
 
-        stage = {"models": "model", "activations": "activations", "saes": "sae", "features": "index"}[kind]
-        return lineage_input(lineage(self.workspace, self.lineage_selection), stage)
+        return lineage_input(lineage(self.workspace, self.lineage_selection), BY_KIND[kind].name)
 
     async def open_run(self, kind: str, name: str) -> None:
-        """Show one run on its stage's screen: live while it is written, else from its files."""
-        mode = {"models": "train", "saes": "sae", "activations": "collect", "features": "browse"}[kind]
+        """Show one run on its stage's screen (an index in the browser): live while written, else from its files."""
+        mode = BY_KIND[kind].name if BY_KIND[kind].name in self.MODES else "browse"
         await self.switch_mode(mode)  # awaited, so a screen opened for the first time is mounted before use
-        self.screen.show_run(self.workspace.root / kind / name)
+        self.screen.show_run(self.workspace.run_dir(kind, name))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # the built-in Quit would exit at once, without stopping running jobs with a checkpoint
@@ -94,58 +93,20 @@ class VitsaeApp(App):
         yield SystemCommand(
             "Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run
         )
-        yield SystemCommand(
-            "Train model", "Configure, start, stop and resume classifier training", lambda: self.switch_mode("train")
-        )
-        yield SystemCommand(
-            "Collect activations",
-            "Record a hook point's activations into an activation set",
-            lambda: self.switch_mode("collect"),
-        )
-        yield SystemCommand(
-            "Train SAE", "Train a JumpReLU sparse autoencoder on an activation set", lambda: self.switch_mode("sae")
-        )
+        for stage in STAGES:
+            if stage.name in self.MODES:
+                yield SystemCommand(stage.title, stage.summary.capitalize(), partial(self.switch_mode, stage.name))
+            else:
+                yield SystemCommand(stage.title, "Index the shown lineage's SAE", self.action_build_index)
         yield SystemCommand(
             "Browse features", "Images, patches and SAE features of an index", lambda: self.switch_mode("browse")
         )
         yield SystemCommand(
-            "Build feature index",
-            "Index the newest trained SAE (top examples, densities, concepts)",
-            self.action_build_index,
-        )
-        if isinstance(screen, BrowserScreen):
-            yield SystemCommand(
-                "Feature list", "All features, sortable; enter opens one", lambda: screen.action_show("list-view")
-            )
-            yield SystemCommand("Go to feature", "Open a feature by id", screen.action_goto_feature)
-            yield SystemCommand("Go to image", "Open an image by number", screen.action_goto_image)
-            yield SystemCommand("Label feature", "Name the open feature (saved in the workspace)", screen.action_label)
-            yield SystemCommand(
-                "Export PNG", "Write the feature card or the image with its heatmap as a PNG", screen.action_export
-            )
-        if isinstance(screen, TrainSAEScreen):
-            yield SystemCommand("Start SAE training", "Train with the form's settings", screen.action_start)
-            yield SystemCommand("Stop SAE training", "Stop after saving a checkpoint", screen.action_stop)
-            yield SystemCommand(
-                "Resume SAE training", "Continue the run chosen under 'resume run'", screen.action_resume
-            )
-        if isinstance(screen, CollectScreen):
-            yield SystemCommand(
-                "Start collecting", "Collect with the form's settings (resumes a matching set)", screen.action_start
-            )
-            yield SystemCommand("Stop collecting", "Stop after sealing complete shards", screen.action_stop)
-        if isinstance(screen, TrainModelScreen):
-            yield SystemCommand("Start training", "Start a run with the form's settings", screen.action_start)
-            yield SystemCommand("Stop training", "Stop the running job after saving a checkpoint", screen.action_stop)
-            yield SystemCommand("Resume training", "Continue the run chosen under 'resume run'", screen.action_resume)
-        yield SystemCommand(
             "Quit", "Quit vitsae-tui (asks first, and stops running jobs with a checkpoint)", self.action_request_quit
         )
 
-    STAGE_MODES = {"train-model": "train", "collect": "collect", "train-sae": "sae", "index": "home"}
-
     def action_guided_run(self, size: str | None = None) -> None:
-        """Run every missing stage on the offline default; each stage's screen follows it, the browser opens at the end."""
+        """Run every missing stage on the offline default; each stage's screen follows it, then the browser opens."""
         from vitsae_tui.engine.pipeline import run_pipeline
 
         if self.jobs.running():
@@ -162,7 +123,8 @@ class VitsaeApp(App):
         if job.stage != "pipeline":
             return
         for event in batch:
-            mode = self.STAGE_MODES.get(event.stage)
+            # each stage's own screen follows it; the index has none, so home shows it
+            mode = event.stage if event.stage in self.MODES else "home" if event.stage in REGISTRY else None
             if mode and event.stage != self.following_stage:
                 self.following_stage = event.stage
                 self.switch_mode(mode)
@@ -181,8 +143,7 @@ class VitsaeApp(App):
 
     def action_build_index(self, sae_run: str | None = None) -> None:
         """Index an SAE (by default the shown lineage's) in a worker; the browser lists it when done."""
-        from vitsae_tui.engine.features import build_index
-
+        stage = REGISTRY["index"]
         sae_run = sae_run or self.lineage_run("saes")
         if sae_run is None:
             self.notify(
@@ -190,10 +151,10 @@ class VitsaeApp(App):
                 severity="warning",
             )
             return
-        if self.jobs.running("index"):
+        if self.jobs.running(stage.name):
             self.notify("an index is already being built", severity="warning")
             return
-        self.jobs.start("index", f"index {sae_run}", build_index, self.workspace, sae_run)
+        self.jobs.start(stage.name, f"index {sae_run}", stage.run, IndexConfig(sae=sae_run), self.workspace)
         self.notify(f"building the feature index of {sae_run}…")
 
     def action_command_palette(self) -> None:

@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
+from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
 from vitsae_tui.tui.widgets.choices import choose, refill_select
@@ -35,6 +36,7 @@ def sparkline(counts: np.ndarray) -> str:
 
 
 class BrowserScreen(Screen):
+    COMMANDS = {ScreenCommands}
     BINDINGS = [
         # the arrows move the patch cursor while the image has focus (its own bindings); hjkl do it from anywhere
         Binding("h", "move(0,-1)", "←", show=False),
@@ -148,7 +150,7 @@ class BrowserScreen(Screen):
             self.open_index(event.value)
 
     def open_index(self, name: str) -> None:
-        from vitsae_tui.engine.features import FeatureIndex
+        from vitsae_tui.engine.feature_index import FeatureIndex
 
         try:
             self.index = FeatureIndex(self.app.workspace, name)
@@ -165,12 +167,10 @@ class BrowserScreen(Screen):
 
     @property
     def grid(self) -> int:
-        return self.index.store.manifest["grid"][0] if self.index else 6
+        return self.index.grid if self.index else 6
 
     def class_name(self, image: int) -> str:
-        names = self.index.store.class_names
-        label = self.index.store.manifest["images"][image]["label"]
-        return names[label] if 0 <= label < len(names) else "unlabelled"
+        return self.index.image_info(image).class_name
 
     def pixel_size(self, widget: PatchImage, max_px: int = 224) -> int:
         """Largest square (in pixels) that fits the widget: one column per pixel, two pixels per row."""
@@ -181,12 +181,12 @@ class BrowserScreen(Screen):
     def composed_image(self, size: int) -> Image.Image:
         key = (self.image, self.feature, self.cursor, size)
         if key not in self.renders:
-            thumb = self.index.store.thumbnail(self.image)
+            thumb = self.index.thumbnail(self.image)
             if self.feature is None:
                 picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
             else:
-                vmax = float(self.index.arrays["max_activation"][self.feature]) or None
-                picture = overlay(thumb, self.index.heatmap(self.image, self.feature), size, vmax)
+                scale = self.index.heat_scale(self.feature)
+                picture = overlay(thumb, self.index.heatmap(self.image, self.feature), size, scale)
             self.renders[key] = draw_grid(picture, self.grid, self.cursor)
             if len(self.renders) > 64:
                 self.renders.popitem(last=False)
@@ -195,13 +195,14 @@ class BrowserScreen(Screen):
     def refresh_image(self) -> None:
         if self.index is None:
             return
-        store = self.index.store
+        index = self.index
         row, col = divmod(self.cursor, self.grid)
-        only = f" · only {store.class_names[self.class_filter]}" if self.class_filter is not None else ""
+        only = f" · only {index.class_names[self.class_filter]}" if self.class_filter is not None else ""
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
         self.query_one("#image-title", Static).update(
             Text(
-                f"image {self.image}/{store.n_images - 1} · {self.class_name(self.image)}{only} · patch {self.cursor} ({row},{col}){feature}"
+                f"image {self.image}/{index.n_images - 1} · {self.class_name(self.image)}{only} · "
+                f"patch {self.cursor} ({row},{col}){feature}"
             )
         )
         view = self.query_one("#image", PatchImage)
@@ -211,7 +212,6 @@ class BrowserScreen(Screen):
     def fill_patch_features(self) -> None:
         table = self.query_one("#patch-features", DataTable)
         table.clear()
-        density = self.index.arrays["density"]
         top = self.index.top_features(self.image, self.cursor, 12)
         self.query_one("#patch-title", Static).update(
             f"top features of patch {self.cursor}" + (" (1-9 or enter opens one)" if top else ": none fire")
@@ -221,7 +221,7 @@ class BrowserScreen(Screen):
             table.add_row(
                 Text(str(feature), style=style),
                 f"{value:.3g}",
-                f"{density[feature]:.1e}",
+                f"{self.index.density(feature):.1e}",
                 Text(self.index.label(feature)),
                 key=str(feature),
             )
@@ -236,30 +236,14 @@ class BrowserScreen(Screen):
             self.notify(f"feature {feature} is outside 0..{index.d_sae - 1}", severity="error")
             return
         self.feature = feature
-        a = index.arrays
-        promoted, suppressed = index.class_effect(feature, 2)
-        label = index.label(feature)
-        stats = Text.assemble((f"feature {feature}", "bold"), f" — {label}" if label else "")
+        summary = index.summary(feature, n_effects=2)
+        stats = Text.assemble((f"feature {feature}", "bold"), f" — {summary.label}" if summary.label else "")
         # most telling first: a short terminal shows only the first few lines
-        lines = [
-            f"density {a['density'][feature]:.2e} · max {a['max_activation'][feature]:.3g} · mean {a['mean_activation'][feature]:.3g}"
-        ]
-        distribution = index.class_distribution(feature)[:3]
-        if distribution:
-            lines.append("fires on " + ", ".join(f"{n} {p:.0%}" for n, p in distribution))
-        lines.append(
-            "promotes "
-            + ", ".join(f"{n} {v:+.2f}" for n, v in promoted)
-            + " · suppresses "
-            + ", ".join(f"{n} {v:+.2f}" for n, v in suppressed)
-        )
-        for c in index.matched_concepts.get(feature, []):
-            lines.append(
-                f"matches {c['concept']}: AUROC {c['feature_auroc']:.2f} (neuron {c['neuron_auroc']:.2f}, probe {c['probe_auroc']:.2f})"
-            )
-        lines.append(f"act/θ 1×…256× [{sparkline(a['activation_hist'][feature])}]")
+        lines = [summary.stats_line(), summary.fires_on_line(), summary.effect_line(), *summary.concept_lines()]
+        lines.append(f"act/θ 1×…256× [{sparkline(summary.activation_hist)}]")
         bands = index.band_examples(feature)
         lines.append("bands " + " | ".join(", ".join(f"{i}/{t}" for i, t, _ in band[:2]) for band in bands if band))
+        lines = [line for line in lines if line]
         for line in lines:
             stats.append("\n" + line)
         self.query_one("#feature-stats", Static).update(stats)
@@ -272,12 +256,12 @@ class BrowserScreen(Screen):
 
     def draw_examples(self) -> None:
         examples = self.shown_examples(self.feature)
-        vmax = float(self.index.arrays["max_activation"][self.feature]) or None
+        vmax = self.index.heat_scale(self.feature)
         feature = self.feature
 
         def draw_tile(example: tuple[int, int, float], tile: int) -> Image.Image:
             image, token, _value = example
-            picture = overlay(self.index.store.thumbnail(image), self.index.heatmap(image, feature), tile, vmax)
+            picture = overlay(self.index.thumbnail(image), self.index.heatmap(image, feature), tile, vmax)
             return draw_grid(picture, self.grid, token, lines=False)
 
         self.query_one("#examples", ExamplesView).set_examples(examples, draw_tile)
@@ -309,31 +293,33 @@ class BrowserScreen(Screen):
 
     def fill_feature_list(self) -> None:
         index = self.index
-        a = index.arrays
+        stats = index.arrays
         key, title = SORTS[self.sort]
-        best_concept = {}
-        for c in index.concepts:
-            best_concept[c["feature"]] = max(best_concept.get(c["feature"], 0.0), c["feature_auroc"])
         ids = np.arange(index.d_sae)
         if self.hide_dead:
-            ids = ids[a["density"][ids] > 0]
-        score = np.array([best_concept.get(int(i), 0.0) for i in ids]) if key == "concept" else a[key][ids]
+            ids = ids[stats.density[ids] > 0]
+        if key == "concept":
+            best = [index.best_concept(int(i)) for i in ids]
+            score = np.array([c.feature_auroc if c else 0.0 for c in best])
+        else:
+            score = getattr(stats, key)[ids]
         ids = ids[np.argsort(-score, kind="stable")]
         table = self.query_one("#feature-list", DataTable)
         table.clear()
         for i in ids[:2000]:
-            concept = next((c["concept"] for c in index.concepts if c["feature"] == i), "")
+            concept = index.best_concept(int(i))
             table.add_row(
                 str(i),
-                f"{a['density'][i]:.1e}",
-                f"{a['max_activation'][i]:.3g}",
-                concept,
+                f"{stats.density[i]:.1e}",
+                f"{stats.max_activation[i]:.3g}",
+                Text(concept.concept if concept else ""),
                 Text(index.label(int(i))),
                 key=str(i),
             )
-        dead = int((a["density"] == 0).sum())
+        dead = int((stats.density == 0).sum())
+        shown = "hidden" if self.hide_dead else "shown"
         self.query_one("#list-title", Static).update(
-            f"{len(ids)} features by {title} (o: sort) · {dead} dead {'hidden' if self.hide_dead else 'shown'} (d) · / jumps to an id"
+            f"{len(ids)} features by {title} (o: sort) · {dead} dead {shown} (d) · / jumps to an id"
         )
 
     def action_move(self, d_row: int, d_col: int) -> None:
@@ -347,10 +333,10 @@ class BrowserScreen(Screen):
     def action_image(self, step: int) -> None:
         if self.index is None:
             return
-        labels = self.index.store.labels()
+        labels = self.index.image_labels()
         candidate = self.image
-        for _ in range(self.index.store.n_images):
-            candidate = (candidate + step) % self.index.store.n_images
+        for _ in range(self.index.n_images):
+            candidate = (candidate + step) % self.index.n_images
             if self.class_filter is None or labels[candidate] == self.class_filter:
                 break
         self.image = candidate
@@ -397,21 +383,21 @@ class BrowserScreen(Screen):
 
     def action_goto_image(self) -> None:
         if self.index is not None:
-            self.ask_number("go to image", self.index.store.n_images, lambda image: self.open_image(image, self.cursor))
+            self.ask_number("go to image", self.index.n_images, lambda image: self.open_image(image, self.cursor))
 
     def action_goto_feature(self) -> None:
         if self.index is not None:
             self.ask_number("feature id", self.index.d_sae, self.show_feature)
 
     def action_class_filter(self) -> None:
-        if self.index is None or not self.index.store.class_names:
+        if self.index is None or not self.index.class_names:
             self.notify("this set has no class labels to filter by", severity="warning")
             return
-        n = len(self.index.store.class_names)
+        n = len(self.index.class_names)
         self.class_filter = (
             0 if self.class_filter is None else (None if self.class_filter + 1 >= n else self.class_filter + 1)
         )
-        if self.class_filter is not None and self.index.store.labels()[self.image] != self.class_filter:
+        if self.class_filter is not None and self.index.image_labels()[self.image] != self.class_filter:
             self.action_image(1)
         else:
             self.refresh_image()
@@ -428,6 +414,16 @@ class BrowserScreen(Screen):
             return
         self.set_side("feature")
         self.query_one("#examples", ExamplesView).focus()
+
+    def palette(self) -> list[tuple[str, str, str]]:
+        return [
+            ("Feature list", "All features, sortable; enter opens one", "show_list"),
+            ("Go to feature", "Open a feature by id", "goto_feature"),
+            ("Go to image", "Open an image by number", "goto_image"),
+            ("Label feature", "Name the open feature (saved in the workspace)", "label"),
+            ("Export PNG", "Write the image with the open feature's heatmap as a PNG", "export"),
+            ("Export feature card", "Write the open feature's card (top images with heatmaps) as a PNG", "export_card"),
+        ]
 
     def action_back(self) -> None:
         examples = self.query_one("#examples", ExamplesView)

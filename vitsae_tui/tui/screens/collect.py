@@ -8,18 +8,20 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Footer, Header, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events
-from vitsae_tui.engine.config import CollectConfig, ConfigError, DataConfig, TrainModelConfig
-from vitsae_tui.engine.workspace import WorkspaceError, read_json
+from vitsae_tui.engine import events, model_run
+from vitsae_tui.engine.config import CollectConfig, ConfigError
+from vitsae_tui.engine.errors import UserError
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen, format_bytes, read_status
 from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.widgets.config_form import ConfigForm
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "collect"
+FORM_FIELDS = ("model", "checkpoint", "hook", "data.dataset", "split", "limit", "dtype")
 
 
 class CollectScreen(StageScreen):
@@ -36,33 +38,17 @@ class CollectScreen(StageScreen):
         yield Header()
         with Horizontal():
             with VerticalScroll(id="form"):
-                yield Label("model run")
-                yield Select([], prompt="(train a model first)", id="model", compact=True)
-                yield Label("checkpoint")
-                yield Select(
-                    [("best", "best"), ("last", "last")], value="best", allow_blank=False, id="checkpoint", compact=True
-                )
-                yield Label("hook point")
-                yield Select([], prompt="(pick a model)", id="hook", compact=True)
-                yield Label("dataset")
-                yield Input("synthetic", id="dataset", compact=True)
-                yield Label("split")
-                yield Select(
-                    [(s, s) for s in ("train", "val", "all")],
-                    value="train",
-                    allow_blank=False,
-                    id="split",
-                    compact=True,
-                )
-                yield Label("limit (0: all images)")
-                yield Input("0", id="limit", compact=True)
-                yield Label("storage dtype")
-                yield Select(
-                    [("float16", "float16"), ("float32", "float32")],
-                    value="float16",
-                    allow_blank=False,
-                    id="dtype",
-                    compact=True,
+                yield ConfigForm(
+                    CollectConfig,
+                    FORM_FIELDS,
+                    {
+                        "model": (),
+                        "checkpoint": (("best", "best"), ("last", "last")),
+                        "hook": (),
+                        "split": tuple((split, split) for split in ("train", "val", "all")),
+                        "dtype": (("float16", "float16"), ("float32", "float32")),
+                    },
+                    id="config",
                 )
                 with Horizontal(id="form-buttons"):
                     yield Button("Start (s)", variant="success", id="start", compact=True)
@@ -81,7 +67,7 @@ class CollectScreen(StageScreen):
         self.refresh_models()
 
     def refresh_models(self) -> None:
-        runs = [r for r in self.app.workspace.runs("models") if (r.path / "best.pt").exists()]
+        runs = [r for r in self.app.workspace.runs("models") if model_run.checkpoint_path(r.path, "best").exists()]
         select = self.query_one("#model", Select)
         refill_select(select, [(f"{r.name} ({r.state})", r.name) for r in runs], self.app.lineage_run("models"))
 
@@ -93,20 +79,14 @@ class CollectScreen(StageScreen):
         with self.prevent(Select.Changed):  # its handler would reset the hook to the model's default afterwards
             if choose(self.query_one("#model", Select), config.get("model")):
                 self.fill_hooks(str(config["model"]))
-        for key in ("checkpoint", "hook", "split", "dtype"):
-            choose(self.query_one(f"#{key}", Select), config.get(key))
-        data = config.get("data") if isinstance(config.get("data"), dict) else {}
-        self.query_one("#dataset", Input).value = str(data.get("dataset", ""))
-        self.query_one("#limit", Input).value = str(config.get("limit", 0))
+            self.query_one("#config", ConfigForm).fill(config)
 
     def fill_hooks(self, run: str) -> None:
         from vitsae_tui.engine.vision_model import default_hook, hook_names
 
         try:
-            cfg = config_mod.from_dict(
-                TrainModelConfig, read_json(self.app.workspace.root / "models" / run / "config.json")
-            )
-        except Exception as e:  # a damaged run: say so, keep the screen usable
+            cfg = model_run.read_config(self.app.workspace, run)
+        except (UserError, OSError) as e:  # a damaged run: say so, keep the screen usable
             self.notify(f"models/{run} cannot be read: {e}", severity="error", markup=False)
             return
         hooks = self.query_one("#hook", Select)
@@ -114,31 +94,11 @@ class CollectScreen(StageScreen):
         hooks.value = default_hook(cfg.model)
 
     def form_config(self) -> CollectConfig:
-        model_select = self.query_one("#model", Select)
-        model = model_select.value
-        if model_select.is_blank():
+        if self.query_one("#model", Select).is_blank():
             raise ConfigError("pick a model run first (train one on the Train screen if the list is empty)")
-        limit_text = self.query_one("#limit", Input).value.strip() or "0"
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            raise ConfigError(f"limit must be a whole number of images, not {limit_text!r}") from None
-        hook_select = self.query_one("#hook", Select)
-        hook = hook_select.value
-        return config_mod.from_dict(
-            CollectConfig,
-            {
-                "model": str(model),
-                "checkpoint": str(self.query_one("#checkpoint", Select).value),
-                "hook": "" if hook_select.is_blank() else str(hook),
-                "data": config_mod.to_dict(
-                    DataConfig(dataset=self.query_one("#dataset", Input).value.strip() or "synthetic")
-                ),
-                "split": str(self.query_one("#split", Select).value),
-                "limit": limit,
-                "dtype": str(self.query_one("#dtype", Select).value),
-            },
-        )
+        values = self.query_one("#config", ConfigForm).read(config_mod.to_dict(CollectConfig()))
+        values["data"]["dataset"] = values["data"]["dataset"] or "synthetic"
+        return config_mod.from_dict(CollectConfig, values)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"start": self.action_start, "stop": self.action_stop}[event.button.id]()
@@ -152,7 +112,7 @@ class CollectScreen(StageScreen):
         except ConfigError as e:
             self.notify(str(e), severity="error", markup=False)
             return
-        from vitsae_tui.engine.activations import collect
+        from vitsae_tui.engine.stages.collect import run as collect
 
         self.start_job(f"collect {cfg.hook or 'default hook'} of {cfg.model}", collect, cfg, self.app.workspace)
 
@@ -181,12 +141,12 @@ class CollectScreen(StageScreen):
     def poll_watched(self) -> None:
         if self.watching is None:
             return
-        from vitsae_tui.engine.activation_store import StoreError, validate_manifest
+        from vitsae_tui.engine.activation_set import Manifest
 
         set_dir = self.watching
         try:
-            m = validate_manifest(read_json(set_dir / "manifest.json"), set_dir)
-        except (StoreError, WorkspaceError, OSError, ValueError) as e:
+            m = Manifest.load(set_dir)
+        except (UserError, OSError) as e:
             self.query_one("#summary", Static).update(Text(str(e), style="red"))
             return
         status = read_status(set_dir)
@@ -196,18 +156,16 @@ class CollectScreen(StageScreen):
         self.query_one("#status", Static).update(
             Text(f"watching {set_dir.name}: {status.get('state', 'unknown')} (read-only{owner})")
         )
-        planned = m.get("n_images_planned") or m["n_images"] or 1
-        self.query_one("#progress", ProgressBar).update(total=planned, progress=m["n_images"])
-        p = m["provenance"]
-        state = (
-            "complete" if m["complete"] else f"incomplete ({m['n_images']} of {m.get('n_images_planned', '?')} images)"
-        )
+        planned = m.n_images_planned or m.n_images or 1
+        self.query_one("#progress", ProgressBar).update(total=planned, progress=m.n_images)
+        p = m.provenance
+        state = "complete" if m.complete else f"incomplete ({m.n_images} of {m.n_images_planned or '?'} images)"
         size = sum(f.stat().st_size for f in set_dir.iterdir() if f.is_file())
         self.query_one("#summary", Static).update(
             Text(
-                f"{set_dir.name}: {state} · {m['n_images']} images · {m['n_tokens']:,} tokens of {m['d_model']} {m['dtype']} · "
-                f"{format_bytes(size)}\nfrom models/{p['model_run']} ({p['checkpoint']}, {p['checkpoint_sha256'][:12]}) at {m['hook']}, "
-                f"{p['data']['dataset']} {p['split']}"
+                f"{set_dir.name}: {state} · {m.n_images} images · {m.n_tokens:,} tokens of {m.d_model} {m.dtype} · "
+                f"{format_bytes(size)}\nfrom models/{p.model_run} ({p.checkpoint}, {p.checkpoint_sha256[:12]}) "
+                f"at {m.hook}, {p.data.dataset} {p.split}"
             )
         )
 

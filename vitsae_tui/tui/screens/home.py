@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from vitsae_tui.engine.pipeline import StageState, lineage, next_step
 from vitsae_tui.engine.run_details import describe_run
+from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.workspace import KINDS, RunInfo
 
 STATE_STYLE = {
@@ -34,7 +35,7 @@ MARKS = {
 }
 KIND_NAMES = {"models": "model", "activations": "activation set", "saes": "SAE", "features": "index"}
 # the key that builds each stage by hand
-STAGE_KEYS = {"model": "t", "activations": "c", "sae": "a", "index": "i"}
+STAGE_KEYS = {"train-model": "t", "collect": "c", "train-sae": "a", "index": "i"}
 GUIDED_RUN = (
     "g runs the whole pipeline on the built-in offline data: it trains the demo model, collects its "
     "activations, trains a JumpReLU SAE and indexes its features, then opens the browser"
@@ -49,7 +50,7 @@ def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) ->
             Text.assemble(
                 " → " if i else "",
                 (mark, style),
-                f" {s.stage} ",
+                f" {REGISTRY[s.stage].noun} ",
                 (s.state, "dim"),
                 (f" {s.run}" if s.run else "", "dim"),
             )
@@ -81,9 +82,9 @@ def next_text(states: list[StageState], jobs_running: bool) -> Text:
 class HomeScreen(Screen):
     BINDINGS = [
         Binding("g", "app.guided_run", "Guided run"),
-        Binding("t", "app.switch_mode('train')", "Train"),
+        Binding("t", "app.switch_mode('train-model')", "Train"),
         Binding("c", "app.switch_mode('collect')", "Collect"),
-        Binding("a", "app.switch_mode('sae')", "SAE"),
+        Binding("a", "app.switch_mode('train-sae')", "SAE"),
         Binding("i", "index", "Index"),
         Binding("b", "app.switch_mode('browse')", "Browse"),
         Binding("enter", "open_run", "Open"),

@@ -11,8 +11,10 @@ from textual.screen import Screen
 from textual.widgets import ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import events
+from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.formatting import format_duration
+from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.jobs import Job
 
 
@@ -40,6 +42,7 @@ START_STOP_BINDINGS = [
 ]
 RESUMABLE_BINDINGS = [*START_STOP_BINDINGS[:2], Binding("r", "resume", "Resume"), START_STOP_BINDINGS[2]]
 PLOT_BINDINGS = [Binding("v", "cycle_plot", "Plot")]
+DEVICES = tuple((d, d) for d in ("auto", "cpu", "cuda", "mps"))
 COMPACT_HEIGHT = 36
 """below this many rows a stage screen shows one plot at a time (v cycles them)"""
 
@@ -52,12 +55,27 @@ class StageScreen(Screen):
     Textual calls `on_mount` of every class in the MRO (subclass first), so subclasses must not call super().
     """
 
+    COMMANDS = {ScreenCommands}
     STAGE = ""
     RUN_KIND = ""
     """the workspace folder of this stage's runs, for screens that resume them ("models", "saes")"""
     PLOTS: tuple[str, ...] = ()
     """ids of the screen's MetricPlots, in the order `v` cycles them"""
     watching: Path | None = None
+
+    def palette(self) -> list[tuple[str, str, str]]:
+        """This screen's palette entries, named after its stage: start, stop, resume, next plot."""
+        stage = REGISTRY[self.STAGE]
+        commands = [
+            (f"{stage.title}: start", "Start a run with the form's settings", "start"),
+            (f"{stage.title}: stop", "Stop the running job after saving a checkpoint", "stop"),
+        ]
+        if stage.resumable:
+            commands.append((f"{stage.title}: resume", "Continue the run chosen under 'resume run'", "resume"))
+        if len(self.PLOTS) > 1:
+            commands.append((f"{stage.title}: next plot", "Show the next plot (on a short terminal)", "cycle_plot"))
+        return commands
+
     """a run folder followed live from its files (finished, failed, or written by another process)"""
     watch_offset = 0
     shown_job: Job | None = None

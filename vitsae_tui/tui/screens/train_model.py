@@ -7,35 +7,20 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, model_run
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
-from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
+from vitsae_tui.tui.widgets.choices import refill_select
+from vitsae_tui.tui.widgets.config_form import ConfigForm
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-model"
-# (input id, where the value lives in TrainModelConfig, parser)
-FIELDS = [
-    ("dataset", ("data", "dataset"), str),
-    ("n_train", ("data", "n_train"), int),
-    ("epochs", ("epochs",), int),
-    ("batch_size", ("batch_size",), int),
-    ("lr", ("lr",), float),
-    ("seed", ("seed",), int),
-]
-LABELS = {
-    "dataset": "dataset",
-    "n_train": "synthetic images",
-    "epochs": "epochs",
-    "batch_size": "batch size",
-    "lr": "learning rate",
-    "seed": "seed",
-}
+FORM_FIELDS = ("preset", "data.dataset", "data.n_train", "epochs", "batch_size", "lr", "seed", "device")
 
 
 class TrainModelScreen(StageScreen):
@@ -48,24 +33,11 @@ class TrainModelScreen(StageScreen):
         yield Header()
         with Horizontal():
             with VerticalScroll(id="form"):
-                yield Label("preset")
-                yield Select(
-                    [(name, name) for name in config_mod.PRESETS],
-                    value="demo",
-                    allow_blank=False,
-                    id="preset",
-                    compact=True,
-                )
-                for key, _path, _parse in FIELDS:
-                    yield Label(LABELS[key])
-                    yield Input(id=key, compact=True)
-                yield Label("device")
-                yield Select(
-                    [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
-                    value="auto",
-                    allow_blank=False,
-                    id="device",
-                    compact=True,
+                yield ConfigForm(
+                    TrainModelConfig,
+                    FORM_FIELDS,
+                    {"preset": tuple((name, name) for name in config_mod.PRESETS), "device": DEVICES},
+                    id="config",
                 )
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
@@ -94,19 +66,15 @@ class TrainModelScreen(StageScreen):
         self.refresh_runs()
 
     def fill_form(self, config: dict) -> None:
-        for key, path, _parse in FIELDS:
-            value = config
-            for part in path:
-                value = value.get(part, "") if isinstance(value, dict) else ""
-            self.query_one(f"#{key}", Input).value = str(value)
-        for select_id, key in (("preset", "preset"), ("device", "device")):
-            with self.prevent(Select.Changed):  # a preset change would refill the form with the preset's values
-                choose(self.query_one(f"#{select_id}", Select), config.get(key))
+        with self.prevent(Select.Changed):  # a preset change would refill the form with the preset's values
+            self.query_one("#config", ConfigForm).fill(config)
 
     def refresh_runs(self) -> None:
         runs = self.app.workspace.runs("models")
         options = [
-            (f"{r.name} ({r.state})", r.name) for r in runs if (r.path / "last.pt").exists() and r.state != "finished"
+            (f"{r.name} ({r.state})", r.name)
+            for r in runs
+            if model_run.checkpoint_path(r.path, "last").exists() and r.state != "finished"
         ]
         refill_select(self.query_one("#resume_run", Select), options)  # the newest stopped run, unless one was picked
 
@@ -120,18 +88,7 @@ class TrainModelScreen(StageScreen):
     def form_config(self) -> TrainModelConfig:
         """The form's values over the chosen preset; raises ConfigError with a message naming the bad field."""
         base = config_mod.to_dict(config_mod.preset(str(self.query_one("#preset", Select).value)))
-        for key, path, parse in FIELDS:
-            text = self.query_one(f"#{key}", Input).value.strip()
-            try:
-                value = parse(text)
-            except ValueError:
-                raise ConfigError(f"{LABELS[key]} must be a {parse.__name__}, not {text!r}") from None
-            target = base
-            for part in path[:-1]:
-                target = target[part]
-            target[path[-1]] = value
-        base["device"] = str(self.query_one("#device", Select).value)
-        return config_mod.from_dict(TrainModelConfig, base)
+        return config_mod.from_dict(TrainModelConfig, self.query_one("#config", ConfigForm).read(base))
 
     def reset_view(self) -> None:
         self.query_one("#loss_plot", MetricPlot).clear()
@@ -146,7 +103,7 @@ class TrainModelScreen(StageScreen):
         except ConfigError as e:
             self.notify(str(e), severity="error", markup=False)
             return
-        from vitsae_tui.engine.train_model import train_model
+        from vitsae_tui.engine.stages.train_model import run as train_model
 
         self.start_job(
             f"resume {resume}" if resume else f"train {cfg.preset}", train_model, cfg, self.app.workspace, resume=resume

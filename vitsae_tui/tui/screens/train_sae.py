@@ -7,35 +7,21 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, sae_run
 from vitsae_tui.engine.config import ConfigError, SAETrainConfig
 from vitsae_tui.formatting import format_metrics
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
-from vitsae_tui.tui.widgets.choices import choose, refill_select
+from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
+from vitsae_tui.tui.widgets.choices import refill_select
+from vitsae_tui.tui.widgets.config_form import ConfigForm
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-sae"
-FIELDS = [
-    ("expansion", int),
-    ("l0_coeff", float),
-    ("bandwidth", float),
-    ("lr", float),
-    ("batch_size", int),
-    ("tokens", int),
-]
-LABELS = {
-    "expansion": "expansion factor",
-    "l0_coeff": "L0 coefficient λ",
-    "bandwidth": "bandwidth ε",
-    "lr": "learning rate",
-    "batch_size": "batch size (tokens)",
-    "tokens": "training tokens",
-}
+FORM_FIELDS = ("activations", "expansion", "l0_coeff", "bandwidth", "lr", "batch_size", "tokens", "device")
 # (metrics key, title, log y axis, y floor)
 PLOTS = [
     ("mse", "MSE", True, None),
@@ -83,23 +69,10 @@ class TrainSAEScreen(StageScreen):
     PLOTS = tuple(f"plot_{key}" for key, *_ in PLOTS)
 
     def compose(self) -> ComposeResult:
-        defaults = SAETrainConfig()
         yield Header()
         with Horizontal():
             with VerticalScroll(id="form"):
-                yield Label("activation set")
-                yield Select([], prompt="(collect activations first)", id="activations", compact=True)
-                for key, _parse in FIELDS:
-                    yield Label(LABELS[key])
-                    yield Input(str(getattr(defaults, key)), id=key, compact=True)
-                yield Label("device")
-                yield Select(
-                    [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
-                    value="auto",
-                    allow_blank=False,
-                    id="device",
-                    compact=True,
-                )
+                yield ConfigForm(SAETrainConfig, FORM_FIELDS, {"activations": (), "device": DEVICES}, id="config")
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
                 with Horizontal(id="form-buttons"):
@@ -129,22 +102,13 @@ class TrainSAEScreen(StageScreen):
         sets = [r for r in ws.runs("activations") if r.state == "finished"]
         select = self.query_one("#activations", Select)
         refill_select(select, [(r.name, r.name) for r in sets], self.app.lineage_run("activations"))
-        resumable = [r for r in ws.runs("saes") if (r.path / "trainer.pt").exists() and r.state != "finished"]
+        resumable = [r for r in ws.runs("saes") if sae_run.has_checkpoint(r.path) and r.state != "finished"]
         refill_select(self.query_one("#resume_run", Select), [(f"{r.name} ({r.state})", r.name) for r in resumable])
 
     def form_config(self) -> SAETrainConfig:
-        select = self.query_one("#activations", Select)
-        if select.is_blank():
+        if self.query_one("#activations", Select).is_blank():
             raise ConfigError("pick an activation set first (collect one on the Collect screen if the list is empty)")
-        values = {"activations": str(select.value), "device": str(self.query_one("#device", Select).value)}
-        for key, parse in FIELDS:
-            text = self.query_one(f"#{key}", Input).value.strip()
-            try:
-                values[key] = parse(text)
-            except ValueError:
-                raise ConfigError(
-                    f"{LABELS[key]} must be a {'whole number' if parse is int else 'number'}, not {text!r}"
-                ) from None
+        values = self.query_one("#config", ConfigForm).read(config_mod.to_dict(SAETrainConfig()))
         return config_mod.from_dict(SAETrainConfig, values)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -156,10 +120,7 @@ class TrainSAEScreen(StageScreen):
         self.query_one("#eval", Static).update("")
 
     def fill_form(self, config: dict) -> None:
-        for key, _parse in FIELDS:
-            self.query_one(f"#{key}", Input).value = str(config.get(key, ""))
-        choose(self.query_one("#device", Select), config.get("device"))
-        choose(self.query_one("#activations", Select), config.get("activations"))
+        self.query_one("#config", ConfigForm).fill(config)
 
     def action_start(self, resume: str | None = None) -> None:
         if self.app.jobs.running(STAGE):
@@ -170,7 +131,7 @@ class TrainSAEScreen(StageScreen):
         except ConfigError as e:
             self.notify(str(e), severity="error", markup=False)
             return
-        from vitsae_tui.engine.train_sae import train_sae
+        from vitsae_tui.engine.stages.train_sae import run as train_sae
 
         title = f"resume {resume}" if resume else f"SAE on {cfg.activations}"
         self.start_job(title, train_sae, cfg, self.app.workspace, resume=resume)

@@ -8,10 +8,12 @@ from safetensors.torch import load_file
 
 from tests.helpers import Collector, write_activation_set
 from vitsae_tui.engine import events
-from vitsae_tui.engine.activation_store import ActivationStore
+from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.errors import StageError
-from vitsae_tui.engine.train_sae import input_scale, l0_coeff_at, load_sae, lr_at, train_sae
+from vitsae_tui.engine.sae_run import load_sae
+from vitsae_tui.engine.stages.train_sae import input_scale, l0_coeff_at, lr_at
+from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.workspace import read_jsonl
 
 
@@ -79,7 +81,7 @@ def test_schedules():
 
 def test_input_scale_makes_the_mean_squared_norm_d(workspace):
     planted(workspace, n_images=50)
-    store = ActivationStore(workspace.run_dir("activations", "planted"))
+    store = ActivationSet(workspace.run_dir("activations", "planted"))
     x = store.load_all().astype(np.float64) * input_scale(store)
     assert (x**2).sum(1).mean() == pytest.approx(store.d_model, rel=1e-4)
 
@@ -144,7 +146,7 @@ def test_export_round_trips_on_raw_activations(workspace):
     weights = load_file(str(run.run_dir / "saelens" / "sae_weights.safetensors"))
     assert set(weights) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
     x_raw = torch.from_numpy(
-        ActivationStore(workspace.run_dir("activations", "planted")).load_all()[:500].astype(np.float32)
+        ActivationSet(workspace.run_dir("activations", "planted")).load_all()[:500].astype(np.float32)
     )
     z = x_raw @ weights["W_enc"] + weights["b_enc"]
     f = z * (z > weights["threshold"])

@@ -1,4 +1,4 @@
-"""JumpReLU SAE training: schedules, live metrics, held-out evaluation, checkpoints, exact resume, SAELens export."""
+"""Stage train-sae: JumpReLU SAE training with schedules, live metrics, held-out evaluation and exact resume."""
 
 from __future__ import annotations
 
@@ -13,24 +13,19 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import distributed
-from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
+from vitsae_tui.engine import distributed, model_run, sae_run
+from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
 from vitsae_tui.engine.sae_eval import Evaluator
-from vitsae_tui.engine.train_model import load_model
+from vitsae_tui.engine.token_source import TokenSource
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
     append_jsonl,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_torch_file,
-    read_json,
     read_jsonl,
     refuse_if_owned,
     remove_partial_writes,
@@ -67,84 +62,13 @@ def l0_coeff_at(cfg: SAETrainConfig, step: int) -> float:
     return cfg.l0_coeff * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.l0_coeff
 
 
-def input_scale(store: ActivationStore) -> float:
+def input_scale(store: ActivationSet) -> float:
     """The scalar s with E||s x||^2 = d_in, from the set's per-dimension mean and variance."""
     mean_square_norm = float(np.sum(store.var + store.mean**2))
     return math.sqrt(store.d_model / mean_square_norm) if mean_square_norm > 0 else 1.0
 
 
-def save_sae(path: Path, sae: JumpReLUSAE) -> None:
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
-    atomic_write_bytes(path, save(tensors))
-
-
-def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
-    """A trained SAE from its run folder (safetensors only: no code can run on load)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = run_dir / "sae.safetensors"
-    if not path.exists():
-        raise WorkspaceError(f"no sae.safetensors in saes/{run_dir.name}; train the SAE first or pick another run")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WorkspaceError(
-            f"saes/{run_dir.name}/sae.safetensors is damaged ({e}); retrain or resume the run"
-        ) from None
-    expected = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"}
-    if set(tensors) != expected or tensors["W_enc"].ndim != 2:
-        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors does not hold a JumpReLU SAE; pick another run")
-    d_in, d_sae = tensors["W_enc"].shape
-    sae = JumpReLUSAE(d_in, d_sae)
-    try:
-        sae.load_state_dict(tensors)
-    except RuntimeError:
-        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors has inconsistent shapes; pick another run") from None
-    return sae.to(device).eval()
-
-
-def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image: int, model_run: str) -> Path:
-    """SAELens layout: cfg.json + sae_weights.safetensors, acting on raw activations (input scale folded in)."""
-    from safetensors.torch import save
-
-    out = run_dir / "saelens"
-    out.mkdir(exist_ok=True)
-    atomic_write_bytes(out / "sae_weights.safetensors", save(sae.raw_weights()))
-    layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
-    atomic_write_json(
-        out / "cfg.json",
-        {
-            "architecture": "jumprelu",
-            "d_in": sae.d_in,
-            "d_sae": sae.d_sae,
-            "dtype": "float32",
-            "device": "cpu",
-            "apply_b_dec_to_input": False,
-            "normalize_activations": "none",
-            "reshape_activations": "none",
-            "hook_name": hook,
-            "hook_layer": layer,
-            "model_name": f"vitsae-tui:{model_run}",
-            "context_size": tokens_per_image,
-            "prepend_bos": False,
-            "metadata": {
-                "hook_name": hook,
-                "hook_layer": layer,
-                "model_name": f"vitsae-tui:{model_run}",
-                "context_size": tokens_per_image,
-                "prepend_bos": False,
-            },
-        },
-    )
-    return out
-
-
-def train_sae(
-    cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None
-) -> SAERun:
+def run(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None) -> SAERun:
     """Train (or resume) a JumpReLU SAE in `saes/`; returns when done or stopped, or raises StageError.
 
     Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
@@ -155,20 +79,18 @@ def train_sae(
         if resume:
             if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
                 refuse_if_owned(ws.run_dir("saes", resume))
-            cfg = config_mod.from_dict(
-                SAETrainConfig, read_json(ws.run_dir("saes", resume) / "config.json"), f"{resume}/config.json"
-            )
+            cfg = sae_run.read_config(ws, resume)
         elif not cfg.activations:
             raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
         ranks = distributed.setup(cfg.device)
         ranks.check_divisible(cfg.batch_size)
-        store = ActivationStore(ws.run_dir("activations", cfg.activations))
+        store = ActivationSet(ws.run_dir("activations", cfg.activations))
         run_dir = ws.run_dir("saes", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
         report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
         result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks)
         distributed.teardown(ranks)
         return result
-    except (StageError, StoreError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
+    except Exception as e:
         raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
 
 
@@ -178,22 +100,22 @@ def _claim_run(ws: Workspace, cfg: SAETrainConfig, resume: str | None) -> str:
         remove_partial_writes(ws.run_dir("saes", resume))  # a killed run's half-written checkpoint
         return resume
     run_dir = ws.new_run("saes", "sae")
-    atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+    sae_run.write_config(run_dir, cfg)
     return run_dir.name
 
 
-def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Report):
-    provenance = store.manifest["provenance"]
+def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report):
+    provenance = store.provenance
     try:
-        loaded = load_model(ws, provenance["model_run"], provenance["checkpoint"], device)
+        loaded = model_run.load_model(ws, provenance.model_run, provenance.checkpoint, device)
     except WorkspaceError as e:
         report(Log(STAGE, f"spliced-in evaluation is off: {e}", "warning"))
         return None
-    if loaded.checkpoint_sha256 != provenance["checkpoint_sha256"]:
+    if loaded.checkpoint_sha256 != provenance.checkpoint_sha256:
         report(
             Log(
                 STAGE,
-                f"spliced-in evaluation is off: models/{provenance['model_run']} changed since "
+                f"spliced-in evaluation is off: models/{provenance.model_run} changed since "
                 f"activations/{store.path.name} was collected",
                 "warning",
             )
@@ -205,7 +127,7 @@ def _load_eval_model(ws: Workspace, store: ActivationStore, device, report: Repo
 def _train(
     cfg: SAETrainConfig,
     ws: Workspace,
-    store: ActivationStore,
+    store: ActivationSet,
     run_dir: Path,
     report: Report,
     stop: threading.Event,
@@ -226,16 +148,16 @@ def _train(
     window = Window(device)
     metrics_path = run_dir / "metrics.jsonl"
     if resuming:
-        if not (run_dir / "trainer.pt").exists():
+        if not sae_run.has_checkpoint(run_dir):
             raise StageError(f"no checkpoint in saes/{run_dir.name}; start a new run instead of resuming")
-        trained_on = read_json(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
-        if (trained_on.get("d_in"), trained_on.get("hook")) not in ((store.d_model, store.hook), (None, None)):
+        trained_on = sae_run.SAEMeta.find(run_dir)
+        if trained_on is not None and (trained_on.d_in, trained_on.hook) != (store.d_model, store.hook):
             raise StageError(
-                f"saes/{run_dir.name} was trained on {trained_on.get('hook')} with d_model "
-                f"{trained_on.get('d_in')}, but activations/{store.path.name} now holds {store.hook} with "
+                f"saes/{run_dir.name} was trained on {trained_on.hook} with d_model "
+                f"{trained_on.d_in}, but activations/{store.path.name} now holds {store.hook} with "
                 f"d_model {store.d_model}; start a new run on this set"
             )
-        state = load_torch_file(run_dir / "trainer.pt")
+        state = sae_run.load_checkpoint(run_dir)
         try:
             sae.load_state_dict(state["sae"])
             optimizer.load_state_dict(state["optimizer"])
@@ -254,18 +176,16 @@ def _train(
     ranks.broadcast_(sae.parameters())
 
     if ranks.is_main:
-        atomic_write_json(
-            run_dir / "meta.json",
-            {
-                "activations": store.path.name,
-                "hook": store.hook,
-                "d_in": store.d_model,
-                "d_sae": sae.d_sae,
-                "input_scale": scale,
-                "model_run": store.manifest["provenance"]["model_run"],
-                "model_checkpoint_sha256": store.manifest["provenance"]["checkpoint_sha256"],
-            },
+        meta = sae_run.SAEMeta(
+            activations=store.path.name,
+            hook=store.hook,
+            d_in=store.d_model,
+            d_sae=sae.d_sae,
+            input_scale=scale,
+            model_run=store.provenance.model_run,
+            model_checkpoint_sha256=store.provenance.checkpoint_sha256,
         )
+        meta.dump(run_dir)
     resident = {"auto": None, "yes": True, "no": False}[cfg.resident]
     source = TokenSource(
         store,
@@ -359,7 +279,8 @@ def _train(
                 append_jsonl(metrics_path, row)
                 report(Metrics(STAGE, row))
             if checkpointing and ranks.is_main:
-                _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
+                sae_run.save_checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
+                write_status(run_dir, "running", step=step)
             now = time.perf_counter()
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
@@ -375,11 +296,11 @@ def _train(
     summary = {k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction")}
     summary.update(step=step, tokens=tokens_seen, elapsed_s=round(meter.elapsed_s, 1))
     if ranks.is_main:
-        _checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
+        sae_run.save_checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
         report(ArtifactWritten(STAGE, str(run_dir / "sae.safetensors"), "SAE checkpoint"))
         if not stopped:
-            export = export_saelens(
-                run_dir, sae, store.hook, store.tokens_per_image, store.manifest["provenance"]["model_run"]
+            export = sae_run.export_saelens(
+                run_dir, sae, store.hook, store.tokens_per_image, store.provenance.model_run
             )
             report(ArtifactWritten(STAGE, str(export), "SAELens export"))
             last_eval = next((r for r in reversed(read_jsonl(metrics_path)) if r.get("kind") == "eval"), {})
@@ -454,20 +375,3 @@ def _check_finite(totals: dict[str, float], step: int) -> None:
     value = totals["sq_err"]
     if not math.isfinite(value):
         raise StageError(f"the loss became {value} by step {step}; lower --lr and resume from the last checkpoint")
-
-
-def _checkpoint(run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, totals) -> None:
-    """trainer.pt holds everything resume needs in one atomic file; sae.safetensors is the weights for readers."""
-    atomic_torch_save(
-        run_dir / "trainer.pt",
-        {
-            "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "last_fired": last_fired.cpu(),
-            "window": {k: torch.tensor(float(v), dtype=torch.float64) for k, v in totals.items()},
-        },
-    )
-    save_sae(run_dir / "sae.safetensors", sae)
-    write_status(run_dir, "running", step=step)

@@ -8,7 +8,7 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.config import DataConfig
 from vitsae_tui.engine.data import load_dataset
 from vitsae_tui.engine.pipeline import demo_configs, lineage, next_step, run_pipeline
-from vitsae_tui.engine.train_model import train_model
+from vitsae_tui.engine.stages.train_model import run as train_model
 
 
 def test_a_model_stopped_before_its_first_epoch_is_resumed_by_the_guided_run(workspace, monkeypatch):

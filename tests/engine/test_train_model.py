@@ -7,7 +7,8 @@ import torch
 from tests.helpers import Collector, tiny_train_config
 from vitsae_tui.engine import events
 from vitsae_tui.engine.errors import StageError
-from vitsae_tui.engine.train_model import load_model, train_model
+from vitsae_tui.engine.model_run import load_model
+from vitsae_tui.engine.stages.train_model import run as train_model
 from vitsae_tui.engine.workspace import load_torch_file, read_jsonl
 
 

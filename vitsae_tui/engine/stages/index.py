@@ -1,4 +1,4 @@
-"""The feature index of one SAE over one activation set, per-image feature lookups, concept recovery, labels.
+"""Stage index: the feature index of one SAE over one activation set (read it with `feature_index`).
 
 One streaming pass (bounded memory: O(d_sae * k) plus one batch) gathers per feature its density, mean and max
 activation, a histogram of activation/threshold, the exact top-k examples, a uniform reservoir of firing
@@ -10,8 +10,6 @@ killed run never leaves an index that looks complete.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -21,41 +19,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitsae_tui.engine.activation_store import ActivationStore, StoreError
-from vitsae_tui.engine.concepts import TOP_K, concept_recovery
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine import model_run
+from vitsae_tui.engine.activation_set import ActivationSet
+from vitsae_tui.engine.concepts import TOP_K, ConceptScore, concept_recovery
+from vitsae_tui.engine.config import IndexConfig
 from vitsae_tui.engine.device import pick_device
 from vitsae_tui.engine.errors import StageError, stage_failed
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
-from vitsae_tui.engine.train_model import load_model
-from vitsae_tui.engine.train_sae import load_sae
+from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary, index_name, write_index
+from vitsae_tui.engine.sae_run import SAEMeta, load_sae, weights_sha256
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
     Workspace,
     WorkspaceError,
-    atomic_save_npy,
     atomic_torch_save,
-    atomic_write_json,
-    file_sha256,
     load_torch_file,
-    read_json,
     remove_partial_writes,
     write_status,
 )
 
 STAGE = "index"
-INDEX_VERSION = 1
 RESERVOIR = 64
 HIST_BINS = np.linspace(0.0, 8.0, 17)  # log2(activation / threshold): activations start at the threshold
-IMAGES_PER_BATCH = 128
 CONCEPT_TOKENS = 20_000
 CLASS_EFFECT_IMAGES = 16
 PROGRESS_EVERY_S = 0.25
-CHECKPOINT_EVERY_S = 60.0
-
-
-def index_name(sae_run: str, activations: str, trained_on: str) -> str:
-    name = sae_run if activations == trained_on else f"{sae_run}.{activations}"
-    return name[:64]
 
 
 def merge_top(values: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,52 +136,40 @@ class IndexResult:
     summary: dict[str, Any]
 
 
-def build_index(
-    ws: Workspace,
-    sae_run: str,
-    report: Report,
-    stop: threading.Event,
-    activations: str | None = None,
-    device: str = "auto",
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-    images_per_batch: int = IMAGES_PER_BATCH,
-) -> IndexResult:
+def run(cfg: IndexConfig, ws: Workspace, report: Report, stop: threading.Event) -> IndexResult:
     """Index one SAE over an activation set (default: the set it was trained on) into features/<name>/."""
     index_dir: Path | None = None
     try:
-        sae_dir = ws.run_dir("saes", sae_run)
-        meta = read_json(sae_dir / "meta.json")
-        set_name = activations or meta["activations"]
-        store = ActivationStore(ws.run_dir("activations", set_name))
-        if store.d_model != meta["d_in"] or store.hook != meta["hook"]:
+        if not cfg.sae:
+            raise StageError("no SAE run given; pass --sae RUN (see `vitsae-tui runs`)")
+        sae_dir = ws.run_dir("saes", cfg.sae)
+        meta = SAEMeta.load(sae_dir)
+        set_name = cfg.activations or meta.activations
+        store = ActivationSet(ws.run_dir("activations", set_name))
+        if store.d_model != meta.d_in or store.hook != meta.hook:
             raise StageError(
-                f"saes/{sae_run} reads {meta['hook']} with d_model {meta['d_in']}, but activations/{set_name} "
+                f"saes/{cfg.sae} reads {meta.hook} with d_model {meta.d_in}, but activations/{set_name} "
                 f"holds {store.hook} with d_model {store.d_model}; pick a matching set"
             )
-        name = index_name(sae_run, set_name, meta["activations"])
+        name = index_name(cfg.sae, set_name, meta.activations)
         if not RUN_NAME.match(name):
             raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
         index_dir = ws.kind_dir("features") / name
-        return _build(
-            ws, sae_dir, store, index_dir, meta, report, stop, pick_device(device), checkpoint_every_s, images_per_batch
-        )
-    except (StageError, StoreError, WorkspaceError, RuntimeError, OSError, ValueError, KeyError) as e:
-        message = f"saes/{sae_run}/meta.json lacks {e}; retrain the SAE" if isinstance(e, KeyError) else None
+        return _build(cfg, ws, sae_dir, store, index_dir, report, stop, pick_device(cfg.device))
+    except Exception as e:
         # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
-        raise stage_failed(STAGE, e, report, index_dir, message, mark_run=False) from e
+        raise stage_failed(STAGE, e, report, index_dir, mark_run=False, log_dir=ws.kind_dir("features")) from e
 
 
 def _build(
-    ws,
+    cfg: IndexConfig,
+    ws: Workspace,
     sae_dir: Path,
-    store: ActivationStore,
+    store: ActivationSet,
     index_dir: Path,
-    meta: dict,
     report: Report,
-    stop,
-    device,
-    checkpoint_every_s: float,
-    images_per_batch: int,
+    stop: threading.Event,
+    device: torch.device,
 ) -> IndexResult:
     sae = load_sae(sae_dir, device)
     labels = store.labels()
@@ -204,11 +181,12 @@ def _build(
     meter = RateMeter()
     # the streaming pass checkpoints itself: a stopped or killed index continues where it was
     pass_path = index_dir.parent / f".{index_dir.name}.pass.pt"
+    sae_sha256 = weights_sha256(sae_dir)
     identity = {
-        "sae_sha256": file_sha256(sae_dir / "sae.safetensors"),
+        "sae_sha256": sae_sha256,
         "activations": store.path.name,
         "n_images": store.n_images,
-        "images_per_batch": images_per_batch,
+        "images_per_batch": cfg.images_per_batch,
     }
     remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
     start = _resume_pass(pass_path, identity, acc, generator, device)
@@ -223,103 +201,90 @@ def _build(
     )
     last_progress, last_checkpoint = 0.0, time.perf_counter()
     with torch.no_grad():
-        for start in range(start, store.n_images, images_per_batch):
-            end = min(start + images_per_batch, store.n_images)
-            x = torch.from_numpy(np.concatenate([store.image(i) for i in range(start, end)]).astype(np.float32)).to(
+        for first in range(start, store.n_images, cfg.images_per_batch):
+            end = min(first + cfg.images_per_batch, store.n_images)
+            x = torch.from_numpy(np.concatenate([store.image(i) for i in range(first, end)]).astype(np.float32)).to(
                 device
-            )
-            f = sae.encode_raw(x)
-            token_labels = torch.from_numpy(np.repeat(labels[start:end], T)).to(device)
-            _accumulate(acc, f, start * T, token_labels, threshold, generator)
+            )  # (B * T, d)
+            f = sae.encode_raw(x)  # (B * T, F)
+            token_labels = torch.from_numpy(np.repeat(labels[first:end], T)).to(device)
+            _accumulate(acc, f, first * T, token_labels, threshold, generator)
             now = time.perf_counter()
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 report(Progress(STAGE, end, store.n_images, "images", meter.elapsed_s, meter.update(end)))
-            if end < store.n_images and (stop.is_set() or now - last_checkpoint >= checkpoint_every_s):
+            # a stop saves the pass even after its last batch: the class effects and concepts are still to come
+            if stop.is_set() or (end < store.n_images and now - last_checkpoint >= cfg.checkpoint_every_s):
                 _save_pass(pass_path, identity, end, acc, generator)
                 last_checkpoint = now
             if stop.is_set():
                 return _stopped(index_dir, report, f"at image {end} of {store.n_images}")
 
-    n_tokens = store.n_tokens
-    arrays = {
-        "density": (acc.fired.double() / n_tokens).cpu().numpy(),
-        "mean_activation": (acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
-        "max_activation": acc.maximum.cpu().numpy(),
-        "activation_hist": acc.hist.cpu().numpy(),
-        "top_values": acc.top_values.cpu().numpy(),
-        "top_tokens": acc.top_tokens.cpu().numpy(),
-        "class_counts": acc.class_counts.cpu().numpy(),
-    }
-    arrays["band_values"], arrays["band_tokens"] = _bands(
-        acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy()
-    )
+    band_values, band_tokens = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
     if stop.is_set():
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
     report(Log(STAGE, "computing class effects"))
-    arrays["class_effect"] = _class_effects(ws, store, sae, device, report)
+    arrays = IndexArrays(
+        density=(acc.fired.double() / store.n_tokens).cpu().numpy(),
+        mean_activation=(acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
+        max_activation=acc.maximum.cpu().numpy(),
+        activation_hist=acc.hist.cpu().numpy(),
+        top_values=acc.top_values.cpu().numpy(),
+        top_tokens=acc.top_tokens.cpu().numpy(),
+        class_counts=acc.class_counts.cpu().numpy(),
+        band_values=band_values,
+        band_tokens=band_tokens,
+        class_effect=_class_effects(ws, store, sae, device, report),
+    )
     concepts = []
     concept_maps = store.concept_maps()
     if concept_maps is not None and not stop.is_set():
         report(Log(STAGE, "scoring ground-truth concept recovery"))
-        concepts = _concepts(store, sae, concept_maps, arrays["top_tokens"], device)
+        concepts = _concepts(store, sae, concept_maps, arrays.top_tokens, device)
     if stop.is_set():
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
 
-    tmp = index_dir.parent / f".{index_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for key, array in arrays.items():
-        atomic_save_npy(tmp / f"{key}.npy", array)
-    summary = {
-        "features": sae.d_sae,
-        "alive": int((arrays["density"] > 0).sum()),
-        "tokens": n_tokens,
-        "concepts": len(concepts),
-        "mean_feature_auroc": float(np.mean([c["feature_auroc"] for c in concepts])) if concepts else None,
-        "mean_neuron_auroc": float(np.mean([c["neuron_auroc"] for c in concepts])) if concepts else None,
-        "mean_probe_auroc": float(np.nanmean([c["probe_auroc"] for c in concepts])) if concepts else None,
-        "mean_top_precision": float(np.nanmean([c["top_precision"] for c in concepts])) if concepts else None,
-        "mean_best_feature_precision": float(np.mean([c["best_feature_precision"] for c in concepts]))
-        if concepts
-        else None,
-        "mean_best_neuron_precision": float(np.mean([c["best_neuron_precision"] for c in concepts]))
-        if concepts
-        else None,
-    }
-    atomic_write_json(tmp / "concepts.json", concepts)
-    atomic_write_json(
-        tmp / "index.json",
-        {
-            "version": INDEX_VERSION,
-            "sae_run": sae_dir.name,
-            "sae_sha256": file_sha256(sae_dir / "sae.safetensors"),
-            "activations": store.path.name,
-            "hook": store.hook,
-            "d_sae": sae.d_sae,
-            "top_k": TOP_K,
-            "hist_log2_edges": HIST_BINS.tolist(),
-            "class_names": store.class_names,
-            "summary": summary,
-            "complete": True,
-        },
+    summary = IndexSummary(
+        features=sae.d_sae,
+        alive=int((arrays.density > 0).sum()),
+        tokens=store.n_tokens,
+        concepts=len(concepts),
+        **_concept_means(concepts),
     )
-    labels_path = index_dir / "labels.json"
-    if labels_path.exists():
-        shutil.copy2(labels_path, tmp / "labels.json")  # a researcher's labels survive re-indexing
-    old = index_dir.parent / f".{index_dir.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if index_dir.exists():
-        os.replace(index_dir, old)
-    os.replace(tmp, index_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    meta = IndexMeta(
+        sae_run=sae_dir.name,
+        sae_sha256=sae_sha256,
+        activations=store.path.name,
+        hook=store.hook,
+        d_sae=sae.d_sae,
+        top_k=TOP_K,
+        hist_log2_edges=tuple(HIST_BINS.tolist()),
+        class_names=tuple(store.class_names),
+        summary=summary,
+        complete=True,
+    )
+    write_index(index_dir, meta, arrays, concepts)
     pass_path.unlink(missing_ok=True)
-    write_status(index_dir, "finished", **{k: v for k, v in summary.items() if v is not None}, message="")
+    summary_values = {k: v for k, v in config_mod.to_dict(summary).items() if v is not None}
+    write_status(index_dir, "finished", **summary_values, message="")
     report(ArtifactWritten(STAGE, str(index_dir), "feature index"))
-    report(Finished(STAGE, str(index_dir), summary))
-    return IndexResult(index_dir, summary)
+    report(Finished(STAGE, str(index_dir), summary_values))
+    return IndexResult(index_dir, summary_values)
+
+
+def _concept_means(concepts: list[ConceptScore]) -> dict[str, float | None]:
+    if not concepts:
+        return {}
+    return {
+        "mean_feature_auroc": float(np.mean([c.feature_auroc for c in concepts])),
+        "mean_neuron_auroc": float(np.mean([c.neuron_auroc for c in concepts])),
+        "mean_probe_auroc": float(np.nanmean([c.probe_auroc for c in concepts])),
+        "mean_top_precision": float(np.nanmean([c.top_precision for c in concepts])),
+        "mean_best_feature_precision": float(np.mean([c.best_feature_precision for c in concepts])),
+        "mean_best_neuron_precision": float(np.mean([c.best_neuron_precision for c in concepts])),
+    }
 
 
 def _stopped(index_dir: Path, report: Report, where: str = "after the pass") -> IndexResult:
@@ -388,13 +353,12 @@ def _bands(
     return out_v, out_t
 
 
-def _class_effects(ws, store: ActivationStore, sae, device, report: Report) -> np.ndarray:
+def _class_effects(ws, store: ActivationSet, sae, device, report: Report) -> np.ndarray:
     """(F, C): mean change of each class logit when a feature's decoder direction (at its mean firing strength) is
     added to every token at the hook, over a few images; zeros when the model is unavailable."""
     F = sae.d_sae
-    provenance = store.manifest["provenance"]
     try:
-        loaded = load_model(ws, provenance["model_run"], provenance["checkpoint"], device)
+        loaded = model_run.load_model(ws, store.provenance.model_run, store.provenance.checkpoint, device)
     except WorkspaceError as e:
         report(Log(STAGE, f"class effects skipped: {e}", "warning"))
         return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32)
@@ -418,7 +382,7 @@ def _class_effects(ws, store: ActivationStore, sae, device, report: Report) -> n
 
 
 def _concepts(
-    store: ActivationStore, sae, concept_maps: np.ndarray, top_tokens: np.ndarray, device
+    store: ActivationSet, sae, concept_maps: np.ndarray, top_tokens: np.ndarray, device
 ) -> list[dict[str, Any]]:
     T = store.tokens_per_image
     token_concepts = (
@@ -433,125 +397,3 @@ def _concepts(
         f = sae.encode_raw(torch.from_numpy(x).to(device)).cpu().numpy()
     rows = (ids[:, None] * T + np.arange(T)[None]).reshape(-1)
     return concept_recovery(x, f, token_concepts[rows], store.concept_names, top_tokens, token_concepts)
-
-
-class FeatureIndex:
-    """Read access to a built index, labels, and per-image SAE activations (one encode of 36 tokens)."""
-
-    def __init__(self, ws: Workspace, name: str, device: str = "cpu"):
-        self.dir = ws.run_dir("features", name)
-        self.meta = read_json(self.dir / "index.json")
-        if (
-            not isinstance(self.meta, dict)
-            or self.meta.get("version") != INDEX_VERSION
-            or not self.meta.get("complete")
-        ):
-            raise StageError(f"features/{name} is not a complete index; run `vitsae-tui index` again")
-        self.store = ActivationStore(ws.run_dir("activations", self.meta["activations"]))
-        sae_dir = ws.run_dir("saes", self.meta["sae_run"])
-        self.sae = load_sae(sae_dir, device)
-        if self.sae.d_sae != self.meta["d_sae"]:
-            raise StageError(
-                f"features/{name} indexes {self.meta['d_sae']} features but saes/{sae_dir.name} has "
-                f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`"
-            )
-        arrays = {}
-        for key in (
-            "density",
-            "mean_activation",
-            "max_activation",
-            "activation_hist",
-            "top_values",
-            "top_tokens",
-            "class_counts",
-            "band_values",
-            "band_tokens",
-            "class_effect",
-        ):
-            arrays[key] = np.load(self.dir / f"{key}.npy", allow_pickle=False)
-        self.arrays = arrays
-        self.concepts: list[dict[str, Any]] = read_json(self.dir / "concepts.json")
-        self.matched_concepts: dict[int, list[dict[str, Any]]] = {}
-        for c in self.concepts:
-            self.matched_concepts.setdefault(c["feature"], []).append(c)
-        self.labels: dict[str, dict[str, str]] = (
-            read_json(self.dir / "labels.json") if (self.dir / "labels.json").exists() else {}
-        )
-        self._cache: dict[int, np.ndarray] = {}
-
-    @property
-    def d_sae(self) -> int:
-        return self.meta["d_sae"]
-
-    def image_acts(self, image: int) -> np.ndarray:
-        """(tokens, d_sae) SAE activations of one image, cached."""
-        if image not in self._cache:
-            if len(self._cache) > 256:
-                self._cache.pop(next(iter(self._cache)))
-            with torch.no_grad():
-                x = torch.from_numpy(self.store.image(image).astype(np.float32))
-                self._cache[image] = self.sae.encode_raw(x).numpy()
-        return self._cache[image]
-
-    def top_features(self, image: int, token: int, n: int = 10) -> list[tuple[int, float]]:
-        acts = self.image_acts(image)[token]
-        order = np.argsort(-acts, kind="stable")[:n]
-        return [(int(j), float(acts[j])) for j in order if acts[j] > 0]
-
-    def heatmap(self, image: int, feature: int) -> np.ndarray:
-        grid = self.store.manifest["grid"]
-        return self.image_acts(image)[:, feature].reshape(grid)
-
-    def top_examples(self, feature: int) -> list[tuple[int, int, float]]:
-        """(image, token, value) of the feature's top-k, strongest first."""
-        T = self.store.tokens_per_image
-        return [
-            (int(t) // T, int(t) % T, float(v))
-            for v, t in zip(self.arrays["top_values"][feature], self.arrays["top_tokens"][feature])
-            if t >= 0
-        ]
-
-    def band_examples(self, feature: int) -> list[list[tuple[int, int, float]]]:
-        T = self.store.tokens_per_image
-        return [
-            [(int(t) // T, int(t) % T, float(v)) for v, t in zip(vs, ts) if t >= 0]
-            for vs, ts in zip(self.arrays["band_values"][feature], self.arrays["band_tokens"][feature])
-        ]
-
-    def label(self, feature: int) -> str:
-        return self.labels.get(str(feature), {}).get("name", "")
-
-    def set_label(self, feature: int, name: str, note: str = "") -> None:
-        if not 0 <= feature < self.d_sae:
-            raise StageError(f"feature {feature} is outside 0..{self.d_sae - 1}")
-        if name.strip() or note.strip():
-            self.labels[str(feature)] = {"name": name.strip()[:80], "note": note.strip()[:2000]}
-        else:
-            self.labels.pop(str(feature), None)
-        atomic_write_json(self.dir / "labels.json", self.labels)
-
-    def class_effect(self, feature: int, n: int = 3) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-        effect = self.arrays["class_effect"][feature]
-        names = self.store.class_names or [str(i) for i in range(len(effect))]
-        order = np.argsort(-effect, kind="stable")
-        promoted = [(names[i], float(effect[i])) for i in order[:n]]
-        suppressed = [(names[i], float(effect[i])) for i in order[::-1][:n]]
-        return promoted, suppressed
-
-    def class_distribution(self, feature: int) -> list[tuple[str, float]]:
-        counts = self.arrays["class_counts"][feature].astype(np.float64)
-        names = self.store.class_names or [str(i) for i in range(len(counts))]
-        total = counts.sum()
-        if total == 0:
-            return []
-        order = np.argsort(-counts, kind="stable")
-        return [(names[i], float(counts[i] / total)) for i in order if counts[i] > 0]
-
-
-def open_index_for(ws: Workspace, sae_run: str, activations: str | None = None) -> FeatureIndex:
-    """The index of an SAE over a set (default: its training set), or a one-sentence error saying how to build it."""
-    meta = read_json(ws.run_dir("saes", sae_run) / "meta.json")
-    name = index_name(sae_run, activations or meta["activations"], meta["activations"])
-    if not (ws.kind_dir("features") / name / "index.json").exists():
-        raise StageError(f"saes/{sae_run} has no feature index yet; run `vitsae-tui index --sae {sae_run}` first")
-    return FeatureIndex(ws, name)

@@ -1,4 +1,4 @@
-"""PNG exports and the pictures the browser draws: what fires keeps its colours, the top patch is outlined, captions fit."""
+"""PNG exports and the browser's pictures: what fires keeps its colours, the top patch is outlined, captions fit."""
 
 import numpy as np
 from PIL import Image, ImageDraw

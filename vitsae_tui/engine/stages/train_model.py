@@ -1,7 +1,8 @@
-"""Classifier training and evaluation: checkpoints, best-by-validation-loss, resume, stop on request."""
+"""Stage train-model: classifier training and evaluation, best-by-validation-loss, resume, stop on request."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -13,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import distributed
+from vitsae_tui.engine import distributed, model_run
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
-from vitsae_tui.engine.device import autocast, pick_device
+from vitsae_tui.engine.device import autocast
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import (
     ArtifactWritten,
@@ -32,13 +33,7 @@ from vitsae_tui.engine.events import (
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
     Workspace,
-    WorkspaceError,
     append_jsonl,
-    atomic_torch_save,
-    atomic_write_json,
-    file_sha256,
-    load_torch_file,
-    read_json,
     refuse_if_owned,
     remove_partial_writes,
     truncate_jsonl,
@@ -111,23 +106,7 @@ def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-def _save_checkpoint(path: Path, model, optimizer, epoch: int, batch_in_epoch: int, step: int, best: dict) -> None:
-    atomic_torch_save(
-        path,
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "step": step,
-            "best_val_loss": best["val_loss"],
-            "best_val_accuracy": best["val_accuracy"],
-            "torch_rng": torch.get_rng_state(),
-        },
-    )
-
-
-def train_model(
+def run(
     cfg: TrainModelConfig,
     ws: Workspace,
     report: Report,
@@ -144,9 +123,7 @@ def train_model(
         if resume:
             if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
                 refuse_if_owned(ws.run_dir("models", resume))
-            cfg = config_mod.from_dict(
-                TrainModelConfig, read_json(ws.run_dir("models", resume) / "config.json"), f"{resume}/config.json"
-            )
+            cfg = model_run.read_config(ws, resume)
         ranks = distributed.setup(cfg.device)
         ranks.check_divisible(cfg.batch_size)
         run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
@@ -154,7 +131,7 @@ def train_model(
         result = _train(cfg, ws, run_dir, report, stop, resume is not None, ranks)
         distributed.teardown(ranks)
         return result
-    except (StageError, WorkspaceError, config_mod.ConfigError, RuntimeError, OSError, ValueError) as e:
+    except Exception as e:
         raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
 
 
@@ -164,7 +141,7 @@ def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:
         remove_partial_writes(ws.run_dir("models", resume))  # a killed run's half-written checkpoint
         return resume
     run_dir = ws.new_run("models", cfg.preset)
-    atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+    model_run.write_config(run_dir, cfg)
     return run_dir.name
 
 
@@ -198,66 +175,14 @@ def _train(
 ) -> ModelRun:
     device = ranks.device
     torch.manual_seed(cfg.seed)
-    report(Log(STAGE, f"loading {cfg.data.dataset} data"))
-    sets: dict = {}
-    drawn = progress_callback(report, STAGE, "images drawn")
-    # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
-    ranks.on_main(
-        lambda: sets.update(
-            train=load_dataset(ws, cfg.data, "train", drawn), val=load_dataset(ws, cfg.data, "val", drawn)
-        )
-    )
-    train_set = sets["train"] if sets else load_dataset(ws, cfg.data, "train")
-    val_set = sets["val"] if sets else load_dataset(ws, cfg.data, "val")
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise StageError(
-            f"{cfg.data.dataset} has no training or no validation images; add images or lower --val-fraction"
-        )
-    if train_set.class_names and len(train_set.class_names) != cfg.model.n_classes:
-        cfg = config_mod.from_dict(
-            TrainModelConfig,
-            {
-                **config_mod.to_dict(cfg),
-                "model": {**config_mod.to_dict(cfg.model), "n_classes": len(train_set.class_names)},
-            },
-        )
-        if ranks.is_main:
-            atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
-    if (train_set.labels() < 0).all():
-        raise StageError(f"{cfg.data.dataset} has no class sub-folders, so there are no labels to train on")
-    if ranks.is_main:
-        atomic_write_json(
-            run_dir / "dataset.json",
-            {
-                "class_names": list(train_set.class_names),
-                "concept_names": list(train_set.concept_names),
-                "n_train": len(train_set),
-                "n_val": len(val_set),
-            },
-        )
-
+    cfg, train_set, val_set = _load_data(cfg, ws, run_dir, report, ranks)
     model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(device), ranks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch, batch_in_epoch, step = 0, 0, 0
     best = {"val_loss": math.inf, "val_accuracy": 0.0}
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path, best_path = model_run.checkpoint_path(run_dir, "last"), model_run.checkpoint_path(run_dir, "best")
     if resuming:
-        if not last_path.exists():
-            raise StageError(f"no checkpoint in {run_dir.name}; start a new run instead of resuming")
-        state = load_torch_file(last_path)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError):
-            raise StageError(f"the checkpoint in {run_dir.name} does not match its config; start a new run") from None
-        epoch, batch_in_epoch, step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
-        best = {"val_loss": float(state["best_val_loss"]), "val_accuracy": float(state["best_val_accuracy"])}
-        torch.set_rng_state(state["torch_rng"])
-        if ranks.is_main:
-            saved_step = step
-            truncate_jsonl(run_dir / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= saved_step)
-        report(Log(STAGE, f"resuming {run_dir.name} at epoch {epoch + 1}, step {step}"))
-
+        epoch, batch_in_epoch, step, best = _restore(run_dir, model, optimizer, report, ranks)
     net = model
     if ranks.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -345,7 +270,7 @@ def _train(
                 last_progress = now
                 report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, meter.update(step)))
             if step % cfg.checkpoint_every == 0 and ranks.is_main:
-                _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
+                model_run.save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
                 write_status(run_dir, "running", step=step)
             if ranks.any(stop.is_set()):
                 stopped = True
@@ -378,16 +303,16 @@ def _train(
         if ranks.is_main:
             append_jsonl(metrics_path, row)
             if improved:
-                atomic_torch_save(best_path, {"model": model.state_dict(), "epoch": epoch, "step": step, **val})
+                model_run.save_best(best_path, model, epoch, step, val)
                 report(ArtifactWritten(STAGE, str(best_path), "best checkpoint"))
-            _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
+            model_run.save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
             report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
             write_status(run_dir, "running", step=step, epoch=epoch, **{f"best_{k}": v for k, v in best.items()})
 
     (skipped,) = _reduced(ranks, device, skipped)
     skipped = int(skipped)
     if stopped and ranks.is_main:
-        _save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
+        model_run.save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
         report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
     if skipped:
         report(Log(STAGE, f"skipped {skipped} unreadable images", "warning"))
@@ -406,55 +331,57 @@ def _train(
     return ModelRun(run_dir, best["val_loss"], best["val_accuracy"], epoch, stopped)
 
 
+def _load_data(
+    cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, ranks: distributed.Ranks
+) -> tuple[TrainModelConfig, ImageDataset, ImageDataset]:
+    """The train and val splits, and the config with the head sized to the dataset's classes (saved in the run)."""
+    report(Log(STAGE, f"loading {cfg.data.dataset} data"))
+    sets: dict = {}
+    drawn = progress_callback(report, STAGE, "images drawn")
+    # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
+    ranks.on_main(
+        lambda: sets.update(
+            train=load_dataset(ws, cfg.data, "train", drawn), val=load_dataset(ws, cfg.data, "val", drawn)
+        )
+    )
+    train_set = sets["train"] if sets else load_dataset(ws, cfg.data, "train")
+    val_set = sets["val"] if sets else load_dataset(ws, cfg.data, "val")
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise StageError(
+            f"{cfg.data.dataset} has no training or no validation images; add images or lower --val-fraction"
+        )
+    if train_set.class_names and len(train_set.class_names) != cfg.model.n_classes:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_classes=len(train_set.class_names)))
+        if ranks.is_main:
+            model_run.write_config(run_dir, cfg)
+    if (train_set.labels() < 0).all():
+        raise StageError(f"{cfg.data.dataset} has no class sub-folders, so there are no labels to train on")
+    if ranks.is_main:
+        model_run.write_dataset_info(
+            run_dir, list(train_set.class_names), list(train_set.concept_names), len(train_set), len(val_set)
+        )
+    return cfg, train_set, val_set
+
+
+def _restore(run_dir: Path, model, optimizer, report: Report, ranks: distributed.Ranks) -> tuple[int, int, int, dict]:
+    """Model, optimizer and RNG from last.pt; returns (epoch, batch in epoch, step, best validation so far)."""
+    state = model_run.load_checkpoint(run_dir)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError):
+        raise StageError(f"the checkpoint in {run_dir.name} does not match its config; start a new run") from None
+    epoch, batch_in_epoch, step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
+    best = {"val_loss": float(state["best_val_loss"]), "val_accuracy": float(state["best_val_accuracy"])}
+    torch.set_rng_state(state["torch_rng"])
+    if ranks.is_main:
+        truncate_jsonl(run_dir / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= step)
+    report(Log(STAGE, f"resuming {run_dir.name} at epoch {epoch + 1}, step {step}"))
+    return epoch, batch_in_epoch, step, best
+
+
 def _reduced(ranks: distributed.Ranks, device: torch.device, *values: float) -> list[float]:
     """The values summed over ranks (themselves on one process), in one small collective."""
     if not ranks.enabled:
         return [float(v) for v in values]
     return ranks.all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)).tolist()
-
-
-def describe_architecture(model_cfg) -> str:
-    return f"{model_cfg.n_layer} blocks of width {model_cfg.n_embd}"
-
-
-def describe_weights(state) -> str:
-    """What a checkpoint's tensors say about the model they came from, for a mismatch message."""
-    weights = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        return "no model weights"
-    blocks = {key.split(".")[1] for key in weights if isinstance(key, str) and key.startswith("blocks.")}
-    width = weights.get("blocks.0.ln_1.weight")
-    return f"{len(blocks)} blocks of width {width.shape[0] if isinstance(width, torch.Tensor) else '?'}"
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    model: VisionTransformerClassifier
-    config: TrainModelConfig
-    checkpoint_path: Path
-    checkpoint_sha256: str
-    class_names: tuple[str, ...]
-
-
-def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
-    """A trained model in eval mode, from its `best` or `last` checkpoint, with the checkpoint's hash."""
-    run_dir = ws.run_dir("models", run)
-    cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{run}/config.json")
-    if checkpoint not in ("best", "last"):
-        raise WorkspaceError(f"checkpoint {checkpoint!r} is not 'best' or 'last'")
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.exists():
-        raise WorkspaceError(f"no {checkpoint} checkpoint in models/{run}; train the model first or pick another run")
-    state = load_torch_file(path)
-    model = VisionTransformerClassifier(cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, TypeError, AttributeError):
-        raise WorkspaceError(
-            f"models/{run}/{checkpoint}.pt holds {describe_weights(state)}, but its config.json describes "
-            f"{describe_architecture(cfg.model)} ({cfg.preset} preset); train it again or restore the matching "
-            f"config"
-        ) from None
-    dataset_info = read_json(run_dir / "dataset.json") if (run_dir / "dataset.json").exists() else {}
-    model.to(pick_device(device) if isinstance(device, str) else device).eval()
-    return LoadedModel(model, cfg, path, file_sha256(path), tuple(dataset_info.get("class_names", ())))

@@ -9,8 +9,10 @@ from PIL import Image
 from tests.helpers import Collector, make_indexed_workspace, write_activation_set
 from vitsae_tui.engine.cards import feature_card, image_card
 from vitsae_tui.engine.concepts import TOP_K, auroc, concept_recovery
+from vitsae_tui.engine.config import IndexConfig
 from vitsae_tui.engine.errors import StageError
-from vitsae_tui.engine.features import build_index, open_index_for
+from vitsae_tui.engine.feature_index import open_index_for
+from vitsae_tui.engine.stages.index import run as build_index
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +34,24 @@ def test_top_k_equals_brute_force(indexed):
     for feature in range(index.d_sae):
         column = f[:, feature]
         order = sorted(np.flatnonzero(column > 0), key=lambda t: (-column[t], t))[:TOP_K]
-        got = index.arrays["top_tokens"][feature]
+        got = index.arrays.top_tokens[feature]
         assert list(got[got >= 0]) == order, feature
-        np.testing.assert_allclose(index.arrays["top_values"][feature][: len(order)], column[order], rtol=1e-6)
+        np.testing.assert_allclose(index.arrays.top_values[feature][: len(order)], column[order], rtol=1e-6)
 
 
 def test_density_mean_max_and_classes_equal_a_direct_computation(indexed):
     _ws, _run, index = indexed
     f = all_feature_acts(index)
     fired = f > 0
-    np.testing.assert_allclose(index.arrays["density"], fired.mean(0))
-    np.testing.assert_allclose(index.arrays["max_activation"], f.max(0), rtol=1e-6)
+    np.testing.assert_allclose(index.arrays.density, fired.mean(0))
+    np.testing.assert_allclose(index.arrays.max_activation, f.max(0), rtol=1e-6)
     mean = np.where(fired.any(0), f.sum(0) / np.maximum(fired.sum(0), 1), 0)
-    np.testing.assert_allclose(index.arrays["mean_activation"], mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(index.arrays.mean_activation, mean, rtol=1e-4, atol=1e-6)
     labels = np.repeat(index.store.labels(), index.store.tokens_per_image)
     expected = np.stack([(fired & (labels == c)[:, None]).sum(0) for c in range(10)], 1)
-    np.testing.assert_array_equal(index.arrays["class_counts"], expected)
-    assert index.arrays["activation_hist"].sum() == fired.sum()
-    bands = index.arrays["band_tokens"]
+    np.testing.assert_array_equal(index.arrays.class_counts, expected)
+    assert index.arrays.activation_hist.sum() == fired.sum()
+    bands = index.arrays.band_tokens
     for feature in range(index.d_sae):
         tokens = bands[feature][bands[feature] >= 0]
         assert np.all(f[tokens, feature] > 0)
@@ -83,25 +85,25 @@ def test_concept_recovery_finds_the_planted_feature():
     feats[:, 4] = concept * rng.uniform(1, 2, 400)  # a perfect, sparse feature
     top = np.argsort(-feats.T, axis=1)[:, :10]
     result = concept_recovery(x, feats, concept[:, None], ["thing"], top, concept[:, None])
-    assert result[0]["feature"] == 4 and result[0]["feature_auroc"] == 1.0
-    assert result[0]["neuron"] == 2 and 0.5 < result[0]["neuron_auroc"] < 1.0
-    assert result[0]["top_precision"] == 1.0 and result[0]["probe_auroc"] > result[0]["neuron_auroc"] - 0.1
-    assert result[0]["best_feature_precision"] == 1.0 and result[0]["best_feature_by_precision"] == 4
-    assert result[0]["best_neuron_precision"] < 1.0
+    assert result[0].feature == 4 and result[0].feature_auroc == 1.0
+    assert result[0].neuron == 2 and 0.5 < result[0].neuron_auroc < 1.0
+    assert result[0].top_precision == 1.0 and result[0].probe_auroc > result[0].neuron_auroc - 0.1
+    assert result[0].best_feature_precision == 1.0 and result[0].best_feature_by_precision == 4
+    assert result[0].best_neuron_precision < 1.0
 
 
 def test_synthetic_sets_get_concept_scores(indexed):
     _ws, _run, index = indexed
-    names = {c["concept"] for c in index.concepts}
-    assert "shape:circle" in names and all(0 <= c["feature_auroc"] <= 1 for c in index.concepts)
-    summary = index.meta["summary"]
-    assert summary["concepts"] == len(index.concepts) and summary["mean_feature_auroc"] is not None
+    names = {c.concept for c in index.concepts}
+    assert "shape:circle" in names and all(0 <= c.feature_auroc <= 1 for c in index.concepts)
+    summary = index.meta.summary
+    assert summary.concepts == len(index.concepts) and summary.mean_feature_auroc is not None
 
 
 def test_labels_persist_and_survive_reindexing(indexed):
     ws, sae_run, index = indexed
     index.set_label(5, "stripes detector", "fires on striped backgrounds")
-    build_index(ws, sae_run, Collector(), threading.Event(), device="cpu")
+    build_index(IndexConfig(sae=sae_run, device="cpu"), ws, Collector(), threading.Event())
     again = open_index_for(ws, sae_run)
     assert again.label(5) == "stripes detector"
     again.set_label(5, "")
@@ -112,7 +114,7 @@ def test_index_of_an_sae_on_a_mismatched_set_names_both_sides(indexed):
     ws, sae_run, _index = indexed
     write_activation_set(ws, "other", np.zeros((4, 36, 7)), hook="blocks.0.resid_post")
     with pytest.raises(StageError, match="d_model 16.*d_model 7"):
-        build_index(ws, sae_run, Collector(), threading.Event(), activations="other")
+        build_index(IndexConfig(sae=sae_run, activations="other"), ws, Collector(), threading.Event())
     with pytest.raises(StageError, match="no feature index yet"):
         open_index_for(ws, sae_run, activations="other")
 

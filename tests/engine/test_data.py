@@ -110,7 +110,7 @@ def test_folder_dataset_counts_unreadable_images(odd_folder):
     assert len(everything) == 10
     seen_ok = 0
     seen_bad = 0
-    for images, labels, ok in iterate_batches(everything, np.arange(len(everything)), 4):
+    for images, _labels, ok in iterate_batches(everything, np.arange(len(everything)), 4):
         assert images.shape[1:] == (3, 224, 224)
         seen_ok += int(ok.sum())
         seen_bad += int((~ok).sum())

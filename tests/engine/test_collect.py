@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from tests.helpers import Collector, make_model_run
-from vitsae_tui.engine import activations
-from vitsae_tui.engine.activation_store import ActivationStore, StoreError, TokenSource
-from vitsae_tui.engine.activations import collect
+from vitsae_tui.engine.activation_set import ActivationSet, StoreError
 from vitsae_tui.engine.config import CollectConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.distributed import Ranks
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Finished
-from vitsae_tui.engine.train_model import load_model
+from vitsae_tui.engine.model_run import load_model
+from vitsae_tui.engine.stages import collect as collect_stage
+from vitsae_tui.engine.stages.collect import run as collect
+from vitsae_tui.engine.token_source import TokenSource
 from vitsae_tui.engine.workspace import atomic_torch_save
 
 
@@ -25,11 +26,11 @@ def collect_cfg(model: str, **kw) -> CollectConfig:
 def test_stored_activations_equal_the_hook_output(workspace):
     run = make_model_run(workspace)
     result = collect(collect_cfg(run, hook="blocks.0.resid_post"), workspace, Collector(), threading.Event())
-    store = ActivationStore(result.set_dir)
+    store = ActivationSet(result.set_dir)
     loaded = load_model(workspace, run)
     dataset = load_dataset(workspace, loaded.config.data, "train")
     assert store.n_images == len(dataset) == 96 and len(store) == 96 * 36
-    assert len(store.manifest["shards"]) == 5  # 20 + 20 + 20 + 20 + 16 images
+    assert len(store.manifest.shards) == 5  # 20 + 20 + 20 + 20 + 16 images
     with torch.no_grad():
         images, labels, _ok = next(iterate_batches(dataset, np.arange(30), 30))
         expected = loaded.model.run_to(normalize(images), "blocks.0.resid_post").numpy()
@@ -43,8 +44,8 @@ def test_stored_activations_equal_the_hook_output(workspace):
     assert store.thumbnail(3).shape == (112, 112, 3)
     assert store.concept_maps().shape == (96, len(store.concept_names), 6, 6)
     manifest = store.manifest
-    assert manifest["provenance"]["checkpoint_sha256"] == loaded.checkpoint_sha256
-    assert manifest["grid"] == [6, 6] and manifest["complete"] and manifest["dtype"] == "float16"
+    assert manifest.provenance.checkpoint_sha256 == loaded.checkpoint_sha256
+    assert manifest.grid == (6, 6) and manifest.complete and manifest.dtype == "float16"
 
 
 def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, monkeypatch):
@@ -53,7 +54,7 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
 
     stop = threading.Event()
     calls = {"n": 0}
-    real_forward = activations._forward
+    real_forward = collect_stage._forward
 
     def stopping_forward(*args, **kwargs):
         calls["n"] += 1
@@ -61,15 +62,15 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
             stop.set()
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(activations, "_forward", stopping_forward)
+    monkeypatch.setattr(collect_stage, "_forward", stopping_forward)
     stopped = collect(collect_cfg(run, name="resumed"), workspace, Collector(), stop)
     assert (
         stopped.stopped
         and stopped.n_images == 40
-        and not ActivationStore(stopped.set_dir, allow_incomplete=True).manifest["complete"]
+        and not ActivationSet(stopped.set_dir, allow_incomplete=True).manifest.complete
     )
     with pytest.raises(StoreError, match="incomplete.*re-run the same collect command"):
-        ActivationStore(stopped.set_dir)
+        ActivationSet(stopped.set_dir)
 
     calls = {"n": 0}
 
@@ -79,26 +80,24 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
             raise OSError(28, "No space left on device")
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(activations, "_forward", crashing_forward)
+    monkeypatch.setattr(collect_stage, "_forward", crashing_forward)
     with pytest.raises(StageError, match="disk is full"):
         collect(collect_cfg(run, name="resumed"), workspace, Collector(), threading.Event())
-    monkeypatch.setattr(activations, "_forward", real_forward)
+    monkeypatch.setattr(collect_stage, "_forward", real_forward)
 
     report = Collector()
     finished = collect(collect_cfg(run, name="resumed"), workspace, report, threading.Event())
     assert report.of(Finished) and not finished.stopped
-    a, b = ActivationStore(reference.set_dir), ActivationStore(finished.set_dir)
+    a, b = ActivationSet(reference.set_dir), ActivationSet(finished.set_dir)
     np.testing.assert_array_equal(a.load_all(), b.load_all())
-    assert a.manifest["images"] == b.manifest["images"]
+    assert a.manifest.images == b.manifest.images
     np.testing.assert_allclose(a.mean, b.mean)
     assert not list(finished.set_dir.glob(".*.tmp"))
 
 
 def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
     run = make_model_run(workspace)
-    store = ActivationStore(
-        collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).set_dir
-    )
+    store = ActivationSet(collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).set_dir)
     everything = store.load_all()
     reference = np.sort(everything.view(np.dtype((np.void, everything.dtype.itemsize * everything.shape[1]))).ravel())
     for buffer_rows, chunk_rows in ((1 << 20, 1 << 15), (300, 64)):
@@ -171,7 +170,7 @@ def test_bad_manifests_are_refused_with_a_message(workspace, mutate, message):
     mutate(manifest)
     (set_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match=message):
-        ActivationStore(set_dir)
+        ActivationSet(set_dir)
 
 
 def test_a_shard_of_the_wrong_shape_is_refused(workspace):
@@ -179,7 +178,7 @@ def test_a_shard_of_the_wrong_shape_is_refused(workspace):
     set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).set_dir
     np.save(set_dir / "shard-00000.npy", np.zeros((5, 3), dtype=np.float16))
     with pytest.raises(StoreError, match="has shape"):
-        ActivationStore(set_dir)
+        ActivationSet(set_dir)
 
 
 def test_missing_model_and_bad_hook_are_one_sentence(workspace):

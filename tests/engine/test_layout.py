@@ -1,0 +1,111 @@
+"""The engine's shape, checked on its source: stages are siblings that never import each other, only artifact modules
+touch artifact files, the registry and the artifacts' schemas load without torch, and the engine never imports the UI.
+"""
+
+import ast
+import importlib
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import vitsae_tui
+from vitsae_tui.engine import stages
+from vitsae_tui.engine.stages import REGISTRY
+
+PACKAGE = Path(vitsae_tui.__file__).parent
+ENGINE = PACKAGE / "engine"
+STAGE_MODULES = sorted(f"vitsae_tui.engine.stages.{m.name}" for m in pkgutil.iter_modules(stages.__path__))
+ARTIFACT_MODULES = ("model_run", "activation_set", "sae_run", "feature_index")
+# the files each artifact module owns, and ways of reading their contents by key
+ARTIFACT_FILES = re.compile(r"\"(manifest|index|meta|concepts|labels|dataset)\.json\"|\"(trainer|best|last)\.pt\"")
+RAW_KEY_ACCESS = re.compile(r"manifest\[\"|\.arrays\[\"|\bmeta\[\"|\[\"provenance\"\]")
+
+
+def engine_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages([str(ENGINE)], "vitsae_tui.engine."))
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every vitsae_tui module a file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vitsae_tui"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("vitsae_tui"))
+    return found
+
+
+def source_files(exclude: tuple[str, ...]) -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if not any(part in exclude for part in p.relative_to(PACKAGE).parts)]
+
+
+def test_every_registered_stage_has_a_module_with_run_and_a_config_with_field_docs():
+    from vitsae_tui.engine.config import field_help
+
+    assert sorted(stage.module for stage in REGISTRY.values()) == STAGE_MODULES
+    for stage in REGISTRY.values():
+        assert callable(stage.run), stage.name
+        assert all(field_help(stage.config).get(name) for name in stage.cli_fields), stage.name
+
+
+def test_stages_never_import_each_other():
+    for module in STAGE_MODULES:
+        path = ENGINE / "stages" / f"{module.rsplit('.', 1)[1]}.py"
+        others = {m for m in STAGE_MODULES if m != module}
+        assert not imports_of(path) & others, f"{module} imports another stage"
+
+
+def test_artifact_modules_sit_below_the_stages_and_the_pipeline_above():
+    for name in ARTIFACT_MODULES:
+        path = ENGINE / f"{name}.py" if (ENGINE / f"{name}.py").exists() else ENGINE / name
+        files = [path] if path.is_file() else list(path.rglob("*.py"))
+        for file in files:
+            assert not any(m.startswith("vitsae_tui.engine.stages") for m in imports_of(file)), file
+            assert "vitsae_tui.engine.pipeline" not in imports_of(file), file
+    for path in source_files(exclude=("tui",)):
+        if path.name != "pipeline.py":
+            assert "vitsae_tui.engine.pipeline" not in imports_of(path) or path.name == "cli.py", path
+
+
+def test_only_artifact_modules_name_artifact_files_or_read_them_by_key():
+    owners = {*ARTIFACT_MODULES, "stages"}  # a stage names the scratch files of its own run (e.g. trainer state)
+    for path in source_files(exclude=("activation_set",)):
+        stem = path.relative_to(PACKAGE).parts
+        if stem[0] == "engine" and (Path(stem[-1]).stem in owners or stem[1] == "stages"):
+            continue
+        text = path.read_text()
+        assert not RAW_KEY_ACCESS.search(text), f"{path} reads an artifact by key"
+        assert not ARTIFACT_FILES.search(text), f"{path} names an artifact's file: use its module"
+
+
+def test_registry_and_artifact_schemas_import_without_torch():
+    code = (
+        "import sys\n"
+        "import vitsae_tui.engine.stages, vitsae_tui.engine.pipeline, vitsae_tui.engine.model_run\n"
+        "import vitsae_tui.engine.sae_run, vitsae_tui.engine.activation_set, vitsae_tui.engine.feature_index\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_engine_never_imports_the_ui():
+    code = (
+        "import sys, importlib\n"
+        f"for m in {engine_modules()!r}: importlib.import_module(m)\n"
+        "ui = ('textual', 'rich', 'rich_pixels', 'textual_plotext')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ui))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_run_kind_of_the_workspace_belongs_to_one_stage_whose_module_names_it():
+    from vitsae_tui.engine.workspace import KINDS
+
+    assert sorted(KINDS) == sorted(stage.kind for stage in REGISTRY.values())
+    for name, stage in REGISTRY.items():
+        assert importlib.import_module(stage.module).STAGE == name, "a stage's events carry its registry name"

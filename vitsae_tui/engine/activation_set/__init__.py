@@ -1,0 +1,43 @@
+"""An activation set (`activations/<set>/`): this package alone reads and writes its files.
+
+Fixed-size `.npy` shards of [tokens, d_model] rows, one thumbnail (and, on synthetic sets, concept-map) file per
+shard, and `manifest.json` listing only complete shards: a killed collection leaves every listed shard whole.
+"""
+
+from vitsae_tui.engine.activation_set.manifest import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    THUMB_SIZE,
+    ImageEntry,
+    Manifest,
+    Provenance,
+    ShardEntry,
+    StoreError,
+    check_provenance,
+)
+from vitsae_tui.engine.activation_set.reader import ActivationSet
+from vitsae_tui.engine.activation_set.writer import (
+    ShardWriter,
+    make_thumbnails,
+    mark_complete,
+    open_or_create,
+    size_on_disk,
+)
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_VERSION",
+    "THUMB_SIZE",
+    "ActivationSet",
+    "ImageEntry",
+    "Manifest",
+    "Provenance",
+    "ShardEntry",
+    "ShardWriter",
+    "StoreError",
+    "check_provenance",
+    "make_thumbnails",
+    "mark_complete",
+    "open_or_create",
+    "size_on_disk",
+]

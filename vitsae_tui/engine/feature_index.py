@@ -1,0 +1,346 @@
+"""A feature index (`features/<name>/`): index.json, concepts.json, labels.json and one .npy per statistic.
+
+Readers (the browser, the CLI, the PNG cards) use its typed accessors: `FeatureIndex.summary(feature)` says
+everything about one feature, `image_info(image)` about one image, `top_features(image, token)` about one patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine.activation_set import ActivationSet, ImageEntry
+from vitsae_tui.engine.concepts import ConceptScore
+from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.sae_run import SAEMeta, load_sae
+from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json
+
+INDEX_VERSION = 1
+INDEX_FILE = "index.json"
+MAX_LABEL_CHARS, MAX_NOTE_CHARS = 80, 2000
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    features: int
+    alive: int
+    tokens: int
+    concepts: int
+    mean_feature_auroc: float | None = None
+    mean_neuron_auroc: float | None = None
+    mean_probe_auroc: float | None = None
+    mean_top_precision: float | None = None
+    mean_best_feature_precision: float | None = None
+    mean_best_neuron_precision: float | None = None
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    sae_run: str
+    sae_sha256: str
+    activations: str
+    hook: str
+    d_sae: int
+    top_k: int
+    hist_log2_edges: tuple[float, ...]
+    class_names: tuple[str, ...]
+    summary: IndexSummary
+    complete: bool
+    version: int = INDEX_VERSION
+
+
+@dataclass(frozen=True)
+class IndexArrays:
+    """Per-feature statistics of the streaming pass; F = d_sae, k = top_k, C = classes."""
+
+    density: np.ndarray  # (F,) fraction of tokens that fire
+    mean_activation: np.ndarray  # (F,) over firing tokens
+    max_activation: np.ndarray  # (F,)
+    activation_hist: np.ndarray  # (F, bins) counts of log2(activation / threshold)
+    top_values: np.ndarray  # (F, k)
+    top_tokens: np.ndarray  # (F, k) token ids, -1 when empty
+    class_counts: np.ndarray  # (F, C) firing tokens per class
+    band_values: np.ndarray  # (F, bands, per_band)
+    band_tokens: np.ndarray  # (F, bands, per_band)
+    class_effect: np.ndarray  # (F, C) mean change of each class logit when the feature's direction is added
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """Everything the browser, the CLI and the PNG card say about one feature."""
+
+    feature: int
+    label: str
+    density: float
+    max_activation: float
+    mean_activation: float
+    activation_hist: np.ndarray
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+    fires_on: list[tuple[str, float]]
+    concepts: list[ConceptScore]
+    top_k: int
+
+    @property
+    def title(self) -> str:
+        return f"feature {self.feature}" + (f" - {self.label}" if self.label else "")
+
+    def stats_line(self, separator: str = " · ", digits: int = 3) -> str:
+        return separator.join(
+            (
+                f"density {self.density:.2e}",
+                f"max {self.max_activation:.{digits}g}",
+                f"mean {self.mean_activation:.{digits}g}",
+            )
+        )
+
+    def effect_line(self, separator: str = " · ", digits: int = 2) -> str:
+        promotes = ", ".join(f"{name} {value:+.{digits}f}" for name, value in self.promoted)
+        suppresses = ", ".join(f"{name} {value:+.{digits}f}" for name, value in self.suppressed)
+        return f"promotes {promotes}{separator}suppresses {suppresses}"
+
+    def fires_on_line(self, n: int = 3) -> str:
+        if not self.fires_on:
+            return ""
+        return "fires on " + ", ".join(f"{name} {share:.0%}" for name, share in self.fires_on[:n])
+
+    def concept_lines(self, digits: int = 2) -> list[str]:
+        return [
+            f"matches {c.concept}: AUROC {c.feature_auroc:.{digits}f} (neuron {c.neuron_auroc:.{digits}f}, probe "
+            f"{c.probe_auroc:.{digits}f}), top-{self.top_k} precision {c.top_precision:.0%}"
+            for c in self.concepts
+        ]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image: int
+    class_name: str
+    source: str
+
+
+def index_name(sae_run: str, activations: str, trained_on: str) -> str:
+    name = sae_run if activations == trained_on else f"{sae_run}.{activations}"
+    return name[:64]
+
+
+def write_index(index_dir: Path, meta: IndexMeta, arrays: IndexArrays, concepts: list[ConceptScore]) -> None:
+    """Write into a temporary folder and rename it into place: a killed run never leaves an index that looks whole;
+    a researcher's labels survive re-indexing."""
+    tmp = index_dir.parent / f".{index_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for field in dataclasses.fields(IndexArrays):
+        atomic_save_npy(tmp / f"{field.name}.npy", getattr(arrays, field.name))
+    atomic_write_json(tmp / "concepts.json", [config_mod.to_dict(c) for c in concepts])
+    atomic_write_json(tmp / INDEX_FILE, config_mod.to_dict(meta))
+    labels_path = index_dir / "labels.json"
+    if labels_path.exists():
+        shutil.copy2(labels_path, tmp / "labels.json")
+    old = index_dir.parent / f".{index_dir.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if index_dir.exists():
+        os.replace(index_dir, old)
+    os.replace(tmp, index_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(index_dir: Path) -> IndexMeta:
+    """The validated index.json of a complete index; StageError or ConfigError naming the problem."""
+    where = f"features/{index_dir.name}/index.json"
+    if not (index_dir / INDEX_FILE).is_file():
+        raise StageError(f"features/{index_dir.name} is not a complete index; run `vitsae-tui index` again")
+    meta = config_mod.from_dict(IndexMeta, read_json(index_dir / INDEX_FILE), where)
+    if meta.version != INDEX_VERSION or not meta.complete:
+        raise StageError(f"features/{index_dir.name} is not a complete index; run `vitsae-tui index` again")
+    return meta
+
+
+class FeatureIndex:
+    """Read access to a built index, labels, and per-image SAE activations (one encode of 36 tokens)."""
+
+    def __init__(self, ws: Workspace, name: str, device: str = "cpu"):
+        self.dir = ws.run_dir("features", name)
+        try:
+            self.meta = read_meta(self.dir)
+        except config_mod.ConfigError as e:
+            raise StageError(f"{e} (run `vitsae-tui index` again)") from None
+        self.store = ActivationSet(ws.run_dir("activations", self.meta.activations))
+        sae_dir = ws.run_dir("saes", self.meta.sae_run)
+        self.sae = load_sae(sae_dir, device)
+        if self.sae.d_sae != self.meta.d_sae:
+            raise StageError(
+                f"features/{name} indexes {self.meta.d_sae} features but saes/{sae_dir.name} has "
+                f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`"
+            )
+        fields = dataclasses.fields(IndexArrays)
+        loaded = {f.name: np.load(self.dir / f"{f.name}.npy", allow_pickle=False) for f in fields}
+        self.arrays = IndexArrays(**loaded)
+        if any(len(array) != self.meta.d_sae for array in loaded.values()):
+            raise StageError(f"features/{name} has arrays of the wrong length; run `vitsae-tui index` again")
+        concepts = read_json(self.dir / "concepts.json")
+        if not isinstance(concepts, list):
+            raise StageError(f"features/{name}/concepts.json is not a list; run `vitsae-tui index` again")
+        self.concepts = [
+            config_mod.from_dict(ConceptScore, c, f"features/{name}/concepts.json[{i}]") for i, c in enumerate(concepts)
+        ]
+        self.matched_concepts: dict[int, list[ConceptScore]] = {}
+        for c in self.concepts:
+            self.matched_concepts.setdefault(c.feature, []).append(c)
+        self.labels = self._read_labels()
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _read_labels(self) -> dict[str, dict[str, str]]:
+        path = self.dir / "labels.json"
+        raw = read_json(path) if path.exists() else {}
+        if not isinstance(raw, dict):
+            return {}
+        labels = {}
+        for key, entry in raw.items():  # a hand-edited file keeps its valid entries
+            if key.isdigit() and 0 <= int(key) < self.d_sae and isinstance(entry, dict):
+                name, note = entry.get("name", ""), entry.get("note", "")
+                if isinstance(name, str) and isinstance(note, str):
+                    labels[key] = {"name": name[:MAX_LABEL_CHARS], "note": note[:MAX_NOTE_CHARS]}
+        return labels
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def d_sae(self) -> int:
+        return self.meta.d_sae
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of an image."""
+        return self.store.grid
+
+    @property
+    def n_images(self) -> int:
+        return self.store.n_images
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.store.class_names
+
+    def thumbnail(self, image: int) -> np.ndarray:
+        return self.store.thumbnail(image)
+
+    def image_labels(self) -> np.ndarray:
+        """(n_images,) class index of every image (-1: unlabelled)."""
+        return self.store.labels()
+
+    def image_info(self, image: int) -> ImageInfo:
+        entry: ImageEntry = self.store.image_entry(image)
+        return ImageInfo(image, self.store.class_name(image), entry.source)
+
+    def image_acts(self, image: int) -> np.ndarray:
+        """(tokens, d_sae) SAE activations of one image, cached."""
+        if image not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.pop(next(iter(self._cache)))
+            import torch
+
+            with torch.no_grad():
+                x = torch.from_numpy(self.store.image(image).astype(np.float32))
+                self._cache[image] = self.sae.encode_raw(x).numpy()
+        return self._cache[image]
+
+    def top_features(self, image: int, token: int, n: int = 10) -> list[tuple[int, float]]:
+        acts = self.image_acts(image)[token]
+        order = np.argsort(-acts, kind="stable")[:n]
+        return [(int(j), float(acts[j])) for j in order if acts[j] > 0]
+
+    def heatmap(self, image: int, feature: int) -> np.ndarray:
+        """(grid, grid) activations of one feature over one image's patches."""
+        return self.image_acts(image)[:, feature].reshape(self.grid, self.grid)
+
+    def density(self, feature: int) -> float:
+        return float(self.arrays.density[feature])
+
+    def heat_scale(self, feature: int) -> float | None:
+        """The activation a heatmap's full colour stands for: the feature's maximum (None: it never fired)."""
+        return float(self.arrays.max_activation[feature]) or None
+
+    def best_concept(self, feature: int) -> ConceptScore | None:
+        return max(self.matched_concepts.get(feature, []), key=lambda c: c.feature_auroc, default=None)
+
+    def top_examples(self, feature: int) -> list[tuple[int, int, float]]:
+        """(image, token, value) of the feature's top-k, strongest first."""
+        T = self.store.tokens_per_image
+        return [
+            (int(t) // T, int(t) % T, float(v))
+            for v, t in zip(self.arrays.top_values[feature], self.arrays.top_tokens[feature])
+            if t >= 0
+        ]
+
+    def band_examples(self, feature: int) -> list[list[tuple[int, int, float]]]:
+        T = self.store.tokens_per_image
+        return [
+            [(int(t) // T, int(t) % T, float(v)) for v, t in zip(vs, ts) if t >= 0]
+            for vs, ts in zip(self.arrays.band_values[feature], self.arrays.band_tokens[feature])
+        ]
+
+    def label(self, feature: int) -> str:
+        return self.labels.get(str(feature), {}).get("name", "")
+
+    def set_label(self, feature: int, name: str, note: str = "") -> None:
+        if not 0 <= feature < self.d_sae:
+            raise StageError(f"feature {feature} is outside 0..{self.d_sae - 1}")
+        if name.strip() or note.strip():
+            self.labels[str(feature)] = {"name": name.strip()[:MAX_LABEL_CHARS], "note": note.strip()[:MAX_NOTE_CHARS]}
+        else:
+            self.labels.pop(str(feature), None)
+        atomic_write_json(self.dir / "labels.json", self.labels)
+
+    def class_effect(self, feature: int, n: int = 3) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        effect = self.arrays.class_effect[feature]
+        names = self.store.class_names or [str(i) for i in range(len(effect))]
+        order = np.argsort(-effect, kind="stable")
+        promoted = [(names[i], float(effect[i])) for i in order[:n]]
+        suppressed = [(names[i], float(effect[i])) for i in order[::-1][:n]]
+        return promoted, suppressed
+
+    def class_distribution(self, feature: int) -> list[tuple[str, float]]:
+        counts = self.arrays.class_counts[feature].astype(np.float64)
+        names = self.store.class_names or [str(i) for i in range(len(counts))]
+        total = counts.sum()
+        if total == 0:
+            return []
+        order = np.argsort(-counts, kind="stable")
+        return [(names[i], float(counts[i] / total)) for i in order if counts[i] > 0]
+
+    def summary(self, feature: int, n_effects: int = 3) -> FeatureSummary:
+        if not 0 <= feature < self.d_sae:
+            raise IndexError(f"feature {feature} is outside 0..{self.d_sae - 1}")
+        promoted, suppressed = self.class_effect(feature, n_effects)
+        a = self.arrays
+        return FeatureSummary(
+            feature=feature,
+            label=self.label(feature),
+            density=float(a.density[feature]),
+            max_activation=float(a.max_activation[feature]),
+            mean_activation=float(a.mean_activation[feature]),
+            activation_hist=a.activation_hist[feature],
+            promoted=promoted,
+            suppressed=suppressed,
+            fires_on=self.class_distribution(feature),
+            concepts=self.matched_concepts.get(feature, []),
+            top_k=self.meta.top_k,
+        )
+
+
+def open_index_for(ws: Workspace, sae_run: str, activations: str | None = None) -> FeatureIndex:
+    """The index of an SAE over a set (default: its training set), or a one-sentence error saying how to build it."""
+    meta = SAEMeta.load(ws.run_dir("saes", sae_run))
+    name = index_name(sae_run, activations or meta.activations, meta.activations)
+    if not (ws.kind_dir("features") / name / INDEX_FILE).exists():
+        raise StageError(f"saes/{sae_run} has no feature index yet; run `vitsae-tui index --sae {sae_run}` first")
+    return FeatureIndex(ws, name)

@@ -1,0 +1,137 @@
+"""A model run (`models/<run>/`): config.json, dataset.json, last.pt and best.pt, and loading a trained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vitsae_tui.engine import config as config_mod
+from vitsae_tui.engine.config import TrainModelConfig
+from vitsae_tui.engine.workspace import (
+    Workspace,
+    WorkspaceError,
+    atomic_torch_save,
+    atomic_write_json,
+    file_sha256,
+    load_torch_file,
+    read_json,
+)
+
+if TYPE_CHECKING:  # torch loads only when a model does: home and --help read runs without it
+    import torch
+
+    from vitsae_tui.engine.vision_model import VisionTransformerClassifier
+
+CHECKPOINTS = ("best", "last")
+
+
+def read_config(ws: Workspace, run: str) -> TrainModelConfig:
+    return config_mod.from_dict(
+        TrainModelConfig, read_json(ws.run_dir("models", run) / "config.json"), f"{run}/config.json"
+    )
+
+
+def write_config(run_dir: Path, cfg: TrainModelConfig, n_classes: int | None = None) -> None:
+    """The run's config; once the dataset is known, with the head's class count filled in."""
+    values = config_mod.to_dict(cfg)
+    if n_classes is not None:
+        values["model"] = {**config_mod.to_dict(cfg.model), "n_classes": n_classes}
+    atomic_write_json(run_dir / "config.json", values)
+
+
+def write_dataset_info(
+    run_dir: Path, class_names: list[str], concept_names: list[str], n_train: int, n_val: int
+) -> None:
+    atomic_write_json(
+        run_dir / "dataset.json",
+        {"class_names": class_names, "concept_names": concept_names, "n_train": n_train, "n_val": n_val},
+    )
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """last.pt: weights, optimizer, position in training (epoch, batch, step), best validation, torch RNG."""
+    path = checkpoint_path(run_dir, "last")
+    if not path.exists():
+        raise WorkspaceError(f"no checkpoint in models/{run_dir.name}; start a new run instead of resuming")
+    return load_torch_file(path)
+
+
+def torch_rng_state():
+    import torch
+
+    return torch.get_rng_state()
+
+
+def save_best(path: Path, model, epoch: int, step: int, val: dict) -> None:
+    atomic_torch_save(path, {"model": model.state_dict(), "epoch": epoch, "step": step, **val})
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    return run_dir / f"{checkpoint}.pt"
+
+
+def save_checkpoint(path: Path, model, optimizer, epoch: int, batch_in_epoch: int, step: int, best: dict) -> None:
+    atomic_torch_save(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "step": step,
+            "best_val_loss": best["val_loss"],
+            "best_val_accuracy": best["val_accuracy"],
+            "torch_rng": torch_rng_state(),
+        },
+    )
+
+
+def describe_architecture(model_cfg) -> str:
+    return f"{model_cfg.n_layer} blocks of width {model_cfg.n_embd}"
+
+
+def describe_weights(state) -> str:
+    """What a checkpoint's tensors say about the model they came from, for a mismatch message."""
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        return "no model weights"
+    blocks = {key.split(".")[1] for key in weights if isinstance(key, str) and key.startswith("blocks.")}
+    width = weights.get("blocks.0.ln_1.weight")
+    return f"{len(blocks)} blocks of width {width.shape[0] if hasattr(width, 'shape') else '?'}"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: VisionTransformerClassifier
+    config: TrainModelConfig
+    checkpoint_path: Path
+    checkpoint_sha256: str
+    class_names: tuple[str, ...]
+
+
+def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
+    """A trained model in eval mode, from its `best` or `last` checkpoint, with the checkpoint's hash."""
+    run_dir = ws.run_dir("models", run)
+    cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{run}/config.json")
+    if checkpoint not in ("best", "last"):
+        raise WorkspaceError(f"checkpoint {checkpoint!r} is not 'best' or 'last'")
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.exists():
+        raise WorkspaceError(f"no {checkpoint} checkpoint in models/{run}; train the model first or pick another run")
+    state = load_torch_file(path)
+    from vitsae_tui.engine.device import pick_device
+    from vitsae_tui.engine.vision_model import VisionTransformerClassifier
+
+    model = VisionTransformerClassifier(cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError, AttributeError):
+        raise WorkspaceError(
+            f"models/{run}/{checkpoint}.pt holds {describe_weights(state)}, but its config.json describes "
+            f"{describe_architecture(cfg.model)} ({cfg.preset} preset); train it again or restore the matching "
+            f"config"
+        ) from None
+    dataset_info = read_json(run_dir / "dataset.json") if (run_dir / "dataset.json").exists() else {}
+    model.to(pick_device(device) if isinstance(device, str) else device).eval()
+    return LoadedModel(model, cfg, path, file_sha256(path), tuple(dataset_info.get("class_names", ())))
