@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from rich.text import Text
 from textual.app import ComposeResult
@@ -21,18 +20,12 @@ from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
 from vitsae_tui.tui.widgets.choices import choose, refill_select
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
+from vitsae_tui.tui.widgets.feature_list import SORTS, FeatureList
+from vitsae_tui.tui.widgets.feature_stats import NO_FEATURE, FeatureStats
 from vitsae_tui.tui.widgets.patch_image import PatchImage
 
-SORTS = [("density", "frequency"), ("max_activation", "max activation"), ("concept", "concept AUROC")]
-SPARK = "▁▂▃▄▅▆▇█"
-NO_FEATURE = "no feature open: 1-9 or enter opens one of the patch's features, f lists all"
 STACKED_HEIGHT = 50
 """from this many rows up the side pane shows the patch's features (or the list) and the open feature together"""
-
-
-def sparkline(counts: np.ndarray) -> str:
-    peak = counts.max() if len(counts) and counts.max() > 0 else 1
-    return "".join(SPARK[min(len(SPARK) - 1, int(c / peak * (len(SPARK) - 1)))] if c else " " for c in counts)
 
 
 class BrowserScreen(Screen):
@@ -92,16 +85,15 @@ class BrowserScreen(Screen):
                         yield DataTable(id="patch-features", cursor_type="row", zebra_stripes=True)
                     with Vertical(id="list-view"):
                         yield Static("", id="list-title")
-                        yield DataTable(id="feature-list", cursor_type="row", zebra_stripes=True)
+                        yield FeatureList(id="feature-list", cursor_type="row", zebra_stripes=True)
                 with Vertical(id="feature-view"):
-                    yield Static(NO_FEATURE, id="feature-stats")
+                    yield FeatureStats(NO_FEATURE, id="feature-stats")
                     yield ExamplesView(id="examples")
                     yield Static("", id="example-caption")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#patch-features", DataTable).add_columns("feature", "act", "density", "label")
-        self.query_one("#feature-list", DataTable).add_columns("feature", "density", "max", "concept", "label")
         self.apply_layout()
         self.refresh_indexes()
 
@@ -236,17 +228,7 @@ class BrowserScreen(Screen):
             self.notify(f"feature {feature} is outside 0..{index.d_sae - 1}", severity="error")
             return
         self.feature = feature
-        summary = index.summary(feature, n_effects=2)
-        stats = Text.assemble((f"feature {feature}", "bold"), f" — {summary.label}" if summary.label else "")
-        # most telling first: a short terminal shows only the first few lines
-        lines = [summary.stats_line(), summary.fires_on_line(), summary.effect_line(), *summary.concept_lines()]
-        lines.append(f"act/θ 1×…256× [{sparkline(summary.activation_hist)}]")
-        bands = index.band_examples(feature)
-        lines.append("bands " + " | ".join(", ".join(f"{i}/{t}" for i, t, _ in band[:2]) for band in bands if band))
-        lines = [line for line in lines if line]
-        for line in lines:
-            stats.append("\n" + line)
-        self.query_one("#feature-stats", Static).update(stats)
+        self.query_one("#feature-stats", FeatureStats).show(index, feature)
         self.draw_examples()
         tables = (self.query_one("#patch-features", DataTable), self.query_one("#feature-list", DataTable))
         self.set_side("feature")
@@ -287,40 +269,13 @@ class BrowserScreen(Screen):
 
     def close_feature(self) -> None:
         self.feature = None
-        self.query_one("#feature-stats", Static).update(NO_FEATURE)
+        self.query_one("#feature-stats", FeatureStats).clear()
         self.query_one("#examples", ExamplesView).clear_examples()
         self.set_side("patch")
 
     def fill_feature_list(self) -> None:
-        index = self.index
-        stats = index.arrays
-        key, title = SORTS[self.sort]
-        ids = np.arange(index.d_sae)
-        if self.hide_dead:
-            ids = ids[stats.density[ids] > 0]
-        if key == "concept":
-            best = [index.best_concept(int(i)) for i in ids]
-            score = np.array([c.feature_auroc if c else 0.0 for c in best])
-        else:
-            score = getattr(stats, key)[ids]
-        ids = ids[np.argsort(-score, kind="stable")]
-        table = self.query_one("#feature-list", DataTable)
-        table.clear()
-        for i in ids[:2000]:
-            concept = index.best_concept(int(i))
-            table.add_row(
-                str(i),
-                f"{stats.density[i]:.1e}",
-                f"{stats.max_activation[i]:.3g}",
-                Text(concept.concept if concept else ""),
-                Text(index.label(int(i))),
-                key=str(i),
-            )
-        dead = int((stats.density == 0).sum())
-        shown = "hidden" if self.hide_dead else "shown"
-        self.query_one("#list-title", Static).update(
-            f"{len(ids)} features by {title} (o: sort) · {dead} dead {shown} (d) · / jumps to an id"
-        )
+        title = self.query_one("#feature-list", FeatureList).fill(self.index, self.sort, self.hide_dead)
+        self.query_one("#list-title", Static).update(title)
 
     def action_move(self, d_row: int, d_col: int) -> None:
         if self.index is None:
