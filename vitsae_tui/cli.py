@@ -210,7 +210,9 @@ def cmd_feature(args: argparse.Namespace) -> int:
     if args.png:
         from vitsae_tui.engine.cards import feature_card
 
-        print(f"card written to {feature_card(index, args.id, args.png)}")
+        from vitsae_tui.engine.text import shown
+
+        print(f"card written to {shown(feature_card(index, args.id, args.png))}")
     return 0
 
 
@@ -252,5 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": cmd_runs,
         }[args.command](args)
     except (UserError, IndexError) as e:  # an image or feature number out of range is the user's to fix too
-        print(f"vitsae-tui: {e}", file=sys.stderr)
+        from vitsae_tui.engine.text import MAX_MESSAGE, shown
+
+        print(f"vitsae-tui: {shown(e, MAX_MESSAGE)}", file=sys.stderr)
         return USER_ERROR

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from vitsae_tui.engine import events
 from vitsae_tui.engine.run_details import describe_run
+from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import KINDS, Workspace
 from vitsae_tui.formatting import format_duration, format_metrics
 
@@ -107,15 +107,18 @@ class ConsoleReport:
                 self.progress.update(self._task(event.stage), metrics=format_metrics(self.latest[event.stage]))
         elif isinstance(event, events.Log):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-            self._print(f"{time.strftime('%H:%M:%S')} {event.message}", style)
+            self._print(f"{time.strftime('%H:%M:%S')} {shown(event.message, MAX_MESSAGE)}", style)
         elif isinstance(event, events.Failed):
-            self.progress.console.print(Text.assemble((f"{event.stage} failed: ", "bold red"), event.message))
+            self.progress.console.print(
+                Text.assemble((f"{event.stage} failed: ", "bold red"), shown(event.message, MAX_MESSAGE))
+            )
         elif isinstance(event, events.Finished):
             verb = "stopped (checkpoint saved; resume with --resume)" if event.stopped else "finished"
-            self.progress.console.print(Text.assemble((f"{event.stage} {verb}", "bold green"), f" → {event.run_dir}"))
+            self.progress.console.print(
+                Text.assemble((f"{event.stage} {verb}", "bold green"), f" → {shown(event.run_dir)}")
+            )
             for key, value in event.summary.items():
-                shown = f"{value:.4g}" if isinstance(value, float) else value
-                self._print(f"  {key}: {shown}")
+                self._print(f"  {key}: {f'{value:.4g}' if isinstance(value, float) else shown(value)}")
 
 
 class RankReport:
@@ -133,13 +136,17 @@ class RankReport:
 
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.Failed):
-            self.console.print(f"[bold red]{event.stage} failed on rank {self.rank}:[/] {escape(event.message)}")
+            self.console.print(
+                Text.assemble(
+                    (f"{event.stage} failed on rank {self.rank}: ", "bold red"), shown(event.message, MAX_MESSAGE)
+                )
+            )
 
 
 def print_runs(ws: Workspace, console: Console | None = None) -> None:
     """Every run by kind, newest first: name, state and time on one line, its details on the next (never cut)."""
     console = console or Console()
-    console.print(Text(f"workspace: {ws.root}"))
+    console.print(Text(f"workspace: {shown(ws.root)}"))
     for kind in KINDS:
         runs = ws.runs(kind)
         if not runs:
@@ -151,7 +158,7 @@ def print_runs(ws: Workspace, console: Console | None = None) -> None:
             console.print(Text(f"  {run.name:<{width}}  {run.state:<11} {updated}"))
             details = describe_run(run)
             if details:
-                console.print(Text(f"      {details}", style="dim"))
+                console.print(Text(f"      {shown(details, MAX_MESSAGE)}", style="dim"))
     if not any(ws.runs(kind) for kind in KINDS):
         console.print("no runs yet: `vitsae-tui train-model` starts one, or open the app with `vitsae-tui`")
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vitsae_tui.engine.text import shown
+
 
 def overlay(image_rgb: np.ndarray, heat: np.ndarray, size: int, vmax: float | None = None) -> Image.Image:
     """The image resized to size x size (Lanczos): in its own colours where the feature fires (more of them the
@@ -82,7 +84,8 @@ def feature_card(index, feature: int, path: Path, columns: int = 4, rows: int = 
     lines = [summary.stats_line(" | "), summary.effect_line(" | ")]
     if summary.concepts:
         lines.append(
-            "best feature for " + ", ".join(f"{c.concept} (AUROC {c.feature_auroc:.2f})" for c in summary.concepts)
+            "best feature for "
+            + ", ".join(f"{shown(c.concept)} (AUROC {c.feature_auroc:.2f})" for c in summary.concepts)
         )
     for i, line in enumerate(lines):
         draw.text((8, 36 + 18 * i), _fit(draw, line, text_font, width - 16), fill=(200, 200, 210), font=text_font)

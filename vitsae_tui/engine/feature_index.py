@@ -19,6 +19,7 @@ from vitsae_tui.engine.activation_set import ActivationSet, ImageEntry
 from vitsae_tui.engine.concepts import ConceptScore
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae
+from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json
 
 INDEX_VERSION = 1
@@ -112,8 +113,8 @@ class FeatureSummary:
 
     def concept_lines(self, digits: int = 2) -> list[str]:
         return [
-            f"matches {c.concept}: AUROC {c.feature_auroc:.{digits}f} (neuron {c.neuron_auroc:.{digits}f}, probe "
-            f"{c.probe_auroc:.{digits}f}), top-{self.top_k} precision {c.top_precision:.0%}"
+            f"matches {shown(c.concept)}: AUROC {c.feature_auroc:.{digits}f} (neuron {c.neuron_auroc:.{digits}f}, "
+            f"probe {c.probe_auroc:.{digits}f}), top-{self.top_k} precision {c.top_precision:.0%}"
             for c in self.concepts
         ]
 
@@ -239,7 +240,7 @@ class FeatureIndex:
 
     def image_info(self, image: int) -> ImageInfo:
         entry: ImageEntry = self.store.image_entry(image)
-        return ImageInfo(image, self.store.class_name(image), entry.source)
+        return ImageInfo(image, shown(self.store.class_name(image)), shown(entry.source))
 
     def image_acts(self, image: int) -> np.ndarray:
         """(tokens, d_sae) SAE activations of one image, cached."""
@@ -289,7 +290,13 @@ class FeatureIndex:
         ]
 
     def label(self, feature: int) -> str:
-        return self.labels.get(str(feature), {}).get("name", "")
+        """The researcher's name for a feature, safe to show ("" when unnamed)."""
+        return shown(self.labels.get(str(feature), {}).get("name", ""))
+
+    def class_name(self, label: int) -> str:
+        """A class index's name, safe to show: it comes from a folder name."""
+        names = self.store.class_names
+        return shown(names[label]) if 0 <= label < len(names) else str(label)
 
     def set_label(self, feature: int, name: str, note: str = "") -> None:
         if not 0 <= feature < self.d_sae:
@@ -302,20 +309,18 @@ class FeatureIndex:
 
     def class_effect(self, feature: int, n: int = 3) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         effect = self.arrays.class_effect[feature]
-        names = self.store.class_names or [str(i) for i in range(len(effect))]
         order = np.argsort(-effect, kind="stable")
-        promoted = [(names[i], float(effect[i])) for i in order[:n]]
-        suppressed = [(names[i], float(effect[i])) for i in order[::-1][:n]]
+        promoted = [(self.class_name(int(i)), float(effect[i])) for i in order[:n]]
+        suppressed = [(self.class_name(int(i)), float(effect[i])) for i in order[::-1][:n]]
         return promoted, suppressed
 
     def class_distribution(self, feature: int) -> list[tuple[str, float]]:
         counts = self.arrays.class_counts[feature].astype(np.float64)
-        names = self.store.class_names or [str(i) for i in range(len(counts))]
         total = counts.sum()
         if total == 0:
             return []
         order = np.argsort(-counts, kind="stable")
-        return [(names[i], float(counts[i] / total)) for i in order if counts[i] > 0]
+        return [(self.class_name(int(i)), float(counts[i] / total)) for i in order if counts[i] > 0]
 
     def summary(self, feature: int, n_effects: int = 3) -> FeatureSummary:
         if not 0 <= feature < self.d_sae:

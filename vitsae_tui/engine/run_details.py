@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import RunInfo
 
 
@@ -28,10 +29,10 @@ def _steps(status: dict[str, Any]) -> str:
 
 
 def describe_run(run: RunInfo) -> str:
-    """What a person wants to know about a run at a glance; a failed run shows its message."""
+    """What a person wants to know about a run at a glance; a failed run shows its message (safe to show)."""
     status = run.status
     if run.state == "failed":
-        return str(status.get("message", ""))
+        return shown(status.get("message", ""), MAX_MESSAGE)
     parts: list[str | None] = []
     if run.kind == "models":
         acc = _number(status, "best_val_accuracy")
@@ -63,4 +64,4 @@ def describe_run(run: RunInfo) -> str:
             if sae_auroc is not None and neuron_auroc is not None
             else None,
         ]
-    return " · ".join(p for p in parts if p)
+    return shown(" · ".join(p for p in parts if p), MAX_MESSAGE)

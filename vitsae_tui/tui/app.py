@@ -17,6 +17,7 @@ from textual.screen import Screen
 from vitsae_tui.engine.config import IndexConfig
 from vitsae_tui.engine.events import Finished
 from vitsae_tui.engine.stages import BY_KIND, REGISTRY, STAGES
+from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import Workspace
 from vitsae_tui.tui.commands import SafeCommandPalette
 from vitsae_tui.tui.jobs import JobManager
@@ -50,7 +51,7 @@ class VitsaeApp(App):
         self.lineage_selection: tuple[str, str] | None = None
         """the run (kind, name) whose lineage home shows and the guided run completes; None: the best one"""
         self.jobs.subscribe(self.follow_pipeline)
-        self.sub_title = str(self.workspace.root)
+        self.sub_title = shown(self.workspace.root)
 
     def on_mount(self) -> None:
         # a dropped SSH link (SIGHUP) or a scheduler's SIGTERM stops every job with a checkpoint before exiting

@@ -16,7 +16,7 @@ from typing import Any
 from textual.app import App
 
 from vitsae_tui.engine import events
-from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.errors import StageError, bug_message, log_bug
 
 DRAIN_INTERVAL_S = 0.1
 
@@ -110,8 +110,8 @@ class JobManager:
                 job.result = fn(*args, report=job.report, stop=job.stop, **kwargs)
             except StageError:
                 pass  # the stage already reported its one-sentence Failed event
-            except Exception as e:  # a bug: show it in the job's log rather than crash the app
-                job.report(events.Failed(stage, f"{type(e).__name__}: {e}"))
+            except Exception as e:  # a bug outside any stage: its traceback to the workspace's error.log, not a crash
+                job.report(events.Failed(stage, bug_message(e, log_bug(e, self.app.workspace.root))))
 
         self.app.run_worker(work, name=f"job:{stage}", group="jobs", thread=True, exit_on_error=False)
         if self._timer is None:

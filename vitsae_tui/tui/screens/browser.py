@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
+from vitsae_tui.engine.text import shown
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
@@ -189,7 +190,7 @@ class BrowserScreen(Screen):
             return
         index = self.index
         row, col = divmod(self.cursor, self.grid)
-        only = f" · only {index.class_names[self.class_filter]}" if self.class_filter is not None else ""
+        only = f" · only {index.class_name(self.class_filter)}" if self.class_filter is not None else ""
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
         self.query_one("#image-title", Static).update(
             Text(
@@ -442,7 +443,7 @@ class BrowserScreen(Screen):
         path = image_card(
             self.index, self.image, Path.cwd() / f"image-{self.image}{suffix}.png", self.feature, self.cursor
         )
-        self.notify(f"wrote {path}", markup=False)
+        self.notify(f"wrote {shown(path)}", markup=False)
 
     def action_export_card(self) -> None:
         """The open feature's card (stats and top examples with heatmaps) as a PNG in the cwd."""
@@ -450,7 +451,8 @@ class BrowserScreen(Screen):
             self.notify("open a feature first, then E writes its card", severity="warning")
             return
         self.notify(
-            f"wrote {feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png')}", markup=False
+            f"wrote {shown(feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png'))}",
+            markup=False,
         )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

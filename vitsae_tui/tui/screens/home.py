@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from vitsae_tui.engine.pipeline import StageState, lineage, next_step
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.stages import REGISTRY
+from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import KINDS, RunInfo
 
 STATE_STYLE = {
@@ -123,7 +124,7 @@ class HomeScreen(Screen):
     def refresh_runs(self) -> None:
         ws = self.app.workspace
         self.runs = runs = {kind: ws.runs(kind) for kind in KINDS}
-        self.query_one("#workspace", Static).update(Text.assemble(("workspace ", "bold"), str(ws.root)))
+        self.query_one("#workspace", Static).update(Text.assemble(("workspace ", "bold"), shown(ws.root)))
         self.show_lineage()
         table = self.query_one("#runs", DataTable)
         selected = self.app.lineage_selection

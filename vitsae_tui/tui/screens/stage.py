@@ -12,6 +12,7 @@ from textual.widgets import ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import events
 from vitsae_tui.engine.stages import REGISTRY
+from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import read_jsonl
 from vitsae_tui.formatting import format_duration
 from vitsae_tui.tui.commands import ScreenCommands
@@ -257,10 +258,11 @@ class StageScreen(Screen):
                 self.add_metrics(event.row)
             elif isinstance(event, events.Log):
                 style = {"warning": "yellow", "error": "red"}.get(event.level, "")
-                log.write(Text(event.message, style=style))
+                log.write(Text(shown(event.message, MAX_MESSAGE), style=style))
             elif isinstance(event, events.Failed):
-                log.write(Text(f"failed: {event.message}", style="bold red"))
-                self.notify(event.message, severity="error", timeout=10, markup=False)
+                message = shown(event.message, MAX_MESSAGE)
+                log.write(Text(f"failed: {message}", style="bold red"))
+                self.notify(message, severity="error", timeout=10, markup=False)
             self.on_stage_event(job, event)
         self.update_status(job)
         self.lock_form(job.runs_stage(self.STAGE))

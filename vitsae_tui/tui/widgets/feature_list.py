@@ -6,6 +6,8 @@ import numpy as np
 from rich.text import Text
 from textual.widgets import DataTable
 
+from vitsae_tui.engine.text import shown
+
 SORTS = [("density", "frequency"), ("max_activation", "max activation"), ("concept", "concept AUROC")]
 MAX_ROWS = 2000
 
@@ -34,10 +36,10 @@ class FeatureList(DataTable):
                 str(i),
                 f"{stats.density[i]:.1e}",
                 f"{stats.max_activation[i]:.3g}",
-                Text(concept.concept if concept else ""),
+                Text(shown(concept.concept) if concept else ""),
                 Text(index.label(int(i))),
                 key=str(i),
             )
         dead = int((stats.density == 0).sum())
-        shown = "hidden" if hide_dead else "shown"
-        return f"{len(ids)} features by {title} (o: sort) · {dead} dead {shown} (d) · / jumps to an id"
+        dead_state = "hidden" if hide_dead else "shown"
+        return f"{len(ids)} features by {title} (o: sort) · {dead} dead {dead_state} (d) · / jumps to an id"

@@ -7,4 +7,4 @@ from textual.widgets import RichLog
 
 class StageLog(RichLog):
     def __init__(self, **kwargs):
-        super().__init__(max_lines=500, min_width=16, wrap=True, markup=True, **kwargs)
+        super().__init__(max_lines=500, min_width=16, wrap=True, markup=False, **kwargs)
