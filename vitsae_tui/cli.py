@@ -209,7 +209,6 @@ def cmd_feature(args: argparse.Namespace) -> int:
     print_feature(index, args.id)
     if args.png:
         from vitsae_tui.engine.cards import feature_card
-
         from vitsae_tui.engine.text import shown
 
         print(f"card written to {shown(feature_card(index, args.id, args.png))}")
