@@ -58,3 +58,14 @@ def test_bad_values_are_refused():
         config_mod.from_dict(TrainModelConfig, {"lr_schedule": "step"})
     with pytest.raises(ConfigError, match="divisible"):
         config_mod.from_dict(TrainModelConfig, {"model": {"conv_channels": [8, 8, 8, 8, 10], "n_head": 4}})
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_every_number_of_every_stage_config_must_be_finite(bad):
+    from vitsae_tui.engine.stages import STAGES
+
+    for stage in STAGES:
+        for name, value in config_mod.to_dict(stage.config()).items():
+            if isinstance(value, float):
+                with pytest.raises(ConfigError, match=f"{name.replace('_', '-')} must be a finite number"):
+                    config_mod.from_dict(stage.config, {name: bad})

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,14 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_finite(cfg) -> None:
+    """Every number of a config is finite: an infinite λ or θ₀ would train to NaN yet end "successfully"."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name.replace('_', '-')} must be a finite number, not {value}", f.name)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
@@ -49,6 +58,7 @@ class DataConfig:
     """fraction of an image folder held out for validation"""
 
     def validate(self) -> None:
+        _check_finite(self)
         _check(self.n_train >= 1 and self.n_val >= 1, "n_train and n_val must be at least 1")
         _check(self.imagenette_size in ("160px", "320px", "full"), "imagenette_size must be 160px, 320px or full")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction must be between 0 and 1")
@@ -76,6 +86,7 @@ class ModelConfig:
     """add learned position embeddings to the tokens (off in the reference)"""
 
     def validate(self) -> None:
+        _check_finite(self)
         _check(
             len(self.conv_channels) == 5 and all(c >= 2 and c % 2 == 0 for c in self.conv_channels),
             "conv_channels must be 5 even numbers (the grouped convolutions split them in two)",
@@ -127,6 +138,7 @@ class TrainModelConfig:
     """DataLoader worker processes for image folders (spawned, safe inside the app)"""
 
     def validate(self) -> None:
+        _check_finite(self)
         _check(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}")
         _check(self.epochs >= 1, "epochs must be at least 1")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
@@ -163,6 +175,7 @@ class CollectConfig:
     """name of the activation set (empty: derived from model, hook, dataset and split)"""
 
     def validate(self) -> None:
+        _check_finite(self)
         _check(self.checkpoint in ("best", "last"), "checkpoint must be 'best' or 'last'")
         _check(self.split in ("train", "val", "all"), "split must be 'train', 'val' or 'all'")
         _check(self.limit >= 0, "limit must be 0 (all) or a positive number of images")
@@ -218,6 +231,7 @@ class SAETrainConfig:
     """keep the whole set on the device: 'auto' (when it fits), 'yes' or 'no' (stream with prefetch)"""
 
     def validate(self) -> None:
+        _check_finite(self)
         _check(
             self.expansion >= 1 and self.batch_size >= 1 and self.tokens >= self.batch_size,
             "expansion and batch_size must be >= 1 and tokens at least one batch",
@@ -255,6 +269,7 @@ class IndexConfig:
     """seconds between saved states of the pass: a stopped or killed index continues from the last one"""
 
     def validate(self) -> None:
+        _check_finite(self)
         _check(self.images_per_batch >= 1, "images_per_batch must be at least 1")
         _check(self.checkpoint_every_s >= 0, "checkpoint_every_s must be 0 (every step) or more seconds")
 
