@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers import TINY_MODEL, Collector, make_model_run, tiny_train_config, write_activation_set
@@ -20,6 +21,7 @@ from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAE
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Log
 from vitsae_tui.engine.model_run import load_model
+from vitsae_tui.engine.sae import JumpReLUSAE
 from vitsae_tui.engine.sae_run import load_sae
 from vitsae_tui.engine.stages.collect import run as collect
 from vitsae_tui.engine.stages.index import run as build_index
@@ -252,3 +254,29 @@ def test_mismatches_name_both_sides(tmp_path):
         r"blocks of width 16",
     ):
         load_model(ws, small)
+
+
+def test_an_sae_file_declaring_absurd_or_foreign_shapes_is_refused_before_allocating(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitsae_tui.engine.sae_run import SAEMeta
+
+    run_dir = tmp_path / "saes" / "sae-1"
+    run_dir.mkdir(parents=True)
+    # a header that would make the module allocate 4 TB for b_enc: every tensor has zero elements on disk
+    bomb = {
+        "W_enc": torch.zeros(0, 10**12),
+        "W_dec": torch.zeros(10**12, 0),
+        "b_enc": torch.zeros(0),
+        "b_dec": torch.zeros(0),
+        "threshold": torch.zeros(0),
+        "input_scale": torch.tensor(1.0),
+    }
+    save_file(bomb, str(run_dir / "sae.safetensors"))
+    with pytest.raises(WorkspaceError, match="absurd size"):
+        load_sae(run_dir)
+    honest = JumpReLUSAE(8, 32)
+    save_file({k: v.contiguous() for k, v in honest.state_dict().items()}, str(run_dir / "sae.safetensors"))
+    SAEMeta("set", "blocks.0.resid_post", 16, 64, 1.0, "demo-1", "0" * 64).dump(run_dir)
+    with pytest.raises(WorkspaceError, match="8 -> 32 SAE but its meta.json says 16 -> 64"):
+        load_sae(run_dir)

@@ -175,6 +175,11 @@ class FeatureIndex:
         self.store = ActivationSet(ws.run_dir("activations", self.meta.activations))
         sae_dir = ws.run_dir("saes", self.meta.sae_run)
         self.sae = load_sae(sae_dir, device)
+        if self.sae.d_in != self.store.d_model:
+            raise StageError(
+                f"saes/{sae_dir.name} reads vectors of width {self.sae.d_in} but activations/{self.store.path.name} "
+                f"holds width {self.store.d_model}; re-run `vitsae-tui index --sae {sae_dir.name}` on a matching set"
+            )
         if self.sae.d_sae != self.meta.d_sae:
             raise StageError(
                 f"features/{name} indexes {self.meta.d_sae} features but saes/{sae_dir.name} has "

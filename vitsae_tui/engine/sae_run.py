@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # torch loads only when an SAE does: home and --help read run
     from vitsae_tui.engine.sae import JumpReLUSAE
 
 WEIGHTS = "sae.safetensors"
+MAX_D_IN = 1 << 16
+MAX_D_SAE = 1 << 22
 TRAINER = "trainer.pt"
 META = "meta.json"
 
@@ -108,10 +110,7 @@ def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
         raise WorkspaceError(
             f"saes/{run_dir.name}/sae.safetensors is damaged ({e}); retrain or resume the run"
         ) from None
-    expected = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"}
-    if set(tensors) != expected or tensors["W_enc"].ndim != 2:
-        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors does not hold a JumpReLU SAE; pick another run")
-    d_in, d_sae = tensors["W_enc"].shape
+    d_in, d_sae = _checked_shapes(run_dir, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
     from vitsae_tui.engine.sae import JumpReLUSAE
 
     sae = JumpReLUSAE(d_in, d_sae)
@@ -120,6 +119,27 @@ def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
     except RuntimeError:
         raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors has inconsistent shapes; pick another run") from None
     return sae.to(device).eval()
+
+
+def _checked_shapes(run_dir: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+    """(d_in, d_sae) of a file's tensors, refused before anything of that size is allocated unless every shape agrees
+    with a JumpReLU SAE of sane width and with the run's meta.json."""
+    where = f"saes/{run_dir.name}/sae.safetensors"
+    if set(shapes) != {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"} or len(shapes["W_enc"]) != 2:
+        raise WorkspaceError(f"{where} does not hold a JumpReLU SAE; pick another run")
+    d_in, d_sae = shapes["W_enc"]
+    if not (0 < d_in <= MAX_D_IN and 0 < d_sae <= MAX_D_SAE):
+        raise WorkspaceError(f"{where} declares an absurd size ({d_in} -> {d_sae}); retrain the SAE")
+    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,), "input_scale": ()}
+    if any(shapes[name] != shape for name, shape in expected.items()):
+        raise WorkspaceError(f"{where} has inconsistent shapes; retrain the SAE or pick another run")
+    meta = SAEMeta.find(run_dir)
+    if meta is not None and (meta.d_in, meta.d_sae) != (d_in, d_sae):
+        raise WorkspaceError(
+            f"{where} holds a {d_in} -> {d_sae} SAE but its meta.json says {meta.d_in} -> {meta.d_sae}; "
+            "retrain the SAE or pick another run"
+        )
+    return d_in, d_sae
 
 
 def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image: int, model_run: str) -> Path:
