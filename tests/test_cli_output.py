@@ -96,3 +96,19 @@ def test_user_errors_exit_1_everywhere_and_a_flag_typo_shows_the_subcommands_usa
     typo = run_cli("train-sae", "--tokenz", "5", workspace=tmp_path)
     assert typo.returncode == 2 and "vitsae-tui train-sae: error: unrecognized arguments: --tokenz" in typo.stderr
     assert "usage: vitsae-tui train-sae" in typo.stderr
+
+
+def test_an_empty_workspace_or_a_count_below_one_is_a_usage_error_not_a_silent_default(capsys):
+    import pytest
+
+    from vitsae_tui import cli
+
+    for argv, said in (
+        (["runs", "--workspace", ""], "--workspace needs a folder"),
+        (["--workspace", " ", "runs"], "--workspace needs a folder"),
+        (["inspect", "--sae", "x", "--image", "0", "--top", "-1"], "--top: must be at least 1, not -1"),
+        (["inspect", "--sae", "x", "--image", "0", "--top", "0"], "--top: must be at least 1, not 0"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(argv)
+        assert exited.value.code == 2 and said in capsys.readouterr().err, argv

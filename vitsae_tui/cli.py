@@ -50,6 +50,13 @@ METAVARS = {"model": "RUN", "sae": "RUN", "activations": "SET"}
 DATA_FIELDS = ("dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitsae-tui",
@@ -90,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--image", metavar="N", type=int, required=True, help="image number in the activation set")
     inspect.add_argument("--token", metavar="T", type=int, help="only this patch (0-35, row-major)")
-    inspect.add_argument("--top", metavar="K", type=int, default=5, help="features per patch (default 5)")
+    inspect.add_argument("--top", metavar="K", type=positive_int, default=5, help="features per patch (default 5)")
     inspect.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     feature = commands.add_parser("feature", help="print one feature's statistics and top examples")
@@ -239,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # a typo in a subcommand's flag: that subcommand's usage, not the top-level one
         (args.subcommands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.workspace is not None and not args.workspace.strip():
+        (args.subcommands.get(args.command) or parser).error(
+            "--workspace needs a folder; leave the option out to use the default workspace"
+        )
     try:
         if args.command is None:
             from vitsae_tui.tui.app import run_app
