@@ -13,11 +13,12 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from vitsae_tui import __version__
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import DataConfig
-from vitsae_tui.engine.errors import StageError, UserError
+from vitsae_tui.engine.errors import StageError, UserError, resource_message
 from vitsae_tui.engine.stages import REGISTRY, STAGES, Stage
 
 
@@ -218,7 +219,14 @@ def cmd_feature(args: argparse.Namespace) -> int:
         from vitsae_tui.engine.cards import feature_card
         from vitsae_tui.engine.text import shown
 
-        print(f"card written to {shown(feature_card(index, args.id, args.png))}")
+        target = Path(args.png).expanduser()
+        if target.is_dir() or not target.parent.is_dir():
+            problem = "is a folder" if target.is_dir() else "is in a folder that does not exist"
+            raise UserError(f"--png {shown(args.png)} {problem}; give a file name in an existing folder")
+        try:
+            print(f"card written to {shown(feature_card(index, args.id, target))}")
+        except OSError as e:
+            raise UserError(resource_message(e) or f"--png {shown(args.png)} cannot be written ({e.strerror})") from e
     return 0
 
 

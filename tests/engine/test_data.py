@@ -164,3 +164,20 @@ def test_a_folder_keeps_its_split_wherever_it_lies(tmp_path):
         return sorted(str(Path(dataset.source(i)).relative_to(root)) for i in range(len(dataset)))
 
     assert val_files(first) == val_files(moved) and 0 < len(val_files(first)) < 24
+
+
+def test_a_file_name_that_is_not_utf8_is_one_more_image(workspace, tmp_path):
+    import json
+    import os
+
+    root = os.fsencode(tmp_path / "odd-names")
+    for folder, name in ((b"cat\xff", b"\xfe.png"), (b"cat\xff", b"ok.png"), (b"dog", b"fine.png")):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(os.fsdecode(os.path.join(root, folder, name)), "PNG")
+    dataset = load_dataset(workspace, DataConfig(dataset=os.fsdecode(root)), "all")
+    assert len(dataset) == 3 and dataset.class_names == ("cat\\xff", "dog")
+    sources = [dataset.source(i) for i in range(3)]
+    assert any(source.endswith("cat\\xff/\\xfe.png") for source in sources)
+    json.dumps(sources).encode("utf-8")  # what the manifest stores: valid UTF-8
+    images, _labels, ok = next(iterate_batches(dataset, np.arange(3), 3))
+    assert ok.all() and images.shape == (3, 3, 224, 224)

@@ -76,3 +76,19 @@ def test_the_cli_prints_a_bugs_traceback_and_exits_1(workspace, monkeypatch, cap
     assert code == cli.USER_ERROR
     assert "internal error (ZeroDivisionError: division by zero)" in err
     assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err
+
+
+def test_every_out_of_memory_wording_gets_the_memory_sentence():
+    from vitsae_tui.engine.errors import resource_message
+
+    for error in (
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"),
+        MemoryError(),
+    ):
+        assert resource_message(error).startswith("the device ran out of memory"), error
+    assert resource_message(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -166,7 +166,7 @@ class FileListDataset(ImageDataset):
         return Sample(pixels, int(self._labels[index]), True)
 
     def source(self, index: int) -> str:
-        return self.paths[index]
+        return readable(self.paths[index])
 
     def labels(self) -> np.ndarray:
         return self._labels
@@ -245,6 +245,12 @@ def load_synthetic(
     return SyntheticDataset(images, labels, concepts, split, cfg.data_seed)
 
 
+def readable(name: str) -> str:
+    """A file name as text that can be stored in JSON: bytes that are not UTF-8 appear as \\xNN (the file still opens
+    through its original name)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _scan_folder(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
     """Class sub-folders give labels; a flat folder of images gives unlabelled items (label -1)."""
 
@@ -264,7 +270,7 @@ def _scan_folder(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
             files = images_in(folder)
             if files:
                 labels += [len(class_names)] * len(files)
-                class_names.append(folder.name)
+                class_names.append(readable(folder.name))
                 paths += files
         return paths, labels, tuple(class_names)
     files = images_in(root)
@@ -281,7 +287,7 @@ def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
     # a stable hash of each path inside the folder decides its split: adding files never moves old ones across,
     # and the split is the same wherever the folder lies (a hash of the absolute path changed with the location)
     relative = [Path(p).relative_to(root).as_posix() for p in paths]
-    in_val = [int(hashlib.sha1(r.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction for r in relative]
+    in_val = [int(hashlib.sha1(os.fsencode(r)).hexdigest()[:8], 16) / 0xFFFFFFFF < cfg.val_fraction for r in relative]
     keep = [(path, label) for path, label, val in zip(paths, labels, in_val) if val == (split == "val")]
     if split == "all":
         keep = list(zip(paths, labels))

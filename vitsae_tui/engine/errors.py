@@ -26,7 +26,13 @@ class StageError(UserError, RuntimeError):
 
 def resource_message(error: BaseException) -> str | None:
     """The sentence for a machine limit (memory, disk, permissions), or None when the error is not one."""
-    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+    text = str(error).lower()
+    # CUDA's OutOfMemoryError, MPS's and CUDA's wording, the CPU allocator's and Python's own
+    if (
+        type(error).__name__ == "OutOfMemoryError"
+        or isinstance(error, MemoryError)
+        or any(words in text for words in ("out of memory", "can't allocate memory", "cannot allocate memory"))
+    ):
         return (
             "the device ran out of memory; start again with a smaller --batch-size, or resume once more memory "
             "is free (the last checkpoint is intact)"

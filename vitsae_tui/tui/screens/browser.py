@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
+from vitsae_tui.engine.errors import resource_message
 from vitsae_tui.engine.text import shown
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.prompt import PromptScreen
@@ -426,10 +427,17 @@ class BrowserScreen(Screen):
         feature = self.feature
 
         def answered(text: str | None) -> None:
-            if text is not None:
+            if text is None:
+                return
+            try:
                 self.index.set_label(feature, text)
-                self.show_feature(feature)
-                self.fill_feature_list()
+            except OSError as e:  # the index folder was deleted, or the disk is full or read-only
+                where = shown(self.index.dir)
+                problem = resource_message(e) or f"{where} cannot be written ({e.strerror})"
+                self.notify(f"the label was not saved: {problem}", severity="error", markup=False)
+                return
+            self.show_feature(feature)
+            self.fill_feature_list()
 
         self.app.push_screen(
             PromptScreen(f"label for feature {feature} (empty removes it)", self.index.label(feature)), answered
@@ -440,20 +448,28 @@ class BrowserScreen(Screen):
         if self.index is None:
             return
         suffix = f"-feature-{self.feature}" if self.feature is not None else ""
-        path = image_card(
-            self.index, self.image, Path.cwd() / f"image-{self.image}{suffix}.png", self.feature, self.cursor
-        )
-        self.notify(f"wrote {shown(path)}", markup=False)
+        name = f"image-{self.image}{suffix}.png"
+        self.write_png(lambda folder: image_card(self.index, self.image, folder / name, self.feature, self.cursor))
 
     def action_export_card(self) -> None:
         """The open feature's card (stats and top examples with heatmaps) as a PNG in the cwd."""
         if self.index is None or self.feature is None:
             self.notify("open a feature first, then E writes its card", severity="warning")
             return
-        self.notify(
-            f"wrote {shown(feature_card(self.index, self.feature, Path.cwd() / f'feature-{self.feature}.png'))}",
-            markup=False,
-        )
+        feature = self.feature
+        self.write_png(lambda folder: feature_card(self.index, feature, folder / f"feature-{feature}.png"))
+
+    def write_png(self, write) -> None:
+        """Write a PNG into the working folder; a missing, full or read-only one is a sentence, not a crash."""
+        try:
+            path = write(Path.cwd())
+        except OSError as e:
+            problem = resource_message(e) or f"the working folder cannot be written ({e.strerror})"
+            self.notify(
+                f"no PNG written: {problem}; start vitsae-tui from a writable folder", severity="error", markup=False
+            )
+            return
+        self.notify(f"wrote {shown(path)}", markup=False)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id in ("patch-features", "feature-list"):
