@@ -280,3 +280,14 @@ def test_an_sae_file_declaring_absurd_or_foreign_shapes_is_refused_before_alloca
     SAEMeta("set", "blocks.0.resid_post", 16, 64, 1.0, "demo-1", "0" * 64).dump(run_dir)
     with pytest.raises(WorkspaceError, match="8 -> 32 SAE but its meta.json says 16 -> 64"):
         load_sae(run_dir)
+
+
+def test_a_folder_with_a_single_class_is_refused_with_a_sentence_about_classes(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    folder = tmp_path / "one-class" / "cats"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        Image.new("RGB", (32, 32), (10 * i, 20, 30)).save(folder / f"{i}.png")
+    cfg = tiny_train_config(data=DataConfig(dataset=str(folder.parent), val_fraction=0.3))
+    with pytest.raises(StageError, match=r"one class folder \(cats\); a classifier needs at least two"):
+        train_model(cfg, ws, Collector(), threading.Event())

@@ -97,7 +97,8 @@ class ModelConfig:
         )
         _check(self.image_size == 224, "image_size must be 224: the AlexNet stem needs it for a real 6x6 grid")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        _check(self.grid_size >= 1 and self.n_classes >= 2, "grid_size must be >= 1 and n_classes >= 2")
+        _check(self.grid_size >= 1, "grid_size must be at least 1")
+        _check(self.n_classes >= 2, "n_classes must be at least 2: a classifier needs two classes")
 
     @property
     def n_embd(self) -> int:

@@ -30,6 +30,7 @@ from vitsae_tui.engine.events import (
     Started,
     progress_callback,
 )
+from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -349,6 +350,11 @@ def _load_data(
     if len(train_set) == 0 or len(val_set) == 0:
         raise StageError(
             f"{cfg.data.dataset} has no training or no validation images; add images or lower --val-fraction"
+        )
+    if len(train_set.class_names) == 1:
+        raise StageError(
+            f"{cfg.data.dataset} has one class folder ({shown(train_set.class_names[0])}); a classifier needs at "
+            "least two: add a sub-folder per class"
         )
     if train_set.class_names and len(train_set.class_names) != cfg.model.n_classes:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_classes=len(train_set.class_names)))
