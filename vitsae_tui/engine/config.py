@@ -312,43 +312,57 @@ def to_json(cfg) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
-def _coerce(value, annotation, where: str):
-    """Check one JSON value against a field's annotation and convert lists/dicts into tuples/dataclasses."""
+def _where(path: tuple) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else (f".{part}" if i else part) for i, part in enumerate(path))
+
+
+def _coerce(value, annotation, path: tuple):
+    """Check one JSON value against a field's annotation and convert lists/dicts into tuples/dataclasses.
+
+    `path` (the file, then keys and indices) becomes text only for an error: a manifest holds a million values.
+    """
+    if annotation in _SCALARS and type(value) is annotation:
+        return value  # the common case, first
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, where)
+        return _from_dict(annotation, value, path)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
-                return _coerce(value, option, where)
+                return _coerce(value, option, path)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where} has the wrong type ({type(value).__name__}); fix or delete the file")
+        raise ConfigError(f"{_where(path)} has the wrong type ({type(value).__name__}); fix or delete the file")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, not {type(value).__name__}; fix or delete the file")
+            raise ConfigError(f"{_where(path)} must be a list, not {type(value).__name__}; fix or delete the file")
         item_types = typing.get_args(annotation)
         if item_types[-1] is Ellipsis:
             item_types = (item_types[0],) * len(value)
         elif len(value) != len(item_types):
-            raise ConfigError(f"{where} must hold {len(item_types)} items; fix or delete the file")
-        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
+            raise ConfigError(f"{_where(path)} must hold {len(item_types)} items; fix or delete the file")
+        return tuple(_coerce(v, t, (*path, i)) for i, (v, t) in enumerate(zip(value, item_types)))
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{where} must be a JSON object; fix or delete the file")
+            raise ConfigError(f"{_where(path)} must be a JSON object; fix or delete the file")
         item_type = typing.get_args(annotation)[1]
-        return {k: _coerce(v, item_type, f"{where}.{k}") for k, v in value.items()}
+        return {k: _coerce(v, item_type, (*path, k)) for k, v in value.items()}
     if annotation is type(None):
         if value is not None:
-            raise ConfigError(f"{where} must be null")
+            raise ConfigError(f"{_where(path)} must be null")
         return None
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, bool):
-        raise ConfigError(f"{where} must be an integer, not a boolean; fix or delete the file")
-    if annotation in (int, float, str, bool) and not isinstance(value, annotation):
-        raise ConfigError(f"{where} must be {annotation.__name__}, not {type(value).__name__}; fix or delete the file")
+        raise ConfigError(f"{_where(path)} must be an integer, not a boolean; fix or delete the file")
+    if annotation in _SCALARS and not isinstance(value, annotation):
+        raise ConfigError(
+            f"{_where(path)} must be {annotation.__name__}, not {type(value).__name__}; fix or delete the file"
+        )
     return value
+
+
+_SCALARS = (int, float, str, bool)
 
 
 @functools.cache
@@ -356,28 +370,36 @@ def _type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)  # resolving string annotations is slow; manifests hold thousands of entries
 
 
+@functools.cache
+def _schema(cls) -> tuple[frozenset[str], frozenset[str]]:
+    """(every field, the fields without a default) of a dataclass."""
+    fields = dataclasses.fields(cls)
+    required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    return frozenset(f.name for f in fields), frozenset(required)
+
+
 def from_dict(cls, data, where: str = "config"):
     """Build a frozen config from a JSON object, refusing unknown keys and wrong types; missing keys take defaults."""
+    return _from_dict(cls, data, (where,))
+
+
+def _from_dict(cls, data, path: tuple):
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object; fix or delete the file")
-    hints = _type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
+        raise ConfigError(f"{_where(path)} must be a JSON object; fix or delete the file")
+    names, required = _schema(cls)
+    if not names.issuperset(data):
+        unknown = sorted(set(data) - names)
         raise ConfigError(
-            f"{where} has unknown keys {unknown}; remove them or use a matching vitsae-tui version", unknown[0]
+            f"{_where(path)} has unknown keys {unknown}; remove them or use a matching vitsae-tui version", unknown[0]
         )
-    missing = sorted(
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    )
-    if missing:
-        raise ConfigError(f"{where} lacks {missing}; fix or delete the file", missing[0])
+    if not required.issubset(data):
+        missing = sorted(required - set(data))
+        raise ConfigError(f"{_where(path)} lacks {missing}; fix or delete the file", missing[0])
+    hints = _type_hints(cls)
     values = {}
     for key, value in data.items():
         try:
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+            values[key] = _coerce(value, hints[key], (*path, key))
         except ConfigError as e:
             e.field = key if e.field is None else f"{key}.{e.field}"
             raise
