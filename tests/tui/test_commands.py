@@ -51,3 +51,10 @@ async def test_the_sae_form_is_built_from_the_config_and_explains_the_focused_fi
         assert app.jobs.get("train-sae") is None
         messages = [n.message for n in app._notifications]
         assert any("tokens must be a whole number, not 'lots'" in m for m in messages), messages
+
+
+async def test_the_palette_describes_each_stage_in_its_own_words(tmp_path):
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(100, 32)):
+        helps = {command.title: command.help for command in app.get_system_commands(app.screen)}
+    assert helps["Train SAE"] == "Train a JumpReLU sparse autoencoder on an activation set"

@@ -96,7 +96,9 @@ class VitsaeApp(App):
         )
         for stage in STAGES:
             if stage.name in self.MODES:
-                yield SystemCommand(stage.title, stage.summary.capitalize(), partial(self.switch_mode, stage.name))
+                yield SystemCommand(
+                    stage.title, stage.summary[:1].upper() + stage.summary[1:], partial(self.switch_mode, stage.name)
+                )
             else:
                 yield SystemCommand(stage.title, "Index the shown lineage's SAE", self.action_build_index)
         yield SystemCommand(
