@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from textual.widgets import Input, Static
 
 from tests.helpers import make_indexed_workspace, write_activation_set
@@ -278,3 +279,20 @@ async def test_a_stage_screen_says_when_the_guided_run_it_showed_has_ended(tmp_p
         app.jobs._drain()
         await pilot.pause(0.1)
         assert status_text(screen).endswith("finished") and "goes on" not in status_text(screen)
+
+
+async def test_a_bug_in_the_app_ends_it_non_zero_with_its_traceback_in_the_workspace(tmp_path):
+    from vitsae_tui.engine.errors import ERROR_LOG
+
+    app = VitsaeApp(tmp_path / "ws")
+
+    def broken() -> None:
+        raise ZeroDivisionError("a bug in a handler")
+
+    with pytest.raises(ZeroDivisionError):
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.call_later(broken)
+            await pilot.pause(0.5)
+    assert app.return_code == 1
+    log = (tmp_path / "ws" / ERROR_LOG).read_text()
+    assert "Traceback" in log and "a bug in a handler" in log

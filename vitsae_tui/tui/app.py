@@ -15,6 +15,7 @@ from textual.command import CommandPalette
 from textual.screen import Screen
 
 from vitsae_tui.engine.config import IndexConfig
+from vitsae_tui.engine.errors import ERROR_LOG, log_bug
 from vitsae_tui.engine.events import Finished
 from vitsae_tui.engine.stages import BY_KIND, REGISTRY, STAGES
 from vitsae_tui.engine.text import shown
@@ -160,6 +161,13 @@ class VitsaeApp(App):
         self.jobs.start(stage.name, f"index {sae_run}", stage.run, IndexConfig(sae=sae_run), self.workspace)
         self.notify(f"building the feature index of {sae_run}…")
 
+    def _handle_exception(self, error: Exception) -> None:
+        # a bug in the app itself: the traceback goes to the workspace's error.log and the jobs stop with a
+        # checkpoint before Textual ends the app (run_app then exits non-zero)
+        log_bug(error, self.workspace.root)
+        self.jobs.stop_all()
+        super()._handle_exception(error)
+
     def action_command_palette(self) -> None:
         if self.use_command_palette and not CommandPalette.is_open(self):
             self.push_screen(SafeCommandPalette(id="--command-palette"))
@@ -199,4 +207,6 @@ def run_app(workspace: str | Path | None = None, demo_size: str = "demo") -> int
         # if the UI died with its terminal, the jobs still get to save their checkpoints before the process ends
         app.jobs.stop_all()
         app.jobs.join_threads()
-    return 0
+    if app.return_code:
+        print(f"vitsae-tui stopped on an internal error; the traceback is in {app.workspace.root / ERROR_LOG}")
+    return app.return_code or 0
