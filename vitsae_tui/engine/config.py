@@ -366,7 +366,7 @@ _SCALARS = (int, float, str, bool)
 
 
 @functools.cache
-def _type_hints(cls) -> dict[str, Any]:
+def type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)  # resolving string annotations is slow; manifests hold thousands of entries
 
 
@@ -395,7 +395,7 @@ def _from_dict(cls, data, path: tuple):
     if not required.issubset(data):
         missing = sorted(required - set(data))
         raise ConfigError(f"{_where(path)} lacks {missing}; fix or delete the file", missing[0])
-    hints = _type_hints(cls)
+    hints = type_hints(cls)
     values = {}
     for key, value in data.items():
         try:

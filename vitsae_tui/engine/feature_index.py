@@ -245,7 +245,8 @@ class FeatureIndex:
 
     def image_info(self, image: int) -> ImageInfo:
         entry: ImageEntry = self.store.image_entry(image)
-        return ImageInfo(image, shown(self.store.class_name(image)), shown(entry.source))
+        named = 0 <= entry.label < len(self.store.class_names)
+        return ImageInfo(image, self.label_name(entry.label) if named else "unlabelled", shown(entry.source))
 
     def image_acts(self, image: int) -> np.ndarray:
         """(tokens, d_sae) SAE activations of one image, cached."""
@@ -298,7 +299,7 @@ class FeatureIndex:
         """The researcher's name for a feature, safe to show ("" when unnamed)."""
         return shown(self.labels.get(str(feature), {}).get("name", ""))
 
-    def class_name(self, label: int) -> str:
+    def label_name(self, label: int) -> str:
         """A class index's name, safe to show: it comes from a folder name."""
         names = self.store.class_names
         return shown(names[label]) if 0 <= label < len(names) else str(label)
@@ -315,8 +316,8 @@ class FeatureIndex:
     def class_effect(self, feature: int, n: int = 3) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         effect = self.arrays.class_effect[feature]
         order = np.argsort(-effect, kind="stable")
-        promoted = [(self.class_name(int(i)), float(effect[i])) for i in order[:n]]
-        suppressed = [(self.class_name(int(i)), float(effect[i])) for i in order[::-1][:n]]
+        promoted = [(self.label_name(int(i)), float(effect[i])) for i in order[:n]]
+        suppressed = [(self.label_name(int(i)), float(effect[i])) for i in order[::-1][:n]]
         return promoted, suppressed
 
     def class_distribution(self, feature: int) -> list[tuple[str, float]]:
@@ -325,7 +326,7 @@ class FeatureIndex:
         if total == 0:
             return []
         order = np.argsort(-counts, kind="stable")
-        return [(self.class_name(int(i)), float(counts[i] / total)) for i in order if counts[i] > 0]
+        return [(self.label_name(int(i)), float(counts[i] / total)) for i in order if counts[i] > 0]
 
     def summary(self, feature: int, n_effects: int = 3) -> FeatureSummary:
         if not 0 <= feature < self.d_sae:

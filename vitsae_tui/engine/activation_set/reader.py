@@ -83,11 +83,6 @@ class ActivationSet:
             raise IndexError(f"image {index} is outside 0..{self.n_images - 1}")
         return self.manifest.images[index]
 
-    def class_name(self, index: int) -> str:
-        """The class of one image, or 'unlabelled'."""
-        label = self.image_entry(index).label
-        return self.class_names[label] if 0 <= label < len(self.class_names) else "unlabelled"
-
     def labels(self) -> np.ndarray:
         return np.array([entry.label for entry in self.manifest.images], dtype=np.int64)
 

@@ -71,9 +71,8 @@ def open_or_create(
     return manifest
 
 
-def mark_complete(set_dir: Path, skipped_after_last_shard: int) -> Manifest:
+def mark_complete(set_dir: Path, manifest: Manifest, skipped_after_last_shard: int) -> Manifest:
     """Seal the set: every selected image is in a shard or was unreadable."""
-    manifest = Manifest.load(set_dir)
     manifest = dataclasses.replace(
         manifest, complete=True, skipped_images=manifest.skipped_images + skipped_after_last_shard
     )

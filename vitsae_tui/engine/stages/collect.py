@@ -235,11 +235,9 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
         writer.close()
 
     if stopped:
-        # the partial shard is dropped; a re-run redoes at most those images
-        remove_partial_writes(set_dir)
-        manifest = Manifest.load(set_dir)
-    else:
-        manifest = Manifest.load(set_dir)
+        remove_partial_writes(set_dir)  # the partial shard is dropped; a re-run redoes at most those images
+    manifest = Manifest.load(set_dir)
+    if not stopped:
         sealed_end = manifest.shards[-1].selected_end if manifest.shards else 0
         if manifest.n_images == 0:
             raise StageError(
@@ -247,7 +245,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
                 f"check that the folder holds readable JPEG/PNG files"
             )
         # unreadable images after the last shard count as skipped too
-        manifest = activation_set.mark_complete(set_dir, sum(1 for p in bad_positions if p >= sealed_end))
+        manifest = activation_set.mark_complete(set_dir, manifest, sum(1 for p in bad_positions if p >= sealed_end))
     summary = _summary(manifest, set_dir)
     if manifest.skipped_images:
         report(Log(STAGE, f"skipped {manifest.skipped_images} unreadable images", "warning"))

@@ -191,7 +191,7 @@ class BrowserScreen(Screen):
             return
         index = self.index
         row, col = divmod(self.cursor, self.grid)
-        only = f" · only {index.class_name(self.class_filter)}" if self.class_filter is not None else ""
+        only = f" · only {index.label_name(self.class_filter)}" if self.class_filter is not None else ""
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
         self.query_one("#image-title", Static).update(
             Text(

@@ -4,7 +4,6 @@ field doc (shown for the focused field), parsed by its annotated type."""
 from __future__ import annotations
 
 import copy
-import typing
 
 from rich.text import Text
 from textual import events
@@ -23,8 +22,8 @@ def _field(cls, path: str) -> tuple[type, str]:
     """The annotated type and the doc of a dotted field path ("data.dataset") of a config class."""
     *parents, name = path.split(".")
     for parent in parents:
-        cls = typing.get_type_hints(cls)[parent]
-    return typing.get_type_hints(cls)[name], config_mod.field_help(cls).get(name, "")
+        cls = config_mod.type_hints(cls)[parent]
+    return config_mod.type_hints(cls)[name], config_mod.field_help(cls).get(name, "")
 
 
 def label_of(path: str) -> str:
