@@ -52,3 +52,22 @@ def test_the_guided_run_never_races_a_stage_another_process_is_building(workspac
         run_pipeline(workspace, report, threading.Event(), size="tiny")
     assert [r.name for r in workspace.runs("models")] == ["demo-1"], "no second model was started"
     assert report.of(events.Failed)
+
+
+def test_the_lineage_reads_a_sets_summary_never_its_manifest_unless_the_summary_is_missing(tmp_path, monkeypatch):
+    from tests.helpers import make_indexed_workspace
+    from vitsae_tui.engine.activation_set import SUMMARY, Manifest
+
+    ws, sae = make_indexed_workspace(tmp_path / "ws")
+    manifest_load = Manifest.load
+
+    def no_manifest(set_dir):
+        raise AssertionError("home read a whole manifest")
+
+    monkeypatch.setattr(Manifest, "load", no_manifest)
+    states = lineage(ws)
+    assert [s.state for s in states] == ["done"] * 4 and states[3].run == sae
+    set_dir = ws.run_dir("activations", states[1].run)
+    (set_dir / SUMMARY).unlink()  # a set written before summaries: its manifest is read instead (once per change)
+    monkeypatch.setattr(Manifest, "load", manifest_load)
+    assert [s.state for s in lineage(ws)] == ["done"] * 4

@@ -57,10 +57,11 @@ def test_stop_then_resume_matches_an_uninterrupted_run(workspace):
 def test_diverging_loss_stops_with_a_message_and_keeps_the_checkpoint(workspace):
     cfg = tiny_train_config(epochs=2, lr=1e6, checkpoint_every=1)
     report = Collector()
-    with pytest.raises(StageError, match="lower --lr"):
+    with pytest.raises(StageError, match="start a new run with a --lr below 1e"):
         train_model(cfg, workspace, report, threading.Event())
     failed = report.of(events.Failed)[0]
-    assert "lower --lr" in failed.message
+    # a resumed run keeps its saved --lr: the advice must not offer a resume as the way out
+    assert "a --lr below 1e+06" in failed.message and "resume from" not in failed.message
     run_dir = workspace.runs("models")[0].path
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
     load_torch_file(run_dir / "last.pt")

@@ -1,3 +1,5 @@
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ from vitsae_tui.engine.workspace import (
     atomic_torch_save,
     load_torch_file,
     read_jsonl,
+    read_status,
     write_status,
 )
 
@@ -94,3 +97,28 @@ def test_an_unwritable_workspace_is_one_sentence(tmp_path):
     blocker.write_text("x")
     with pytest.raises(WorkspaceError, match="--workspace"):
         Workspace(blocker / "ws")
+
+
+def test_a_status_too_large_deep_or_with_absurd_fields_reads_as_damaged_or_without_them(workspace):
+    run = workspace.new_run("models", "demo")
+    (run / "status.json").write_text('{"state": "finished", "pad": "' + "x" * (2 << 20) + '"}')
+    assert read_status(run) == {"state": "damaged"}  # refused by its size, before parsing
+    (run / "status.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert read_status(run) == {"state": "damaged"}
+    absurd = {"state": "finished", "updated": 1e20, "started": -1, "pid": 10**30, "host": ["h"], "fvu": 0.5}
+    (run / "status.json").write_text(json.dumps(absurd))
+    assert read_status(run) == {"state": "finished", "fvu": 0.5}
+    (run / "status.json").write_text(json.dumps({"state": ["running"]}))
+    assert [r.state for r in workspace.runs("models")] == ["damaged"]
+
+
+def test_a_run_whose_first_files_cannot_be_written_is_removed_not_left_damaged(workspace):
+    def disk_full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        workspace.new_run("saes", "sae", disk_full)
+    assert workspace.runs("saes") == []
+    started = workspace.new_run("saes", "sae")  # stamped at once: a start killed now is dated and interrupted
+    (run,) = workspace.runs("saes")
+    assert run.path == started and run.state == "running" and run.updated > 0

@@ -7,6 +7,7 @@ A stage is stale when the artifact it was built from has changed since (a retrai
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,10 +78,11 @@ def _has_checkpoint(run: RunInfo) -> bool:
 
 
 def _provenance(run: RunInfo):
-    from vitsae_tui.engine.activation_set import MANIFEST, Manifest
+    from vitsae_tui.engine.activation_set import MANIFEST, SUMMARY, SetSummary
 
-    manifest = _cached(run.path / MANIFEST, lambda: Manifest.load(run.path))
-    return manifest.provenance if manifest is not None else None
+    # keyed by both files: a summary older than its manifest is not used (SetSummary.load reads the manifest then)
+    summary = _cached((run.path / SUMMARY, run.path / MANIFEST), lambda: SetSummary.load(run.path))
+    return summary.provenance if summary is not None else None
 
 
 def _set_model(run: RunInfo) -> str | None:
@@ -236,23 +238,32 @@ def _model_detail(run: RunInfo) -> str:
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
 
 
-_ARTIFACT_CACHE: dict[str, tuple[int, int, Any]] = {}
+_ARTIFACT_CACHE: dict[str, tuple[tuple[tuple[int, int], ...], Any]] = {}
 
 
-def _cached(path: Path, load: Callable[[], Any]) -> Any:
-    """An artifact's typed metadata (None when missing or invalid), loaded again only when its file changed."""
+def _cached(paths: Path | tuple[Path, ...], load: Callable[[], Any]) -> Any:
+    """An artifact's typed metadata (None when missing or invalid), loaded again only when one of its files changed."""
     from vitsae_tui.engine.errors import UserError
 
+    paths = paths if isinstance(paths, tuple) else (paths,)
     try:
-        st = path.stat()
-        cached = _ARTIFACT_CACHE.get(str(path))
-        if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
-            return cached[2]
+        stamp = tuple((st.st_mtime_ns, st.st_size) for st in map(_stat_or_none, paths))
+        key = str(paths[0])
+        cached = _ARTIFACT_CACHE.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         value = load()
-    except (UserError, OSError, RecursionError):
+    except (UserError, OSError):
         return None
-    _ARTIFACT_CACHE[str(path)] = (st.st_mtime_ns, st.st_size, value)
+    _ARTIFACT_CACHE[key] = (stamp, value)
     return value
+
+
+def _stat_or_none(path: Path):
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return os.stat_result((0,) * 10)
 
 
 def run_pipeline(

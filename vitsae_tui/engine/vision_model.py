@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitsae_tui.engine.config import ModelConfig
+from vitsae_tui.engine.config import ConfigError, ModelConfig
 
 
 class HookPoint(nn.Identity):
@@ -134,7 +134,7 @@ class VisionTransformerClassifier(nn.Module):
     def hook_module(self, name: str) -> HookPoint:
         module = dict(self.named_modules()).get(name)
         if not isinstance(module, HookPoint):
-            raise ValueError(f"no hook point {name!r}; choose one of {', '.join(self.hook_points())}")
+            raise ConfigError(f"no hook point {name!r}; choose one of {', '.join(self.hook_points())}", "hook")
         return module
 
     @contextlib.contextmanager

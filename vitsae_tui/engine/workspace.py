@@ -8,9 +8,11 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +127,31 @@ def remove_partial_writes(folder: Path, prefix: str = "") -> None:
             tmp.unlink(missing_ok=True)
 
 
-def read_json(path: Path) -> Any:
+MAX_JSON_BYTES = 64 << 20
+"""the largest workspace JSON file read; a manifest (one entry per image) passes its own, larger limit"""
+MAX_RECORD_BYTES = 1 << 20
+"""the largest status.json or config.json read: they hold a few fields, so a bigger one is damaged"""
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A workspace JSON file, refused before parsing when too large and after when nested too deep for Python."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text("utf-8"))
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise WorkspaceError(
+                f"{path} is {size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB such a file can be; "
+                "it is damaged: delete the run"
+            )
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise WorkspaceError(f"{path} is missing; the run is incomplete, re-run it or pick another") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise WorkspaceError(f"{path} is not valid JSON; fix it or delete the run") from None
+    except RecursionError:
+        raise WorkspaceError(f"{path} is nested too deeply to be a run file; delete the run") from None
+    except OSError as e:
+        raise WorkspaceError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -153,7 +173,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     for line in text.splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -239,8 +259,12 @@ class Workspace:
             raise WorkspaceError(f"no run {name!r} in {kind}/; use a name from `vitsae-tui runs`")
         return path
 
-    def new_run(self, kind: str, prefix: str) -> Path:
-        """Create and claim a fresh run folder `<prefix>-<n>` (mkdir is atomic, so two processes never share one)."""
+    def new_run(self, kind: str, prefix: str, setup: Callable[[Path], None] = lambda path: None) -> Path:
+        """Create and claim a fresh run folder `<prefix>-<n>` (mkdir is atomic, so two processes never share one).
+
+        The folder is stamped as running by this process, then `setup` writes its first files; when either fails the
+        folder is removed, so a failed start never leaves an undated, damaged run behind.
+        """
         if not RUN_NAME.match(prefix):
             raise WorkspaceError(f"{prefix!r} cannot start a run name; use letters, digits, '.', '_' or '-'")
         existing = [p.name for p in self.kind_dir(kind).iterdir()]
@@ -250,35 +274,72 @@ class Workspace:
             path = self.kind_dir(kind) / f"{prefix}-{n}"
             try:
                 path.mkdir()
-                return path
+                break
             except FileExistsError:
                 n += 1
+        try:
+            write_status(path, "running")
+            setup(path)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return path
 
     def runs(self, kind: str) -> list[RunInfo]:
         """Runs of one kind, newest first; unreadable records are shown as 'damaged' rather than hidden."""
         infos = []
-        for path in self.kind_dir(kind).iterdir():
+        try:
+            paths = list(self.kind_dir(kind).iterdir())
+        except FileNotFoundError:  # the workspace was deleted under a running app: it lists nothing
+            return []
+        for path in paths:
             if not path.is_dir() or path.name.startswith("."):
                 continue
-            status = _read_json_or(path / "status.json", {"state": "damaged"})
-            config = _read_json_or(path / "config.json", {})
-            if not isinstance(status, dict):
-                status = {"state": "damaged"}
-            infos.append(RunInfo(kind, path.name, path, status, config if isinstance(config, dict) else {}))
+            infos.append(RunInfo(kind, path.name, path, read_status(path), read_record(path / "config.json") or {}))
         return sorted(infos, key=lambda r: (r.updated, r.name), reverse=True)
 
 
-def _read_json_or(path: Path, default: Any) -> Any:
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A small JSON object (status.json, config.json): None when missing, too large, not an object or unreadable."""
     try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return default
+        record = read_json(path, MAX_RECORD_BYTES)
+    except WorkspaceError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+STATES = ("running", "finished", "failed", "stopped", "interrupted")
+MAX_TIMESTAMP = 1e11
+"""seconds since 1970 (year 5138): a later time cannot be shown, so it counts as damaged"""
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run's status with its protocol fields checked (state, owner, times); {'state': 'damaged'} when unusable.
+
+    Fields a kind adds (metrics, counts) are left as written: their readers check each one's type.
+    """
+    status = read_record(Path(run_dir) / "status.json")
+    if status is None or status.get("state") not in STATES:
+        return {"state": "damaged"}
+    for key in ("updated", "started"):
+        value = status.get(key)
+        if key in status and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TIMESTAMP
+        ):
+            del status[key]
+    pid = status.get("pid")
+    if "pid" in status and not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31):
+        del status["pid"]
+    for key in ("host", "message"):
+        if key in status and not isinstance(status[key], str):
+            del status[key]
+    return status
 
 
 def refuse_if_owned(run_dir: Path) -> None:
     """Raise when another live process is writing this run (its status names it as the running owner)."""
-    status = _read_json_or(run_dir / "status.json", {})
-    if not isinstance(status, dict) or status.get("state") != "running":
+    status = read_status(run_dir)
+    if status.get("state") != "running":
         return
     if status.get("pid") == os.getpid() and status.get("host") == socket.gethostname():
         return
@@ -291,8 +352,8 @@ def refuse_if_owned(run_dir: Path) -> None:
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> dict[str, Any]:
     """Record a run's state with its owner (host, pid) so other processes can tell live runs from dead ones."""
-    previous = _read_json_or(run_dir / "status.json", {})
-    status = previous if isinstance(previous, dict) else {}
+    previous = read_status(run_dir)
+    status = previous if previous.get("state") != "damaged" else {}
     status.update(fields)
     status.update(state=state, updated=time.time(), host=socket.gethostname(), pid=os.getpid())
     status.setdefault("started", status["updated"])

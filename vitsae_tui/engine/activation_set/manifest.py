@@ -17,6 +17,9 @@ from vitsae_tui.engine.workspace import atomic_write_json, read_json
 
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+MAX_MANIFEST_BYTES = 1 << 30
+"""an ImageNet-size set's manifest (1.3M image entries) is about 200 MB"""
 MAX_D_MODEL = 1 << 16
 MAX_TOKENS_PER_IMAGE = 4096
 THUMB_SIZE = 112  # a 2x box filter of the 224 model input: the cheapest good downscale, sharp enough for PNG cards
@@ -115,7 +118,7 @@ class Manifest:
         """The validated manifest of a set folder; StoreError naming the first problem."""
         where = f"activations/{set_dir.name}/manifest.json"
         try:
-            manifest = config_mod.from_dict(cls, read_json(set_dir / MANIFEST), where)
+            manifest = config_mod.from_dict(cls, read_json(set_dir / MANIFEST, MAX_MANIFEST_BYTES), where)
         except config_mod.ConfigError as e:
             top = (e.field or "").split(".")[0]
             problem = (
@@ -128,7 +131,10 @@ class Manifest:
         return manifest
 
     def dump(self, set_dir: Path) -> None:
+        """The manifest, then its summary: a summary never describes shards the manifest does not list yet."""
         atomic_write_json(set_dir / MANIFEST, config_mod.to_dict(self))
+        summary = {f.name: getattr(self, f.name) for f in dataclasses.fields(SetSummary)}
+        atomic_write_json(set_dir / SUMMARY, config_mod.to_dict(SetSummary(**summary)))
 
     def check_shards(self, set_dir: Path) -> None:
         where = f"activations/{set_dir.name}/manifest.json"
@@ -169,6 +175,43 @@ class Manifest:
             mean=tuple(mean.tolist()) if mean is not None else None,
             var=tuple(var.tolist()) if var is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class SetSummary:
+    """A manifest without its shard and image tables: what lists and lineages read, small at any set size."""
+
+    name: str
+    provenance: Provenance
+    hook: str
+    d_model: int
+    grid: tuple[int, int]
+    dtype: str
+    n_images: int
+    n_tokens: int
+    complete: bool
+    n_images_planned: int = 0
+    version: int = MANIFEST_VERSION
+
+    @classmethod
+    def load(cls, set_dir: Path) -> SetSummary:
+        """The set's summary.json; the manifest itself when the summary is missing or older (sets written before it)."""
+        summary, manifest = set_dir / SUMMARY, set_dir / MANIFEST
+        try:
+            fresh = summary.stat().st_mtime_ns >= manifest.stat().st_mtime_ns
+        except FileNotFoundError:
+            fresh = False
+        if not fresh:
+            full = Manifest.load(set_dir)
+            return cls(**{f.name: getattr(full, f.name) for f in dataclasses.fields(cls)})
+        where = f"activations/{set_dir.name}/{SUMMARY}"
+        try:
+            loaded = config_mod.from_dict(cls, read_json(summary), where)
+        except config_mod.ConfigError as e:
+            raise StoreError(f"{e}; delete the set and collect it again") from None
+        if loaded.version != MANIFEST_VERSION:
+            raise StoreError(f"{where} has format version {loaded.version}, this vitsae-tui reads {MANIFEST_VERSION}")
+        return loaded
 
 
 def check_provenance(existing: Provenance, wanted: Provenance, name: str) -> None:

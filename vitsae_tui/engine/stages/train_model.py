@@ -141,9 +141,7 @@ def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:
     if resume:
         remove_partial_writes(ws.run_dir("models", resume))  # a killed run's half-written checkpoint
         return resume
-    run_dir = ws.new_run("models", cfg.preset)
-    model_run.write_config(run_dir, cfg)
-    return run_dir.name
+    return ws.new_run("models", cfg.preset, lambda run_dir: model_run.write_config(run_dir, cfg)).name
 
 
 def _local_batches(
@@ -244,7 +242,8 @@ def _train(
                 )
                 if non_finite:
                     raise StageError(
-                        f"the loss became non-finite at step {step}; lower --lr and resume from the last checkpoint"
+                        f"the loss became non-finite at step {step}; start a new run with a --lr below {cfg.lr:g} "
+                        "(a resumed run keeps its own settings)"
                     )
                 optimizer.step()
                 loss_sum += batch_loss

@@ -99,9 +99,7 @@ def _claim_run(ws: Workspace, cfg: SAETrainConfig, resume: str | None) -> str:
     if resume:
         remove_partial_writes(ws.run_dir("saes", resume))  # a killed run's half-written checkpoint
         return resume
-    run_dir = ws.new_run("saes", "sae")
-    sae_run.write_config(run_dir, cfg)
-    return run_dir.name
+    return ws.new_run("saes", "sae", lambda run_dir: sae_run.write_config(run_dir, cfg)).name
 
 
 def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report):
@@ -248,7 +246,7 @@ def _train(
             if logging or checkpointing:
                 # one reduction agrees on the sums, on finiteness and on stopping: every rank leaves at the same step
                 totals, stop_asked = window.totals(ranks, stop.is_set())
-                _check_finite(totals, step)
+                _check_finite(totals, step, cfg.lr)
                 if stop_asked and ranks.enabled:
                     stopped = True
             if logging:
@@ -292,7 +290,7 @@ def _train(
                 break
 
     totals, _ = window.totals(ranks, False)
-    _check_finite(totals, step)
+    _check_finite(totals, step, cfg.lr)
     summary = {k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction")}
     summary.update(step=step, tokens=tokens_seen, elapsed_s=round(meter.elapsed_s, 1))
     if ranks.is_main:
@@ -370,8 +368,11 @@ class Window:
         return dict(zip(self.NAMES, values[:-1])), values[-1] > 0
 
 
-def _check_finite(totals: dict[str, float], step: int) -> None:
+def _check_finite(totals: dict[str, float], step: int, lr: float) -> None:
     """Raise before anything is logged or checkpointed once the loss has gone non-finite."""
     value = totals["sq_err"]
     if not math.isfinite(value):
-        raise StageError(f"the loss became {value} by step {step}; lower --lr and resume from the last checkpoint")
+        raise StageError(
+            f"the loss became {value} by step {step}; start a new run with a --lr below {lr:g} "
+            "(a resumed run keeps its own settings)"
+        )

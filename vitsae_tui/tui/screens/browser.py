@@ -15,8 +15,8 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
-from vitsae_tui.engine.errors import resource_message
-from vitsae_tui.engine.text import shown
+from vitsae_tui.engine.errors import bug_message, is_user_error, log_bug, resource_message, user_message
+from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
@@ -150,7 +150,8 @@ class BrowserScreen(Screen):
             self.index = FeatureIndex(self.app.workspace, name)
         except Exception as e:  # a damaged or stale index: say so and keep the screen usable
             self.index = None
-            self.notify(str(e), severity="error", timeout=10, markup=False)
+            message = user_message(e) if is_user_error(e) else bug_message(e, log_bug(e, self.app.workspace.root))
+            self.notify(shown(message, MAX_MESSAGE), severity="error", timeout=10, markup=False)
             return
         self.image, self.cursor, self.class_filter = 0, 0, None
         self.close_feature()

@@ -14,8 +14,9 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, model_run
 from vitsae_tui.engine.config import CollectConfig, ConfigError
 from vitsae_tui.engine.errors import UserError
+from vitsae_tui.engine.workspace import read_status
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen, format_bytes, read_status
+from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen, format_bytes
 from vitsae_tui.tui.widgets.choices import choose, refill_select
 from vitsae_tui.tui.widgets.config_form import ConfigForm
 from vitsae_tui.tui.widgets.stage_log import StageLog
@@ -141,11 +142,11 @@ class CollectScreen(StageScreen):
     def poll_watched(self) -> None:
         if self.watching is None:
             return
-        from vitsae_tui.engine.activation_set import Manifest
+        from vitsae_tui.engine.activation_set import SetSummary
 
         set_dir = self.watching
         try:
-            m = Manifest.load(set_dir)
+            m = SetSummary.load(set_dir)
         except (UserError, OSError) as e:
             self.query_one("#summary", Static).update(Text(str(e), style="red"))
             return

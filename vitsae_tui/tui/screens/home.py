@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import get_current_worker
 
 from vitsae_tui.engine.pipeline import StageState, lineage, next_step
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.text import shown
-from vitsae_tui.engine.workspace import KINDS, RunInfo
+from vitsae_tui.engine.workspace import KINDS, RunInfo, Workspace
 
 STATE_STYLE = {
     "finished": "green",
@@ -80,6 +82,23 @@ def next_text(states: list[StageState], jobs_running: bool) -> Text:
     )
 
 
+def list_workspace(ws: Workspace, selected: tuple[str, str] | None):
+    """The runs by kind, the lineage through `selected`, and one table row per run (small files only, cached)."""
+    runs = {kind: ws.runs(kind) for kind in KINDS}
+    rows = tuple(
+        (
+            kind,
+            run.name,
+            str(run.state),
+            time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-",
+            describe_run(run),
+        )
+        for kind in KINDS
+        for run in runs[kind]
+    )
+    return runs, lineage(ws, selected, runs), rows
+
+
 class HomeScreen(Screen):
     BINDINGS = [
         Binding("g", "app.guided_run", "Guided run"),
@@ -98,6 +117,9 @@ class HomeScreen(Screen):
         """the row under the cursor after our own refresh: a highlight of another row is the user's choice"""
         self.runs: dict[str, list[RunInfo]] = {}
         """the workspace as last listed (every 2 s): cursor moves redraw from it instead of scanning the disk"""
+        self.rows_shown: tuple = ()
+        self.scans = 0
+        """how many listings have been shown (tests wait on it)"""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -112,6 +134,9 @@ class HomeScreen(Screen):
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
         table.add_columns("kind", "run", "state", "updated", "details")
+        self.query_one("#workspace", Static).update(
+            Text.assemble(("workspace ", "bold"), shown(self.app.workspace.root))
+        )
         self.refresh_runs()
         self.set_interval(2.0, self.refresh_runs)
 
@@ -122,25 +147,38 @@ class HomeScreen(Screen):
         self.refresh_runs()
 
     def refresh_runs(self) -> None:
-        ws = self.app.workspace
-        self.runs = runs = {kind: ws.runs(kind) for kind in KINDS}
-        self.query_one("#workspace", Static).update(Text.assemble(("workspace ", "bold"), shown(ws.root)))
-        self.show_lineage()
+        self.scan_workspace(self.app.workspace, self.app.lineage_selection)
+
+    @work(thread=True, exclusive=True, group="home-scan")
+    def scan_workspace(self, ws: Workspace, selected: tuple[str, str] | None) -> None:
+        """List the runs and their lineage off the UI thread: a large or slow workspace never freezes the app."""
+        try:
+            listing = list_workspace(ws, selected)
+        except OSError:  # a run deleted or rewritten while being listed: the next refresh sees it settled
+            return
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_scan, *listing)
+
+    def show_scan(self, runs: dict[str, list[RunInfo]], states: list[StageState], rows: tuple) -> None:
+        self.runs = runs
+        self.scans += 1
+        self.show_states(states)
+        if rows == self.rows_shown:  # nothing changed on disk: keep the table (and its cursor) as it is
+            return
+        self.rows_shown = rows
         table = self.query_one("#runs", DataTable)
         selected = self.app.lineage_selection
         table.clear()
-        for kind in KINDS:
-            for run in runs[kind]:
-                updated = time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-"
-                # status files are data, not markup: a message with brackets must not restyle (or break) the table
-                table.add_row(
-                    kind,
-                    Text(run.name),
-                    Text(str(run.state), style=STATE_STYLE.get(run.state, "")),
-                    updated,
-                    Text(describe_run(run)),
-                    key=f"{kind}/{run.name}",
-                )
+        for kind, name, state, updated, details in rows:
+            # status files are data, not markup: a message with brackets must not restyle (or break) the table
+            table.add_row(
+                kind,
+                Text(name),
+                Text(state, style=STATE_STYLE.get(state, "")),
+                updated,
+                Text(details),
+                key=f"{kind}/{name}",
+            )
         if selected is not None and f"{selected[0]}/{selected[1]}" in table.rows:
             table.move_cursor(row=table.get_row_index(f"{selected[0]}/{selected[1]}"))
         cursor = self.cursor_run()
@@ -161,7 +199,9 @@ class HomeScreen(Screen):
             )
 
     def show_lineage(self) -> None:
-        states = lineage(self.app.workspace, self.app.lineage_selection, self.runs or None)
+        self.show_states(lineage(self.app.workspace, self.app.lineage_selection, self.runs or None))
+
+    def show_states(self, states: list[StageState]) -> None:
         self.query_one("#pipeline", Static).update(pipeline_text(states, self.app.lineage_selection))
         self.query_one("#next", Static).update(next_text(states, self.app.jobs.running()))
 

@@ -13,19 +13,10 @@ from textual.widgets import ProgressBar, RichLog, Select, Static
 from vitsae_tui.engine import events
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
-from vitsae_tui.engine.workspace import read_jsonl
+from vitsae_tui.engine.workspace import read_jsonl, read_record, read_status
 from vitsae_tui.formatting import format_duration
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.jobs import Job
-
-
-def read_status(run_dir: Path, name: str = "status.json") -> dict:
-    """A run's status (or another of its JSON files) as a dict; empty when missing or damaged."""
-    try:
-        status = json.loads((run_dir / name).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return status if isinstance(status, dict) else {}
 
 
 def format_bytes(n: float) -> str:
@@ -175,7 +166,7 @@ class StageScreen(Screen):
             return
         self.shown_job, self.shown_run = None, str(run_dir)
         self.clear_view()
-        config = read_status(run_dir, "config.json")
+        config = read_record(run_dir / "config.json")
         if config:  # the form shows the settings the watched run was started with
             self.fill_form(config)
         self.watching, self.watch_offset = run_dir, 0
@@ -199,7 +190,7 @@ class StageScreen(Screen):
         for line in chunk[:complete].splitlines():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(row, dict):
                 self.add_metrics(row)
