@@ -336,18 +336,58 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return status
 
 
-def refuse_if_owned(run_dir: Path) -> None:
-    """Raise when another live process is writing this run (its status names it as the running owner)."""
-    status = read_status(run_dir)
-    if status.get("state") != "running":
-        return
-    if status.get("pid") == os.getpid() and status.get("host") == socket.gethostname():
-        return
-    if _owner_alive(status):
+class RunClaim:
+    """One process's exclusive claim on a run: an flock on `.locks/<kind>.<name>.lock` in the workspace, which the
+    kernel drops when the process dies however it dies, so a claim is never stale and a second writer is refused
+    while the first lives."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> RunClaim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim_run(run_dir: Path) -> RunClaim:
+    """Claim a run (existing or about to be created) for writing; WorkspaceError naming the live owner otherwise."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    locks = run_dir.parent.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    lock_path = locks / f"{run_dir.parent.name}.{run_dir.name}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        for _ in range(100):  # the owner writes its name just after taking the lock
+            owner = read_record(lock_path) or {}
+            if "pid" in owner:
+                break
+            time.sleep(0.005)
+        pid, host = owner.get("pid", "?"), owner.get("host", "?")
         raise WorkspaceError(
-            f"{run_dir.parent.name}/{run_dir.name} is being written by process {status.get('pid')} on "
-            f"{status.get('host')}; watch it from the app (enter on the run) or stop that process first"
-        )
+            f"{run_dir.parent.name}/{run_dir.name} is being written by process {pid} on {host}; watch it from the "
+            "app (enter on its row) or stop that process first"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+    except OSError:  # a full disk: the lock holds without its owner's name
+        pass
+    return RunClaim(fd)
 
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> dict[str, Any]:

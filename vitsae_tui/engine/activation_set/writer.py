@@ -81,7 +81,16 @@ def mark_complete(set_dir: Path, manifest: Manifest, skipped_after_last_shard: i
 
 
 def size_on_disk(set_dir: Path) -> int:
-    return sum(p.stat().st_size for p in set_dir.iterdir() if p.is_file())
+    """Bytes allocated to the set's files: a shard being filled is a sparse file of its final size, and a file
+    renamed or removed while being counted (a shard sealed meanwhile) is skipped."""
+    total = 0
+    for entry in os.scandir(set_dir):
+        try:
+            if entry.is_file():
+                total += entry.stat().st_blocks * 512
+        except FileNotFoundError:
+            continue
+    return total
 
 
 class ShardWriter:

@@ -6,6 +6,7 @@ after the last complete shard.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import re
@@ -35,7 +36,7 @@ from vitsae_tui.engine.events import (
     Started,
     progress_callback,
 )
-from vitsae_tui.engine.workspace import RUN_NAME, Workspace, refuse_if_owned, remove_partial_writes, write_status
+from vitsae_tui.engine.workspace import RUN_NAME, Workspace, claim_run, remove_partial_writes, write_status
 
 STAGE = "collect"
 PROGRESS_EVERY_S = 0.25
@@ -102,34 +103,34 @@ class _Collection:
 def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event) -> CollectResult:
     """Collect (or resume collecting) an activation set in `activations/`; raises StageError with a user message."""
     set_dir: Path | None = None
-    try:
-        if not cfg.model:
-            raise StageError("no model run given; pass --model RUN (see `vitsae-tui runs`)")
-        device = pick_device(cfg.device)
-        loaded = model_run.load_model(ws, cfg.model, cfg.checkpoint, device)
-        hook = cfg.hook or _default_hook(loaded)
-        loaded.model.hook_module(hook)
-        data = loaded.config.data if cfg.data.dataset == loaded.config.data.dataset == "synthetic" else cfg.data
-        name = cfg.name or default_set_name(cfg, hook)
-        if not RUN_NAME.match(name):
-            raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
-        target = ws.kind_dir("activations") / name
-        if (target / activation_set.MANIFEST).exists():
-            refuse_if_owned(target)  # before set_dir is set: a refusal must not touch the owner's status
-        set_dir = target
-        model_cfg = loaded.config.model
-        manifest = activation_set.open_or_create(
-            set_dir,
-            _provenance(cfg, data, loaded.checkpoint_sha256, hook),
-            loaded.config.preset,
-            model_cfg.n_embd,
-            model_cfg.grid_size,
-            list(loaded.class_names),
-        )
-        job = _Collection(cfg, data, loaded.model, hook, device, set_dir)
-        return _collect(job, ws, manifest, report, stop)
-    except Exception as e:
-        raise stage_failed(STAGE, e, report, set_dir) from e
+    with contextlib.ExitStack() as held:  # the set's claim, held until the stage returns
+        try:
+            if not cfg.model:
+                raise StageError("no model run given; pass --model RUN (see `vitsae-tui runs`)")
+            device = pick_device(cfg.device)
+            loaded = model_run.load_model(ws, cfg.model, cfg.checkpoint, device)
+            hook = cfg.hook or _default_hook(loaded)
+            loaded.model.hook_module(hook)
+            data = loaded.config.data if cfg.data.dataset == loaded.config.data.dataset == "synthetic" else cfg.data
+            name = cfg.name or default_set_name(cfg, hook)
+            if not RUN_NAME.match(name):
+                raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
+            target = ws.kind_dir("activations") / name
+            held.enter_context(claim_run(target))  # before set_dir is set: a refusal must not touch the owner's status
+            set_dir = target
+            model_cfg = loaded.config.model
+            manifest = activation_set.open_or_create(
+                set_dir,
+                _provenance(cfg, data, loaded.checkpoint_sha256, hook),
+                loaded.config.preset,
+                model_cfg.n_embd,
+                model_cfg.grid_size,
+                list(loaded.class_names),
+            )
+            job = _Collection(cfg, data, loaded.model, hook, device, set_dir)
+            return _collect(job, ws, manifest, report, stop)
+        except Exception as e:
+            raise stage_failed(STAGE, e, report, set_dir) from e
 
 
 def _default_hook(loaded) -> str:

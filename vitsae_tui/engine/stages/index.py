@@ -9,6 +9,7 @@ killed run never leaves an index that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -34,6 +35,7 @@ from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
     atomic_torch_save,
+    claim_run,
     load_torch_file,
     remove_partial_writes,
     write_status,
@@ -139,26 +141,28 @@ class IndexResult:
 def run(cfg: IndexConfig, ws: Workspace, report: Report, stop: threading.Event) -> IndexResult:
     """Index one SAE over an activation set (default: the set it was trained on) into features/<name>/."""
     index_dir: Path | None = None
-    try:
-        if not cfg.sae:
-            raise StageError("no SAE run given; pass --sae RUN (see `vitsae-tui runs`)")
-        sae_dir = ws.run_dir("saes", cfg.sae)
-        meta = SAEMeta.load(sae_dir)
-        set_name = cfg.activations or meta.activations
-        store = ActivationSet(ws.run_dir("activations", set_name))
-        if store.d_model != meta.d_in or store.hook != meta.hook:
-            raise StageError(
-                f"saes/{cfg.sae} reads {meta.hook} with d_model {meta.d_in}, but activations/{set_name} "
-                f"holds {store.hook} with d_model {store.d_model}; pick a matching set"
-            )
-        name = index_name(cfg.sae, set_name, meta.activations)
-        if not RUN_NAME.match(name):
-            raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
-        index_dir = ws.kind_dir("features") / name
-        return _build(cfg, ws, sae_dir, store, index_dir, report, stop, pick_device(cfg.device))
-    except Exception as e:
-        # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
-        raise stage_failed(STAGE, e, report, index_dir, mark_run=False, log_dir=ws.kind_dir("features")) from e
+    with contextlib.ExitStack() as held:  # the index's claim, held until the stage returns
+        try:
+            if not cfg.sae:
+                raise StageError("no SAE run given; pass --sae RUN (see `vitsae-tui runs`)")
+            sae_dir = ws.run_dir("saes", cfg.sae)
+            meta = SAEMeta.load(sae_dir)
+            set_name = cfg.activations or meta.activations
+            store = ActivationSet(ws.run_dir("activations", set_name))
+            if store.d_model != meta.d_in or store.hook != meta.hook:
+                raise StageError(
+                    f"saes/{cfg.sae} reads {meta.hook} with d_model {meta.d_in}, but activations/{set_name} "
+                    f"holds {store.hook} with d_model {store.d_model}; pick a matching set"
+                )
+            name = index_name(cfg.sae, set_name, meta.activations)
+            if not RUN_NAME.match(name):
+                raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
+            held.enter_context(claim_run(ws.kind_dir("features") / name))
+            index_dir = ws.kind_dir("features") / name
+            return _build(cfg, ws, sae_dir, store, index_dir, report, stop, pick_device(cfg.device))
+        except Exception as e:
+            # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
+            raise stage_failed(STAGE, e, report, index_dir, mark_run=False, log_dir=ws.kind_dir("features")) from e
 
 
 def _build(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
@@ -35,7 +36,7 @@ from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import (
     Workspace,
     append_jsonl,
-    refuse_if_owned,
+    claim_run,
     remove_partial_writes,
     truncate_jsonl,
     write_status,
@@ -120,28 +121,35 @@ def run(
     """
     run_dir: Path | None = None
     ranks = None
-    try:
-        if resume:
-            if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
-                refuse_if_owned(ws.run_dir("models", resume))
-            cfg = model_run.read_config(ws, resume)
-        ranks = distributed.setup(cfg.device)
-        ranks.check_divisible(cfg.batch_size)
-        run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
-        report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
-        result = _train(cfg, ws, run_dir, report, stop, resume is not None, ranks)
-        distributed.teardown(ranks)
-        return result
-    except Exception as e:
-        raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
+    with contextlib.ExitStack() as held:  # the run's claim, held until the stage returns
+        try:
+            if resume:
+                # before anything reads the run; rank 0 alone claims it (others would find it claimed)
+                if distributed.env_rank() == 0:
+                    held.enter_context(claim_run(ws.run_dir("models", resume)))
+                cfg = model_run.read_config(ws, resume)
+            ranks = distributed.setup(cfg.device)
+            ranks.check_divisible(cfg.batch_size)
+            run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume, held)))
+            report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
+            result = _train(cfg, ws, run_dir, report, stop, resume is not None, ranks)
+            distributed.teardown(ranks)
+            return result
+        except Exception as e:
+            raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
 
 
-def _claim_run(ws: Workspace, cfg: TrainModelConfig, resume: str | None) -> str:
-    """The run folder to write: the resumed one, or a new one with its config."""
+def _claim_run(ws: Workspace, cfg, resume: str | None, held: contextlib.ExitStack) -> str:
+    """The run folder to write, claimed for this process: the resumed one, or a new one with its config."""
     if resume:
-        remove_partial_writes(ws.run_dir("models", resume))  # a killed run's half-written checkpoint
+        remove_partial_writes(ws.run_dir("models", resume))  # a dead owner's half-written checkpoint
         return resume
-    return ws.new_run("models", cfg.preset, lambda run_dir: model_run.write_config(run_dir, cfg)).name
+
+    def setup(run_dir: Path) -> None:
+        held.enter_context(claim_run(run_dir))
+        model_run.write_config(run_dir, cfg)
+
+    return ws.new_run("models", cfg.preset, setup).name
 
 
 def _local_batches(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -26,8 +27,8 @@ from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
     append_jsonl,
+    claim_run,
     read_jsonl,
-    refuse_if_owned,
     remove_partial_writes,
     truncate_jsonl,
     write_status,
@@ -75,31 +76,38 @@ def run(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Even
     """
     run_dir: Path | None = None
     ranks = None
-    try:
-        if resume:
-            if distributed.env_rank() == 0:  # before anything reads the run; other ranks would see rank 0 as its owner
-                refuse_if_owned(ws.run_dir("saes", resume))
-            cfg = sae_run.read_config(ws, resume)
-        elif not cfg.activations:
-            raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
-        ranks = distributed.setup(cfg.device)
-        ranks.check_divisible(cfg.batch_size)
-        store = ActivationSet(ws.run_dir("activations", cfg.activations))
-        run_dir = ws.run_dir("saes", ranks.on_main(lambda: _claim_run(ws, cfg, resume)))
-        report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
-        result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks)
-        distributed.teardown(ranks)
-        return result
-    except Exception as e:
-        raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
+    with contextlib.ExitStack() as held:  # the run's claim, held until the stage returns
+        try:
+            if resume:
+                # before anything reads the run; rank 0 alone claims it (others would find it claimed)
+                if distributed.env_rank() == 0:
+                    held.enter_context(claim_run(ws.run_dir("saes", resume)))
+                cfg = sae_run.read_config(ws, resume)
+            elif not cfg.activations:
+                raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
+            ranks = distributed.setup(cfg.device)
+            ranks.check_divisible(cfg.batch_size)
+            store = ActivationSet(ws.run_dir("activations", cfg.activations))
+            run_dir = ws.run_dir("saes", ranks.on_main(lambda: _claim_run(ws, cfg, resume, held)))
+            report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
+            result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks)
+            distributed.teardown(ranks)
+            return result
+        except Exception as e:
+            raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
 
 
-def _claim_run(ws: Workspace, cfg: SAETrainConfig, resume: str | None) -> str:
-    """The run folder to write: the resumed one, or a new one with its config."""
+def _claim_run(ws: Workspace, cfg, resume: str | None, held: contextlib.ExitStack) -> str:
+    """The run folder to write, claimed for this process: the resumed one, or a new one with its config."""
     if resume:
-        remove_partial_writes(ws.run_dir("saes", resume))  # a killed run's half-written checkpoint
+        remove_partial_writes(ws.run_dir("saes", resume))  # a dead owner's half-written checkpoint
         return resume
-    return ws.new_run("saes", "sae", lambda run_dir: sae_run.write_config(run_dir, cfg)).name
+
+    def setup(run_dir: Path) -> None:
+        held.enter_context(claim_run(run_dir))
+        sae_run.write_config(run_dir, cfg)
+
+    return ws.new_run("saes", "sae", setup).name
 
 
 def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report):

@@ -12,6 +12,7 @@ from textual.widgets import Button, Footer, Header, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, model_run
+from vitsae_tui.engine.activation_set import size_on_disk
 from vitsae_tui.engine.config import CollectConfig, ConfigError
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.workspace import read_status
@@ -161,7 +162,7 @@ class CollectScreen(StageScreen):
         self.query_one("#progress", ProgressBar).update(total=planned, progress=m.n_images)
         p = m.provenance
         state = "complete" if m.complete else f"incomplete ({m.n_images} of {m.n_images_planned or '?'} images)"
-        size = sum(f.stat().st_size for f in set_dir.iterdir() if f.is_file())
+        size = size_on_disk(set_dir)
         self.query_one("#summary", Static).update(
             Text(
                 f"{set_dir.name}: {state} · {m.n_images} images · {m.n_tokens:,} tokens of {m.d_model} {m.dtype} · "
@@ -175,6 +176,5 @@ class CollectScreen(StageScreen):
         now = time.monotonic()
         if self.set_dir is not None and self.set_dir.is_dir() and now - self.size_checked > 1.0:
             self.size_checked = now
-            # allocated blocks, not apparent sizes: a shard being filled is a sparse file of its final size
-            self.size_on_disk = sum(p.stat().st_blocks * 512 for p in self.set_dir.iterdir() if p.is_file())
+            self.size_on_disk = size_on_disk(self.set_dir)
         return f"{detail} · {format_bytes(self.size_on_disk)} on disk" if self.size_on_disk else detail
