@@ -16,7 +16,14 @@ CRASH = re.compile(r"Traceback|\b[A-Z]\w*Error\b|Exception")
 
 
 class Tmux:
-    def __init__(self, workspace: Path, width: int = WIDTH, height: int = HEIGHT, demo_size: str = "demo"):
+    def __init__(
+        self,
+        workspace: Path,
+        width: int = WIDTH,
+        height: int = HEIGHT,
+        demo_size: str = "demo",
+        python_args: str = "-m vitsae_tui",
+    ):
         assert shutil.which("tmux"), (
             "tmux is required for the end-to-end test (CI installs it: apt-get install -y tmux)"
         )
@@ -24,7 +31,7 @@ class Tmux:
         self.socket = (
             f"vitsae-e2e-{os.getpid()}-{uuid.uuid4().hex[:6]}"  # one server per session: no race with a closing one
         )
-        command = f"{sys.executable} -m vitsae_tui --workspace {workspace} --demo-size {demo_size}"
+        command = f"{sys.executable} {python_args} --workspace {workspace} --demo-size {demo_size}"
         env = {**os.environ, "COLORTERM": "truecolor", "TERM": "xterm-256color"}
         self.run(
             "-f",

@@ -187,3 +187,43 @@ def test_missing_model_and_bad_hook_are_one_sentence(workspace):
     run = make_model_run(workspace)
     with pytest.raises(StageError, match="no hook point 'blocks.9.resid_post'"):
         collect(collect_cfg(run, hook="blocks.9.resid_post"), workspace, Collector(), threading.Event())
+
+
+def test_a_folder_collected_with_a_model_of_another_dataset_keeps_its_own_class_names(workspace, tmp_path):
+    from PIL import Image
+
+    from vitsae_tui.engine.config import DataConfig, IndexConfig, SAETrainConfig
+    from vitsae_tui.engine.events import Log, Metrics
+    from vitsae_tui.engine.feature_index import FeatureIndex
+    from vitsae_tui.engine.stages.index import run as build_index
+    from vitsae_tui.engine.stages.train_sae import run as train_sae
+    from vitsae_tui.engine.synthetic import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (tmp_path / "pets" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "pets" / label / f"{i}.png"
+            )
+    model = make_model_run(workspace)  # trained on the synthetic shapes: its classes are not cats and dogs
+    data = DataConfig(dataset=str(tmp_path / "pets"))
+    set_dir = collect(collect_cfg(model, split="all", data=data), workspace, Collector(), threading.Event()).set_dir
+    store = ActivationSet(set_dir)
+    assert store.class_names == ["cats", "dogs"]
+
+    report = Collector()
+    sae_cfg = SAETrainConfig(
+        activations=set_dir.name, tokens=2048, batch_size=128, eval_every=8, log_every=4, device="cpu"
+    )
+    sae_dir = train_sae(sae_cfg, workspace, report, threading.Event()).run_dir
+    warnings = [e.message for e in report.of(Log) if "spliced-in evaluation is off" in e.message]
+    assert warnings and f"the model predicts {len(CLASS_NAMES)} classes" in warnings[0] and "cats, dogs" in warnings[0]
+    evals = [e.row for e in report.of(Metrics) if e.row.get("kind") == "eval"]
+    assert evals and not any("acc_sae" in row or "ce_sae" in row for row in evals)  # no accuracy against wrong labels
+
+    build_index(IndexConfig(sae=sae_dir.name, device="cpu"), workspace, Collector(), threading.Event())
+    index = FeatureIndex(workspace, sae_dir.name)
+    assert index.image_info(0).class_name in ("cats", "dogs")
+    promoted, suppressed = index.class_effect(0)
+    assert {name for name, _ in promoted + suppressed} <= set(CLASS_NAMES)  # logits of the model, named by its classes

@@ -222,6 +222,42 @@ def test_app_stops_its_job_with_a_checkpoint_on_hangup_or_sigterm(tmp_path, how)
         again.close()
 
 
+CRASHING_APP = """
+import sys
+from vitsae_tui.cli import main
+from vitsae_tui.tui.app import VitsaeApp
+
+def planted_bug(self):
+    raise ZeroDivisionError("a planted bug")
+
+VitsaeApp.action_command_palette = planted_bug  # ctrl+p crashes the app
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_crash_then_a_hang_up_in_a_real_terminal_ends_the_app_and_keeps_its_job(tmp_path):
+    """The app crashes while the guided run trains, then its terminal closes: no process is left computing."""
+    script = tmp_path / "crashing_app.py"
+    script.write_text(CRASHING_APP)
+    ws_root = tmp_path / "ws"
+    tmux = Tmux(ws_root, demo_size="tiny", python_args=str(script))
+    try:
+        tmux.wait_for("guided run|Press g", timeout_s=60)
+        tmux.keys("g")
+        model_dir = ws_root / "models" / "demo-1"
+        wait_until(lambda: metrics_beyond(model_dir, 2), timeout_s=120, what="the guided run's training")
+        pid = read_json(model_dir / "status.json")["pid"]
+        tmux.keys("C-p")
+        time.sleep(0.5)
+        tmux.run("kill-session", "-t", tmux.session)  # the user closes the terminal showing the crash
+        wait_until(lambda: not _alive(pid), timeout_s=60, what="the crashed app to exit")
+    finally:
+        tmux.close()
+    status = read_json(model_dir / "status.json")
+    assert status["state"] in ("stopped", "finished"), status  # its job stopped with a checkpoint, or had finished
+    assert "a planted bug" in (ws_root / "error.log").read_text()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

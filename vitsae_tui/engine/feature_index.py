@@ -51,9 +51,12 @@ class IndexMeta:
     top_k: int
     hist_log2_edges: tuple[float, ...]
     class_names: tuple[str, ...]
+    """the set's classes: its labels, class counts and image captions"""
     summary: IndexSummary
     complete: bool
     version: int = INDEX_VERSION
+    model_class_names: tuple[str, ...] = ()
+    """the model's classes, which the class effects change (empty in indexes written before: the set's)"""
 
 
 @dataclass(frozen=True)
@@ -316,8 +319,13 @@ class FeatureIndex:
     def class_effect(self, feature: int, n: int = 3) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         effect = self.arrays.class_effect[feature]
         order = np.argsort(-effect, kind="stable")
-        promoted = [(self.label_name(int(i)), float(effect[i])) for i in order[:n]]
-        suppressed = [(self.label_name(int(i)), float(effect[i])) for i in order[::-1][:n]]
+        names = self.meta.model_class_names
+
+        def name(i: int) -> str:  # a logit of the model: named by the model's classes
+            return shown(names[i]) if names and 0 <= i < len(names) else self.label_name(i)
+
+        promoted = [(name(int(i)), float(effect[i])) for i in order[:n]]
+        suppressed = [(name(int(i)), float(effect[i])) for i in order[::-1][:n]]
         return promoted, suppressed
 
     def class_distribution(self, feature: int) -> list[tuple[str, float]]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import TrainModelConfig
+from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
@@ -135,3 +136,16 @@ def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | 
     dataset_info = read_json(run_dir / "dataset.json") if (run_dir / "dataset.json").exists() else {}
     model.to(pick_device(device) if isinstance(device, str) else device).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), tuple(dataset_info.get("class_names", ())))
+
+
+def label_space_mismatch(model_classes: tuple[str, ...], set_classes: tuple[str, ...] | list[str]) -> str:
+    """Why a set's labels cannot be read as the model's classes ("" when they can): accuracy, cross-entropy and
+    class effects need both to number the same classes the same way."""
+    model_classes, set_classes = tuple(model_classes), tuple(set_classes)
+    if not model_classes or not set_classes or model_classes == set_classes:
+        return ""
+    model_names, set_names = (shown(", ".join(names[:3]), 60) for names in (model_classes, set_classes))
+    return (
+        f"the model predicts {len(model_classes)} classes ({model_names}, …) but the set is labelled with "
+        f"{len(set_classes)} others ({set_names}, …)"
+    )

@@ -125,7 +125,7 @@ def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event
                 loaded.config.preset,
                 model_cfg.n_embd,
                 model_cfg.grid_size,
-                list(loaded.class_names),
+                [],  # named by its own dataset's classes once the dataset is loaded, never by the model's
             )
             job = _Collection(cfg, data, loaded.model, hook, device, set_dir)
             return _collect(job, ws, manifest, report, stop)
@@ -150,7 +150,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
         manifest,
         n_images_planned=int(len(selected)),
         concept_names=tuple(dataset.concept_names),
-        class_names=manifest.class_names or tuple(dataset.class_names),
+        class_names=tuple(dataset.class_names),
     )
     concept_maps = dataset.concept_maps()
     name = set_dir.name

@@ -229,6 +229,7 @@ def _build(
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
     report(Log(STAGE, "computing class effects"))
+    class_effect, model_class_names = _class_effects(ws, store, sae, device, report)
     arrays = IndexArrays(
         density=(acc.fired.double() / store.n_tokens).cpu().numpy(),
         mean_activation=(acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
@@ -239,7 +240,7 @@ def _build(
         class_counts=acc.class_counts.cpu().numpy(),
         band_values=band_values,
         band_tokens=band_tokens,
-        class_effect=_class_effects(ws, store, sae, device, report),
+        class_effect=class_effect,
     )
     concepts = []
     concept_maps = store.concept_maps()
@@ -266,6 +267,7 @@ def _build(
         top_k=TOP_K,
         hist_log2_edges=tuple(HIST_BINS.tolist()),
         class_names=tuple(store.class_names),
+        model_class_names=model_class_names,
         summary=summary,
         complete=True,
     )
@@ -357,15 +359,16 @@ def _bands(
     return out_v, out_t
 
 
-def _class_effects(ws, store: ActivationSet, sae, device, report: Report) -> np.ndarray:
-    """(F, C): mean change of each class logit when a feature's decoder direction (at its mean firing strength) is
-    added to every token at the hook, over a few images; zeros when the model is unavailable."""
+def _class_effects(ws, store: ActivationSet, sae, device, report: Report) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(F, C): mean change of each of the model's class logits when a feature's decoder direction (at its mean firing
+    strength) is added to every token at the hook, over a few images, and the model's class names (which need not be
+    the set's); zeros and the set's names when the model is unavailable."""
     F = sae.d_sae
     try:
         loaded = model_run.load_model(ws, store.provenance.model_run, store.provenance.checkpoint, device)
     except WorkspaceError as e:
         report(Log(STAGE, f"class effects skipped: {e}", "warning"))
-        return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32)
+        return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32), tuple(store.class_names)
     model = loaded.model
     ids = np.linspace(0, store.n_images - 1, min(CLASS_EFFECT_IMAGES, store.n_images)).round().astype(int)
     acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32)).to(device)  # (n, T, d)
@@ -382,7 +385,7 @@ def _class_effects(ws, store: ActivationSet, sae, device, report: Report) -> np.
             shifted = acts[None] + (strength[chunk, None] * directions[chunk])[:, None, None, :]  # (c, n, T, d)
             logits = model.run_from(store.hook, shifted.reshape(-1, *acts.shape[1:])).float()
             effects[chunk] = (logits.reshape(len(chunk), len(ids), -1) - base[None]).mean(1)
-    return effects.cpu().numpy()
+    return effects.cpu().numpy(), tuple(loaded.class_names)
 
 
 def _concepts(

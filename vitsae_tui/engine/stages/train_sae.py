@@ -127,6 +127,12 @@ def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report
             )
         )
         return None
+    mismatch = model_run.label_space_mismatch(loaded.class_names, store.class_names)
+    if mismatch:
+        report(
+            Log(STAGE, f"spliced-in evaluation is off: {mismatch}; FVU, L0 and density are still measured", "warning")
+        )
+        return None
     return loaded.model
 
 
