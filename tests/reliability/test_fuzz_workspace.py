@@ -190,3 +190,29 @@ async def test_the_app_opens_home_every_run_and_the_browser_on_damaged_files(fuz
         for path, original in originals.items():
             path.write_bytes(original)
     assert fingerprint(ws.root, skip=None) == before
+
+
+@pytest.mark.parametrize(
+    "relative, damage",
+    [
+        ("models/demo-1/dataset.json", "[]"),
+        ("models/demo-1/dataset.json", '{"class_names": 3}'),
+        ("models/demo-1/dataset.json", '{"class_names": ["one", "two"]}'),
+        ("models/demo-1/config.json", '{"model": []}'),
+    ],
+)
+def test_collecting_from_a_model_with_a_damaged_file_is_one_sentence(fuzzed, relative, damage):
+    ws, _ = fuzzed
+    path = ws.root / relative
+    original = path.read_bytes()
+    try:
+        path.write_text(damage)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(
+                ["--workspace", str(ws.root), "collect", "--model", "demo-1", "--name", "fuzzed", "--limit", "4"]
+            )
+    finally:
+        path.write_bytes(original)
+    assert code == 1 and "internal error" not in err.getvalue(), err.getvalue()
+    assert relative.split("/")[-1] in err.getvalue() and not (ws.root / "activations" / "fuzzed").exists()

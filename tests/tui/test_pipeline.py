@@ -13,6 +13,7 @@ from vitsae_tui.tui.screens.browser import BrowserScreen
 async def test_guided_run_builds_every_stage_and_opens_the_browser(tmp_path):
     app = VitsaeApp(tmp_path / "ws", demo_size="tiny")
     async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.screen.scans > 0, timeout_s=10)  # home lists the workspace in a thread
         assert "model missing" in str(app.screen.query_one("#pipeline", Static).render())
         await pilot.press("g")
         seen_modes = set()

@@ -41,21 +41,46 @@ def write_config(run_dir: Path, cfg: TrainModelConfig, n_classes: int | None = N
     atomic_write_json(run_dir / "config.json", values)
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """dataset.json: what the model was trained on."""
+
+    class_names: tuple[str, ...] = ()
+    """the classes its logits predict, in order"""
+    concept_names: tuple[str, ...] = ()
+    n_train: int = 0
+    n_val: int = 0
+
+    @classmethod
+    def load(cls, run_dir: Path) -> DatasetInfo:
+        """The run's validated dataset.json (empty when a run predates it); WorkspaceError naming the problem."""
+        path = run_dir / "dataset.json"
+        if not path.exists():
+            return cls()
+        try:
+            return config_mod.from_dict(cls, read_json(path), f"models/{run_dir.name}/dataset.json")
+        except config_mod.ConfigError as e:
+            raise WorkspaceError(f"{e}; restore the file or train the model again") from None
+
+
 def write_dataset_info(
     run_dir: Path, class_names: list[str], concept_names: list[str], n_train: int, n_val: int
 ) -> None:
-    atomic_write_json(
-        run_dir / "dataset.json",
-        {"class_names": class_names, "concept_names": concept_names, "n_train": n_train, "n_val": n_val},
-    )
+    info = DatasetInfo(tuple(class_names), tuple(concept_names), n_train, n_val)
+    atomic_write_json(run_dir / "dataset.json", config_mod.to_dict(info))
+
+
+def load_checkpoint_path(run_dir: Path) -> Path:
+    """last.pt's path, which a resume needs; WorkspaceError when the run never saved one."""
+    path = checkpoint_path(run_dir, "last")
+    if not path.exists():
+        raise WorkspaceError(f"no checkpoint in models/{run_dir.name}; start a new run instead of resuming")
+    return path
 
 
 def load_checkpoint(run_dir: Path) -> dict:
     """last.pt: weights, optimizer, position in training (epoch, batch, step), best validation, torch RNG."""
-    path = checkpoint_path(run_dir, "last")
-    if not path.exists():
-        raise WorkspaceError(f"no checkpoint in models/{run_dir.name}; start a new run instead of resuming")
-    return load_torch_file(path)
+    return load_torch_file(load_checkpoint_path(run_dir))
 
 
 def torch_rng_state():
@@ -133,9 +158,14 @@ def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | 
             f"{describe_architecture(cfg.model)} ({cfg.preset} preset); train it again or restore the matching "
             f"config"
         ) from None
-    dataset_info = read_json(run_dir / "dataset.json") if (run_dir / "dataset.json").exists() else {}
+    class_names = DatasetInfo.load(run_dir).class_names
+    if class_names and len(class_names) != cfg.model.n_classes:
+        raise WorkspaceError(
+            f"models/{run}/dataset.json names {len(class_names)} classes but the model predicts "
+            f"{cfg.model.n_classes}; restore the file or train the model again"
+        )
     model.to(pick_device(device) if isinstance(device, str) else device).eval()
-    return LoadedModel(model, cfg, path, file_sha256(path), tuple(dataset_info.get("class_names", ())))
+    return LoadedModel(model, cfg, path, file_sha256(path), class_names)
 
 
 def label_space_mismatch(model_classes: tuple[str, ...], set_classes: tuple[str, ...] | list[str]) -> str:

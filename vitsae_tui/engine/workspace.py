@@ -356,6 +356,16 @@ class RunClaim:
         self.release()
 
 
+def _lock_owner(lock_path: Path) -> str:
+    owner: dict[str, Any] = {}
+    for _ in range(100):  # the owner writes its name just after taking the lock
+        owner = read_record(lock_path) or {}
+        if "pid" in owner:
+            break
+        time.sleep(0.005)
+    return f"process {owner.get('pid', '?')} on {owner.get('host', '?')}"
+
+
 def claim_run(run_dir: Path) -> RunClaim:
     """Claim a run (existing or about to be created) for writing; WorkspaceError naming the live owner otherwise."""
     import fcntl
@@ -367,20 +377,17 @@ def claim_run(run_dir: Path) -> RunClaim:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BaseException as e:
         os.close(fd)
-        for _ in range(100):  # the owner writes its name just after taking the lock
-            owner = read_record(lock_path) or {}
-            if "pid" in owner:
-                break
-            time.sleep(0.005)
-        pid, host = owner.get("pid", "?"), owner.get("host", "?")
-        raise WorkspaceError(
-            f"{run_dir.parent.name}/{run_dir.name} is being written by process {pid} on {host}; watch it from the "
-            "app (enter on its row) or stop that process first"
-        ) from None
-    except BaseException:
-        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            raise WorkspaceError(
+                f"{run_dir.parent.name}/{run_dir.name} is being written by {_lock_owner(lock_path)}; watch it from "
+                "the app (enter on its row) or stop that process first"
+            ) from None
+        if isinstance(e, OSError):  # ENOLCK: a filesystem without locks (some network mounts)
+            raise WorkspaceError(
+                f"cannot lock {lock_path} ({e.strerror}); put the workspace on a local disk (--workspace DIR)"
+            ) from None
         raise
     try:
         os.ftruncate(fd, 0)

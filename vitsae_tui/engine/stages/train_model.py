@@ -128,6 +128,7 @@ def run(
                 if distributed.env_rank() == 0:
                     held.enter_context(claim_run(ws.run_dir("models", resume)))
                 cfg = model_run.read_config(ws, resume)
+                model_run.load_checkpoint_path(ws.run_dir("models", resume))  # before the data is drawn
             ranks = distributed.setup(cfg.device)
             ranks.check_divisible(cfg.batch_size)
             run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume, held)))
