@@ -5,7 +5,9 @@ twenty processes costs seconds, not a torch import each.
 """
 
 import dataclasses
+import multiprocessing
 import threading
+from pathlib import Path
 
 import torch._dynamo  # noqa: F401  the first optimizer imports it (1.4 s): once in the forkserver, not per child
 
@@ -65,3 +67,15 @@ def run(stage: str, root: str, resume: bool, shared) -> None:
     ws, report, stop = Workspace(root), ProgressMirror(shared, UNIT[stage]), threading.Event()
     extra = {"resume": RESUME[stage] if resume else None} if REGISTRY[stage].resumable else {}
     STAGE_FUNCTIONS[stage](CONFIGS[stage], ws, report, stop, **extra)
+
+
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(["tests.reliability.stage_runner"])
+
+
+def start(stage: str, root: Path, resume: bool):
+    """A stage in a child process; returns it and the shared counter of its announced progress (keep both alive)."""
+    announced = FORKSERVER.Value("q", -1)
+    child = FORKSERVER.Process(target=run, args=(stage, str(root), resume, announced), daemon=True)
+    child.start()
+    return child, announced

@@ -5,7 +5,6 @@ The runs are small and checkpoint often, so twenty kills land all over them: bef
 mid-write, between a shard's files and its manifest, after the last checkpoint.
 """
 
-import multiprocessing
 import os
 import random
 import shutil
@@ -32,15 +31,7 @@ KILLS_PER_STAGE = 20
 STAGES = tuple(REGISTRY)
 OUTPUTS = {name: stage.kind for name, stage in REGISTRY.items()}
 RUN = {"train-model": "demo-1", "collect": "set", "train-sae": "sae-1", "index": "sae-1"}
-FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["tests.reliability.stage_runner"])
-
-
-def start(stage: str, root: Path, resume: bool):
-    announced = FORKSERVER.Value("q", -1)
-    child = FORKSERVER.Process(target=stage_runner.run, args=(stage, str(root), resume, announced), daemon=True)
-    child.start()
-    return child, announced
+start = stage_runner.start
 
 
 def run_to_end(stage: str, root: Path, resume: bool) -> float:

@@ -2,7 +2,6 @@
 owner's pid and host, and a dead owner's claim is free at once (the kernel drops it with the process)."""
 
 import json
-import multiprocessing
 import os
 import signal
 import time
@@ -15,8 +14,8 @@ from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.feature_index import FeatureIndex
 from vitsae_tui.engine.workspace import Workspace, WorkspaceError, claim_run, read_jsonl
 
-FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["tests.reliability.stage_runner"])
+FORKSERVER = stage_runner.FORKSERVER
+start = stage_runner.start
 TRIALS = 30
 
 
@@ -71,13 +70,6 @@ def test_a_killed_owners_claim_is_free_at_once(tmp_path):
     os.kill(owner.pid, signal.SIGKILL)
     owner.join(10)
     claim_run(run_dir).release()
-
-
-def start(stage: str, root: Path, resume: bool):
-    announced = FORKSERVER.Value("q", -1)
-    child = FORKSERVER.Process(target=stage_runner.run, args=(stage, str(root), resume, announced), daemon=True)
-    child.start()
-    return child, announced
 
 
 def race(stage: str, root: Path, resume: bool) -> None:
