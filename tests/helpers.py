@@ -109,8 +109,11 @@ def write_activation_set(
     return name
 
 
-def make_indexed_workspace(root) -> tuple[Workspace, str]:
-    """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index."""
+def make_indexed_workspace(root, plant=None) -> tuple[Workspace, str]:
+    """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index.
+
+    `plant(sae, store, model_run_name, ws)`, when given, changes the SAE's weights before it is saved and indexed.
+    """
     import threading
 
     from vitsae_tui.engine.activation_set import ActivationSet
@@ -128,6 +131,8 @@ def make_indexed_workspace(root) -> tuple[Workspace, str]:
     set_dir = collect(CollectConfig(model=run, device="cpu", shard_images=40), ws, ignore, threading.Event()).set_dir
     store = ActivationSet(set_dir)
     sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=0.5, input_scale=input_scale(store), seed=3)
+    if plant is not None:
+        plant(sae, store, run, ws)
     sae_dir = ws.new_run("saes", "sae")
     save_sae(sae_dir / "sae.safetensors", sae)
     SAEMeta(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -56,6 +57,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 or a positive number")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--png", metavar="FILE", help="also write the feature's card (top images with heatmaps) as a PNG"
     )
     feature.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
+    attribute = commands.add_parser(
+        "attribute", help="attribute one image's prediction to SAE features and patches (through the model)"
+    )
+    attribute.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed)")
+    attribute.add_argument("--image", metavar="N", type=int, required=True, help="image number in the activation set")
+    attribute.add_argument(
+        "--class", dest="target", metavar="C", type=int, help="class to attribute (default: predicted)"
+    )
+    attribute.add_argument(
+        "--top", metavar="K", type=non_negative_int, default=16, help="features checked by exact ablation (0: all)"
+    )
+    attribute.add_argument("--json", action="store_true", help="print the result as JSON")
+    attribute.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    attribute.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
+    intervene = commands.add_parser("intervene", help="edit SAE features on one image and see the prediction move")
+    intervene.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed)")
+    intervene.add_argument("--image", metavar="N", type=int, required=True, help="image number in the activation set")
+    intervene.add_argument("--feature", metavar="F[,G…]", type=int_list, required=True, help="features to edit")
+    how = intervene.add_mutually_exclusive_group(required=True)
+    how.add_argument("--zero", action="store_true", help="set the features to 0")
+    how.add_argument("--scale", metavar="S", type=float, help="multiply the features by S")
+    how.add_argument("--clamp", metavar="V", type=float, help="set the features to V where they are edited")
+    how.add_argument("--add", metavar="S", type=float, help="add S along each feature's decoder direction (steering)")
+    intervene.add_argument("--patches", metavar="I,J,…", type=int_list, help="only these patches (default: all)")
+    intervene.add_argument("--class", dest="target", metavar="C", type=int, help="class to follow (default: predicted)")
+    intervene.add_argument("--json", action="store_true", help="print the result as JSON")
+    intervene.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    intervene.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     demo = commands.add_parser("demo", help="run every missing stage of the pipeline on the built-in offline data")
     demo.add_argument(
@@ -230,6 +275,51 @@ def cmd_feature(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workbench(args: argparse.Namespace):
+    from vitsae_tui.engine.workbench import Workbench
+    from vitsae_tui.engine.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    from vitsae_tui.engine.feature_index import open_index_for
+
+    return Workbench(ws, open_index_for(ws, args.sae), args.device)
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import attribution_json, print_attribution
+
+    bench = _workbench(args)
+    attribution = bench.attribute(args.image, args.target, args.top)
+    if args.json:
+        print(json.dumps(attribution_json(bench, attribution)))
+    else:
+        print_attribution(bench, attribution)
+    return 0
+
+
+def cmd_intervene(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import edit_json, print_edit
+    from vitsae_tui.engine.workbench import Edit
+
+    mode, value = next(
+        (mode, value)
+        for mode, value in (
+            ("zero", 0.0 if args.zero else None),
+            ("scale", args.scale),
+            ("clamp", args.clamp),
+            ("add", args.add),
+        )
+        if value is not None
+    )
+    bench = _workbench(args)
+    result = bench.intervene(args.image, Edit(tuple(args.feature), mode, value, args.patches), args.target)
+    if args.json:
+        print(json.dumps(edit_json(bench, result)))
+    else:
+        print_edit(bench, result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitsae_tui.engine.pipeline import run_pipeline
     from vitsae_tui.engine.workspace import Workspace
@@ -268,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "inspect": cmd_inspect,
             "feature": cmd_feature,
+            "attribute": cmd_attribute,
+            "intervene": cmd_intervene,
             "demo": cmd_demo,
             "runs": cmd_runs,
         }[args.command](args)

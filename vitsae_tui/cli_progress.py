@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -210,3 +211,110 @@ def print_feature(index, feature: int, console: Console | None = None) -> None:
             console.print(
                 f"band {b + 1} of {len(bands)}: " + ", ".join(f"img {i}/p{t} {v:.3g}" for i, t, v in examples)
             )
+
+
+def _rounded(values) -> list[float]:
+    return [round(float(v), 6) for v in values]
+
+
+def attribution_json(bench, attribution) -> dict:
+    """The attribution as the CLI's --json prints it (and the browser shows it)."""
+    from vitsae_tui.engine.workbench import probabilities
+
+    probs = _rounded(probabilities(attribution.logits))
+    return {
+        "image": attribution.image,
+        "class_names": [shown(name) for name in bench.class_names],
+        "target": attribution.target,
+        "logits_clean": _rounded(attribution.logits),
+        "logits_spliced": _rounded(attribution.logits),
+        "probs_before": probs,
+        "features": [
+            {
+                "feature": row["feature"],
+                "attribution": round(row["attribution"], 6),
+                "exact_effect": None if row["exact_effect"] is None else round(row["exact_effect"], 6),
+            }
+            for row in attribution.features
+        ],
+        "patch_grid": [_rounded(row) for row in attribution.patch_grid],
+        "error_share": round(attribution.error_share, 6),
+        "rank_correlation": attribution.rank_correlation,
+        "sufficiency": bench.sufficiency(attribution),
+    }
+
+
+def edit_json(bench, result) -> dict:
+    from vitsae_tui.engine.workbench import probabilities
+
+    return {
+        "image": result.image,
+        "class_names": [shown(name) for name in bench.class_names],
+        "target": result.target,
+        "features": list(result.edit.features),
+        "mode": result.edit.mode,
+        "value": result.edit.value,
+        "patches": list(result.edit.patches) if result.edit.patches is not None else "all",
+        "logits_clean": _rounded(result.logits_clean),
+        "logits_spliced": _rounded(result.logits_spliced),
+        "logits_after": _rounded(result.logits_after),
+        "probs_before": _rounded(probabilities(result.logits_spliced)),
+        "probs_after": _rounded(probabilities(result.logits_after)),
+        "patch_change": [_rounded(row) for row in result.patch_change],
+    }
+
+
+def print_attribution(bench, attribution, console: Console | None = None) -> None:
+    console = console or Console()
+    name = shown(bench.class_names[attribution.target]) if attribution.target < len(bench.class_names) else "?"
+    checked = sum(row["exact_effect"] is not None for row in attribution.features)
+    rho = attribution.rank_correlation
+    console.print(
+        Text(
+            f"image {attribution.image} · class {attribution.target} ({name}) logit "
+            f"{attribution.logits[attribution.target]:.3f} · error term {attribution.error_share:+.3f} · "
+            f"attribution vs exact ablation over {checked} features: Spearman "
+            + (f"{rho:.2f}" if rho is not None else "n/a")
+        )
+    )
+    table = Table(title="features by |attribution| (f · ∂logit/∂f, summed over patches)", title_justify="left")
+    for column in ("feature", "attribution", "exact effect", "label"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for row in attribution.features[:16]:
+        exact = row["exact_effect"]
+        table.add_row(
+            str(row["feature"]),
+            f"{row['attribution']:+.4f}",
+            "" if exact is None else f"{exact:+.4f}",
+            Text(bench.index.label(row["feature"])),
+        )
+    console.print(table)
+    console.print("per patch (row by row):")
+    for grid_row in attribution.patch_grid:
+        console.print("  " + " ".join(f"{v:+7.3f}" for v in grid_row))
+
+
+def print_edit(bench, result, console: Console | None = None) -> None:
+    from vitsae_tui.engine.workbench import probabilities
+
+    console = console or Console()
+    before, after = probabilities(result.logits_spliced), probabilities(result.logits_after)
+    edit = result.edit
+    where = "every patch" if edit.patches is None else "patches " + ",".join(map(str, edit.patches))
+    console.print(
+        Text(f"image {result.image} · {edit.mode} {edit.value:g} on features {list(edit.features)} at {where}")
+    )
+    table = Table(title="classes, before → after", title_justify="left")
+    for column in ("class", "logit", "probability"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for c in np.argsort(-np.maximum(before, after))[:10]:
+        name = shown(bench.class_names[c]) if c < len(bench.class_names) else str(c)
+        table.add_row(
+            Text(name),
+            f"{result.logits_spliced[c]:+.3f} → {result.logits_after[c]:+.3f}",
+            f"{before[c]:.3f} → {after[c]:.3f}",
+        )
+    console.print(table)
+    console.print(f"change of class {result.target}'s logit when the edit is made on one patch only (row by row):")
+    for grid_row in result.patch_change:
+        console.print("  " + " ".join(f"{v:+7.3f}" for v in grid_row))

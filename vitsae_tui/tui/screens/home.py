@@ -157,12 +157,15 @@ class HomeScreen(Screen):
         except OSError:  # a run deleted or rewritten while being listed: the next refresh sees it settled
             return
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_scan, *listing)
+            self.app.call_from_thread(self.show_scan, *listing, selected)
 
-    def show_scan(self, runs: dict[str, list[RunInfo]], states: list[StageState], rows: tuple) -> None:
+    def show_scan(
+        self, runs: dict[str, list[RunInfo]], states: list[StageState], rows: tuple, selected: tuple[str, str] | None
+    ) -> None:
         self.runs = runs
         self.scans += 1
-        self.show_states(states)
+        if selected == self.app.lineage_selection:  # else the user has moved on, and that lineage is already shown
+            self.show_states(states)
         if rows == self.rows_shown:  # nothing changed on disk: keep the table (and its cursor) as it is
             return
         self.rows_shown = rows
