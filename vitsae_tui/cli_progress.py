@@ -251,10 +251,15 @@ def edit_json(bench, result) -> dict:
         "image": result.image,
         "class_names": [shown(name) for name in bench.class_names],
         "target": result.target,
-        "features": list(result.edit.features),
-        "mode": result.edit.mode,
-        "value": result.edit.value,
-        "patches": list(result.edit.patches) if result.edit.patches is not None else "all",
+        "edits": [
+            {
+                "features": list(edit.features),
+                "mode": edit.mode,
+                "value": edit.value,
+                "patches": list(edit.patches) if edit.patches is not None else "all",
+            }
+            for edit in result.edits
+        ],
         "logits_clean": _rounded(result.logits_clean),
         "logits_spliced": _rounded(result.logits_spliced),
         "logits_after": _rounded(result.logits_after),
@@ -299,11 +304,7 @@ def print_edit(bench, result, console: Console | None = None) -> None:
 
     console = console or Console()
     before, after = probabilities(result.logits_spliced), probabilities(result.logits_after)
-    edit = result.edit
-    where = "every patch" if edit.patches is None else "patches " + ",".join(map(str, edit.patches))
-    console.print(
-        Text(f"image {result.image} · {edit.mode} {edit.value:g} on features {list(edit.features)} at {where}")
-    )
+    console.print(Text(f"image {result.image} · " + "; ".join(edit.describe() for edit in result.edits)))
     table = Table(title="classes, before → after", title_justify="left")
     for column in ("class", "logit", "probability"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -71,6 +71,8 @@ def test_a_planted_feature_that_drives_a_class_ranks_first_and_moves_that_class(
     assert list(changed) == [4] and one_patch.patch_change.ravel()[4] < 0
     steered = workbench.intervene(1, Edit((PLANTED,), "add", 5.0), DRIVEN)
     assert steered.logits_after[DRIVEN] > steered.logits_spliced[DRIVEN]
+    undone = workbench.intervene(1, (Edit((PLANTED,), "scale", 2.0), Edit((PLANTED,), "scale", 0.5)), DRIVEN)
+    assert np.abs(undone.logits_after - undone.logits_spliced).max() <= 1e-4  # edits compose in order
 
 
 def test_bad_edits_are_one_sentence(bench):
@@ -112,7 +114,7 @@ def test_the_cli_json_of_attribute_and_intervene(bench):
     )
     for key in ("logits_clean", "logits_spliced", "logits_after", "probs_before", "probs_after"):
         assert len(edited[key]) == 10
-    assert edited["features"] == [PLANTED] and edited["patches"] == [0, 1]
+    assert edited["edits"] == [{"features": [PLANTED], "mode": "zero", "value": 0.0, "patches": [0, 1]}]
     assert sum(edited["probs_after"]) == pytest.approx(1.0, abs=1e-5)
     direct = workbench.intervene(1, Edit((PLANTED,), "zero", patches=(0, 1)))
     assert edited["logits_after"] == pytest.approx(direct.logits_after.tolist(), abs=1e-5)

@@ -39,6 +39,23 @@ class Edit:
     value: float = 0.0
     patches: tuple[int, ...] | None = None
 
+    def describe(self) -> str:
+        """One line: "×2 feature 82 on patch 5"."""
+        what = {
+            "zero": "zero",
+            "scale": f"×{self.value:g}",
+            "clamp": f"clamp to {self.value:g}",
+            "add": f"add {self.value:g}",
+        }
+        where = (
+            "every patch"
+            if self.patches is None
+            else f"patch{'es' * (len(self.patches) > 1)} {','.join(map(str, self.patches))}"
+        )
+        return (
+            f"{what[self.mode]} feature{'s' * (len(self.features) > 1)} {','.join(map(str, self.features))} on {where}"
+        )
+
 
 @dataclass
 class Attribution:
@@ -59,7 +76,7 @@ class Attribution:
 class EditResult:
     image: int
     target: int
-    edit: Edit
+    edits: tuple[Edit, ...]
     logits_clean: np.ndarray
     logits_spliced: np.ndarray
     logits_after: np.ndarray
@@ -184,49 +201,56 @@ class Workbench:
                 effects.update({int(j): spliced - float(v) for j, v in zip(chunk.tolist(), changed)})
         return effects
 
-    def _edited(self, f: torch.Tensor, edit: Edit, patches: list[int]) -> torch.Tensor:
-        """The hook activation change (T, d) an edit makes on the given patches."""
+    def _edited(self, f: torch.Tensor, edits: tuple[Edit, ...], only_patch: int | None = None) -> torch.Tensor:
+        """The hook activation change (T, d) of the edits, made one after another (on `only_patch` alone if given)."""
         torch = self.torch
-        features = torch.as_tensor(edit.features, device=self.device, dtype=torch.long)
-        rows = torch.as_tensor(patches, device=self.device, dtype=torch.long)
-        old = f[rows][:, features]  # (p, k)
-        if edit.mode == "zero":
-            new = torch.zeros_like(old)
-        elif edit.mode == "scale":
-            new = old * edit.value
-        elif edit.mode == "clamp":
-            new = torch.full_like(old, edit.value)
-        else:  # add: steer along the decoder direction, firing or not
-            new = old + edit.value
-        delta = torch.zeros(f.shape[0], self.w_dec.shape[1], device=self.device)
-        delta[rows] = (new - old) @ self.w_dec[features]
-        return delta
+        edited = f.clone()
+        for edit in edits:
+            patches = range(f.shape[0]) if edit.patches is None else edit.patches
+            rows = torch.as_tensor(
+                [p for p in patches if only_patch is None or p == only_patch], device=self.device, dtype=torch.long
+            )
+            if not len(rows):
+                continue
+            features = torch.as_tensor(edit.features, device=self.device, dtype=torch.long)
+            old = edited[rows][:, features]  # (p, k)
+            if edit.mode == "zero":
+                new = torch.zeros_like(old)
+            elif edit.mode == "scale":
+                new = old * edit.value
+            elif edit.mode == "clamp":
+                new = torch.full_like(old, edit.value)
+            else:  # add: steer along the decoder direction, firing or not
+                new = old + edit.value
+            edited[rows[:, None], features[None, :]] = new
+        return (edited - f) @ self.w_dec
 
-    def intervene(self, image: int, edit: Edit, target: int | None = None) -> EditResult:
-        """Logits before and after the edit, and each patch's share: the edit made on that patch alone."""
+    def intervene(self, image: int, edits: Edit | tuple[Edit, ...], target: int | None = None) -> EditResult:
+        """Logits before and after the edits, and each patch's share: the edits made on that patch alone."""
         torch = self.torch
-        self._validate(edit)
-        T = self.index.store.tokens_per_image
-        patches = list(range(T)) if edit.patches is None else list(edit.patches)
-        x = self._acts(image) if 0 <= image < self.index.n_images else None
-        if x is None:
+        edits = (edits,) if isinstance(edits, Edit) else tuple(edits)
+        for edit in edits:
+            self._validate(edit)
+        if not 0 <= image < self.index.n_images:
             raise WorkbenchError(f"image {image} is outside 0..{self.index.n_images - 1}")
+        T = self.index.store.tokens_per_image
+        touched = sorted({p for edit in edits for p in (range(T) if edit.patches is None else edit.patches)})
+        x = self._acts(image)
         with torch.no_grad():
             f = self._encode(x)
-            error = x - self._decode(f)
-            clean = self._logits(x)[0]
-            spliced_x = self._decode(f) + error
-            spliced = self._logits(spliced_x)[0]
+            spliced_x = self._decode(f) + (x - self._decode(f))
+            clean, spliced = self._logits(torch.stack([x, spliced_x]))
             target = self._check(image, target, clean.cpu().numpy())
-            after = self._logits(spliced_x + self._edited(f, edit, patches))[0]
-            one_patch = torch.stack([spliced_x + self._edited(f, edit, [p]) for p in patches])  # (p, T, d)
+            after = self._logits(spliced_x + self._edited(f, edits))[0]
             per_patch = torch.zeros(T, device=self.device)
-            per_patch[patches] = self._logits(one_patch)[:, target] - spliced[target]
+            if touched:
+                one_patch = torch.stack([spliced_x + self._edited(f, edits, p) for p in touched])  # (p, T, d)
+                per_patch[touched] = self._logits(one_patch)[:, target] - spliced[target]
         grid = self.index.grid
         return EditResult(
             image=image,
             target=target,
-            edit=edit,
+            edits=edits,
             logits_clean=clean.cpu().numpy(),
             logits_spliced=spliced.cpu().numpy(),
             logits_after=after.cpu().numpy(),

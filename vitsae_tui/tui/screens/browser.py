@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,8 +16,16 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
-from vitsae_tui.engine.errors import bug_message, is_user_error, log_bug, resource_message, user_message
+from vitsae_tui.engine.errors import (
+    UserError,
+    bug_message,
+    is_user_error,
+    log_bug,
+    resource_message,
+    user_message,
+)
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
+from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
@@ -25,6 +34,7 @@ from vitsae_tui.tui.widgets.examples_view import ExamplesView
 from vitsae_tui.tui.widgets.feature_list import SORTS, FeatureList
 from vitsae_tui.tui.widgets.feature_stats import NO_FEATURE, FeatureStats
 from vitsae_tui.tui.widgets.patch_image import PatchImage
+from vitsae_tui.tui.widgets.workbench_panel import WorkbenchPanel
 
 STACKED_HEIGHT = 50
 """from this many rows up the side pane shows the patch's features (or the list) and the open feature together"""
@@ -52,6 +62,14 @@ class BrowserScreen(Screen):
         Binding("o", "cycle_sort", "Sort", show=False),
         Binding("d", "toggle_dead", "Dead", show=False),
         Binding("D", "toggle_one_per_image", "One per image", show=False),
+        Binding("a", "toggle_attribution", "Attribute", show=False),
+        Binding("t", "pick_target", "Target class", show=False),
+        Binding("z", "edit('zero')", "Zero", show=False),
+        Binding("plus", "edit('scale', 2.0)", "×2", show=False),
+        Binding("minus", "edit('scale', 0.5)", "×½", show=False),
+        Binding("m", "edit('clamp')", "Clamp to max", show=False),
+        Binding("u", "undo_edit", "Undo edit", show=False),
+        Binding("A", "toggle_edit_scope", "Edit all patches", show=False),
         # priority: a focused table would otherwise take page up/down for itself
         Binding("pagedown", "examples_page(1)", "More examples", show=False, priority=True),
         Binding("pageup", "examples_page(-1)", "Previous examples", show=False, priority=True),
@@ -72,6 +90,16 @@ class BrowserScreen(Screen):
         self.side_mode = "patch"
         """what the side pane shows: the patch's features, the feature list, or the open feature"""
         self.renders: OrderedDict = OrderedDict()
+        self.bench = None
+        """the workbench (model and SAE spliced), made on first use"""
+        self.attribution_on = False
+        self.target: int | None = None
+        """the class attributed and followed (None: the predicted one)"""
+        self.edits: list[Edit] = []
+        """feature edits on the shown image, in order (cleared with the image)"""
+        self.edit_all_patches = False
+        self.bench_heat: np.ndarray | None = None
+        """what the image shows while the workbench is on: |attribution| or |change of the target logit| per patch"""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -80,6 +108,7 @@ class BrowserScreen(Screen):
                 yield Select([], prompt="(build an index first)", id="index", compact=True)
                 yield Static("", id="image-title")
                 yield PatchImage(id="image")
+                yield WorkbenchPanel("", id="workbench")
             with Vertical(id="side-pane"):
                 with ContentSwitcher(initial="patch-view", id="side"):
                     with Vertical(id="patch-view"):
@@ -174,10 +203,13 @@ class BrowserScreen(Screen):
         return side - side % self.grid
 
     def composed_image(self, size: int) -> Image.Image:
-        key = (self.image, self.feature, self.cursor, size)
+        heat = self.bench_heat
+        key = (self.image, self.feature, self.cursor, size, None if heat is None else heat.tobytes())
         if key not in self.renders:
             thumb = self.index.thumbnail(self.image)
-            if self.feature is None:
+            if heat is not None:
+                picture = overlay(thumb, heat, size, float(heat.max()) or None)
+            elif self.feature is None:
                 picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
             else:
                 scale = self.index.heat_scale(self.feature)
@@ -190,10 +222,13 @@ class BrowserScreen(Screen):
     def refresh_image(self) -> None:
         if self.index is None:
             return
+        self.refresh_workbench()
         index = self.index
         row, col = divmod(self.cursor, self.grid)
         only = f" · only {index.label_name(self.class_filter)}" if self.class_filter is not None else ""
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
+        if self.bench_heat is not None:
+            feature = " · heatmap of |Δ target logit|" if self.edits else " · heatmap of |attribution|"
         self.query_one("#image-title", Static).update(
             Text(
                 f"image {self.image}/{index.n_images - 1} · {self.class_name(self.image)}{only} · "
@@ -297,6 +332,8 @@ class BrowserScreen(Screen):
             candidate = (candidate + step) % self.index.n_images
             if self.class_filter is None or labels[candidate] == self.class_filter:
                 break
+        if candidate != self.image:
+            self.edits.clear()
         self.image = candidate
         self.refresh_image()
 
@@ -317,6 +354,8 @@ class BrowserScreen(Screen):
             self.show_feature(int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
 
     def open_image(self, image: int, token: int) -> None:
+        if image != self.image:
+            self.edits.clear()
         self.image, self.cursor = image, token
         self.set_side("feature" if self.feature is not None else "patch")
         self.query_one("#image", PatchImage).focus()
@@ -373,6 +412,74 @@ class BrowserScreen(Screen):
         self.set_side("feature")
         self.query_one("#examples", ExamplesView).focus()
 
+    def workbench(self):
+        """The SAE spliced into its model, made on first use; None (and a sentence) when the model cannot be used."""
+        if self.bench is None or self.bench.index is not self.index:
+            from vitsae_tui.engine.workbench import Workbench
+
+            try:
+                self.bench = Workbench(self.app.workspace, self.index)
+            except UserError as e:
+                self.notify(shown(e, MAX_MESSAGE), severity="error", timeout=10, markup=False)
+                return None
+        return self.bench
+
+    def refresh_workbench(self) -> None:
+        panel = self.query_one("#workbench", WorkbenchPanel)
+        active = self.index is not None and (self.attribution_on or bool(self.edits))
+        bench = self.workbench() if active else None
+        panel.display = bench is not None
+        self.bench_heat = None
+        if bench is None:
+            return
+        attribution = bench.attribute(self.image, self.target) if self.attribution_on else None
+        result = bench.intervene(self.image, tuple(self.edits), self.target) if self.edits else None
+        target = (attribution or result).target
+        panel.show_state(bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor)
+        grid = result.patch_change if result is not None else attribution.patch_grid
+        self.bench_heat = np.abs(grid)
+
+    def action_toggle_attribution(self) -> None:
+        if self.index is not None:
+            self.attribution_on = not self.attribution_on
+            self.refresh_image()
+
+    def action_pick_target(self) -> None:
+        bench = self.workbench() if self.index is not None else None
+        if bench is None:
+            return
+
+        def picked(target: int) -> None:
+            self.target = target
+            self.attribution_on = self.attribution_on or not self.edits
+            self.refresh_image()
+
+        self.ask_number("class to attribute and follow", len(bench.class_names), picked)
+
+    def action_edit(self, mode: str, value: float = 0.0) -> None:
+        if self.index is None:
+            return
+        if self.feature is None:
+            self.notify("open a feature first (1-9, enter or /): z, +, - and m edit it", severity="warning")
+            return
+        if mode == "clamp":
+            value = float(self.index.arrays.max_activation[self.feature])
+        patches = None if self.edit_all_patches else (self.cursor,)
+        self.edits.append(Edit((self.feature,), mode, value, patches))
+        self.refresh_image()
+
+    def action_undo_edit(self) -> None:
+        if self.edits:
+            self.edits.pop()
+            self.refresh_image()
+        else:
+            self.notify("no edit to undo", severity="warning")
+
+    def action_toggle_edit_scope(self) -> None:
+        self.edit_all_patches = not self.edit_all_patches
+        self.notify("edits apply to every patch" if self.edit_all_patches else "edits apply to the cursor patch")
+        self.refresh_image()
+
     def palette(self) -> list[tuple[str, str, str]]:
         return [
             ("Feature list", "All features, sortable; enter opens one", "show_list"),
@@ -381,6 +488,10 @@ class BrowserScreen(Screen):
             ("Label feature", "Name the open feature (saved in the workspace)", "label"),
             ("Export PNG", "Write the image with the open feature's heatmap as a PNG", "export"),
             ("Export feature card", "Write the open feature's card (top images with heatmaps) as a PNG", "export_card"),
+            ("Attribute", "Attribute the image's prediction to features and patches (a)", "toggle_attribution"),
+            ("Target class", "The class to attribute and follow (t)", "pick_target"),
+            ("Zero feature", "Zero the open feature on the cursor patch, or every patch with A (z)", "edit('zero')"),
+            ("Undo edit", "Take back the last feature edit (u)", "undo_edit"),
         ]
 
     def action_back(self) -> None:
