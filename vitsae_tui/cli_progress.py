@@ -195,6 +195,8 @@ def print_feature(index, feature: int, console: Console | None = None) -> None:
     console.print(Text.assemble((f"feature {feature}", "bold"), f" — {summary.label}" if summary.label else ""))
     console.print(Text(summary.stats_line(digits=4)))
     console.print(Text(summary.effect_line(digits=3)))
+    if summary.causal:
+        console.print(Text(summary.causal_line(digits=3)))
     if summary.fires_on:
         console.print(Text(summary.fires_on_line(5)))
     for line in summary.concept_lines(digits=3):

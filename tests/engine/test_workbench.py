@@ -118,3 +118,18 @@ def test_the_cli_json_of_attribute_and_intervene(bench):
     assert sum(edited["probs_after"]) == pytest.approx(1.0, abs=1e-5)
     direct = workbench.intervene(1, Edit((PLANTED,), "zero", patches=(0, 1)))
     assert edited["logits_after"] == pytest.approx(direct.logits_after.tolist(), abs=1e-5)
+
+
+def test_the_index_causal_effect_is_the_mean_zeroing_effect_on_the_top_images(bench):
+    from vitsae_tui.engine.stages.index import CAUSAL_IMAGES
+
+    _, _, workbench = bench
+    index = workbench.index
+    images = list(dict.fromkeys(image for image, _, _ in index.top_examples(PLANTED)))[:CAUSAL_IMAGES]
+    deltas = []
+    for image in images:
+        result = workbench.intervene(image, Edit((PLANTED,), "zero"))
+        deltas.append(result.logits_after - result.logits_spliced)
+    assert index.arrays.causal_effect[PLANTED] == pytest.approx(np.mean(deltas, axis=0), abs=1e-4)
+    assert index.arrays.causal_effect[PLANTED, DRIVEN] < -1.0  # the planted feature is what drives that class
+    assert index.summary(PLANTED).causal[0][0] == index.meta.model_class_names[DRIVEN]

@@ -98,6 +98,11 @@ def test_feature_view_snapshot(snap_compare):
     assert snap_compare(snapshot_app(), press=["b", "right", "down", "1", "x"], terminal_size=(100, 32))
 
 
+def test_workbench_snapshot(snap_compare):
+    """The attribution and one edit of the open feature: the panel under the image and the change heatmap."""
+    assert snap_compare(snapshot_app(), press=["b", "right", "down", "a", "1", "z"], terminal_size=(120, 40))
+
+
 async def test_png_exports_from_the_browser(indexed_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     app = VitsaeApp(indexed_root)

@@ -73,6 +73,8 @@ class IndexArrays:
     band_values: np.ndarray  # (F, bands, per_band)
     band_tokens: np.ndarray  # (F, bands, per_band)
     class_effect: np.ndarray  # (F, C) mean change of each class logit when the feature's direction is added
+    causal_effect: np.ndarray | None = None
+    """(F, C) mean change of each class logit when the feature is zeroed on its top images (None: older index)"""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class FeatureSummary:
     activation_hist: np.ndarray
     promoted: list[tuple[str, float]]
     suppressed: list[tuple[str, float]]
+    causal: list[tuple[str, float]]
+    """the classes whose logits zeroing the feature on its top images moves most (empty: an older index)"""
     fires_on: list[tuple[str, float]]
     concepts: list[ConceptScore]
     top_k: int
@@ -108,6 +112,12 @@ class FeatureSummary:
         promotes = ", ".join(f"{name} {value:+.{digits}f}" for name, value in self.promoted)
         suppresses = ", ".join(f"{name} {value:+.{digits}f}" for name, value in self.suppressed)
         return f"promotes {promotes}{separator}suppresses {suppresses}"
+
+    def causal_line(self, digits: int = 2) -> str:
+        if not self.causal:
+            return ""
+        moved = ", ".join(f"{name} {value:+.{digits}f}" for name, value in self.causal)
+        return f"zeroed on its top images: {moved}"
 
     def fires_on_line(self, n: int = 3) -> str:
         if not self.fires_on:
@@ -141,7 +151,8 @@ def write_index(index_dir: Path, meta: IndexMeta, arrays: IndexArrays, concepts:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for field in dataclasses.fields(IndexArrays):
-        atomic_save_npy(tmp / f"{field.name}.npy", getattr(arrays, field.name))
+        if getattr(arrays, field.name) is not None:
+            atomic_save_npy(tmp / f"{field.name}.npy", getattr(arrays, field.name))
     atomic_write_json(tmp / "concepts.json", [config_mod.to_dict(c) for c in concepts])
     atomic_write_json(tmp / INDEX_FILE, config_mod.to_dict(meta))
     labels_path = index_dir / "labels.json"
@@ -188,8 +199,17 @@ class FeatureIndex:
                 f"features/{name} indexes {self.meta.d_sae} features but saes/{sae_dir.name} has "
                 f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`"
             )
-        fields = dataclasses.fields(IndexArrays)
-        loaded = {f.name: np.load(self.dir / f"{f.name}.npy", allow_pickle=False) for f in fields}
+        loaded = {}
+        for f in dataclasses.fields(IndexArrays):
+            path = self.dir / f"{f.name}.npy"
+            if f.default is None and not path.exists():  # an array added after this index was built
+                continue
+            try:
+                loaded[f.name] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                raise StageError(
+                    f"features/{name}/{path.name} is missing or damaged; run `vitsae-tui index` again"
+                ) from None
         self.arrays = IndexArrays(**loaded)
         if any(len(array) != self.meta.d_sae for array in loaded.values()):
             raise StageError(f"features/{name} has arrays of the wrong length; run `vitsae-tui index` again")
@@ -328,6 +348,17 @@ class FeatureIndex:
         suppressed = [(name(int(i)), float(effect[i])) for i in order[::-1][:n]]
         return promoted, suppressed
 
+    def causal_effect(self, feature: int, n: int = 3) -> list[tuple[str, float]]:
+        """The n classes whose logits zeroing the feature on its top images moves most, largest change first."""
+        if self.arrays.causal_effect is None:
+            return []
+        effect = self.arrays.causal_effect[feature]
+        names = self.meta.model_class_names
+        order = np.argsort(-np.abs(effect), kind="stable")[:n]
+        return [
+            (shown(names[i]) if names and i < len(names) else self.label_name(int(i)), float(effect[i])) for i in order
+        ]
+
     def class_distribution(self, feature: int) -> list[tuple[str, float]]:
         counts = self.arrays.class_counts[feature].astype(np.float64)
         total = counts.sum()
@@ -350,6 +381,7 @@ class FeatureIndex:
             activation_hist=a.activation_hist[feature],
             promoted=promoted,
             suppressed=suppressed,
+            causal=self.causal_effect(feature, n_effects),
             fires_on=self.class_distribution(feature),
             concepts=self.matched_concepts.get(feature, []),
             top_k=self.meta.top_k,

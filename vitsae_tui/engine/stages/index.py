@@ -46,6 +46,8 @@ RESERVOIR = 64
 HIST_BINS = np.linspace(0.0, 8.0, 17)  # log2(activation / threshold): activations start at the threshold
 CONCEPT_TOKENS = 20_000
 CLASS_EFFECT_IMAGES = 16
+CAUSAL_IMAGES = 8
+"""top images per feature on which it is zeroed to measure its causal class effect"""
 PROGRESS_EVERY_S = 0.25
 
 
@@ -229,18 +231,20 @@ def _build(
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
     report(Log(STAGE, "computing class effects"))
-    class_effect, model_class_names = _class_effects(ws, store, sae, device, report)
+    top_tokens = acc.top_tokens.cpu().numpy()
+    class_effect, causal_effect, model_class_names = _model_effects(ws, store, sae, top_tokens, device, report)
     arrays = IndexArrays(
         density=(acc.fired.double() / store.n_tokens).cpu().numpy(),
         mean_activation=(acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
         max_activation=acc.maximum.cpu().numpy(),
         activation_hist=acc.hist.cpu().numpy(),
         top_values=acc.top_values.cpu().numpy(),
-        top_tokens=acc.top_tokens.cpu().numpy(),
+        top_tokens=top_tokens,
         class_counts=acc.class_counts.cpu().numpy(),
         band_values=band_values,
         band_tokens=band_tokens,
         class_effect=class_effect,
+        causal_effect=causal_effect,
     )
     concepts = []
     concept_maps = store.concept_maps()
@@ -359,16 +363,23 @@ def _bands(
     return out_v, out_t
 
 
-def _class_effects(ws, store: ActivationSet, sae, device, report: Report) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(F, C): mean change of each of the model's class logits when a feature's decoder direction (at its mean firing
-    strength) is added to every token at the hook, over a few images, and the model's class names (which need not be
-    the set's); zeros and the set's names when the model is unavailable."""
+def _model_effects(
+    ws, store: ActivationSet, sae, top_tokens: np.ndarray, device, report: Report
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """What each feature does to the model's class logits, and the model's class names (which need not be the set's):
+
+    - the decoder-direction effect (F, C): the mean change of each logit when the feature's direction, at its mean
+      firing strength, is added to every token at the hook, over a few images;
+    - the causal effect (F, C): the mean change of each logit when the feature is zeroed on every patch of each of
+      its top images (at most CAUSAL_IMAGES), the SAE spliced in with its error term.
+    Zeros, None and the set's names when the model is unavailable.
+    """
     F = sae.d_sae
     try:
         loaded = model_run.load_model(ws, store.provenance.model_run, store.provenance.checkpoint, device)
     except WorkspaceError as e:
         report(Log(STAGE, f"class effects skipped: {e}", "warning"))
-        return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32), tuple(store.class_names)
+        return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32), None, tuple(store.class_names)
     model = loaded.model
     ids = np.linspace(0, store.n_images - 1, min(CLASS_EFFECT_IMAGES, store.n_images)).round().astype(int)
     acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32)).to(device)  # (n, T, d)
@@ -385,7 +396,36 @@ def _class_effects(ws, store: ActivationSet, sae, device, report: Report) -> tup
             shifted = acts[None] + (strength[chunk, None] * directions[chunk])[:, None, None, :]  # (c, n, T, d)
             logits = model.run_from(store.hook, shifted.reshape(-1, *acts.shape[1:])).float()
             effects[chunk] = (logits.reshape(len(chunk), len(ids), -1) - base[None]).mean(1)
-    return effects.cpu().numpy(), tuple(loaded.class_names)
+    report(Log(STAGE, "zeroing each feature on its top images"))
+    causal = _causal_effects(model, store, sae, directions, top_tokens, base.shape[1], device)
+    return effects.cpu().numpy(), causal, tuple(loaded.class_names)
+
+
+def _causal_effects(model, store: ActivationSet, sae, directions, top_tokens: np.ndarray, n_classes: int, device):
+    """(F, C) mean change of each class logit when a feature is zeroed on every patch of its top images.
+
+    With the error term kept, the spliced activation is x itself, so zeroing feature j is x - f_j ⊗ W_dec[j].
+    """
+    T = store.tokens_per_image
+    top_images = {}
+    for feature, tokens in enumerate(top_tokens):
+        images = list(dict.fromkeys(int(t) // T for t in tokens if t >= 0))[:CAUSAL_IMAGES]
+        for image in images:
+            top_images.setdefault(image, []).append(feature)
+    total = torch.zeros(len(top_tokens), n_classes, dtype=torch.float64, device=device)
+    count = torch.zeros(len(top_tokens), dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for image in sorted(top_images):
+            x = torch.from_numpy(store.image(image).astype(np.float32)).to(device)  # (T, d)
+            f = sae.encode_raw(x)
+            clean = model.run_from(store.hook, x[None]).float()[0]
+            features = top_images[image]
+            for start in range(0, len(features), 256):
+                chunk = torch.as_tensor(features[start : start + 256], device=device)
+                zeroed = x[None] - f[:, chunk].t()[:, :, None] * directions[chunk][:, None, :]  # (c, T, d)
+                total[chunk] += (model.run_from(store.hook, zeroed).float() - clean).double()
+                count[chunk] += 1
+    return (total / count.clamp_min(1)[:, None]).float().cpu().numpy()
 
 
 def _concepts(

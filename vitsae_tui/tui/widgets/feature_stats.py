@@ -24,6 +24,7 @@ class FeatureStats(Static):
             summary.stats_line(),
             summary.fires_on_line(),
             summary.effect_line(),
+            summary.causal_line(),
             *summary.concept_lines(),
             f"act/θ 1×…256× [{sparkline(summary.activation_hist)}]",
             "bands " + " | ".join(", ".join(f"{i}/{t}" for i, t, _ in band[:2]) for band in bands if band),
