@@ -276,25 +276,28 @@ def cmd_feature(args: argparse.Namespace) -> int:
 
 
 def _workbench(args: argparse.Namespace):
+    from vitsae_tui.engine.feature_index import open_index_for
     from vitsae_tui.engine.workbench import Workbench
     from vitsae_tui.engine.workspace import Workspace
 
     ws = Workspace(args.workspace)
-    from vitsae_tui.engine.feature_index import open_index_for
-
     return Workbench(ws, open_index_for(ws, args.sae), args.device)
+
+
+def _show(args: argparse.Namespace, bench, result, as_json, print_table) -> int:
+    """A workbench result as JSON (--json) or as tables."""
+    if args.json:
+        print(json.dumps(as_json(bench, result)))
+    else:
+        print_table(bench, result)
+    return 0
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import attribution_json, print_attribution
 
     bench = _workbench(args)
-    attribution = bench.attribute(args.image, args.target, args.top)
-    if args.json:
-        print(json.dumps(attribution_json(bench, attribution)))
-    else:
-        print_attribution(bench, attribution)
-    return 0
+    return _show(args, bench, bench.attribute(args.image, args.target, args.top), attribution_json, print_attribution)
 
 
 def cmd_intervene(args: argparse.Namespace) -> int:
@@ -313,11 +316,7 @@ def cmd_intervene(args: argparse.Namespace) -> int:
     )
     bench = _workbench(args)
     result = bench.intervene(args.image, Edit(tuple(args.feature), mode, value, args.patches), args.target)
-    if args.json:
-        print(json.dumps(edit_json(bench, result)))
-    else:
-        print_edit(bench, result)
-    return 0
+    return _show(args, bench, result, edit_json, print_edit)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
