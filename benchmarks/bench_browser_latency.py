@@ -2,7 +2,8 @@
 
     python benchmarks/bench_browser_latency.py --workspace WS [--index NAME] [--presses 60]
 
-Prints the median and 90th percentile per action (patch move, image switch, feature switch), end to end through
+Prints the median and 90th percentile per action (patch move, image switch, feature switch, a workbench edit of
+the open feature and its undo, target ≤ 150 ms), end to end through
 Textual (key event, handler, layout, render) minus the cost of a key with no binding measured in the same run,
 which is the test harness's own overhead. Not a test.
 """
@@ -24,6 +25,7 @@ async def measure(workspace: str, index: str | None, presses: int) -> dict[str, 
         "move patch cursor": [],
         "switch image": [],
         "switch feature": [],
+        "workbench edit": [],
     }
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("b")
@@ -33,7 +35,7 @@ async def measure(workspace: str, index: str | None, presses: int) -> dict[str, 
             screen.query_one("#index").value = index
             await pilot.pause(0.5)
         keys = {
-            "no-op key (harness)": ["z"],
+            "no-op key (harness)": ["w"],
             "move patch cursor": ["right", "down", "left", "up"],
             "switch image": ["n", "p", "n", "n"],
         }
@@ -51,6 +53,15 @@ async def measure(workspace: str, index: str | None, presses: int) -> dict[str, 
             timings["switch feature"].append(time.perf_counter() - start)
             await pilot.press("escape")
             await pilot.pause()
+        await pilot.press("1")  # a feature open: z zeroes it on the cursor patch, u undoes; bars and heatmap redraw
+        await pilot.pause()
+        await pilot.press("z", "u")  # the first edit loads the model
+        await pilot.pause()
+        for i in range(presses):
+            start = time.perf_counter()
+            await pilot.press("z" if i % 2 == 0 else "u")
+            await pilot.pause()
+            timings["workbench edit"].append(time.perf_counter() - start)
     return timings
 
 
@@ -68,7 +79,7 @@ def main() -> None:
         print(
             f"{action:18s} median {statistics.median(values_ms):6.1f} ms   "
             f"p90 {values_ms[int(0.9 * len(values_ms))]:6.1f} ms"
-            f"   (target median <= 100 ms, n={len(values_ms)})"
+            f"   (target median <= {150 if action == 'workbench edit' else 100} ms, n={len(values_ms)})"
         )
 
 

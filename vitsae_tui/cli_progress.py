@@ -230,7 +230,9 @@ def attribution_json(bench, attribution) -> dict:
         "target": attribution.target,
         "logits_clean": _rounded(attribution.logits),
         "logits_spliced": _rounded(attribution.logits),
+        "logits_after": _rounded(attribution.logits),  # attribution edits nothing
         "probs_before": probs,
+        "probs_after": probs,
         "features": [
             {
                 "feature": row["feature"],

@@ -42,10 +42,12 @@ async def test_attribute_pick_a_class_edit_undo_and_the_numbers_match_the_cli(pl
         assert screen.edits == [Edit((PLANTED,), "zero", 0.0, (0,))]
         expected = edit_json(screen.bench, screen.bench.intervene(screen.image, tuple(screen.edits), DRIVEN))
         before, after = expected["probs_before"], expected["probs_after"]
-        top = max(range(len(before)), key=lambda c: max(before[c], after[c]))
+        shown_classes = sorted(range(len(before)), key=lambda c: -max(before[c], after[c]))[:4]
         text = panel_text(app)
         assert f"zero feature {PLANTED} on patch 0" in text
-        assert f"{before[top]:.3f} → " in text and f" {after[top]:.3f}" in text
+        for c in shown_classes:  # each line: the class, its probability before → after, as the CLI's JSON says
+            line = next(row for row in text.splitlines() if row.startswith(expected["class_names"][c]))
+            assert f"{before[c]:.3f} → " in line and line.endswith(f" {after[c]:.3f}"), line
         assert "heatmap of |Δ target logit|" in str(screen.query_one("#image-title", Static).render())
 
         await pilot.press("A", "plus", "minus")
