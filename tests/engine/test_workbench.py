@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import make_indexed_workspace
 from vitsae_tui import cli
 from vitsae_tui.engine.feature_index import open_index_for
 from vitsae_tui.engine.model_run import load_model
@@ -31,8 +30,8 @@ def plant_a_class_feature(sae, store, model_run, ws) -> None:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    ws, sae = make_indexed_workspace(tmp_path_factory.mktemp("bench") / "ws", plant=plant_a_class_feature)
+def bench(planted):
+    ws, sae = planted
     return ws, sae, Workbench(ws, open_index_for(ws, sae))
 
 

@@ -4,17 +4,11 @@ patch (A: on every patch), u undoes; every number shown is the CLI's JSON for th
 import pytest
 from textual.widgets import Static
 
-from tests.engine.test_workbench import DRIVEN, PLANTED, plant_a_class_feature
-from tests.helpers import answer, make_indexed_workspace, wait_for
+from tests.engine.test_workbench import DRIVEN, PLANTED
+from tests.helpers import answer, wait_for
 from vitsae_tui.cli_progress import edit_json
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.app import VitsaeApp
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    ws, sae = make_indexed_workspace(tmp_path_factory.mktemp("planted") / "ws", plant=plant_a_class_feature)
-    return ws, sae
 
 
 def panel_text(app) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import sys
+from collections.abc import Iterator
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -29,3 +31,17 @@ def tune_allocator(trim_threshold_bytes: int = 1 << 30) -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold_bytes))
     except (OSError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Run a few tiny ops on one CPU thread: in a process with other busy threads (the app's), waking the OpenMP
+    pool stalled each op by ~120 ms on 2 cores, while one thread runs the demo model from the hook in ~1 ms."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

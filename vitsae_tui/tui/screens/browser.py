@@ -24,6 +24,7 @@ from vitsae_tui.engine.errors import (
     resource_message,
     user_message,
 )
+from vitsae_tui.engine.perf import one_intra_op_thread
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.commands import ScreenCommands
@@ -222,6 +223,10 @@ class BrowserScreen(Screen):
     def refresh_image(self) -> None:
         if self.index is None:
             return
+        with one_intra_op_thread():  # tiny ops: the app's other threads would stall a woken thread pool
+            self.draw_image()
+
+    def draw_image(self) -> None:
         self.refresh_workbench()
         index = self.index
         row, col = divmod(self.cursor, self.grid)
@@ -468,6 +473,9 @@ class BrowserScreen(Screen):
         self.edits.append(Edit((self.feature,), mode, value, patches))
         self.refresh_image()
 
+    def action_zero_feature(self) -> None:
+        self.action_edit("zero")
+
     def action_undo_edit(self) -> None:
         if self.edits:
             self.edits.pop()
@@ -490,7 +498,7 @@ class BrowserScreen(Screen):
             ("Export feature card", "Write the open feature's card (top images with heatmaps) as a PNG", "export_card"),
             ("Attribute", "Attribute the image's prediction to features and patches (a)", "toggle_attribution"),
             ("Target class", "The class to attribute and follow (t)", "pick_target"),
-            ("Zero feature", "Zero the open feature on the cursor patch, or every patch with A (z)", "edit('zero')"),
+            ("Zero feature", "Zero the open feature on the cursor patch, or every patch with A (z)", "zero_feature"),
             ("Undo edit", "Take back the last feature edit (u)", "undo_edit"),
         ]
 
