@@ -193,10 +193,11 @@ class Workbench:
         torch = self.torch
         effects: dict[int, float] = {}
         with torch.no_grad():
+            spliced_x = self._decode(f) + error
             for start in range(0, len(features), 64):
                 chunk = torch.as_tensor(features[start : start + 64], device=self.device, dtype=torch.long)
                 removed = f[:, chunk].t()[:, :, None] * self.w_dec[chunk][:, None, :]  # (c, T, d)
-                x = (self._decode(f) + error)[None] - removed
+                x = spliced_x[None] - removed
                 changed = self._logits(x)[:, target]
                 effects.update({int(j): spliced - float(v) for j, v in zip(chunk.tolist(), changed)})
         return effects
@@ -238,7 +239,8 @@ class Workbench:
         x = self._acts(image)
         with torch.no_grad():
             f = self._encode(x)
-            spliced_x = self._decode(f) + (x - self._decode(f))
+            reconstruction = self._decode(f)
+            spliced_x = reconstruction + (x - reconstruction)
             clean, spliced = self._logits(torch.stack([x, spliced_x]))
             target = self._check(image, target, clean.cpu().numpy())
             after = self._logits(spliced_x + self._edited(f, edits))[0]

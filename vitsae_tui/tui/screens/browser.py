@@ -99,6 +99,8 @@ class BrowserScreen(Screen):
         self.edits: list[Edit] = []
         """feature edits on the shown image, in order (cleared with the image)"""
         self.edit_all_patches = False
+        self.bench_results: tuple = (None, None, None)
+        """(what they were computed for, attribution, edit result): kept while the cursor moves"""
         self.bench_heat: np.ndarray | None = None
         """what the image shows while the workbench is on: |attribution| or |change of the target logit| per patch"""
 
@@ -437,8 +439,12 @@ class BrowserScreen(Screen):
         self.bench_heat = None
         if bench is None:
             return
-        attribution = bench.attribute(self.image, self.target) if self.attribution_on else None
-        result = bench.intervene(self.image, tuple(self.edits), self.target) if self.edits else None
+        key = (bench, self.image, self.target, self.attribution_on, tuple(self.edits))
+        if self.bench_results[0] != key:  # a patch move changes neither: only the panel's scope line is redrawn
+            attribution = bench.attribute(self.image, self.target) if self.attribution_on else None
+            result = bench.intervene(self.image, key[-1], self.target) if self.edits else None
+            self.bench_results = (key, attribution, result)
+        _, attribution, result = self.bench_results
         target = (attribution or result).target
         panel.show_state(bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor)
         grid = result.patch_change if result is not None else attribution.patch_grid
