@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sys
+import threading
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -207,6 +210,22 @@ def run_app(workspace: str | Path | None = None, demo_size: str = "demo") -> int
         # if the UI died with its terminal, the jobs still get to save their checkpoints before the process ends
         app.jobs.stop_all()
         app.jobs.join_threads()
-    if app.return_code:
-        print(f"vitsae-tui stopped on an internal error; the traceback is in {app.workspace.root / ERROR_LOG}")
-    return app.return_code or 0
+    code = app.return_code or 0
+    if code:
+        with contextlib.suppress(OSError):  # the terminal may be gone
+            print(f"vitsae-tui stopped on an internal error; the traceback is in {app.workspace.root / ERROR_LOG}")
+    end_if_threads_linger(code)
+    return code
+
+
+def end_if_threads_linger(code: int, grace_s: float = 2.0) -> None:
+    """Exit now if a thread outlives the app: Textual's input thread spins forever on a terminal that hung up
+    during a crash, and Python would wait for it at exit. Every job has returned and saved by then."""
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for thread in lingering:
+        thread.join(grace_s)
+    if any(thread.is_alive() for thread in lingering):
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
