@@ -69,7 +69,13 @@ async def wait_for(pilot, condition, timeout_s=180.0):
 
 
 def write_activation_set(
-    ws: Workspace, name: str, acts, labels=None, hook: str = "blocks.0.resid_post", model_run: str = "none"
+    ws: Workspace,
+    name: str,
+    acts,
+    labels=None,
+    hook: str = "blocks.0.resid_post",
+    model_run: str = "none",
+    split: str = "train",
 ) -> str:
     """An activation set built from an array (n_images, 36, d), written by the set's own writer as one shard."""
     import dataclasses
@@ -91,7 +97,7 @@ def write_activation_set(
         checkpoint_sha256="0" * 64,
         hook=hook,
         data=DataConfig(),
-        split="train",
+        split=split,
         limit=0,
         dtype="float32",
         shard_images=n_images,
@@ -130,7 +136,9 @@ def make_indexed_workspace(root, plant=None) -> tuple[Workspace, str]:
     run = make_model_run(ws)
     set_dir = collect(CollectConfig(model=run, device="cpu", shard_images=40), ws, ignore, threading.Event()).set_dir
     store = ActivationSet(set_dir)
-    sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=0.5, input_scale=input_scale(store), seed=3)
+    # inputs at unit mean squared norm put z ~ N(0, 1/d): this threshold lets about a third of the features fire
+    theta = 0.5 / store.d_model**0.5
+    sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=theta, input_scale=input_scale(store), seed=3)
     if plant is not None:
         plant(sae, store, run, ws)
     sae_dir = ws.new_run("saes", "sae")

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feature.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
+    concepts = commands.add_parser(
+        "concepts", help="print concept recovery on held-out images: SAE vs neurons vs probe vs object baseline"
+    )
+    concepts.add_argument(
+        "--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed with `vitsae-tui index`)"
+    )
+    concepts.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    concepts.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
     attribute = commands.add_parser(
         "attribute", help="attribute one image's prediction to SAE features and patches (through the model)"
     )
@@ -275,6 +284,20 @@ def cmd_feature(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import print_concepts
+    from vitsae_tui.engine import config as config_mod
+
+    index = _open_index(args)
+    if index.concept_report is None:
+        raise UserError(f"features/{index.dir.name} has no concept scores: its set has no ground-truth concept maps")
+    if args.json:
+        print(json.dumps(config_mod.to_dict(index.concept_report)))
+    else:
+        print_concepts(index.concept_report)
+    return 0
+
+
 def _workbench(args: argparse.Namespace):
     from vitsae_tui.engine.feature_index import open_index_for
     from vitsae_tui.engine.workbench import Workbench
@@ -357,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "inspect": cmd_inspect,
             "feature": cmd_feature,
+            "concepts": cmd_concepts,
             "attribute": cmd_attribute,
             "intervene": cmd_intervene,
             "demo": cmd_demo,

@@ -14,17 +14,14 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import KINDS, Workspace
-from vitsae_tui.formatting import format_duration, format_metrics
+from vitsae_tui.formatting import fidelity_line, format_duration, format_metrics
 
 
 def format_eval(row: dict) -> str:
     fvu, l0 = row.get("eval_fvu", float("nan")), row.get("eval_l0", float("nan"))
     text = f"[cyan]eval @ step {row['step']}[/]: FVU {fvu:.4f}  L0 {l0:.1f}"
-    if "ce_recovered" in row:
-        text += (
-            f"  CE recovered {row['ce_recovered']:.3f} (clean {row['ce_clean']:.3f}, SAE {row['ce_sae']:.3f}, "
-            f"mean-ablated {row['ce_ablated']:.3f})  acc {row['acc_sae']:.1%} vs clean {row['acc_clean']:.1%}"
-        )
+    if "eval_kl" in row:
+        text += "\n  " + fidelity_line(row)
     return text
 
 
@@ -199,7 +196,7 @@ def print_feature(index, feature: int, console: Console | None = None) -> None:
         console.print(Text(summary.causal_line(digits=3)))
     if summary.fires_on:
         console.print(Text(summary.fires_on_line(5)))
-    for line in summary.concept_lines(digits=3):
+    for line in summary.concept_lines(digits=3, below_bar=True):
         console.print(Text(line))
     table = Table(title="top examples", title_justify="left")
     for column in ("rank", "image", "patch", "activation", "class"):
@@ -323,3 +320,54 @@ def print_edit(bench, result, console: Console | None = None) -> None:
     console.print(f"change of class {result.target}'s logit when the edit is made on one patch only (row by row):")
     for grid_row in result.patch_change:
         console.print("  " + " ".join(f"{v:+7.3f}" for v in grid_row))
+
+
+def print_concepts(report, console: Console | None = None) -> None:
+    """Concept recovery tables: every detector on held-out images, k-sparse probing, absorption."""
+    from vitsae_tui.engine.feature_index import MATCH_BAR
+
+    console = console or Console()
+    images = "validation images" if report.heldout_split == "val" else "held-out training images"
+    console.print(
+        Text(
+            f"selected on {report.train_images} training images, scored on {report.heldout_images} {images}; "
+            f"F1 with 95% bootstrap interval over images; a feature matches when {MATCH_BAR}"
+        )
+    )
+    table = Table(title="concepts (held-out F1 [95%] · within-parent MCC)", title_justify="left")
+    for column in ("concept", "prev.", "SAE feature", "SAE", "neuron", "probe", "object baseline"):
+        table.add_column(column, justify="left" if column in ("concept", "SAE feature") else "right")
+
+    def cell(d) -> str:
+        return f"{d.f1:.2f} [{d.f1_low:.2f},{d.f1_high:.2f}] · {d.parent_mcc:.2f}"
+
+    for c in report.concepts:
+        table.add_row(
+            Text(shown(c.concept)),
+            f"{c.prevalence:.2f}",
+            f"{c.feature}" + (" ✓" if c.matched else ""),
+            cell(c.sae),
+            cell(c.neurons),
+            cell(c.probe),
+            cell(c.baseline),
+        )
+    console.print(table)
+    probing = Table(title="k-sparse probing (mean held-out F1 / AUROC over concepts)", title_justify="left")
+    for column in ("k", "SAE latents", "neurons"):
+        probing.add_column(column, justify="right")
+    for p in report.sparse_probing:
+        probing.add_row(str(p.k), f"{p.sae_f1:.3f} / {p.sae_auroc:.3f}", f"{p.neuron_f1:.3f} / {p.neuron_auroc:.3f}")
+    console.print(probing)
+    absorbed = Table(title="absorption and splitting (parent feature across its children)", title_justify="left")
+    for column in ("parent", "feature", "recall min (child)", "recall max", "split features", "absorbed"):
+        absorbed.add_column(column, justify="left" if column == "parent" else "right")
+    for a in report.absorption:
+        absorbed.add_row(
+            Text(shown(a.parent)),
+            str(a.feature),
+            Text(f"{a.recall_min:.2f} ({shown(a.worst_child)})"),
+            f"{a.recall_max:.2f}",
+            str(a.split_features),
+            f"{a.absorbed_fraction:.1%}",
+        )
+    console.print(absorbed)

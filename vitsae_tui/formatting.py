@@ -35,3 +35,21 @@ def format_duration(seconds: float | None) -> str:
         if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
     )
+
+
+def _number(row: dict, key: str) -> float:
+    value = row.get(key)
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def fidelity_line(row: dict) -> str:
+    """The classifier with the SAE spliced in, on the evaluation images: what a sweep is judged by."""
+    images = "val images" if row.get("eval_split") == "val" else "held-out train images"
+    count = row.get("eval_images")
+    return (
+        f"spliced in ({count if isinstance(count, int) else '?'} {images}): ΔCE {_number(row, 'eval_delta_ce'):+.4f} · "
+        f"KL {_number(row, 'eval_kl'):.4f} · top-1 agree {_number(row, 'eval_top1_agreement'):.1%} · "
+        f"acc {_number(row, 'acc_sae'):.1%} (clean {_number(row, 'acc_clean'):.1%}) · worst class "
+        f"{_number(row, 'acc_worst_class_sae'):.1%} (clean {_number(row, 'acc_worst_class_clean'):.1%}) · "
+        f"CE recovered {_number(row, 'ce_recovered'):.3f} (vs mean ablation, which erases the image)"
+    )

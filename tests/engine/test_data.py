@@ -11,7 +11,15 @@ from vitsae_tui.engine.config import DataConfig
 from vitsae_tui.engine.data import DataError, iterate_batches, load_dataset, load_rgb, normalize
 
 
-def test_synthetic_is_deterministic_and_labels_combine_shape_and_warmth():
+def concepts_on(concept_map: np.ndarray, where: np.ndarray, family: str) -> set[str]:
+    return {
+        n.split(":")[1]
+        for k, n in enumerate(synthetic.CONCEPTS)
+        if n.startswith(family + ":") and (concept_map[k] & where).any()
+    }
+
+
+def test_synthetic_is_deterministic_and_the_label_is_the_large_objects_shape_and_warmth():
     a = synthetic.draw_images(7, 0, 12)
     b = synthetic.draw_images(7, 0, 12)
     c = synthetic.draw_images(8, 0, 12)
@@ -21,25 +29,38 @@ def test_synthetic_is_deterministic_and_labels_combine_shape_and_warmth():
     assert images.shape == (12, 224, 224, 3) and images.dtype == np.uint8
     assert maps.shape == (12, len(synthetic.CONCEPTS), 6, 6)
     for label, concept_map in zip(labels, maps):
-        present = [synthetic.CONCEPTS[k] for k in range(len(synthetic.CONCEPTS)) if concept_map[k].any()]
-        shape = next(p.split(":")[1] for p in present if p.startswith("shape:"))
-        colour = next(p.split(":")[1] for p in present if p.startswith("colour:"))
-        assert label == synthetic.class_of(shape, colour)
+        large = concept_map[synthetic.CONCEPTS.index("size:large")]
+        classes = {
+            synthetic.class_of(shape, colour)
+            for shape in concepts_on(concept_map, large, "shape")
+            for colour in concepts_on(concept_map, large, "colour")
+        }
+        assert label in classes
     assert len(synthetic.CLASS_NAMES) >= 10
+
+
+def test_no_concept_is_the_same_thing_as_being_on_an_object():
+    """Small objects of independent shape and colour: most images show two shapes, and every shape concept
+    covers well under the object patches (one object per image made them identical)."""
+    _, _, maps = synthetic.draw_images(11, 0, 100)
+    shapes = [k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith("shape:")]
+    on_object = maps[:, shapes].any(1)  # (N, 6, 6)
+    assert np.mean([len(concepts_on(m, np.ones((6, 6), bool), "shape")) >= 2 for m in maps]) >= 0.5
+    for k in shapes:
+        share = maps[:, k][on_object].mean()  # fraction of object patches that show this shape
+        assert 0.1 < share < 0.5, (synthetic.CONCEPTS[k], share)
 
 
 def test_concept_maps_follow_the_pixels():
     image, _label, concept_map = synthetic.draw_image(3, 5)
-    shape_rows = [k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith("shape:") and concept_map[k].any()]
-    assert len(shape_rows) == 1
-    on_object = concept_map[shape_rows[0]]
-    # the object's colour dominates covered patches; background concept covers mostly other patches
+    objects = concept_map[[k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith("shape:")]].any(0)
     background = concept_map[[k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith("background:")]].any(0)
-    assert on_object.any() and background.any()
-    assert (on_object & background).sum() < on_object.sum()
-    for name in synthetic.CONCEPTS:
-        if name.startswith(("colour:", "size:")) and concept_map[synthetic.CONCEPTS.index(name)].any():
-            assert np.array_equal(concept_map[synthetic.CONCEPTS.index(name)], on_object)
+    assert objects.any() and background.any()
+    assert (objects & background).sum() < objects.sum()
+    # every object patch shows a colour and a size, and no colour or size shows off the objects
+    for family in ("colour:", "size:"):
+        rows = concept_map[[k for k, n in enumerate(synthetic.CONCEPTS) if n.startswith(family)]]
+        assert np.array_equal(rows.any(0), objects)
 
 
 def test_patch_coverage_on_a_known_mask():

@@ -76,28 +76,86 @@ def test_auroc_on_known_cases():
     assert math.isnan(auroc(np.ones(3), np.ones(3, dtype=bool)))
 
 
-def test_concept_recovery_finds_the_planted_feature():
-    rng = np.random.default_rng(0)
-    concept = rng.random(400) < 0.2
-    x = rng.normal(size=(400, 4))
-    x[:, 2] += concept * 0.5  # a weak neuron
-    feats = np.abs(rng.normal(size=(400, 6))) * (rng.random((400, 6)) < 0.1)
-    feats[:, 4] = concept * rng.uniform(1, 2, 400)  # a perfect, sparse feature
-    top = np.argsort(-feats.T, axis=1)[:, :10]
-    result = concept_recovery(x, feats, concept[:, None], ["thing"], top, concept[:, None])
-    assert result[0].feature == 4 and result[0].feature_auroc == 1.0
-    assert result[0].neuron == 2 and 0.5 < result[0].neuron_auroc < 1.0
-    assert result[0].top_precision == 1.0 and result[0].probe_auroc > result[0].neuron_auroc - 0.1
-    assert result[0].best_feature_precision == 1.0 and result[0].best_feature_by_precision == 4
-    assert result[0].best_neuron_precision < 1.0
+def concept_case(n_images=200, seed=0):
+    """36 patches per image; 'shape:a' and 'shape:b' on object patches; feature 4 is exactly shape:a."""
+    rng = np.random.default_rng(seed)
+    n = n_images * 36
+    on_object = rng.random(n) < 0.4
+    is_a = on_object & (rng.random(n) < 0.5)
+    concepts = np.stack([is_a, on_object & ~is_a, ~on_object], axis=1)
+    x = rng.normal(size=(n, 4))
+    x[:, 2] += is_a * 1.0  # a weaker neuron
+    feats = np.abs(rng.normal(size=(n, 6))) * (rng.random((n, 6)) < 0.1)
+    feats[:, 4] = is_a * rng.uniform(1, 2, n)  # a perfect, sparse feature
+    feats[:, 1] = on_object * rng.uniform(1, 2, n)  # fires on every object: a concept-blind feature
+    return x, feats, concepts, np.repeat(np.arange(n_images), 36)
+
+
+NAMES = ["shape:a", "shape:b", "background:plain"]
+
+
+def split_case(case, held_out):
+    x, feats, concepts, images = case
+    test = np.isin(images, held_out)
+    return (x[~test], feats[~test], concepts[~test]), (x[test], feats[test], concepts[test], images[test])
+
+
+def test_concept_recovery_selects_on_train_and_scores_held_out_images():
+    train, test = split_case(concept_case(), np.arange(150, 200))
+    report = concept_recovery(train, test, NAMES, "val", 150)
+    a = report.concepts[0]
+    assert a.concept == "shape:a" and a.feature == 4
+    assert a.sae.f1 == 1.0 and a.sae.mcc == 1.0 and a.sae.parent_mcc == 1.0 and a.matched
+    assert a.neuron == 2 and a.neuron_sign == 1 and 0.3 < a.neurons.f1 < 0.95
+    assert a.probe.f1 > a.neurons.f1 - 0.05
+    # the concept-blind object indicator: all recall, no discrimination among object patches
+    assert a.baseline.recall == 1.0 and a.baseline.parent_mcc == 0.0 and not (a.baseline.f1 >= 0.99)
+    assert a.sae.f1_low <= a.sae.f1 <= a.sae.f1_high and a.neurons.f1_low < a.neurons.f1 < a.neurons.f1_high
+    assert report.heldout_images == 50 and report.heldout_split == "val"
+    b = report.concepts[1]
+    assert b.feature != 1 or not b.matched  # the object feature never clears the bar: its within-parent MCC is ~0
+    ks = [p.k for p in report.sparse_probing]
+    assert ks == [1, 2, 4, 8, 16] and report.sparse_probing[0].sae_f1 > 0.6
+
+
+def test_a_feature_that_matches_only_the_training_images_scores_low_on_held_out_ones():
+    x, feats, concepts, images = concept_case()
+    test_rows = images >= 150
+    feats[:, 5] = 0.0
+    feats[~test_rows, 5] = concepts[~test_rows, 0] * 3.0  # a perfect match on train, silent on the held-out images
+    feats[:, 4] = concepts[:, 0] * (np.random.default_rng(1).random(len(feats)) < 0.8)  # recall 0.8 everywhere
+    report = concept_recovery(*split_case((x, feats, concepts, images), np.arange(150, 200)), NAMES, "val", 150)
+    a = report.concepts[0]
+    assert a.feature == 5 and a.sae.f1 == 0.0 and not a.matched  # selected in-sample, it would have scored 1.0
+
+
+def test_absorption_finds_a_parent_feature_that_skips_one_child():
+    rng = np.random.default_rng(2)
+    n = 200 * 36
+    shape = rng.random(n) < 0.5
+    red = rng.random(n) < 0.3
+    concepts = np.stack([shape, ~shape, red, ~red], axis=1)
+    feats = np.zeros((n, 3))
+    feats[:, 0] = shape & ~red  # the circle feature stays silent on red circles
+    feats[:, 1] = shape & red  # where this red-circle feature takes over
+    feats[:, 2] = rng.random(n) < 0.1
+    x = rng.normal(size=(n, 4))
+    images = np.repeat(np.arange(200), 36)
+    names = ["shape:circle", "shape:square", "colour:red", "colour:blue"]
+    report = concept_recovery(*split_case((x, feats, concepts, images), np.arange(150, 200)), names, "val", 150)
+    circle = next(a for a in report.absorption if a.parent == "shape:circle")
+    assert circle.children == "colour" and circle.recall_min == 0.0 and circle.worst_child == "colour:red"
+    assert circle.split_features == 1 and circle.absorbed_fraction == pytest.approx(0.3, abs=0.05)
 
 
 def test_synthetic_sets_get_concept_scores(indexed):
     _ws, _run, index = indexed
     names = {c.concept for c in index.concepts}
-    assert "shape:circle" in names and all(0 <= c.feature_auroc <= 1 for c in index.concepts)
+    assert "shape:circle" in names and all(0 <= c.sae.f1 <= 1 for c in index.concepts)
     summary = index.meta.summary
-    assert summary.concepts == len(index.concepts) and summary.mean_feature_auroc is not None
+    assert summary.concepts == len(index.concepts) and summary.mean_sae_f1 is not None
+    assert summary.heldout_split == "train-heldout"  # no validation split was collected
+    assert index.concept_report.heldout_images == 96 // 20
 
 
 def test_labels_persist_and_survive_reindexing(indexed):

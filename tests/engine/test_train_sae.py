@@ -34,7 +34,7 @@ def small_cfg(**kw):
     base = dict(
         activations="planted",
         expansion=4,
-        l0_coeff=0.3,
+        l0_coeff=0.01,
         lr=0.01,
         batch_size=1024,
         tokens=1_000_000,
@@ -68,6 +68,9 @@ def test_metrics_rows_and_evaluation(workspace):
     assert [r["step"] for r in evals] == [100, 195]
     assert sum(evals[-1]["density"]["counts"]) + evals[-1]["density"]["never_fired"] == 128
     assert evals[-1]["eval_tokens"] == 10 * 36  # every 20th of 200 images is held out
+    assert evals[-1]["eval_split"] == "train-heldout"
+    assert any("no validation split" in e.message for e in report.of(events.Log))
+    assert 0 <= steps[-1]["in_window"] <= 1 and 0 <= steps[-1]["theta_reached"] <= 1
     assert any("spliced-in evaluation is off" in e.message for e in report.of(events.Log))
     assert json.loads((run.run_dir / "status.json").read_text())["state"] == "finished"
 
@@ -79,11 +82,56 @@ def test_schedules():
     assert l0_coeff_at(cfg, 0) == pytest.approx(0.02) and l0_coeff_at(cfg, 99) == 2.0 and l0_coeff_at(cfg, 700) == 2.0
 
 
-def test_input_scale_makes_the_mean_squared_norm_d(workspace):
+def test_input_scale_makes_the_mean_squared_norm_one(workspace):
     planted(workspace, n_images=50)
     store = ActivationSet(workspace.run_dir("activations", "planted"))
     x = store.load_all().astype(np.float64) * input_scale(store)
-    assert (x**2).sum(1).mean() == pytest.approx(store.d_model, rel=1e-4)
+    assert (x**2).sum(1).mean() == pytest.approx(1.0, rel=1e-4)
+
+
+def graded(ws, name, d, n_images=400, seed=0):
+    """Codes with a long tail of weak atoms, so L0 answers to lambda; the same statistics at every width d."""
+    rng = np.random.default_rng(seed)
+    n_atoms = 4 * d
+    dictionary = rng.normal(size=(n_atoms, d))
+    dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
+    codes = np.zeros((n_images * 36, n_atoms))
+    idx = np.array([rng.choice(n_atoms, 16, replace=False) for _ in range(len(codes))])
+    np.put_along_axis(codes, idx, rng.pareto(2.0, size=idx.shape) + 0.1, axis=1)
+    write_activation_set(ws, name, (codes @ dictionary).reshape(n_images, 36, d))
+
+
+def test_one_lambda_gives_a_similar_l0_at_every_width(workspace):
+    """Inputs at unit mean squared norm: lambda weighs L0 against the same MSE scale at d = 32 and d = 128 (with
+    E||x||^2 = d the MSE term is 4x larger at d = 128 and L0 came out 3.9x higher)."""
+    l0 = {}
+    for d in (32, 128):
+        graded(workspace, f"graded-{d}", d)
+        cfg = small_cfg(activations=f"graded-{d}", l0_coeff=0.003, lr=2e-3, tokens=400_000)
+        l0[d] = train_sae(cfg, workspace, Collector(), threading.Event()).metrics["l0"]
+    assert 0.5 <= l0[128] / l0[32] <= 2.0, l0
+
+
+def test_bf16_and_float32_training_reach_the_same_l0(workspace):
+    planted(workspace, n_images=200)
+    cfg = small_cfg(tokens=300_000)
+    fp32 = train_sae(cfg, workspace, Collector(), threading.Event()).metrics
+    bf16 = train_sae(cfg, workspace, Collector(), threading.Event(), emulate_bf16=True).metrics
+    assert bf16["l0"] == pytest.approx(fp32["l0"], rel=0.1), (bf16["l0"], fp32["l0"])
+    assert bf16["fvu"] == pytest.approx(fp32["fvu"], rel=0.2, abs=0.01)
+
+
+def test_the_model_validation_split_is_what_the_sae_is_evaluated_on(workspace):
+    planted(workspace, n_images=200)
+    rng = np.random.default_rng(5)
+    write_activation_set(workspace, "planted-val", rng.normal(size=(30, 36, 32)), split="val")
+    report = Collector()
+    run = train_sae(small_cfg(tokens=100_000, eval_every=50), workspace, report, threading.Event())
+    evals = [r for r in read_jsonl(run.run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[-1]["eval_split"] == "val" and evals[-1]["eval_images"] == 30
+    assert evals[-1]["eval_tokens"] == 30 * 36
+    assert "theta" in evals[-1] and sum(evals[-1]["theta"]["counts"]) == 128
+    assert any("evaluating on activations/planted-val" in e.message for e in report.of(events.Log))
 
 
 def test_resume_continues_the_same_trajectory(workspace):
@@ -162,3 +210,22 @@ def test_missing_set_and_bad_resume_are_one_sentence(workspace):
         train_sae(small_cfg(activations="nope"), workspace, Collector(), threading.Event())
     with pytest.raises(StageError, match="--activations"):
         train_sae(small_cfg(activations=""), workspace, Collector(), threading.Event())
+
+
+def test_fidelity_metrics_against_a_direct_computation():
+    from vitsae_tui.engine.sae_eval import fidelity
+
+    clean = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    same = fidelity(clean, clean, labels)
+    assert same["eval_kl"] == pytest.approx(0.0, abs=1e-7) and same["eval_delta_ce"] == pytest.approx(0.0, abs=1e-7)
+    assert same["eval_top1_agreement"] == 1.0 and same["acc_sae"] == same["acc_clean"] == 0.75
+    spliced = clean.clone()
+    spliced[2] = torch.tensor([0.0, 2.0, 0.0])  # image 2 now predicted as class 1
+    moved = fidelity(clean, spliced, labels)
+    p, q = clean.softmax(-1), spliced.softmax(-1)
+    assert moved["eval_kl"] == pytest.approx(float((p * (p / q).log()).sum(-1).mean()), rel=1e-5)
+    assert moved["eval_top1_agreement"] == 0.75 and moved["acc_sae"] == 0.5
+    assert moved["acc_worst_class"] in (1, 2) and moved["acc_worst_class_sae"] == 0.0
+    ce = torch.nn.functional.cross_entropy
+    assert moved["eval_delta_ce"] == pytest.approx(float(ce(spliced, labels) - ce(clean, labels)), rel=1e-5)

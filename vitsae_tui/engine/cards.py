@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vitsae_tui.engine.text import shown
-
 
 def overlay(image_rgb: np.ndarray, heat: np.ndarray, size: int, vmax: float | None = None) -> Image.Image:
     """The image resized to size x size (Lanczos): in its own colours where the feature fires (more of them the
@@ -82,11 +80,7 @@ def feature_card(index, feature: int, path: Path, columns: int = 4, rows: int = 
     title_font, text_font, caption_font = _font(22), _font(14), _font(13)
     draw.text((8, 6), _fit(draw, summary.title, title_font, width - 16), fill=(255, 255, 255), font=title_font)
     lines = [summary.stats_line(" | "), summary.effect_line(" | ")]
-    if summary.concepts:
-        lines.append(
-            "best feature for "
-            + ", ".join(f"{shown(c.concept)} (AUROC {c.feature_auroc:.2f})" for c in summary.concepts)
-        )
+    lines.extend(summary.concept_lines()[:1])
     for i, line in enumerate(lines):
         draw.text((8, 36 + 18 * i), _fit(draw, line, text_font, width - 16), fill=(200, 200, 210), font=text_font)
     vmax = index.heat_scale(feature)

@@ -190,14 +190,16 @@ class SAETrainConfig:
     """activation set to train on (a name in activations/)"""
     expansion: int = 8
     """dictionary size as a multiple of d_model (8: 2048 features for d_model 256)"""
-    l0_coeff: float = 0.3
-    """sparsity coefficient lambda on the L0 penalty, reached after the warm-up (0.3: L0 ~10 on the demo set)"""
+    l0_coeff: float = 0.003
+    """sparsity coefficient lambda on the L0 penalty after its warm-up (0.003: L0 ~11 on the demo set, any width)"""
     bandwidth: float = 0.001
     """bandwidth eps of the rectangle kernel in the threshold's pseudo-derivative"""
     theta_init: float = 0.001
     """initial JumpReLU threshold of every feature"""
     lr: float = 2e-3
     """peak Adam learning rate"""
+    theta_lr_scale: float = 0.1
+    """the thresholds' learning rate as a multiple of lr (0.1: 0.2% dead instead of 6% on the demo set, same L0)"""
     adam_beta1: float = 0.0
     """Adam beta1 (0 as in the paper)"""
     adam_beta2: float = 0.999
@@ -213,7 +215,9 @@ class SAETrainConfig:
     tokens: int = 10_000_000
     """training tokens in total (steps = tokens / batch_size)"""
     heldout_every: int = 20
-    """every this-many-th image is held out for evaluation and never trained on"""
+    """every this-many-th image is held out and never trained on (the evaluation's images when no val set exists)"""
+    eval_activations: str = ""
+    """activation set to evaluate on (empty: the model's val split collected at the same hook, when there is one)"""
     log_every: int = 20
     """steps between metric rows"""
     eval_every: int = 500
@@ -227,7 +231,7 @@ class SAETrainConfig:
     device: str = "auto"
     """'auto' (cuda > mps > cpu), 'cuda', 'cuda:N', 'mps' or 'cpu'"""
     bf16: bool = True
-    """bf16 matmuls on CUDA (weights and thresholds stay float32); ignored elsewhere"""
+    """bf16 decoder and backward matmuls on CUDA (encoder, z - theta, gate, weights: float32); ignored elsewhere"""
     resident: str = "auto"
     """keep the whole set on the device: 'auto' (when it fits), 'yes' or 'no' (stream with prefetch)"""
 
@@ -238,8 +242,12 @@ class SAETrainConfig:
             "expansion and batch_size must be >= 1 and tokens at least one batch",
         )
         _check(
-            self.l0_coeff >= 0 and self.bandwidth > 0 and self.theta_init > 0 and self.lr > 0,
-            "l0_coeff must be >= 0; bandwidth, theta_init and lr must be positive",
+            self.l0_coeff >= 0
+            and self.bandwidth > 0
+            and self.theta_init > 0
+            and self.lr > 0
+            and self.theta_lr_scale > 0,
+            "l0_coeff must be >= 0; bandwidth, theta_init, lr and theta_lr_scale must be positive",
         )
         _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "Adam betas must be in [0, 1)")
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "l0_warmup_fraction"):

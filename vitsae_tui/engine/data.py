@@ -202,7 +202,7 @@ def iterate_batches(
 
 
 def _synthetic_cache(ws: Workspace, cfg: DataConfig) -> Path:
-    key = f"v1-seed{cfg.data_seed}-train{cfg.n_train}-val{cfg.n_val}"
+    key = f"v{synthetic.GENERATOR_VERSION}-seed{cfg.data_seed}-train{cfg.n_train}-val{cfg.n_val}"
     return ws.data_dir / "synthetic" / key
 
 
@@ -236,7 +236,10 @@ def load_synthetic(
         for path, array in zip(files, arrays):
             atomic_save_npy(path, array)
         atomic_write_text(
-            cache / "README.json", json.dumps({"generator": "vitsae-tui synthetic v1", "concepts": synthetic.CONCEPTS})
+            cache / "README.json",
+            json.dumps(
+                {"generator": f"vitsae-tui synthetic v{synthetic.GENERATOR_VERSION}", "concepts": synthetic.CONCEPTS}
+            ),
         )
     try:
         images, labels, concepts = (np.load(f, allow_pickle=False) for f in files)

@@ -16,14 +16,16 @@ import numpy as np
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.activation_set import ActivationSet, ImageEntry
-from vitsae_tui.engine.concepts import ConceptScore
+from vitsae_tui.engine.concepts import MATCH_F1, MATCH_PARENT_MCC, ConceptReport, ConceptScore
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: concepts selected on train images and scored on held-out ones
 INDEX_FILE = "index.json"
+CONCEPTS_FILE = "concepts.json"
+MATCH_BAR = f"held-out F1 >= {MATCH_F1} and within-parent MCC >= {MATCH_PARENT_MCC}"
 MAX_LABEL_CHARS, MAX_NOTE_CHARS = 80, 2000
 
 
@@ -33,12 +35,17 @@ class IndexSummary:
     alive: int
     tokens: int
     concepts: int
-    mean_feature_auroc: float | None = None
-    mean_neuron_auroc: float | None = None
-    mean_probe_auroc: float | None = None
-    mean_top_precision: float | None = None
-    mean_best_feature_precision: float | None = None
-    mean_best_neuron_precision: float | None = None
+    """concepts scored on held-out images (means below are over them)"""
+    matched: int = 0
+    """concepts whose SAE feature clears the bar (held-out F1 and within-parent MCC)"""
+    mean_sae_f1: float | None = None
+    mean_neuron_f1: float | None = None
+    mean_probe_f1: float | None = None
+    mean_baseline_f1: float | None = None
+    """the concept-blind "patch is on an object" indicator"""
+    mean_sae_parent_mcc: float | None = None
+    mean_neuron_parent_mcc: float | None = None
+    heldout_split: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,12 +131,27 @@ class FeatureSummary:
             return ""
         return "fires on " + ", ".join(f"{name} {share:.0%}" for name, share in self.fires_on[:n])
 
-    def concept_lines(self, digits: int = 2) -> list[str]:
-        return [
-            f"matches {shown(c.concept)}: AUROC {c.feature_auroc:.{digits}f} (neuron {c.neuron_auroc:.{digits}f}, "
-            f"probe {c.probe_auroc:.{digits}f}), top-{self.top_k} precision {c.top_precision:.0%}"
-            for c in self.concepts
-        ]
+    def concept_lines(self, digits: int = 2, below_bar: bool = False) -> list[str]:
+        """The concepts this feature was chosen for, with held-out scores: the matches (past the bar), and with
+        `below_bar` the others too, said to be below it."""
+        lines = []
+        for c in sorted(self.concepts, key=lambda c: -c.sae.f1):
+            if not (c.matched or below_bar):
+                continue
+            verdict = "matches" if c.matched else "best feature for, below the bar,"
+            lines.append(
+                f"{verdict} {shown(c.concept)}: held-out {c.sae.line(digits)} "
+                f"(neuron F1 {c.neurons.f1:.{digits}f}, object baseline {c.baseline.f1:.{digits}f})"
+            )
+        return lines
+
+    def best_concept_line(self) -> str:
+        """One line for the feature's best concept, or '' when no concept clears the bar."""
+        matched = [c for c in self.concepts if c.matched]
+        if not matched:
+            return ""
+        c = max(matched, key=lambda c: c.sae.f1)
+        return f"{shown(c.concept)} F1 {c.sae.f1:.2f} [{c.sae.f1_low:.2f}, {c.sae.f1_high:.2f}]"
 
 
 @dataclass(frozen=True)
@@ -144,7 +166,7 @@ def index_name(sae_run: str, activations: str, trained_on: str) -> str:
     return name[:64]
 
 
-def write_index(index_dir: Path, meta: IndexMeta, arrays: IndexArrays, concepts: list[ConceptScore]) -> None:
+def write_index(index_dir: Path, meta: IndexMeta, arrays: IndexArrays, concepts: ConceptReport | None) -> None:
     """Write into a temporary folder and rename it into place: a killed run never leaves an index that looks whole;
     a researcher's labels survive re-indexing."""
     tmp = index_dir.parent / f".{index_dir.name}.tmp"
@@ -153,7 +175,8 @@ def write_index(index_dir: Path, meta: IndexMeta, arrays: IndexArrays, concepts:
     for field in dataclasses.fields(IndexArrays):
         if getattr(arrays, field.name) is not None:
             atomic_save_npy(tmp / f"{field.name}.npy", getattr(arrays, field.name))
-    atomic_write_json(tmp / "concepts.json", [config_mod.to_dict(c) for c in concepts])
+    if concepts is not None:
+        atomic_write_json(tmp / CONCEPTS_FILE, config_mod.to_dict(concepts))
     atomic_write_json(tmp / INDEX_FILE, config_mod.to_dict(meta))
     labels_path = index_dir / "labels.json"
     if labels_path.exists():
@@ -213,12 +236,14 @@ class FeatureIndex:
         self.arrays = IndexArrays(**loaded)
         if any(len(array) != self.meta.d_sae for array in loaded.values()):
             raise StageError(f"features/{name} has arrays of the wrong length; run `vitsae-tui index` again")
-        concepts = read_json(self.dir / "concepts.json")
-        if not isinstance(concepts, list):
-            raise StageError(f"features/{name}/concepts.json is not a list; run `vitsae-tui index` again")
-        self.concepts = [
-            config_mod.from_dict(ConceptScore, c, f"features/{name}/concepts.json[{i}]") for i, c in enumerate(concepts)
-        ]
+        self.concept_report: ConceptReport | None = None
+        if (self.dir / CONCEPTS_FILE).exists():
+            where = f"features/{name}/{CONCEPTS_FILE}"
+            try:
+                self.concept_report = config_mod.from_dict(ConceptReport, read_json(self.dir / CONCEPTS_FILE), where)
+            except config_mod.ConfigError as e:
+                raise StageError(f"{e} (run `vitsae-tui index` again)") from None
+        self.concepts = self.concept_report.concepts if self.concept_report is not None else []
         self.matched_concepts: dict[int, list[ConceptScore]] = {}
         for c in self.concepts:
             self.matched_concepts.setdefault(c.feature, []).append(c)
@@ -300,7 +325,9 @@ class FeatureIndex:
         return float(self.arrays.max_activation[feature]) or None
 
     def best_concept(self, feature: int) -> ConceptScore | None:
-        return max(self.matched_concepts.get(feature, []), key=lambda c: c.feature_auroc, default=None)
+        """The concept this feature matches best on held-out images, if any clears the bar."""
+        matched = [c for c in self.matched_concepts.get(feature, []) if c.matched]
+        return max(matched, key=lambda c: c.sae.f1, default=None)
 
     def top_examples(self, feature: int) -> list[tuple[int, int, float]]:
         """(image, token, value) of the feature's top-k, strongest first."""

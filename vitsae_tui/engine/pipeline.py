@@ -100,6 +100,11 @@ def _sae_set(run: RunInfo) -> str | None:
     return meta.activations if meta is not None else None
 
 
+def _is_validation(run: RunInfo) -> bool:
+    provenance = _provenance(run)
+    return provenance is not None and provenance.split == "val"
+
+
 def _on_default_dataset(run: RunInfo) -> bool:
     provenance = _provenance(run)
     return provenance is not None and provenance.data.dataset == "synthetic"
@@ -159,7 +164,8 @@ def lineage(
     best = model_run.checkpoint_path(model.path, "best")
     sha = _sha(best) if best.exists() and model.state != "running" else None
 
-    sets = [r for r in all_runs["activations"] if _set_model(r) == model.name]
+    # a validation split is what SAEs are evaluated on, not trained on
+    sets = [r for r in all_runs["activations"] if _set_model(r) == model.name and not _is_validation(r)]
     act = pinned.get("activations") or _best(sets, lambda r: r.name in finished_saes, _on_default_dataset)
     if act is None:
         return states + [StageState(s, None, "missing") for s in STAGE_NAMES[1:]]
@@ -200,8 +206,11 @@ def lineage(
     index_stale = weights.exists() and sae.state == "finished" and index_sha != _sha(weights)
     detail = ""
     summary = index_meta.summary if index_meta is not None else None
-    if summary is not None and summary.mean_feature_auroc is not None:
-        detail = f"concept AUROC {summary.mean_feature_auroc:.3f} (neurons {summary.mean_neuron_auroc or 0:.3f})"
+    if summary is not None and summary.mean_sae_f1 is not None:
+        detail = (
+            f"concept F1 {summary.mean_sae_f1:.2f} (neurons {summary.mean_neuron_f1 or 0:.2f}, "
+            f"object baseline {summary.mean_baseline_f1 or 0:.2f})"
+        )
     states.append(StageState("index", index.name, "stale" if index_stale else _state(index), detail))
     return states
 
@@ -266,6 +275,19 @@ def _stat_or_none(path: Path):
         return os.stat_result((0,) * 10)
 
 
+def _collect_validation(ws: Workspace, activations: str, report: Report, stop: threading.Event, collect) -> bool:
+    """Collect the model's validation split at the training set's hook (what the SAE is evaluated on), unless it
+    exists; False when stopped."""
+    from vitsae_tui.engine.activation_set import SetSummary, find_validation_set
+
+    provenance = SetSummary.load(ws.run_dir("activations", activations)).provenance
+    if provenance.split == "val" or find_validation_set(ws.kind_dir("activations"), provenance):
+        return True
+    report(Log("pipeline", "stage 2/4: collecting the validation images the SAE is evaluated on"))
+    cfg = CollectConfig(model=provenance.model_run, checkpoint=provenance.checkpoint, hook=provenance.hook, split="val")
+    return not collect(cfg, ws, report, stop).stopped
+
+
 def run_pipeline(
     ws: Workspace, report: Report, stop: threading.Event, size: str = "demo", selected: tuple[str, str] | None = None
 ) -> dict[str, str]:
@@ -313,6 +335,8 @@ def run_pipeline(
             if sae_state.state in resumable and sae_run.has_checkpoint(ws.run_dir("saes", sae_state.run))
             else None
         )
+        if not _collect_validation(ws, activations, report, stop, collect):
+            return built
         report(Log("pipeline", f"stage 3/4: {'resuming ' + resume if resume else 'training the JumpReLU SAE'}"))
         result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop, resume=resume)
         if result.stopped:

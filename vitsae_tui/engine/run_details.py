@@ -57,11 +57,12 @@ def describe_run(run: RunInfo) -> str:
         ]
     elif run.kind == "features":
         alive, features = _count(status, "alive"), _count(status, "features")
-        sae_auroc, neuron_auroc = _number(status, "mean_feature_auroc"), _number(status, "mean_neuron_auroc")
+        sae_f1, neuron_f1 = _number(status, "mean_sae_f1"), _number(status, "mean_neuron_f1")
+        baseline_f1 = _number(status, "mean_baseline_f1")
         parts = [
             f"{alive:,}/{features:,} features alive" if alive is not None and features is not None else None,
-            f"concept AUROC SAE {sae_auroc:.3f} vs neuron {neuron_auroc:.3f}"
-            if sae_auroc is not None and neuron_auroc is not None
+            f"held-out concept F1 SAE {sae_f1:.3f} vs neuron {neuron_f1:.3f} (object baseline {baseline_f1:.3f})"
+            if sae_f1 is not None and neuron_f1 is not None and baseline_f1 is not None
             else None,
         ]
     return shown(" · ".join(p for p in parts if p), MAX_MESSAGE)

@@ -62,7 +62,7 @@ class SAEShape:
 
 
 class JumpReLUSAE(nn.Module):
-    """Weights in the scaled input space (E||x||^2 = d_in); `input_scale` maps raw activations into it."""
+    """Weights in the scaled input space (E||x||^2 = 1, the paper's); `input_scale` maps raw activations into it."""
 
     def __init__(self, d_in: int, d_sae: int, theta_init: float = 0.001, input_scale: float = 1.0, seed: int = 0):
         super().__init__()
@@ -163,22 +163,23 @@ class FusedStep:
         sae, eps = self.sae, self.bandwidth
         B, F = x.shape[0], sae.d_sae
         dt, dev = self.compute_dtype, x.device
-        w_enc = sae.W_enc if dt == torch.float32 else sae.W_enc.to(dt)
         w_dec = sae.W_dec if dt == torch.float32 else sae.W_dec.to(dt)
         xc = x if dt == torch.float32 else x.to(dt)
         theta = sae.threshold  # float32 always
 
-        z = self._buffer("z", (B, F), dt, dev)
-        torch.addmm(sae.b_enc.to(dt), xc, w_enc, out=z)  # (B, F)
-        u = self._buffer("u", (B, F), torch.float32, dev)
-        torch.sub(z, theta, out=u)  # z - theta, in float32 even under bf16
+        # the encoder in float32 even under bf16: bf16's grid near z ~ theta is coarser than the window eps, and
+        # rounding x and W_enc moves z by half the window, so theta's gradient would be noise
+        z = torch.addmm(sae.b_enc, x, sae.W_enc, out=self._buffer("z", (B, F), torch.float32, dev))  # (B, F)
+        u = torch.sub(z, theta, out=self._buffer("u", (B, F), torch.float32, dev))
         # H(z - theta) as floats via sign: masked_fill_, heaviside, bool multiplies and bool->float copies are all
         # several times slower on CPU
         gate = torch.sign(u, out=self._buffer("gate", (B, F), torch.float32, dev)).clamp_(min=0)
         fired_count = gate.sum(0)  # (F,) tokens each feature fired on
         # the rectangle window |z - theta| < eps/2 is very sparse: keep its coordinates, not a dense mask
         near = (u.abs_() < 0.5 * eps).nonzero()  # (n_near, 2)
-        f = z.mul_(gate if dt == torch.float32 else gate.to(dt))  # z's buffer now holds f
+        f = z.mul_(gate)  # z's buffer now holds f
+        if dt != torch.float32:
+            f = f.to(dt)
         x_hat = torch.addmm(sae.b_dec.to(dt), f, w_dec)  # (B, d_in)
         err = x_hat.float().sub_(x)  # (B, d_in)
         mse = err.pow(2).sum(1).mean()
@@ -197,4 +198,11 @@ class FusedStep:
         grad_z = grad_f.mul_(gate if dt == torch.float32 else gate.to(dt))  # H(z - theta) passes the gradient to z
         sae.W_enc.grad = (xc.t() @ grad_z).float()  # (d_in, F)
         sae.b_enc.grad = grad_z.sum(0, dtype=torch.float32)
-        return {"mse": mse, "l0": l0, "fired": fired_count > 0}
+        window_samples = torch.bincount(cols, minlength=F)  # (F,) tokens inside each feature's window
+        return {
+            "mse": mse,
+            "l0": l0,
+            "fired": fired_count > 0,
+            "in_window": window_samples.sum() / (B * F),
+            "theta_reached": (window_samples > 0).float().mean(),
+        }

@@ -1,4 +1,4 @@
-"""SAE evaluation on held-out tokens: FVU, L0, feature density, and the classifier with the SAE spliced in."""
+"""SAE evaluation on held-out images: FVU, L0, feature density, and the classifier with the SAE spliced in."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.sae import JumpReLUSAE
 
 DENSITY_BINS = np.linspace(-7.0, 0.0, 29)  # log10 firing frequency, 0.25 decades per bin
+THETA_BINS = np.linspace(-6.0, 1.0, 29)  # log10 threshold in the scaled input space, 0.25 decades per bin
 MAX_EVAL_IMAGES = 1000
 
 
@@ -33,39 +34,80 @@ def density_histogram(frequency: np.ndarray) -> dict[str, Any]:
     return {"log10_edges": DENSITY_BINS.tolist(), "counts": counts.tolist(), "never_fired": int((frequency == 0).sum())}
 
 
+def threshold_histogram(theta: np.ndarray) -> dict[str, Any]:
+    """Counts of features per log10-threshold bin (values outside the edges fall into the end bins)."""
+    clipped = np.clip(np.log10(np.maximum(theta, 1e-12)), THETA_BINS[0], THETA_BINS[-1])
+    counts, _ = np.histogram(clipped, bins=THETA_BINS)
+    return {"log10_edges": THETA_BINS.tolist(), "counts": counts.tolist(), "median": float(np.median(theta))}
+
+
 def recovered(clean: float, spliced: float, ablated: float) -> float:
     """How much of the gap between mean-ablation and the clean model the SAE closes (1: all of it)."""
     gap = ablated - clean
     return float((ablated - spliced) / gap) if abs(gap) > 1e-12 else math.nan
 
 
-class Evaluator:
-    """Holds the held-out activations (and the model after the hook, when available) and scores an SAE on them."""
+def fidelity(logits_clean: torch.Tensor, logits_sae: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """How far splicing the SAE in moves the classifier: ΔCE, KL(clean || spliced), top-1 agreement, accuracies."""
+    log_p_clean = logits_clean.log_softmax(-1)
+    log_p_sae = logits_sae.log_softmax(-1)
+    kl = (log_p_clean.exp() * (log_p_clean - log_p_sae)).sum(-1).mean()
+    ce_clean, ce_sae = F.cross_entropy(logits_clean, labels), F.cross_entropy(logits_sae, labels)
+    right_clean = logits_clean.argmax(-1) == labels
+    right_sae = logits_sae.argmax(-1) == labels
+    classes = labels.unique()
+    per_class_clean = torch.stack([right_clean[labels == c].float().mean() for c in classes])
+    per_class_sae = torch.stack([right_sae[labels == c].float().mean() for c in classes])
+    worst = int(per_class_sae.argmin())
+    return {
+        "eval_delta_ce": float(ce_sae - ce_clean),
+        "eval_kl": float(kl),
+        "eval_top1_agreement": float((logits_clean.argmax(-1) == logits_sae.argmax(-1)).float().mean()),
+        "ce_clean": float(ce_clean),
+        "ce_sae": float(ce_sae),
+        "acc_clean": float(right_clean.float().mean()),
+        "acc_sae": float(right_sae.float().mean()),
+        "acc_worst_class_sae": float(per_class_sae[worst]),
+        "acc_worst_class_clean": float(per_class_clean[worst]),
+        "acc_worst_class": int(classes[worst]),
+    }
 
-    def __init__(self, store: ActivationSet, heldout_every: int, device: torch.device, model=None):
-        ids = heldout_images(store.n_images, heldout_every)[:MAX_EVAL_IMAGES]
+
+class Evaluator:
+    """Scores an SAE on held-out images: the model's validation split when it was collected, else the every-n-th
+    training images the SAE never trained on (the classifier did)."""
+
+    def __init__(
+        self,
+        store: ActivationSet,
+        heldout_every: int,
+        device: torch.device,
+        model=None,
+        validation: ActivationSet | None = None,
+    ):
+        source = validation if validation is not None else store
+        ids = (
+            np.arange(validation.n_images)[:MAX_EVAL_IMAGES]
+            if validation is not None
+            else heldout_images(store.n_images, heldout_every)[:MAX_EVAL_IMAGES]
+        )
+        self.split = "val" if validation is not None else "train-heldout"
         self.image_ids = ids
         acts = (
-            np.stack([store.image(int(i)) for i in ids])
+            np.stack([source.image(int(i)) for i in ids])
             if len(ids)
-            else np.empty((0, store.tokens_per_image, store.d_model))
+            else np.empty((0, source.tokens_per_image, source.d_model))
         )
         self.acts = torch.from_numpy(acts.astype(np.float32)).to(device)  # (N, T, d) raw
-        self.labels = torch.from_numpy(store.labels()[ids]).to(device)
-        self.mean = torch.from_numpy(store.mean.astype(np.float32)).to(device)
+        self.labels = torch.from_numpy(source.labels()[ids]).to(device)
+        self.mean = torch.from_numpy(store.mean.astype(np.float32)).to(device)  # the training set's mean
         self.model = model
         self.hook = store.hook
-        self.clean: dict[str, float] | None = None
+        self.logits_clean: torch.Tensor | None = None
         self.ablated: dict[str, float] | None = None
 
-    def _classify(self, acts: torch.Tensor) -> dict[str, float]:
-        logits = torch.cat(
-            [self.model.run_from(self.hook, acts[i : i + 128]) for i in range(0, len(acts), 128)]
-        ).float()
-        return {
-            "ce": float(F.cross_entropy(logits, self.labels)),
-            "acc": float((logits.argmax(-1) == self.labels).float().mean()),
-        }
+    def _logits(self, acts: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model.run_from(self.hook, acts[i : i + 128]) for i in range(0, len(acts), 128)]).float()
 
     @torch.no_grad()
     def evaluate(self, sae: JumpReLUSAE) -> dict[str, Any]:
@@ -76,28 +118,31 @@ class Evaluator:
         x_hat = (f @ sae.W_dec + sae.b_dec) / sae.input_scale
         frequency = (f > 0).float().mean(0).cpu().numpy()
         row: dict[str, Any] = {
+            "eval_split": self.split,
+            "eval_images": int(len(self.acts)),
             "eval_fvu": fvu(x, x_hat, self.mean),
             "eval_mse": float((x - x_hat).pow(2).sum(-1).mean() * sae.input_scale**2),
             "eval_l0": float((f > 0).float().sum(-1).mean()),
             "eval_never_fired_fraction": float((frequency == 0).mean()),
+            "eval_dense_fraction": float((frequency > 0.1).mean()),
             "density": density_histogram(frequency),
+            "theta": threshold_histogram(sae.threshold.detach().float().cpu().numpy()),
             "eval_tokens": int(len(x)),
         }
         if self.model is not None and bool((self.labels >= 0).all()):
-            if self.clean is None:
-                self.clean = self._classify(self.acts)
-                self.ablated = self._classify(self.mean.expand_as(self.acts))
-            spliced = self._classify(x_hat.reshape(self.acts.shape))
+            if self.logits_clean is None:
+                self.logits_clean = self._logits(self.acts)
+                # mean ablation erases the image, so CE recovered sits near 1 for any SAE: secondary, kept for reference
+                self.ablated = fidelity(self.logits_clean, self._logits(self.mean.expand_as(self.acts)), self.labels)
+            spliced = fidelity(self.logits_clean, self._logits(x_hat.reshape(self.acts.shape)), self.labels)
+            row.update(spliced)
             row.update(
                 {
-                    "ce_clean": self.clean["ce"],
-                    "ce_sae": spliced["ce"],
-                    "ce_ablated": self.ablated["ce"],
-                    "acc_clean": self.clean["acc"],
-                    "acc_sae": spliced["acc"],
-                    "acc_ablated": self.ablated["acc"],
-                    "ce_recovered": recovered(self.clean["ce"], spliced["ce"], self.ablated["ce"]),
-                    "acc_recovered": recovered(-self.clean["acc"], -spliced["acc"], -self.ablated["acc"]),
+                    "ce_ablated": self.ablated["ce_sae"],
+                    "acc_ablated": self.ablated["acc_sae"],
+                    "ce_recovered": recovered(spliced["ce_clean"], spliced["ce_sae"], self.ablated["ce_sae"]),
+                    "acc_recovered": recovered(-spliced["acc_clean"], -spliced["acc_sae"], -self.ablated["acc_sae"]),
+                    "kl_recovered": 1.0 - spliced["eval_kl"] / max(self.ablated["eval_kl"], 1e-12),
                 }
             )
         return row

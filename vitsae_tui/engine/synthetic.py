@@ -1,8 +1,10 @@
 """The built-in offline dataset: procedurally drawn images with a ground-truth concept map on the token grid.
 
-Each image holds one object on a textured background. The label combines two concepts (shape kind x warm/cool
-colour: 5 x 2 = 10 classes), so a classifier must encode both; size, exact colour, position and background
-vary freely and are recorded as concepts too, so a researcher can see which ones the model kept.
+Each image holds one large object in front of one or two small ones on a textured background. The label combines
+two concepts of the large object (shape kind x warm/cool colour: 5 x 2 = 10 classes), so a classifier must encode
+both; the small objects' shapes and colours are drawn independently, and size, exact colour, position and
+background vary freely. Every object's concepts are recorded on the patches it covers, so a researcher can see
+which ones the model kept, and "this patch is on an object" does not predict any one shape or colour.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+GENERATOR_VERSION = 2  # part of the data cache's key: images drawn by an older generator are never reused
 IMAGE_SIZE = 224
 GRID_SIZE = 6
 
@@ -37,6 +40,8 @@ CLASS_NAMES: tuple[str, ...] = tuple(
     f"{'warm' if warm else 'cool'} {shape}" for shape in SHAPES for warm in (True, False)
 )
 
+SMALL_RADIUS = (16.0, 30.0)  # distractors
+LARGE_RADIUS = (50.0, 74.0)  # the labelled object
 # A patch shows an object concept when this much of it is covered by the object, a background when this much is not.
 OBJECT_COVER = 0.2
 BACKGROUND_COVER = 0.5
@@ -123,40 +128,60 @@ def patch_coverage(mask: np.ndarray, grid_size: int = GRID_SIZE) -> np.ndarray:
     return cover
 
 
-def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """One image (224, 224, 3) uint8, its label and its concept map (n_concepts, 6, 6) bool; deterministic."""
-    rng = np.random.default_rng([seed, index])
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    size = SIZES[rng.integers(len(SIZES))]
-    radius = rng.uniform(28, 42) if size == "small" else rng.uniform(58, 80)
-    margin = radius * 0.9
-    cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
-    angle = rng.uniform(-0.35, 0.35)
-
+def _object_alpha(shape: str, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
+    """Anti-aliased coverage (224, 224) in [0, 1] of one object, drawn at twice the size and downsampled."""
     mask_image = Image.new("L", (IMAGE_SIZE * 2, IMAGE_SIZE * 2), 0)
     draw = ImageDraw.Draw(mask_image)
     if shape == "circle":
         draw.ellipse([2 * (cx - radius), 2 * (cy - radius), 2 * (cx + radius), 2 * (cy + radius)], fill=255)
     else:
         draw.polygon([(2 * x, 2 * y) for x, y in _shape_polygon(shape, cx, cy, radius, angle)], fill=255)
-    alpha = np.asarray(mask_image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32) / 255.0
+    return np.asarray(mask_image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32) / 255.0
 
+
+def _object_fill(colour: str, cx: float, cy: float, radius: float, rng: np.random.Generator) -> np.ndarray:
     rgb = np.array(COLOURS[colour][0], dtype=np.float32)
     rgb = np.clip(rgb * rng.uniform(0.8, 1.1) + rng.normal(0, 12, size=3), 0, 255)
     shading = 1.0 - 0.25 * ((_XX - cx) + (_YY - cy)) / (2 * radius)  # a soft light from the top left
-    fill = rgb[None, None, :] * np.clip(shading, 0.7, 1.3)[..., None]
+    return rgb[None, None, :] * np.clip(shading, 0.7, 1.3)[..., None]
+
+
+def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """One image (224, 224, 3) uint8, its label and its concept map (n_concepts, 6, 6) bool; deterministic.
+
+    One large object in front carries the label; one or two small distractors behind it have their own shape and
+    colour, drawn independently, so no concept is the same thing as "a patch on an object".
+    """
+    rng = np.random.default_rng([seed, index])
+    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    objects = []  # (shape, colour, size, cx, cy, radius), back to front
+    for _ in range(int(rng.integers(1, 3))):
+        radius = rng.uniform(*SMALL_RADIUS)
+        cx, cy = rng.uniform(radius * 0.9, IMAGE_SIZE - radius * 0.9, size=2)
+        objects.append(
+            (SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))], "small", cx, cy, radius)
+        )
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    radius = rng.uniform(*LARGE_RADIUS)
+    cx, cy = rng.uniform(radius * 0.9, IMAGE_SIZE - radius * 0.9, size=2)
+    objects.append((shape, colour, "large", cx, cy, radius))
 
     image = _background(background, rng)
-    image = image * (1 - alpha[..., None]) + fill * alpha[..., None]
+    concept_map = np.zeros((len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
+    visible = []  # each object's visible coverage, once the objects in front of it are drawn
+    for obj_shape, obj_colour, _size, ox, oy, r in objects:
+        alpha = _object_alpha(obj_shape, ox, oy, r, rng.uniform(-0.35, 0.35))
+        image = image * (1 - alpha[..., None]) + _object_fill(obj_colour, ox, oy, r, rng) * alpha[..., None]
+        visible = [v * (1 - alpha) for v in visible] + [alpha]
     image = np.clip(image, 0, 255).astype(np.uint8)
 
-    object_cover = patch_coverage(alpha > 0.5)
-    concept_map = np.zeros((len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
-    on_object = object_cover >= OBJECT_COVER
-    for name in (f"shape:{shape}", f"colour:{colour}", f"size:{size}"):
-        concept_map[CONCEPTS.index(name)] = on_object
+    object_cover = np.zeros((GRID_SIZE, GRID_SIZE), dtype=np.float32)
+    for (obj_shape, obj_colour, obj_size, *_), alpha in zip(objects, visible):
+        cover = patch_coverage(alpha > 0.5)
+        object_cover += cover
+        for name in (f"shape:{obj_shape}", f"colour:{obj_colour}", f"size:{obj_size}"):
+            concept_map[CONCEPTS.index(name)] |= cover >= OBJECT_COVER
     concept_map[CONCEPTS.index(f"background:{background}")] = (1 - object_cover) >= BACKGROUND_COVER
     return image, class_of(shape, colour), concept_map
 

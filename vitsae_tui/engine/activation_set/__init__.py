@@ -17,7 +17,7 @@ from vitsae_tui.engine.activation_set.manifest import (
     StoreError,
     check_provenance,
 )
-from vitsae_tui.engine.activation_set.reader import ActivationSet
+from vitsae_tui.engine.activation_set.reader import ActivationSet, find_validation_set
 from vitsae_tui.engine.activation_set.writer import (
     ShardWriter,
     make_thumbnails,
@@ -40,6 +40,7 @@ __all__ = [
     "ShardWriter",
     "StoreError",
     "check_provenance",
+    "find_validation_set",
     "make_thumbnails",
     "mark_complete",
     "open_or_create",

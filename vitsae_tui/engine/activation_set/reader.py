@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vitsae_tui.engine.activation_set.manifest import MANIFEST, ImageEntry, Manifest, Provenance, StoreError
+from vitsae_tui.engine.activation_set.manifest import (
+    MANIFEST,
+    ImageEntry,
+    Manifest,
+    Provenance,
+    SetSummary,
+    StoreError,
+)
+from vitsae_tui.engine.errors import UserError
 
 
 class ActivationSet:
@@ -154,3 +162,22 @@ class ActivationSet:
             carry = np.take(buffer, permutation[full:], axis=0)
         if len(carry) and not drop_last:
             yield carry[part(len(carry))]
+
+
+def find_validation_set(activations_dir: Path, train: Provenance) -> str | None:
+    """The complete set of the same model checkpoint, hook and dataset on its validation split (the largest)."""
+    found: list[tuple[int, str]] = []
+    for path in sorted(activations_dir.iterdir()) if activations_dir.is_dir() else []:
+        try:
+            summary = SetSummary.load(path)
+        except (UserError, OSError):
+            continue
+        p = summary.provenance
+        if (
+            summary.complete
+            and p.split == "val"
+            and (p.model_run, p.checkpoint_sha256, p.hook, p.data)
+            == (train.model_run, train.checkpoint_sha256, train.hook, train.data)
+        ):
+            found.append((summary.n_images, path.name))
+    return max(found)[1] if found else None

@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import model_run
-from vitsae_tui.engine.activation_set import ActivationSet
-from vitsae_tui.engine.concepts import TOP_K, ConceptScore, concept_recovery
-from vitsae_tui.engine.config import IndexConfig
+from vitsae_tui.engine import model_run, sae_run
+from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
+from vitsae_tui.engine.concepts import TOP_K, ConceptReport, concept_recovery
+from vitsae_tui.engine.config import IndexConfig, SAETrainConfig
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.errors import StageError, stage_failed
+from vitsae_tui.engine.errors import StageError, UserError, stage_failed
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
 from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary, index_name, write_index
+from vitsae_tui.engine.sae_eval import heldout_images
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae, weights_sha256
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
@@ -246,11 +247,10 @@ def _build(
         class_effect=class_effect,
         causal_effect=causal_effect,
     )
-    concepts = []
-    concept_maps = store.concept_maps()
-    if concept_maps is not None and not stop.is_set():
-        report(Log(STAGE, "scoring ground-truth concept recovery"))
-        concepts = _concepts(store, sae, concept_maps, arrays.top_tokens, device)
+    concepts = None
+    if store.concept_maps() is not None and not stop.is_set():
+        report(Log(STAGE, "scoring ground-truth concept recovery on held-out images"))
+        concepts = _concepts(ws, store, sae_dir, sae, device, report)
     if stop.is_set():
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
@@ -259,7 +259,6 @@ def _build(
         features=sae.d_sae,
         alive=int((arrays.density > 0).sum()),
         tokens=store.n_tokens,
-        concepts=len(concepts),
         **_concept_means(concepts),
     )
     meta = IndexMeta(
@@ -284,16 +283,24 @@ def _build(
     return IndexResult(index_dir, summary_values)
 
 
-def _concept_means(concepts: list[ConceptScore]) -> dict[str, float | None]:
-    if not concepts:
-        return {}
+def _concept_means(report: ConceptReport | None) -> dict[str, Any]:
+    if report is None or not report.concepts:
+        return {"concepts": 0}
+    scores = report.concepts
+
+    def mean(get) -> float:
+        return float(np.mean([get(c) for c in scores]))
+
     return {
-        "mean_feature_auroc": float(np.mean([c.feature_auroc for c in concepts])),
-        "mean_neuron_auroc": float(np.mean([c.neuron_auroc for c in concepts])),
-        "mean_probe_auroc": float(np.nanmean([c.probe_auroc for c in concepts])),
-        "mean_top_precision": float(np.nanmean([c.top_precision for c in concepts])),
-        "mean_best_feature_precision": float(np.mean([c.best_feature_precision for c in concepts])),
-        "mean_best_neuron_precision": float(np.mean([c.best_neuron_precision for c in concepts])),
+        "concepts": len(scores),
+        "matched": sum(c.matched for c in scores),
+        "mean_sae_f1": mean(lambda c: c.sae.f1),
+        "mean_neuron_f1": mean(lambda c: c.neurons.f1),
+        "mean_probe_f1": mean(lambda c: c.probe.f1),
+        "mean_baseline_f1": mean(lambda c: c.baseline.f1),
+        "mean_sae_parent_mcc": mean(lambda c: c.sae.parent_mcc),
+        "mean_neuron_parent_mcc": mean(lambda c: c.neurons.parent_mcc),
+        "heldout_split": report.heldout_split,
     }
 
 
@@ -428,19 +435,67 @@ def _causal_effects(model, store: ActivationSet, sae, directions, top_tokens: np
     return (total / count.clamp_min(1)[:, None]).float().cpu().numpy()
 
 
-def _concepts(
-    store: ActivationSet, sae, concept_maps: np.ndarray, top_tokens: np.ndarray, device
-) -> list[dict[str, Any]]:
-    T = store.tokens_per_image
-    token_concepts = (
-        concept_maps.reshape(len(concept_maps), concept_maps.shape[1], -1)
-        .transpose(0, 2, 1)
-        .reshape(-1, concept_maps.shape[1])
-    )
-    n_images = min(store.n_images, max(1, CONCEPT_TOKENS // T))
-    ids = np.linspace(0, store.n_images - 1, n_images).round().astype(int)
+def _token_concepts(concept_maps: np.ndarray) -> np.ndarray:
+    """(N, C, g, g) per-image maps -> (N * g * g, C) per-token rows, in token order."""
+    n, c = concept_maps.shape[:2]
+    return concept_maps.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
+
+
+def _sample(ids: np.ndarray, tokens_per_image: int) -> np.ndarray:
+    n = min(len(ids), max(1, CONCEPT_TOKENS // tokens_per_image))
+    return ids[np.linspace(0, len(ids) - 1, n).round().astype(int)]
+
+
+def _encoded(store: ActivationSet, ids: np.ndarray, sae, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw activations, feature activations and concepts of every patch of the given images."""
     x = np.concatenate([store.image(int(i)) for i in ids]).astype(np.float32)
     with torch.no_grad():
-        f = sae.encode_raw(torch.from_numpy(x).to(device)).cpu().numpy()
-    rows = (ids[:, None] * T + np.arange(T)[None]).reshape(-1)
-    return concept_recovery(x, f, token_concepts[rows], store.concept_names, top_tokens, token_concepts)
+        f = torch.cat([sae.encode_raw(torch.from_numpy(x[i : i + 8192]).to(device)) for i in range(0, len(x), 8192)])
+    return x, f.cpu().numpy(), _token_concepts(store.concept_maps()[ids])
+
+
+def _heldout_every(ws: Workspace, sae_dir: Path) -> int:
+    """The SAE's held-out image spacing (the default for an SAE saved without a training config)."""
+    try:
+        return sae_run.read_config(ws, sae_dir.name).heldout_every
+    except UserError:
+        return SAETrainConfig.heldout_every
+
+
+def _concepts(ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, report: Report) -> ConceptReport | None:
+    """Concept recovery selected on the set's images and scored on held-out ones: the model's validation images
+    when they were collected with concept maps, else the images the SAE was held out from."""
+    if store.concept_maps() is None:
+        return None
+    T = store.tokens_per_image
+    validation_name = find_validation_set(ws.kind_dir("activations"), store.provenance)
+    validation = ActivationSet(ws.run_dir("activations", validation_name)) if validation_name else None
+    usable = validation is not None and validation.concept_names == store.concept_names
+    if usable and validation.concept_maps() is not None:
+        train_ids, test_store, split = np.arange(store.n_images), validation, "val"
+        test_ids = np.arange(validation.n_images)
+    else:
+        every = _heldout_every(ws, sae_dir)
+        test_ids = heldout_images(store.n_images, every)
+        train_ids = np.setdiff1d(np.arange(store.n_images), test_ids)
+        test_store, split = store, "train-heldout"
+        report(
+            Log(
+                STAGE,
+                f"no validation split with concept maps is collected: scoring concepts on every {every}th image of "
+                "the set (the SAE never trained on them)",
+                "warning",
+            )
+        )
+    if not len(train_ids) or not len(test_ids):
+        return None
+    train_ids, test_ids = _sample(train_ids, T), _sample(test_ids, T)
+    x_test, f_test, y_test = _encoded(test_store, test_ids, sae, device)
+    image_of_token = np.repeat(test_ids, T)
+    return concept_recovery(
+        _encoded(store, train_ids, sae, device),
+        (x_test, f_test, y_test, image_of_token),
+        store.concept_names,
+        split,
+        len(train_ids),
+    )

@@ -15,7 +15,7 @@ import torch
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import distributed, model_run, sae_run
-from vitsae_tui.engine.activation_set import ActivationSet
+from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
@@ -64,15 +64,23 @@ def l0_coeff_at(cfg: SAETrainConfig, step: int) -> float:
 
 
 def input_scale(store: ActivationSet) -> float:
-    """The scalar s with E||s x||^2 = d_in, from the set's per-dimension mean and variance."""
+    """The scalar s with E||s x||^2 = 1 (the paper's convention, which eps = theta_0 = 0.001 are tuned for)."""
     mean_square_norm = float(np.sum(store.var + store.mean**2))
-    return math.sqrt(store.d_model / mean_square_norm) if mean_square_norm > 0 else 1.0
+    return 1.0 / math.sqrt(mean_square_norm) if mean_square_norm > 0 else 1.0
 
 
-def run(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Event, resume: str | None = None) -> SAERun:
+def run(
+    cfg: SAETrainConfig,
+    ws: Workspace,
+    report: Report,
+    stop: threading.Event,
+    resume: str | None = None,
+    emulate_bf16: bool = False,
+) -> SAERun:
     """Train (or resume) a JumpReLU SAE in `saes/`; returns when done or stopped, or raises StageError.
 
-    Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
+    Under torchrun every rank calls this; rank 0 alone creates the run and writes to it. `emulate_bf16` runs the
+    bf16 step off CUDA too (slow; for measuring bf16 against float32 on a CPU).
     """
     run_dir: Path | None = None
     ranks = None
@@ -90,7 +98,7 @@ def run(cfg: SAETrainConfig, ws: Workspace, report: Report, stop: threading.Even
             store = ActivationSet(ws.run_dir("activations", cfg.activations))
             run_dir = ws.run_dir("saes", ranks.on_main(lambda: _claim_run(ws, cfg, resume, held)))
             report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
-            result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks)
+            result = _train(cfg, ws, store, run_dir, report, stop, resume is not None, ranks, emulate_bf16)
             distributed.teardown(ranks)
             return result
         except Exception as e:
@@ -136,6 +144,32 @@ def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report
     return loaded.model
 
 
+def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, report: Report) -> ActivationSet | None:
+    """The set the SAE is evaluated on: the one named, else the model's val split at the same hook, else None."""
+    name = cfg.eval_activations or find_validation_set(ws.kind_dir("activations"), store.provenance)
+    if not name:
+        p = store.provenance
+        report(
+            Log(
+                STAGE,
+                "no validation split of this model and hook is collected: evaluating on every "
+                f"{cfg.heldout_every}th training image (the classifier trained on them); collect it with "
+                f"`vitsae-tui collect --model {p.model_run} --hook {p.hook} --split val`",
+                "warning",
+            )
+        )
+        return None
+    validation = ActivationSet(ws.run_dir("activations", name))
+    p, q = store.provenance, validation.provenance
+    if (p.model_run, p.checkpoint_sha256, p.hook) != (q.model_run, q.checkpoint_sha256, q.hook):
+        raise StageError(
+            f"activations/{name} was collected from {q.model_run} at {q.hook}, not from the checkpoint of "
+            f"{p.model_run} at {p.hook} that activations/{store.path.name} holds; pick a set of the same model and hook"
+        )
+    report(Log(STAGE, f"evaluating on activations/{name} ({validation.n_images} images of the {q.split} split)"))
+    return validation
+
+
 def _train(
     cfg: SAETrainConfig,
     ws: Workspace,
@@ -145,14 +179,17 @@ def _train(
     stop: threading.Event,
     resuming: bool,
     ranks: distributed.Ranks,
+    emulate_bf16: bool = False,
 ) -> SAERun:
     device = ranks.device
     if device.type == "cpu":
         tune_allocator()
-    compute_dtype = torch.bfloat16 if cfg.bf16 and device.type == "cuda" else torch.float32
+    compute_dtype = torch.bfloat16 if cfg.bf16 and (device.type == "cuda" or emulate_bf16) else torch.float32
     scale = input_scale(store)
     sae = JumpReLUSAE(store.d_model, store.d_model * cfg.expansion, cfg.theta_init, scale, cfg.seed).to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    weights = [p for name, p in sae.named_parameters() if name != "threshold"]
+    groups = [{"params": weights, "lr_scale": 1.0}, {"params": [sae.threshold], "lr_scale": cfg.theta_lr_scale}]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     step_fn = FusedStep(sae, cfg.bandwidth, compute_dtype)
     total_steps = cfg.total_steps
     step, tokens_seen = 0, 0
@@ -171,7 +208,8 @@ def _train(
             )
         state = sae_run.load_checkpoint(run_dir)
         try:
-            sae.load_state_dict(state["sae"])
+            sae.load_state_dict(state["sae"])  # with the run's own input scale
+            scale = float(sae.input_scale)
             optimizer.load_state_dict(state["optimizer"])
             step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
             last_fired = state["last_fired"].to(device)
@@ -209,7 +247,13 @@ def _train(
         part=ranks.local_rows,
     )
     evaluator = (
-        Evaluator(store, cfg.heldout_every, device, _load_eval_model(ws, store, device, report))
+        Evaluator(
+            store,
+            cfg.heldout_every,
+            device,
+            _load_eval_model(ws, store, device, report),
+            _validation_set(ws, cfg, store, report),
+        )
         if ranks.is_main
         else None
     )
@@ -246,7 +290,7 @@ def _train(
             x = x_raw.mul_(scale)
             l0_coeff = l0_coeff_at(cfg, step)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step)
+                group["lr"] = lr_at(cfg, step) * group["lr_scale"]
             fired = _step(step_fn, sae, x, l0_coeff, n_global, ranks, window, mean_scaled)
             sae.project_decoder_grad()
             optimizer.step()
@@ -278,6 +322,9 @@ def _train(
                     "fvu": totals["sq_err"] / max(totals["sq_dev"], 1e-12),
                     "l0": totals["l0"] / totals["tokens"],
                     "dead_fraction": dead,
+                    # how often theta learns: token-feature pairs inside the window, features with any such pair
+                    "in_window": totals["in_window"] / totals["tokens"],
+                    "theta_reached": totals["theta_reached"] / totals["tokens"],
                     "l0_coeff": l0_coeff,
                     "lr": optimizer.param_groups[0]["lr"],
                     "tokens_per_s": totals["tokens"] / max(now - window_start, 1e-9),
@@ -305,7 +352,9 @@ def _train(
 
     totals, _ = window.totals(ranks, False)
     _check_finite(totals, step, cfg.lr)
-    summary = {k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction")}
+    summary = {
+        k: v for k, v in latest.items() if k in ("mse", "fvu", "l0", "dead_fraction", "in_window", "theta_reached")
+    }
     summary.update(step=step, tokens=tokens_seen, elapsed_s=round(meter.elapsed_s, 1))
     if ranks.is_main:
         sae_run.save_checkpoint(run_dir, sae, optimizer, step, tokens_seen, last_fired, totals)
@@ -338,7 +387,7 @@ def _step(
     """Gradients of the global batch's loss on every rank; returns which features fired anywhere in it."""
     if len(x):
         out = step_fn(x, l0_coeff)
-        window.add(out["l0"], out["mse"], (x - mean_scaled).pow(2).sum(dtype=torch.float64), len(x))
+        window.add(out, (x - mean_scaled).pow(2).sum(dtype=torch.float64), len(x))
         fired = out["fired"]
     else:  # a final global batch smaller than the number of ranks leaves some ranks without rows
         for p in sae.parameters():
@@ -360,20 +409,24 @@ def _step(
 class Window:
     """Metric sums since the last log row, kept on the device: reading them each step would make the GPU wait."""
 
-    NAMES = ("l0", "sq_err", "sq_dev", "tokens")
+    NAMES = ("l0", "sq_err", "sq_dev", "tokens", "in_window", "theta_reached")
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=device)
 
-    def add(self, l0: torch.Tensor, mse: torch.Tensor, sq_dev: torch.Tensor, n: int) -> None:
+    def add(self, step_out: dict[str, torch.Tensor], sq_dev: torch.Tensor, n: int) -> None:
         # scalar arguments only: a tensor built from a Python number would be a host-to-device copy every step
-        self.sums[0] += l0.double() * n
-        self.sums[1] += mse.double() * n
+        self.sums[0] += step_out["l0"].double() * n
+        self.sums[1] += step_out["mse"].double() * n
         self.sums[2] += sq_dev
         self.sums[3] += n
+        self.sums[4] += step_out["in_window"].double() * n
+        self.sums[5] += step_out["theta_reached"].double() * n
 
     def load(self, saved: dict[str, Any]) -> None:
-        self.sums = torch.tensor([float(saved[k]) for k in self.NAMES], dtype=torch.float64, device=self.sums.device)
+        # a checkpoint from before the window statistics carries none: they restart at zero
+        values = [float(saved.get(k, 0.0)) for k in self.NAMES]
+        self.sums = torch.tensor(values, dtype=torch.float64, device=self.sums.device)
 
     def totals(self, ranks: distributed.Ranks, stop_asked: bool) -> tuple[dict[str, float], bool]:
         """The sums over every rank, and whether any rank was asked to stop (one reduction for both)."""

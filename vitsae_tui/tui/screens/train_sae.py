@@ -12,7 +12,7 @@ from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, sae_run
 from vitsae_tui.engine.config import ConfigError, SAETrainConfig
-from vitsae_tui.formatting import format_metrics
+from vitsae_tui.formatting import fidelity_line, format_metrics
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -53,12 +53,11 @@ def format_eval(row: dict) -> Text:
         text.append(
             f"\ndensity 1e-7 [{histogram_bars(density['counts'])}] 1   ({density.get('never_fired', '?')} never fired)"
         )
-    if "ce_recovered" in row:
-        text.append(
-            f"\nspliced in: CE {_value(row, 'ce_sae'):.3f} (clean {_value(row, 'ce_clean'):.3f}, "
-            f"mean-ablated {_value(row, 'ce_ablated'):.3f}) → {_value(row, 'ce_recovered'):.1%} recovered · "
-            f"acc {_value(row, 'acc_sae'):.1%} vs {_value(row, 'acc_clean'):.1%} clean"
-        )
+    theta = row.get("theta")
+    if isinstance(theta, dict) and isinstance(theta.get("counts"), list):
+        text.append(f"\nθ 1e-6 [{histogram_bars(theta['counts'])}] 10   (median {_value(theta, 'median'):.2g})")
+    if "eval_kl" in row:
+        text.append(f"\n{fidelity_line(row)}")
     return text
 
 

@@ -1,4 +1,4 @@
-"""Every feature of an index in one sortable table: density, max activation, best concept, label."""
+"""Every feature of an index in one sortable table: density, max activation, matched concept, label."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from textual.widgets import DataTable
 
 from vitsae_tui.engine.text import shown
 
-SORTS = [("density", "frequency"), ("max_activation", "max activation"), ("concept", "concept AUROC")]
+SORTS = [("density", "frequency"), ("max_activation", "max activation"), ("concept", "held-out concept F1")]
 MAX_ROWS = 2000
 
 
@@ -25,7 +25,7 @@ class FeatureList(DataTable):
             ids = ids[stats.density[ids] > 0]
         if key == "concept":
             best = [index.best_concept(int(i)) for i in ids]
-            score = np.array([c.feature_auroc if c else 0.0 for c in best])
+            score = np.array([c.sae.f1 if c else 0.0 for c in best])
         else:
             score = getattr(stats, key)[ids]
         ids = ids[np.argsort(-score, kind="stable")]
@@ -36,7 +36,7 @@ class FeatureList(DataTable):
                 str(i),
                 f"{stats.density[i]:.1e}",
                 f"{stats.max_activation[i]:.3g}",
-                Text(shown(concept.concept) if concept else ""),
+                Text(f"{shown(concept.concept)} F1 {concept.sae.f1:.2f}" if concept else ""),
                 Text(index.label(int(i))),
                 key=str(i),
             )
