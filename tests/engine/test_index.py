@@ -215,3 +215,20 @@ def test_png_exports_put_the_heatmap_where_the_activations_are(indexed, tmp_path
     assert change(cold) > 20 and change(cold) > 4 * change(hot)
     card = Image.open(feature_card(index, feature, tmp_path / "card.png", columns=4, rows=2, tile=100))
     assert card.size == (4 * 100 + 5 * 8, 92 + 2 * (100 + 24) + 8)
+
+
+def test_best_thresholds_equal_a_brute_force_search_with_ties():
+    from vitsae_tui.engine.concepts import best_thresholds
+
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 12, size=(300, 5)).astype(np.float64)  # many ties
+    positive = rng.random(300) < 0.3 + 0.05 * scores[:, 2]
+    f1, thresholds = best_thresholds(scores, positive)
+    for k in range(5):
+        brute = max(
+            2 * (positive & (scores[:, k] > t)).sum() / ((scores[:, k] > t).sum() + positive.sum())
+            for t in np.unique(scores[:, k]) - 0.5
+        )
+        assert f1[k] == pytest.approx(brute)
+        achieved = scores[:, k] > thresholds[k]
+        assert 2 * (positive & achieved).sum() / (achieved.sum() + positive.sum()) == pytest.approx(f1[k])

@@ -17,7 +17,6 @@ import numpy as np
 TOP_K = 32  # examples kept per feature in the index
 SPARSE_KS = (1, 2, 4, 8, 16)
 BOOTSTRAP_SAMPLES = 500
-THRESHOLD_QUANTILES = np.linspace(0.02, 0.98, 49)
 # the bar a feature clears before the browser names its concept: a concept-blind object detector never does
 MATCH_F1, MATCH_PARENT_MCC = 0.5, 0.3
 
@@ -243,38 +242,50 @@ def object_indicator(positives: np.ndarray, names: list[str]) -> np.ndarray:
     return np.stack([on_background if family(n) == "background" else on_object for n in names], axis=1)
 
 
+class Ranking:
+    """Each score column sorted once, so the best-F1 threshold of any label is a cumulative sum away."""
+
+    def __init__(self, scores: np.ndarray):
+        self.order = np.argsort(-scores, axis=0, kind="stable")  # (N, K) rows, highest score first
+        self.sorted = np.take_along_axis(scores, self.order, axis=0)
+        # a cut after row i is realisable as "score > t" only where the next score is strictly lower
+        self.cut = np.vstack([self.sorted[:-1] > self.sorted[1:], np.ones((1, scores.shape[1]), dtype=bool)])
+
+    def best_thresholds(self, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per column, the best F1 over every threshold and that threshold (predict positive where score > t)."""
+        true_positives = np.cumsum(positive[self.order], axis=0)  # (N, K) when the top i+1 rows are predicted
+        predicted = np.arange(1, len(self.order) + 1)[:, None]
+        f1 = np.where(self.cut, 2 * true_positives / (predicted + positive.sum()), -1.0)
+        best = f1.argmax(0)
+        columns = np.arange(self.order.shape[1])
+        last = len(self.order) - 1
+        below = np.where(best < last, self.sorted[np.minimum(best + 1, last), columns], self.sorted[best, columns] - 1)
+        thresholds = (self.sorted[best, columns] + below) / 2
+        return np.maximum(f1[best, columns], 0.0), thresholds
+
+
 def best_thresholds(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per score column, the quantile threshold with the best F1 for one label: (best F1 (K,), threshold (K,))."""
-    thresholds = np.quantile(scores, THRESHOLD_QUANTILES, axis=0)  # (Q, K)
-    f1 = np.stack([f1_matrix(scores > t[None, :], positive[:, None])[:, 0] for t in thresholds])  # (Q, K)
-    best = f1.argmax(0)
-    columns = np.arange(scores.shape[1])
-    return f1[best, columns], thresholds[best, columns]
+    return Ranking(scores).best_thresholds(positive)
 
 
-def fit_probe(x_train: np.ndarray, y_train: np.ndarray, steps: int = 100):
-    """A class-balanced, lightly L2-regularised logistic probe; returns a function from x to logits."""
-    import torch  # only the probes need it: the index's readers import this module for ConceptScore
-
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, l2: float = 1e-3, iterations: int = 25):
+    """A class-balanced, lightly L2-regularised logistic probe fitted by Newton's method; returns x -> logits."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    xt = torch.from_numpy((x_train - mean) / std).float()
-    yt = torch.from_numpy(y_train.astype(np.float32))
-    w = torch.zeros(xt.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-    pos_weight = (len(yt) - yt.sum()) / yt.sum().clamp_min(1)
-
-    def closure():
-        opt.zero_grad()
-        logits = xt @ w + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, pos_weight=pos_weight)
-        loss = loss + 1e-3 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_np, b_np = w.detach().numpy().astype(np.float64), float(b.detach())
-    return lambda x: ((x - mean) / std) @ w_np + b_np
+    X = np.hstack([(x_train - mean) / std, np.ones((len(x_train), 1))])  # (N, k + 1), the last column the bias
+    y = y_train.astype(np.float64)
+    weight = np.where(y_train, (len(y) - y.sum()) / max(y.sum(), 1.0), 1.0) / len(y)
+    ridge = np.full(X.shape[1], 2 * l2)
+    ridge[-1] = 1e-9
+    w = np.zeros(X.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -30, 30)))
+        gradient = X.T @ (weight * (p - y)) + ridge * w
+        hessian = (X * (weight * p * (1 - p))[:, None]).T @ X + np.diag(ridge)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-7:
+            break
+    return lambda x: ((x - mean) / std) @ w[:-1] + w[-1]
 
 
 def _probe_detection(
@@ -301,7 +312,7 @@ def concept_recovery(
     held = HeldOut(image_of_token)
     fires_train, fires_test = f_train > 0, f_test > 0
     feature_f1 = f1_matrix(fires_train, y_train)  # (F, C)
-    signed_train = np.concatenate([x_train, -x_train], axis=1)  # a neuron's sign is arbitrary
+    neuron_ranking = Ranking(np.concatenate([x_train, -x_train], axis=1))  # a neuron's sign is arbitrary
     parent_test = parents(y_test, names)
     baseline_test = object_indicator(y_test, names)
     results = []
@@ -309,7 +320,7 @@ def concept_recovery(
         if not (y_train[:, c].any() and y_test[:, c].any() and (~y_test[:, c]).any()):
             continue
         feature = int(feature_f1[:, c].argmax())
-        neuron_f1, neuron_threshold = best_thresholds(signed_train, y_train[:, c])
+        neuron_f1, neuron_threshold = neuron_ranking.best_thresholds(y_train[:, c])
         best = int(neuron_f1.argmax())
         neuron, sign = best % x_train.shape[1], (1 if best < x_train.shape[1] else -1)
         neuron_scores = sign * x_test[:, neuron].astype(np.float64)
@@ -339,10 +350,10 @@ def concept_recovery(
     )
 
 
-def _top_by_mean_difference(acts: np.ndarray, positive: np.ndarray, k: int) -> np.ndarray:
-    """The k columns whose standardised means differ most between positive and negative patches (SAEBench)."""
+def _ranked_by_mean_difference(acts: np.ndarray, scale: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Columns by how much their standardised means differ between positive and negative patches (SAEBench)."""
     difference = acts[positive].mean(0) - acts[~positive].mean(0)
-    return np.argsort(-np.abs(difference) / (acts.std(0) + 1e-6), kind="stable")[:k]
+    return np.argsort(-np.abs(difference) / scale, kind="stable")
 
 
 def sparse_probing(train, test, names: list[str], ks: tuple[int, ...] = SPARSE_KS) -> list[SparseProbing]:
@@ -350,28 +361,30 @@ def sparse_probing(train, test, names: list[str], ks: tuple[int, ...] = SPARSE_K
     x_train, f_train, y_train = train
     x_test, f_test, y_test, _ = test
     usable = [c for c in range(len(names)) if y_train[:, c].any() and y_test[:, c].any() and (~y_test[:, c]).any()]
-    out = []
-    for k in ks:
-        scores = {"sae": ([], []), "neuron": ([], [])}
-        for c in usable:
-            for kind, (a_train, a_test) in {"sae": (f_train, f_test), "neuron": (x_train, x_test)}.items():
-                columns = _top_by_mean_difference(a_train, y_train[:, c], min(k, a_train.shape[1]))
-                probe = fit_probe(a_train[:, columns], y_train[:, c], steps=50)
+    kinds = {"sae": (f_train, f_test), "neuron": (x_train, x_test)}
+    scales = {kind: a_train.std(0) + 1e-6 for kind, (a_train, _) in kinds.items()}
+    f1s = {(kind, k): [] for kind in kinds for k in ks}
+    aurocs = {(kind, k): [] for kind in kinds for k in ks}
+    for c in usable:
+        for kind, (a_train, a_test) in kinds.items():
+            ranked = _ranked_by_mean_difference(a_train, scales[kind], y_train[:, c])
+            for k in ks:
+                columns = ranked[:k]
+                probe = fit_probe(a_train[:, columns], y_train[:, c])
                 _, threshold = best_thresholds(probe(a_train[:, columns])[:, None], y_train[:, c])
                 test_scores = probe(a_test[:, columns])
-                f1 = rates(counts_of(test_scores > threshold[0], y_test[:, c]))["f1"]
-                scores[kind][0].append(float(f1))
-                scores[kind][1].append(auroc(test_scores, y_test[:, c]))
-        out.append(
-            SparseProbing(
-                k=k,
-                sae_f1=float(np.mean(scores["sae"][0])) if usable else 0.0,
-                sae_auroc=_mean_or_half(scores["sae"][1]),
-                neuron_f1=float(np.mean(scores["neuron"][0])) if usable else 0.0,
-                neuron_auroc=_mean_or_half(scores["neuron"][1]),
-            )
+                f1s[kind, k].append(float(rates(counts_of(test_scores > threshold[0], y_test[:, c]))["f1"]))
+                aurocs[kind, k].append(auroc(test_scores, y_test[:, c]))
+    return [
+        SparseProbing(
+            k=k,
+            sae_f1=float(np.mean(f1s["sae", k])) if usable else 0.0,
+            sae_auroc=_mean_or_half(aurocs["sae", k]),
+            neuron_f1=float(np.mean(f1s["neuron", k])) if usable else 0.0,
+            neuron_auroc=_mean_or_half(aurocs["neuron", k]),
         )
-    return out
+        for k in ks
+    ]
 
 
 def _mean_or_half(values: list[float]) -> float:
