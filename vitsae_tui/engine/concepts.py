@@ -100,8 +100,8 @@ class Detection:
 
     def line(self, digits: int = 2) -> str:
         return (
-            f"F1 {self.f1:.{digits}f} [{self.f1_low:.{digits}f}, {self.f1_high:.{digits}f}] · "
-            f"MCC {self.mcc:.{digits}f} · within parent MCC {self.parent_mcc:.{digits}f}"
+            f"F1 {self.f1:.{digits}f} [{self.f1_low:.{digits}f},{self.f1_high:.{digits}f}] · "
+            f"MCC {self.mcc:.{digits}f} · within parent {self.parent_mcc:.{digits}f}"
         )
 
 

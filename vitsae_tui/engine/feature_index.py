@@ -138,20 +138,12 @@ class FeatureSummary:
         for c in sorted(self.concepts, key=lambda c: -c.sae.f1):
             if not (c.matched or below_bar):
                 continue
-            verdict = "matches" if c.matched else "best feature for, below the bar,"
+            verdict = "matches" if c.matched else "below the bar for"
             lines.append(
-                f"{verdict} {shown(c.concept)}: held-out {c.sae.line(digits)} "
+                f"{verdict} {shown(c.concept)} {c.sae.line(digits)} on held-out images "
                 f"(neuron F1 {c.neurons.f1:.{digits}f}, object baseline {c.baseline.f1:.{digits}f})"
             )
         return lines
-
-    def best_concept_line(self) -> str:
-        """One line for the feature's best concept, or '' when no concept clears the bar."""
-        matched = [c for c in self.concepts if c.matched]
-        if not matched:
-            return ""
-        c = max(matched, key=lambda c: c.sae.f1)
-        return f"{shown(c.concept)} F1 {c.sae.f1:.2f} [{c.sae.f1_low:.2f}, {c.sae.f1_high:.2f}]"
 
 
 @dataclass(frozen=True)

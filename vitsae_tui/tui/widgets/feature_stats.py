@@ -22,10 +22,10 @@ class FeatureStats(Static):
         bands = index.band_examples(feature)
         lines = [
             summary.stats_line(),
+            *summary.concept_lines(),  # only a concept that clears the bar, with its held-out F1
             summary.fires_on_line(),
             summary.effect_line(),
             summary.causal_line(),
-            *summary.concept_lines(),
             f"act/θ 1×…256× [{sparkline(summary.activation_hist)}]",
             "bands " + " | ".join(", ".join(f"{i}/{t}" for i, t, _ in band[:2]) for band in bands if band),
         ]
