@@ -121,11 +121,9 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
 def patch_coverage(mask: np.ndarray, grid_size: int = GRID_SIZE) -> np.ndarray:
     """Fraction of each token-grid cell covered by a boolean (H, W) mask, as (grid, grid)."""
     edges = np.linspace(0, mask.shape[0], grid_size + 1).round().astype(int)
-    cover = np.empty((grid_size, grid_size), dtype=np.float32)
-    for i in range(grid_size):
-        for j in range(grid_size):
-            cover[i, j] = mask[edges[i] : edges[i + 1], edges[j] : edges[j + 1]].mean()
-    return cover
+    sums = np.add.reduceat(np.add.reduceat(mask.astype(np.float64), edges[:-1], axis=0), edges[:-1], axis=1)
+    sides = np.diff(edges)
+    return (sums / np.outer(sides, sides)).astype(np.float32)
 
 
 def _object_alpha(shape: str, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
@@ -139,10 +137,22 @@ def _object_alpha(shape: str, cx: float, cy: float, radius: float, angle: float)
     return np.asarray(mask_image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
-def _object_fill(colour: str, cx: float, cy: float, radius: float, rng: np.random.Generator) -> np.ndarray:
+def _box(cx: float, cy: float, radius: float) -> tuple[slice, slice]:
+    """The pixels an object can cover (a cross's corners reach 1.06 radii; 3 px for anti-aliasing)."""
+    reach = 1.1 * radius + 3
+
+    def span(c: float) -> slice:
+        return slice(max(0, int(c - reach)), min(IMAGE_SIZE, int(c + reach) + 1))
+
+    return span(cy), span(cx)
+
+
+def _object_fill(
+    colour: str, cx: float, cy: float, radius: float, rng: np.random.Generator, box: tuple[slice, slice]
+) -> np.ndarray:
     rgb = np.array(COLOURS[colour][0], dtype=np.float32)
     rgb = np.clip(rgb * rng.uniform(0.8, 1.1) + rng.normal(0, 12, size=3), 0, 255)
-    shading = 1.0 - 0.25 * ((_XX - cx) + (_YY - cy)) / (2 * radius)  # a soft light from the top left
+    shading = 1.0 - 0.25 * ((_XX[box] - cx) + (_YY[box] - cy)) / (2 * radius)  # a soft light from the top left
     return rgb[None, None, :] * np.clip(shading, 0.7, 1.3)[..., None]
 
 
@@ -169,11 +179,15 @@ def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
 
     image = _background(background, rng)
     concept_map = np.zeros((len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
-    visible = []  # each object's visible coverage, once the objects in front of it are drawn
+    visible: list[np.ndarray] = []  # each object's visible coverage, once the objects in front of it are drawn
     for obj_shape, obj_colour, _size, ox, oy, r in objects:
         alpha = _object_alpha(obj_shape, ox, oy, r, rng.uniform(-0.35, 0.35))
-        image = image * (1 - alpha[..., None]) + _object_fill(obj_colour, ox, oy, r, rng) * alpha[..., None]
-        visible = [v * (1 - alpha) for v in visible] + [alpha]
+        box = _box(ox, oy, r)  # alpha is 0 elsewhere: blend only there
+        a = alpha[box]
+        image[box] = image[box] * (1 - a[..., None]) + _object_fill(obj_colour, ox, oy, r, rng, box) * a[..., None]
+        for v in visible:
+            v[box] *= 1 - a
+        visible.append(alpha)
     image = np.clip(image, 0, 255).astype(np.uint8)
 
     object_cover = np.zeros((GRID_SIZE, GRID_SIZE), dtype=np.float32)
