@@ -68,6 +68,13 @@ async def wait_for(pilot, condition, timeout_s=180.0):
         await pilot.pause(0.1)
 
 
+async def open_browser(pilot, app):
+    """Press b and wait until the browser has opened its index; returns the browser screen."""
+    await pilot.press("b")
+    await wait_for(pilot, lambda: app.screen.index is not None, timeout_s=30)
+    return app.screen
+
+
 def write_activation_set(
     ws: Workspace,
     name: str,

@@ -37,9 +37,10 @@ def format_duration(seconds: float | None) -> str:
     )
 
 
-def _number(row: dict, key: str) -> float:
+def number(row: dict, key: str, default: float = float("nan")) -> float:
+    """A metrics row's number (rows are read from files: anything else is the default)."""
     value = row.get(key)
-    return float(value) if isinstance(value, (int, float)) else float("nan")
+    return float(value) if isinstance(value, (int, float)) else default
 
 
 def fidelity_line(row: dict) -> str:
@@ -47,9 +48,9 @@ def fidelity_line(row: dict) -> str:
     images = "val images" if row.get("eval_split") == "val" else "held-out train images"
     count = row.get("eval_images")
     return (
-        f"spliced in ({count if isinstance(count, int) else '?'} {images}): ΔCE {_number(row, 'eval_delta_ce'):+.4f} · "
-        f"KL {_number(row, 'eval_kl'):.4f} · top-1 agree {_number(row, 'eval_top1_agreement'):.1%} · "
-        f"acc {_number(row, 'acc_sae'):.1%} (clean {_number(row, 'acc_clean'):.1%}) · worst class "
-        f"{_number(row, 'acc_worst_class_sae'):.1%} (clean {_number(row, 'acc_worst_class_clean'):.1%}) · "
-        f"CE recovered {_number(row, 'ce_recovered'):.3f} (vs mean ablation, which erases the image)"
+        f"spliced in ({count if isinstance(count, int) else '?'} {images}): ΔCE {number(row, 'eval_delta_ce'):+.4f} · "
+        f"KL {number(row, 'eval_kl'):.4f} · top-1 agree {number(row, 'eval_top1_agreement'):.1%} · "
+        f"acc {number(row, 'acc_sae'):.1%} (clean {number(row, 'acc_clean'):.1%}) · worst class "
+        f"{number(row, 'acc_worst_class_sae'):.1%} (clean {number(row, 'acc_worst_class_clean'):.1%}) · "
+        f"CE recovered {number(row, 'ce_recovered'):.3f} (vs mean ablation, which erases the image)"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import answer, make_indexed_workspace, wait_for
+from tests.helpers import answer, make_indexed_workspace, open_browser
 from vitsae_tui.tui.app import VitsaeApp
 
 
@@ -34,8 +34,7 @@ async def test_png_exports_into_a_vanished_folder_and_labels_of_a_deleted_index_
     ws, _sae = indexed
     app = VitsaeApp(ws.root)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("b")
-        await wait_for(pilot, lambda: app.screen.index is not None, timeout_s=30)
+        await open_browser(pilot, app)
         await answer(pilot, "slash", "0")
         monkeypatch.setattr(Path, "cwd", classmethod(lambda cls: ws.root / "deleted-cwd"))
         await pilot.press("e", "E")

@@ -7,7 +7,7 @@ import sys
 import pytest
 from textual.widgets import Static
 
-from tests.helpers import answer, make_indexed_workspace, wait_for
+from tests.helpers import answer, make_indexed_workspace, open_browser
 from vitsae_tui.engine.activation_set import MANIFEST
 from vitsae_tui.engine.feature_index import open_index_for
 from vitsae_tui.tui.app import VitsaeApp
@@ -51,9 +51,7 @@ async def test_the_app_shows_hostile_text_as_text_and_keeps_a_markup_looking_lab
     ws, sae = hostile
     app = VitsaeApp(ws.root)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("b")
-        await wait_for(pilot, lambda: app.screen.index is not None, timeout_s=30)
-        screen = app.screen
+        screen = await open_browser(pilot, app)
         await answer(pilot, "slash", "0")
         stats = str(screen.query_one("#feature-stats", Static).render())
         assert ESCAPED in stats.replace("\n", "") and "\x1b" not in stats

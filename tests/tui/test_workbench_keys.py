@@ -5,7 +5,7 @@ import pytest
 from textual.widgets import Static
 
 from tests.engine.test_workbench import DRIVEN, PLANTED
-from tests.helpers import answer, wait_for
+from tests.helpers import answer, open_browser
 from vitsae_tui.cli_progress import edit_json
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.app import VitsaeApp
@@ -19,9 +19,7 @@ async def test_attribute_pick_a_class_edit_undo_and_the_numbers_match_the_cli(pl
     ws, _ = planted
     app = VitsaeApp(ws.root)
     async with app.run_test(size=(140, 48)) as pilot:
-        await pilot.press("b")
-        await wait_for(pilot, lambda: app.screen.index is not None, timeout_s=30)
-        screen = app.screen
+        screen = await open_browser(pilot, app)
         await pilot.press("z")  # no feature open: a warning, no edit
         assert screen.edits == [] and not screen.query_one("#workbench").display
         await pilot.press("a")

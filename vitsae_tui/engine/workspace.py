@@ -377,17 +377,19 @@ def claim_run(run_dir: Path) -> RunClaim:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException as e:
+    except BlockingIOError:
         os.close(fd)
-        if isinstance(e, BlockingIOError):
-            raise WorkspaceError(
-                f"{run_dir.parent.name}/{run_dir.name} is being written by {_lock_owner(lock_path)}; watch it from "
-                "the app (enter on its row) or stop that process first"
-            ) from None
-        if isinstance(e, OSError):  # ENOLCK: a filesystem without locks (some network mounts)
-            raise WorkspaceError(
-                f"cannot lock {lock_path} ({e.strerror}); put the workspace on a local disk (--workspace DIR)"
-            ) from None
+        raise WorkspaceError(
+            f"{run_dir.parent.name}/{run_dir.name} is being written by {_lock_owner(lock_path)}; watch it from "
+            "the app (enter on its row) or stop that process first"
+        ) from None
+    except OSError as e:  # ENOLCK: a filesystem without locks (some network mounts)
+        os.close(fd)
+        raise WorkspaceError(
+            f"cannot lock {lock_path} ({e.strerror}); put the workspace on a local disk (--workspace DIR)"
+        ) from None
+    except BaseException:
+        os.close(fd)
         raise
     try:
         os.ftruncate(fd, 0)

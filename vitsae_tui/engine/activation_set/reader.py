@@ -94,12 +94,18 @@ class ActivationSet:
     def labels(self) -> np.ndarray:
         return np.array([entry.label for entry in self.manifest.images], dtype=np.int64)
 
+    @property
+    def has_concept_maps(self) -> bool:
+        """Whether every shard carries ground-truth concept maps (synthetic sets), without reading them."""
+        return bool(self.manifest.shards) and all(s.files.get("concepts") for s in self.manifest.shards)
+
     def concept_maps(self) -> np.ndarray | None:
-        """(n_images, n_concepts, grid, grid) bool for synthetic sets, else None."""
-        files = [s.files.get("concepts") for s in self.manifest.shards]
-        if not files or not all(files):
+        """(n_images, n_concepts, grid, grid) bool for synthetic sets, else None; read from disk on every call."""
+        if not self.has_concept_maps:
             return None
-        return np.concatenate([np.load(self.path / f, allow_pickle=False) for f in files])
+        return np.concatenate(
+            [np.load(self.path / s.files["concepts"], allow_pickle=False) for s in self.manifest.shards]
+        )
 
     def sequential_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Token batches in storage order (the last one may be short)."""

@@ -248,7 +248,7 @@ def _build(
         causal_effect=causal_effect,
     )
     concepts = None
-    if store.concept_maps() is not None and not stop.is_set():
+    if store.has_concept_maps and not stop.is_set():
         report(Log(STAGE, "scoring ground-truth concept recovery on held-out images"))
         concepts = _concepts(ws, store, sae_dir, sae, device, report)
     if stop.is_set():
@@ -446,12 +446,14 @@ def _sample(ids: np.ndarray, tokens_per_image: int) -> np.ndarray:
     return ids[np.linspace(0, len(ids) - 1, n).round().astype(int)]
 
 
-def _encoded(store: ActivationSet, ids: np.ndarray, sae, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encoded(
+    store: ActivationSet, concept_maps: np.ndarray, ids: np.ndarray, sae, device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw activations, feature activations and concepts of every patch of the given images."""
     x = np.concatenate([store.image(int(i)) for i in ids]).astype(np.float32)
     with torch.no_grad():
         f = torch.cat([sae.encode_raw(torch.from_numpy(x[i : i + 8192]).to(device)) for i in range(0, len(x), 8192)])
-    return x, f.cpu().numpy(), _token_concepts(store.concept_maps()[ids])
+    return x, f.cpu().numpy(), _token_concepts(concept_maps[ids])
 
 
 def _heldout_every(ws: Workspace, sae_dir: Path) -> int:
@@ -465,13 +467,13 @@ def _heldout_every(ws: Workspace, sae_dir: Path) -> int:
 def _concepts(ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, report: Report) -> ConceptReport | None:
     """Concept recovery selected on the set's images and scored on held-out ones: the model's validation images
     when they were collected with concept maps, else the images the SAE was held out from."""
-    if store.concept_maps() is None:
+    if not store.has_concept_maps:
         return None
     T = store.tokens_per_image
     validation_name = find_validation_set(ws.kind_dir("activations"), store.provenance)
     validation = ActivationSet(ws.run_dir("activations", validation_name)) if validation_name else None
     usable = validation is not None and validation.concept_names == store.concept_names
-    if usable and validation.concept_maps() is not None:
+    if usable and validation.has_concept_maps:
         train_ids, test_store, split = np.arange(store.n_images), validation, "val"
         test_ids = np.arange(validation.n_images)
     else:
@@ -490,10 +492,12 @@ def _concepts(ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, r
     if not len(train_ids) or not len(test_ids):
         return None
     train_ids, test_ids = _sample(train_ids, T), _sample(test_ids, T)
-    x_test, f_test, y_test = _encoded(test_store, test_ids, sae, device)
+    maps = store.concept_maps()  # read once: a large set's maps are hundreds of megabytes
+    test_maps = maps if test_store is store else test_store.concept_maps()
+    x_test, f_test, y_test = _encoded(test_store, test_maps, test_ids, sae, device)
     image_of_token = np.repeat(test_ids, T)
     return concept_recovery(
-        _encoded(store, train_ids, sae, device),
+        _encoded(store, maps, train_ids, sae, device),
         (x_test, f_test, y_test, image_of_token),
         store.concept_names,
         split,

@@ -12,7 +12,7 @@ from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, sae_run
 from vitsae_tui.engine.config import ConfigError, SAETrainConfig
-from vitsae_tui.formatting import fidelity_line, format_metrics
+from vitsae_tui.formatting import fidelity_line, format_metrics, number
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -37,16 +37,11 @@ def histogram_bars(counts: list[int]) -> str:
     return "".join(BARS[min(len(BARS) - 1, round(c / peak * (len(BARS) - 1)))] if c else " " for c in counts)
 
 
-def _value(row: dict, key: str, default: float = float("nan")) -> float:
-    value = row.get(key)
-    return float(value) if isinstance(value, (int, float)) else default
-
-
 def format_eval(row: dict) -> Text:
     text = Text.assemble(
         (f"eval @ step {row.get('step', '?')}", "bold"),
-        f"  FVU {_value(row, 'eval_fvu'):.4f} · L0 {_value(row, 'eval_l0'):.1f} · "
-        f"never fired {_value(row, 'eval_never_fired_fraction', 0.0):.1%}",
+        f"  FVU {number(row, 'eval_fvu'):.4f} · L0 {number(row, 'eval_l0'):.1f} · "
+        f"never fired {number(row, 'eval_never_fired_fraction', 0.0):.1%}",
     )
     density = row.get("density")
     if isinstance(density, dict) and isinstance(density.get("counts"), list):
@@ -55,7 +50,7 @@ def format_eval(row: dict) -> Text:
         )
     theta = row.get("theta")
     if isinstance(theta, dict) and isinstance(theta.get("counts"), list):
-        text.append(f"\nθ 1e-6 [{histogram_bars(theta['counts'])}] 10   (median {_value(theta, 'median'):.2g})")
+        text.append(f"\nθ 1e-6 [{histogram_bars(theta['counts'])}] 10   (median {number(theta, 'median'):.2g})")
     if "eval_kl" in row:
         text.append(f"\n{fidelity_line(row)}")
     return text
