@@ -108,6 +108,7 @@ class ShardWriter:
         self.queue: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.bytes_written = 0
+        self.images_written = 0  # in the shard files (not just queued): what progress may claim as done
         self.thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self.thread.start()
 
@@ -191,6 +192,7 @@ class ShardWriter:
         if concepts is not None:
             shard["concepts"].append(concepts)
         shard["filled"] = start + n
+        self.images_written += n
 
     def _seal(self, shard, selected_end: int, skipped: int) -> None:
         stem = shard["stem"]

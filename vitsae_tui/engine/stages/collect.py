@@ -182,7 +182,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
     writer = ShardWriter(set_dir, manifest)
     meter = RateMeter()
     last_progress = 0.0
-    images_done = manifest.n_images
+    images_before = manifest.n_images
     position = shard_start = start_position  # positions index `selected`
     shard_index = len(manifest.shards)
     in_shard = 0
@@ -214,7 +214,6 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
                     writer.write(acts, images[:take], entries, concepts)
                     images, labels, positions = images[take:], labels[take:], positions[take:]
                     in_shard += take
-                    images_done += take
                     if in_shard == cfg.shard_images:
                         end = int(positions[0]) if len(positions) else position
                         seal(end)
@@ -222,6 +221,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
                 now = time.perf_counter()
                 if now - last_progress >= PROGRESS_EVERY_S:
                     last_progress = now
+                    images_done = images_before + writer.images_written
                     report(
                         Progress(
                             STAGE, images_done, len(selected), "images", meter.elapsed_s, meter.update(images_done)
@@ -251,7 +251,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
     if manifest.skipped_images:
         report(Log(STAGE, f"skipped {manifest.skipped_images} unreadable images", "warning"))
     write_status(set_dir, "stopped" if stopped else "finished", **summary, message="")
-    report(Progress(STAGE, images_done, len(selected), "images", meter.elapsed_s, 0.0))
+    report(Progress(STAGE, manifest.n_images, len(selected), "images", meter.elapsed_s, 0.0))
     report(ArtifactWritten(STAGE, str(set_dir / activation_set.MANIFEST), "activation set"))
     report(Finished(STAGE, str(set_dir), summary, stopped))
     return CollectResult(set_dir, manifest.n_images, manifest.n_tokens, summary["bytes_on_disk"], stopped)
