@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vitsae_tui import __version__
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import DataConfig
+from vitsae_tui.engine.config import SWEPT_FIELDS, DataConfig
 from vitsae_tui.engine.errors import StageError, UserError, resource_message
 from vitsae_tui.engine.stages import REGISTRY, STAGES, Stage
 
@@ -27,8 +27,9 @@ def _help(cls, name: str) -> str:
     return config_mod.field_help(cls).get(name, "").replace("%", "%%")  # argparse formats help with %
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls, names: tuple[str, ...]) -> None:
-    """Options for config fields, typed and documented by the dataclass; unset ones keep the preset's value."""
+def _add_fields(parser: argparse.ArgumentParser, cls, names: tuple[str, ...], lists: tuple[str, ...] = ()) -> None:
+    """Options for config fields, typed and documented by the dataclass; unset ones keep the preset's value.
+    Fields in `lists` take comma-separated values (a sweep)."""
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for name in names:
         flag = "--" + name.replace("_", "-")
@@ -40,7 +41,25 @@ def _add_fields(parser: argparse.ArgumentParser, cls, names: tuple[str, ...]) ->
                 kind if isinstance(kind, str) else kind.__name__, str
             )
             metavar = METAVARS.get(name, name.upper())
-            parser.add_argument(flag, type=converter, default=None, metavar=metavar, help=_help(cls, name))
+            help_text = _help(cls, name)
+            if name in lists:
+                converter, metavar = _list_of(converter), f"{metavar}[,{metavar}…]"
+                help_text += "; several values train one SAE per combination in one pass over the data"
+            parser.add_argument(flag, type=converter, default=None, metavar=metavar, help=help_text)
+
+
+def _list_of(converter: Callable) -> Callable:
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(converter(part.strip()) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of values") from None
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
+        return values
+
+    parse.__name__ = converter.__name__  # argparse names the type in its error message
+    return parse
 
 
 def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -103,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.resumable:
             sub.add_argument("--resume", metavar="RUN", help=f"continue {stage.kind}/RUN from its last checkpoint")
         sub.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
-        _add_fields(sub, stage.config, stage.cli_fields)
+        _add_fields(sub, stage.config, stage.cli_fields, SWEPT_FIELDS if stage.name == "train-sae" else ())
         if stage.takes_data:
             _add_fields(sub, DataConfig, DATA_FIELDS)
 
@@ -134,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     concepts.add_argument("--json", action="store_true", help="print the whole report as JSON")
     concepts.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
+
+    compare = commands.add_parser(
+        "compare", help="compare every SAE trained on an activation set: held-out metrics and the L0-FVU Pareto set"
+    )
+    compare.add_argument("--activations", metavar="SET", required=True, help="activation set in activations/")
+    compare.add_argument("--json", action="store_true", help="print every SAE's metrics as JSON")
+    compare.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
 
     attribute = commands.add_parser(
         "attribute", help="attribute one image's prediction to SAE features and patches (through the model)"
@@ -181,9 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def stage_config(stage: Stage, args: argparse.Namespace):
-    """The stage's config from its flags: the preset's or the class's defaults, then every flag that was given."""
+    """The stage's config from its flags: the preset's or the class's defaults, then every flag that was given (the
+    first value of a swept field's list)."""
     base = config_mod.preset(args.preset) if stage.presets else stage.config()
-    values = {**config_mod.to_dict(base), **_overrides(args, stage.cli_fields)}
+    given = {k: v[0] if isinstance(v, tuple) else v for k, v in _overrides(args, stage.cli_fields).items()}
+    values = {**config_mod.to_dict(base), **given}
     if stage.takes_data:
         values["data"] = {**config_mod.to_dict(base.data), **_overrides(args, DATA_FIELDS)}
     return config_mod.from_dict(stage.config, values)
@@ -247,7 +275,16 @@ def cmd_stage(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return _run_stage(stage.run, cfg, Workspace(args.workspace), **({"resume": resume} if stage.resumable else {}))
+    ws = Workspace(args.workspace)
+    if stage.name == "train-sae":
+        swept = {name: getattr(args, name) for name in SWEPT_FIELDS if getattr(args, name) is not None}
+        cfgs = config_mod.sweep_configs(cfg, **swept)
+        if len(cfgs) > 1 and not resume:
+            from vitsae_tui.engine.stages.train_sae import run_sweep
+
+            return _run_stage(run_sweep, cfgs, ws)
+        cfg = cfgs[0]
+    return _run_stage(stage.run, cfg, ws, **({"resume": resume} if stage.resumable else {}))
 
 
 def _open_index(args: argparse.Namespace):
@@ -295,6 +332,19 @@ def cmd_concepts(args: argparse.Namespace) -> int:
         print(json.dumps(config_mod.to_dict(index.concept_report)))
     else:
         print_concepts(index.concept_report)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vitsae_tui.cli_progress import compare_json, print_compare
+    from vitsae_tui.engine.compare import points
+    from vitsae_tui.engine.workspace import Workspace
+
+    found = points(Workspace(args.workspace), args.activations)
+    if args.json:
+        print(json.dumps(compare_json(found)))
+    else:
+        print_compare(args.activations, found)
     return 0
 
 
@@ -381,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             "inspect": cmd_inspect,
             "feature": cmd_feature,
             "concepts": cmd_concepts,
+            "compare": cmd_compare,
             "attribute": cmd_attribute,
             "intervene": cmd_intervene,
             "demo": cmd_demo,

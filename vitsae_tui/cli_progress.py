@@ -59,6 +59,7 @@ class ConsoleReport:
         self.tasks: dict[str, int] = {}
         self.latest: dict[str, dict] = {}
         self.printed_at: dict[str, float] = {}
+        self.lead_run: dict[str, str] = {}
 
     def __enter__(self) -> ConsoleReport:
         self.progress.__enter__()
@@ -97,8 +98,11 @@ class ConsoleReport:
             else:
                 self._plain_progress(event)
         elif isinstance(event, events.Metrics):
+            run = shown(event.row.get("run", ""))
             if event.row.get("kind") == "eval":
-                self.progress.console.print(format_eval(event.row))
+                self.progress.console.print(*([f"{run}:"] if run else []), format_eval(event.row))
+                return
+            if self.lead_run.setdefault(event.stage, run) != run:  # a sweep's bar follows its first SAE
                 return
             self.latest.setdefault(event.stage, {}).update(event.row)
             if self.live:
@@ -371,3 +375,69 @@ def print_concepts(report, console: Console | None = None) -> None:
             f"{a.absorbed_fraction:.1%}",
         )
     console.print(absorbed)
+
+
+def compare_json(found) -> list[dict]:
+    return [
+        {
+            "run": p.run,
+            "arch": p.arch,
+            "sparsity": p.sparsity,
+            "expansion": p.expansion,
+            "state": p.state,
+            "step": p.step,
+            "total_steps": p.total_steps,
+            "pareto": p.pareto,
+            "metrics": p.metrics,
+        }
+        for p in found
+    ]
+
+
+def print_compare(activations: str, found, console: Console | None = None) -> None:
+    """Two tables with one row per SAE of the set: reconstruction, then the classifier with it spliced in; ★ marks
+    the L0-FVU Pareto set."""
+    from rich import box
+
+    from vitsae_tui.engine.compare import COLUMNS, SHORT_ARCH, SPLICED_FROM
+
+    console = console or Console()
+    if not found:
+        console.print(
+            Text(
+                f"no evaluated SAE on activations/{shown(activations)} yet; train one with "
+                f"`vitsae-tui train-sae --activations {shown(activations)}`"
+            )
+        )
+        return
+    FORMATS = {"eval_delta_ce": "{:.4f}", "eval_kl": "{:.4f}", "kl_recovered": "{:.3f}", "ce_recovered": "{:.3f}"}
+    percent = {"eval_top1_agreement", "acc_sae", "acc_worst_class_sae", "dead_fraction", "eval_dense_fraction"}
+    titles = (
+        f"SAEs on activations/{shown(activations)}: reconstruction of held-out activations (★ Pareto-optimal in L0 "
+        "and FVU; EV explained variance, L2 mean ‖x̂‖/‖x‖, cos mean max decoder cosine)",
+        "the classifier with each SAE spliced in, on held-out images",
+    )
+    for title, columns in zip(titles, (COLUMNS[:SPLICED_FROM], COLUMNS[SPLICED_FROM:])):
+        table = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1, 0, 1),
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        table.add_column("run", no_wrap=True)
+        table.add_column("SAE", no_wrap=True)
+        for _, heading in columns:
+            table.add_column(heading, justify="right", no_wrap=True)
+        for p in found:
+            cells = []
+            for key, _ in columns:
+                v = p.value(key)
+                cells.append(
+                    "–" if v != v else f"{100 * v:.1f}" if key in percent else FORMATS.get(key, "{:.3g}").format(v)
+                )
+            done = "" if p.step >= p.total_steps else f" {p.step}/{p.total_steps}"
+            run = Text(("★ " if p.pareto else "  ") + shown(p.run) + done)
+            table.add_row(run, f"{SHORT_ARCH.get(p.arch, p.arch)} {p.sparsity.replace(' ', '')} x{p.expansion}", *cells)
+        console.print(table)

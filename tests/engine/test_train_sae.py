@@ -173,7 +173,7 @@ def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(workspace):
     torch.optim.Adam.step = poisoned_step
     try:
         # the 26th step's loss is NaN; the check runs at the next log step (log_every 10), before any checkpoint
-        with pytest.raises(StageError, match="the loss became nan by step 30"):
+        with pytest.raises(StageError, match="the loss of sae-1 became nan by step 30"):
             train_sae(small_cfg(tokens=100_000, checkpoint_every=20), workspace, report, threading.Event())
     finally:
         torch.optim.Adam.step = original

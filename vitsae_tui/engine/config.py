@@ -188,6 +188,12 @@ class CollectConfig:
 class SAETrainConfig:
     activations: str = ""
     """activation set to train on (a name in activations/)"""
+    arch: str = "jumprelu"
+    """'jumprelu' (Rajamanoharan et al.), 'topk' (Gao et al., with AuxK) or 'batchtopk' (Bussmann et al.)"""
+    k: int = 16
+    """features kept per token (topk) or per token on average over the batch (batchtopk); unused by jumprelu"""
+    aux_k_coeff: float = 1 / 32
+    """weight alpha of the AuxK loss that revives dead TopK/BatchTopK latents (the paper's 1/32)"""
     expansion: int = 8
     """dictionary size as a multiple of d_model (8: 2048 features for d_model 256)"""
     l0_coeff: float = 0.003
@@ -198,8 +204,9 @@ class SAETrainConfig:
     """initial JumpReLU threshold of every feature"""
     lr: float = 2e-3
     """peak Adam learning rate"""
-    theta_lr_scale: float = 0.1
-    """the thresholds' learning rate as a multiple of lr (0.1: 0.2% dead instead of 6% on the demo set, same L0)"""
+    theta_lr_scale: float = 0.3
+    """the thresholds' learning rate as a multiple of lr (0.3: lambda reaches L0 2 on the demo set, 0.1 stalls at 4;
+    1.0 leaves 7% of features dead)"""
     adam_beta1: float = 0.0
     """Adam beta1 (0 as in the paper)"""
     adam_beta2: float = 0.999
@@ -258,10 +265,44 @@ class SAETrainConfig:
             "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1",
         )
         _check(self.resident in ("auto", "yes", "no"), "resident must be 'auto', 'yes' or 'no'")
+        _check(self.arch in ("jumprelu", "topk", "batchtopk"), "arch must be 'jumprelu', 'topk' or 'batchtopk'")
+        _check(self.k >= 1 and self.aux_k_coeff >= 0, "k must be at least 1 and aux_k_coeff at least 0")
 
     @property
     def total_steps(self) -> int:
         return self.tokens // self.batch_size
+
+    @property
+    def sparsity(self) -> str:
+        """What sets this SAE's sparsity, as a label: 'λ 0.003' or 'k 16'."""
+        return f"λ {self.l0_coeff:g}" if self.arch == "jumprelu" else f"k {self.k}"
+
+
+SWEPT_FIELDS = ("arch", "l0_coeff", "k", "expansion")
+"""what may differ between the SAEs of one sweep (they share every batch, so everything about the data may not)"""
+
+
+def sweep_configs(
+    base: SAETrainConfig,
+    arch: tuple[str, ...] = (),
+    l0_coeff: tuple[float, ...] = (),
+    k: tuple[int, ...] = (),
+    expansion: tuple[int, ...] = (),
+) -> list[SAETrainConfig]:
+    """The cross product of the given values over the base config; λ varies JumpReLU SAEs only and k the TopK ones."""
+    configs = []
+    for a in arch or (base.arch,):
+        sparsities = (
+            [{"l0_coeff": v} for v in l0_coeff or (base.l0_coeff,)]
+            if a == "jumprelu"
+            else [{"k": v} for v in k or (base.k,)]
+        )
+        for e in expansion or (base.expansion,):
+            for sparsity in sparsities:
+                cfg = dataclasses.replace(base, arch=a, expansion=e, **sparsity)
+                cfg.validate()
+                configs.append(cfg)
+    return configs
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,18 @@ class SAEShape:
     d_sae: int
 
 
-class JumpReLUSAE(nn.Module):
-    """Weights in the scaled input space (E||x||^2 = 1, the paper's); `input_scale` maps raw activations into it."""
+class SparseAutoencoder(nn.Module):
+    """What every architecture shares: tied-at-init unit-norm decoder rows, biases, and weights in the scaled input
+    space (E||x||^2 = 1, the JumpReLU paper's); `input_scale` maps raw activations into it.
 
-    def __init__(self, d_in: int, d_sae: int, theta_init: float = 0.001, input_scale: float = 1.0, seed: int = 0):
+    Subclasses define `encode`, the architecture's name (`arch`, also its SAELens export) and `firing_threshold`:
+    the per-feature activation below which a feature does not fire (what the index's histograms are relative to).
+    """
+
+    arch = ""
+    saelens_arch = ""
+
+    def __init__(self, d_in: int, d_sae: int, input_scale: float = 1.0, seed: int = 0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         w_dec = torch.randn(d_sae, d_in, generator=generator)
@@ -73,7 +81,6 @@ class JumpReLUSAE(nn.Module):
         self.W_enc = nn.Parameter(w_dec.t().clone())  # (d_in, d_sae)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        self.threshold = nn.Parameter(torch.full((d_sae,), float(theta_init)))
         self.register_buffer("input_scale", torch.tensor(float(input_scale)))
 
     @property
@@ -84,12 +91,15 @@ class JumpReLUSAE(nn.Module):
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
 
+    @property
+    def firing_threshold(self) -> torch.Tensor:
+        raise NotImplementedError
+
     def pre_acts(self, x_scaled: torch.Tensor) -> torch.Tensor:
         return x_scaled @ self.W_enc + self.b_enc  # (B, d_sae)
 
     def encode(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        z = self.pre_acts(x_scaled)
-        return z * (z > self.threshold).to(z.dtype)
+        raise NotImplementedError
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec  # (B, d_in)
@@ -100,15 +110,6 @@ class JumpReLUSAE(nn.Module):
 
     def reconstruct_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode_raw(x_raw)) / self.input_scale
-
-    def loss(self, x_scaled: torch.Tensor, l0_coeff: float, bandwidth: float) -> dict[str, torch.Tensor]:
-        """The training objective through the autograd Functions (the reference the fused step is tested against)."""
-        z = self.pre_acts(x_scaled)
-        f = JumpReLU.apply(z, self.threshold, bandwidth)
-        x_hat = self.decode(f)
-        mse = (x_hat - x_scaled).pow(2).sum(-1).mean()
-        l0 = Step.apply(z, self.threshold, bandwidth).sum(-1).mean()
-        return {"loss": mse + l0_coeff * l0, "mse": mse, "l0": l0, "f": f, "x_hat": x_hat}
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
@@ -122,8 +123,9 @@ class JumpReLUSAE(nn.Module):
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
-    def clamp_threshold(self) -> None:
-        self.threshold.clamp_(min=1e-6)  # theta stays positive: a negative threshold would pass negative z
+    def after_step(self) -> None:
+        """Restore the constraints an optimizer step may break."""
+        self.normalize_decoder()
 
     def raw_weights(self) -> dict[str, torch.Tensor]:
         """Weights that act on raw activations: the input scale folded into W_enc, W_dec and b_dec."""
@@ -133,8 +135,41 @@ class JumpReLUSAE(nn.Module):
             "b_enc": self.b_enc.detach().float().contiguous(),
             "W_dec": (self.W_dec / s).detach().float().contiguous(),
             "b_dec": (self.b_dec / s).detach().float().contiguous(),
-            "threshold": self.threshold.detach().float().contiguous(),
         }
+
+
+class JumpReLUSAE(SparseAutoencoder):
+    arch = "jumprelu"
+    saelens_arch = "jumprelu"
+
+    def __init__(self, d_in: int, d_sae: int, theta_init: float = 0.001, input_scale: float = 1.0, seed: int = 0):
+        super().__init__(d_in, d_sae, input_scale, seed)
+        self.threshold = nn.Parameter(torch.full((d_sae,), float(theta_init)))
+
+    @property
+    def firing_threshold(self) -> torch.Tensor:
+        return self.threshold.detach()
+
+    def encode(self, x_scaled: torch.Tensor) -> torch.Tensor:
+        z = self.pre_acts(x_scaled)
+        return z * (z > self.threshold).to(z.dtype)
+
+    def loss(self, x_scaled: torch.Tensor, l0_coeff: float, bandwidth: float) -> dict[str, torch.Tensor]:
+        """The training objective through the autograd Functions (the reference the fused step is tested against)."""
+        z = self.pre_acts(x_scaled)
+        f = JumpReLU.apply(z, self.threshold, bandwidth)
+        x_hat = self.decode(f)
+        mse = (x_hat - x_scaled).pow(2).sum(-1).mean()
+        l0 = Step.apply(z, self.threshold, bandwidth).sum(-1).mean()
+        return {"loss": mse + l0_coeff * l0, "mse": mse, "l0": l0, "f": f, "x_hat": x_hat}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.normalize_decoder()
+        self.threshold.clamp_(min=1e-6)  # theta stays positive: a negative threshold would pass negative z
+
+    def raw_weights(self) -> dict[str, torch.Tensor]:
+        return {**super().raw_weights(), "threshold": self.threshold.detach().float().contiguous()}
 
 
 class FusedStep:

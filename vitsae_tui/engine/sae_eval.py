@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vitsae_tui.engine.activation_set import ActivationSet
-from vitsae_tui.engine.sae import JumpReLUSAE
+from vitsae_tui.engine.sae import SparseAutoencoder
 
 DENSITY_BINS = np.linspace(-7.0, 0.0, 29)  # log10 firing frequency, 0.25 decades per bin
 THETA_BINS = np.linspace(-6.0, 1.0, 29)  # log10 threshold in the scaled input space, 0.25 decades per bin
@@ -25,6 +25,18 @@ def heldout_images(n_images: int, every: int) -> np.ndarray:
 def fvu(x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor) -> float:
     """Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mu||^2 with mu the per-dimension mean."""
     return float((x - x_hat).pow(2).sum() / (x - mean).pow(2).sum().clamp_min(1e-12))
+
+
+def mean_max_cosine(w_dec: torch.Tensor, rows_per_chunk: int = 2048) -> float:
+    """Mean over features of the largest cosine similarity between its decoder row and any other's (redundancy)."""
+    w = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    best = []
+    for start in range(0, len(w), rows_per_chunk):  # (chunk, F) at a time: F x F would not fit for wide SAEs
+        cosine = w[start : start + rows_per_chunk] @ w.t()
+        rows = torch.arange(len(cosine), device=w.device)
+        cosine[rows, rows + start] = -1.0
+        best.append(cosine.max(1).values)
+    return float(torch.cat(best).mean()) if best else 0.0
 
 
 def density_histogram(frequency: np.ndarray) -> dict[str, Any]:
@@ -110,13 +122,15 @@ class Evaluator:
         return torch.cat([self.model.run_from(self.hook, acts[i : i + 128]) for i in range(0, len(acts), 128)]).float()
 
     @torch.no_grad()
-    def evaluate(self, sae: JumpReLUSAE) -> dict[str, Any]:
+    def evaluate(self, sae: SparseAutoencoder) -> dict[str, Any]:
         if len(self.acts) == 0:
             return {}
         x = self.acts.reshape(-1, self.acts.shape[-1])  # (N*T, d)
         f = torch.cat([sae.encode_raw(x[i : i + 8192]) for i in range(0, len(x), 8192)])
         x_hat = (f @ sae.W_dec + sae.b_dec) / sae.input_scale
         frequency = (f > 0).float().mean(0).cpu().numpy()
+        residual_sq = (x - x_hat).pow(2).sum()
+        total_sq = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         row: dict[str, Any] = {
             "eval_split": self.split,
             "eval_images": int(len(self.acts)),
@@ -125,8 +139,12 @@ class Evaluator:
             "eval_l0": float((f > 0).float().sum(-1).mean()),
             "eval_never_fired_fraction": float((frequency == 0).mean()),
             "eval_dense_fraction": float((frequency > 0.1).mean()),
+            # against the eval set's own mean, as SAEBench computes it (FVU above uses the training mean)
+            "eval_explained_variance": float(1.0 - residual_sq / total_sq),
+            "eval_l2_ratio": float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).mean()),
+            "eval_decoder_max_cosine": mean_max_cosine(sae.W_dec.detach()),
             "density": density_histogram(frequency),
-            "theta": threshold_histogram(sae.threshold.detach().float().cpu().numpy()),
+            "theta": threshold_histogram(sae.firing_threshold.float().cpu().numpy()),
             "eval_tokens": int(len(x)),
         }
         if self.model is not None and bool((self.labels >= 0).all()):

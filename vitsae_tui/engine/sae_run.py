@@ -22,7 +22,7 @@ from vitsae_tui.engine.workspace import (
 if TYPE_CHECKING:  # torch loads only when an SAE does: home and --help read runs without it
     import torch
 
-    from vitsae_tui.engine.sae import JumpReLUSAE
+    from vitsae_tui.engine.sae import SparseAutoencoder
 
 WEIGHTS = "sae.safetensors"
 MAX_D_IN = 1 << 16
@@ -49,6 +49,8 @@ class SAEMeta:
     """the model run behind the activation set"""
     model_checkpoint_sha256: str
     """the checkpoint's hash when the set was collected"""
+    architecture: str = "jumprelu"
+    """jumprelu, topk or batchtopk"""
 
     def dump(self, run_dir: Path) -> None:
         atomic_write_json(run_dir / META, config_mod.to_dict(self))
@@ -89,31 +91,61 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return load_torch_file(run_dir / TRAINER)
 
 
-def save_sae(path: Path, sae: JumpReLUSAE) -> None:
+ARCHITECTURES = ("jumprelu", "topk", "batchtopk")
+TENSORS = {
+    "jumprelu": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"},
+    "topk": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale", "k"},
+    "batchtopk": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale", "k"},
+}
+
+
+def build_sae(cfg: SAETrainConfig, d_in: int, input_scale: float) -> SparseAutoencoder:
+    """A freshly initialised SAE of the config's architecture and width."""
+    from vitsae_tui.engine.sae import JumpReLUSAE
+    from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
+    from vitsae_tui.engine.sae_topk import TopKSAE
+
+    d_sae = d_in * cfg.expansion
+    if cfg.arch == "jumprelu":
+        return JumpReLUSAE(d_in, d_sae, cfg.theta_init, input_scale, cfg.seed)
+    return {"topk": TopKSAE, "batchtopk": BatchTopKSAE}[cfg.arch](d_in, d_sae, cfg.k, input_scale, cfg.seed)
+
+
+def _sized(arch: str, d_in: int, d_sae: int) -> SparseAutoencoder:
+    from vitsae_tui.engine.sae import JumpReLUSAE
+    from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
+    from vitsae_tui.engine.sae_topk import TopKSAE
+
+    return {"jumprelu": JumpReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}[arch](d_in, d_sae)
+
+
+def save_sae(path: Path, sae: SparseAutoencoder) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
-    atomic_write_bytes(path, save(tensors))
+    atomic_write_bytes(path, save(tensors, metadata={"architecture": sae.arch}))
 
 
-def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
+def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """A trained SAE from its run folder (safetensors only: no code can run on load)."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = run_dir / WEIGHTS
     if not path.exists():
         raise WorkspaceError(f"no sae.safetensors in saes/{run_dir.name}; train the SAE first or pick another run")
     try:
+        with safe_open(str(path), "pt") as f:
+            arch = (f.metadata() or {}).get("architecture", "jumprelu")  # files from before TopK carry none
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise WorkspaceError(
             f"saes/{run_dir.name}/sae.safetensors is damaged ({e}); retrain or resume the run"
         ) from None
-    d_in, d_sae = _checked_shapes(run_dir, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
-    from vitsae_tui.engine.sae import JumpReLUSAE
-
-    sae = JumpReLUSAE(d_in, d_sae)
+    if arch not in ARCHITECTURES:
+        raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors holds an unknown architecture; pick another run")
+    d_in, d_sae = _checked_shapes(run_dir, arch, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
+    sae = _sized(arch, d_in, d_sae)
     try:
         sae.load_state_dict(tensors)
     except RuntimeError:
@@ -121,16 +153,18 @@ def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> JumpReLUSAE:
     return sae.to(device).eval()
 
 
-def _checked_shapes(run_dir: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+def _checked_shapes(run_dir: Path, arch: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
     """(d_in, d_sae) of a file's tensors, refused before anything of that size is allocated unless every shape agrees
-    with a JumpReLU SAE of sane width and with the run's meta.json."""
+    with an SAE of its architecture and sane width and with the run's meta.json."""
     where = f"saes/{run_dir.name}/sae.safetensors"
-    if set(shapes) != {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"} or len(shapes["W_enc"]) != 2:
-        raise WorkspaceError(f"{where} does not hold a JumpReLU SAE; pick another run")
+    if set(shapes) != TENSORS[arch] or len(shapes["W_enc"]) != 2:
+        raise WorkspaceError(f"{where} does not hold a {arch} SAE; pick another run")
     d_in, d_sae = shapes["W_enc"]
     if not (0 < d_in <= MAX_D_IN and 0 < d_sae <= MAX_D_SAE):
         raise WorkspaceError(f"{where} declares an absurd size ({d_in} -> {d_sae}); retrain the SAE")
     expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,), "input_scale": ()}
+    if "k" in shapes:
+        expected["k"] = ()
     if any(shapes[name] != shape for name, shape in expected.items()):
         raise WorkspaceError(f"{where} has inconsistent shapes; retrain the SAE or pick another run")
     meta = SAEMeta.find(run_dir)
@@ -142,8 +176,9 @@ def _checked_shapes(run_dir: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[
     return d_in, d_sae
 
 
-def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image: int, model_run: str) -> Path:
-    """SAELens layout: cfg.json + sae_weights.safetensors, acting on raw activations (input scale folded in)."""
+def export_saelens(run_dir: Path, sae: SparseAutoencoder, hook: str, tokens_per_image: int, model_run: str) -> Path:
+    """SAELens layout: cfg.json + sae_weights.safetensors, acting on raw activations (input scale folded in); TopK as
+    `topk` with its k, JumpReLU and BatchTopK (a JumpReLU with one global threshold) as `jumprelu`."""
     from safetensors.torch import save
 
     out = run_dir / "saelens"
@@ -153,7 +188,8 @@ def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image:
     atomic_write_json(
         out / "cfg.json",
         {
-            "architecture": "jumprelu",
+            "architecture": sae.saelens_arch,
+            **({"k": int(sae.k)} if sae.saelens_arch == "topk" else {}),
             "d_in": sae.d_in,
             "d_sae": sae.d_sae,
             "dtype": "float32",
@@ -179,7 +215,7 @@ def export_saelens(run_dir: Path, sae: JumpReLUSAE, hook: str, tokens_per_image:
 
 
 def save_checkpoint(
-    run_dir: Path, sae: JumpReLUSAE, optimizer, step: int, tokens_seen: int, last_fired, totals
+    run_dir: Path, sae: SparseAutoencoder, optimizer, step: int, tokens_seen: int, last_fired, totals
 ) -> None:
     """trainer.pt holds everything resume needs in one atomic file; sae.safetensors is the weights for readers."""
     import torch

@@ -120,18 +120,16 @@ class Workbench:
         self.class_names = tuple(loaded.class_names) or tuple(index.class_names)
         self.device = next(self.model.parameters()).device
         self.hook = index.store.hook
-        weights = index.sae.raw_weights()
-        self.w_enc, self.b_enc = weights["W_enc"].to(self.device), weights["b_enc"].to(self.device)
+        self.sae = index.sae.to(self.device).requires_grad_(False)
+        weights = self.sae.raw_weights()  # decoding on raw activations: the input scale folded in
         self.w_dec, self.b_dec = weights["W_dec"].to(self.device), weights["b_dec"].to(self.device)
-        self.threshold = weights["threshold"].to(self.device)
         self.torch = torch
 
     def _acts(self, image: int) -> torch.Tensor:
         return self.torch.from_numpy(self.index.store.image(image).astype(np.float32)).to(self.device)  # (T, d)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = x @ self.w_enc + self.b_enc
-        return z * (z > self.threshold)
+        return self.sae.encode_raw(x)  # the architecture's own rule: JumpReLU, TopK or a global threshold
 
     def _decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.w_dec + self.b_dec

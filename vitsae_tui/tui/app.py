@@ -27,6 +27,7 @@ from vitsae_tui.tui.commands import SafeCommandPalette
 from vitsae_tui.tui.jobs import JobManager
 from vitsae_tui.tui.screens.browser import BrowserScreen
 from vitsae_tui.tui.screens.collect import CollectScreen
+from vitsae_tui.tui.screens.compare import CompareScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.home import HomeScreen
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
@@ -39,7 +40,12 @@ class VitsaeApp(App):
     TITLE = "vitsae-tui"
     CSS_PATH = "app.tcss"
     # a stage's screen is its mode, under the stage's registry name; the index stage runs from home and the browser
-    MODES = {"home": HomeScreen, **{screen.STAGE: screen for screen in STAGE_SCREENS}, "browse": BrowserScreen}
+    MODES = {
+        "home": HomeScreen,
+        **{screen.STAGE: screen for screen in STAGE_SCREENS},
+        "browse": BrowserScreen,
+        "compare": CompareScreen,
+    }
     DEFAULT_MODE = "home"
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
@@ -107,6 +113,11 @@ class VitsaeApp(App):
                 yield SystemCommand(stage.title, "Index the shown lineage's SAE", self.action_build_index)
         yield SystemCommand(
             "Browse features", "Images, patches and SAE features of an index", lambda: self.switch_mode("browse")
+        )
+        yield SystemCommand(
+            "Compare SAEs",
+            "Every SAE of an activation set: FVU and KL recovered against L0, the Pareto set",
+            lambda: self.switch_mode("compare"),
         )
         yield SystemCommand(
             "Quit", "Quit vitsae-tui (asks first, and stops running jobs with a checkpoint)", self.action_request_quit

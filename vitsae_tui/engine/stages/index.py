@@ -183,7 +183,7 @@ def _build(
     n_classes = len(store.class_names) or int(labels.max(initial=-1) + 1)
     acc = _Accumulators.empty(sae.d_sae, n_classes, device)
     generator = torch.Generator().manual_seed(0)
-    threshold = sae.threshold.detach()
+    threshold = sae.firing_threshold
     T = store.tokens_per_image
     meter = RateMeter()
     # the streaming pass checkpoints itself: a stopped or killed index continues where it was
@@ -394,7 +394,7 @@ def _model_effects(
     directions = raw["W_dec"].to(device)  # (F, d) in raw units
     with torch.no_grad():
         f = sae.encode_raw(acts.reshape(-1, acts.shape[-1]))
-        strength = torch.where((f > 0).any(0), f.sum(0) / (f > 0).sum(0).clamp_min(1), sae.threshold)  # (F,)
+        strength = torch.where((f > 0).any(0), f.sum(0) / (f > 0).sum(0).clamp_min(1), sae.firing_threshold)  # (F,)
         base = model.run_from(store.hook, acts).float()  # (n, C)
         effects = torch.zeros(F, base.shape[1], device=device)
         per_batch = max(1, 2048 // len(ids))

@@ -107,6 +107,7 @@ class HomeScreen(Screen):
         Binding("a", "app.switch_mode('train-sae')", "SAE"),
         Binding("i", "index", "Index"),
         Binding("b", "app.switch_mode('browse')", "Browse"),
+        Binding("v", "app.switch_mode('compare')", "Compare"),
         Binding("enter", "open_run", "Open"),
         Binding("f5", "refresh_runs", "Refresh", show=False),
     ]

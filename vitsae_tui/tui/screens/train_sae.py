@@ -11,7 +11,7 @@ from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, 
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, sae_run
-from vitsae_tui.engine.config import ConfigError, SAETrainConfig
+from vitsae_tui.engine.config import SWEPT_FIELDS, ConfigError, SAETrainConfig, sweep_configs
 from vitsae_tui.formatting import fidelity_line, format_metrics, number
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
@@ -21,7 +21,7 @@ from vitsae_tui.tui.widgets.metric_plot import MetricPlot
 from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-sae"
-FORM_FIELDS = ("activations", "expansion", "l0_coeff", "bandwidth", "lr", "batch_size", "tokens", "device")
+FORM_FIELDS = ("activations", "arch", "l0_coeff", "k", "expansion", "bandwidth", "lr", "batch_size", "tokens", "device")
 # (metrics key, title, log y axis, y floor)
 PLOTS = [
     ("mse", "MSE", True, None),
@@ -66,7 +66,9 @@ class TrainSAEScreen(StageScreen):
         yield Header()
         with Horizontal():
             with VerticalScroll(id="form"):
-                yield ConfigForm(SAETrainConfig, FORM_FIELDS, {"activations": (), "device": DEVICES}, id="config")
+                yield ConfigForm(
+                    SAETrainConfig, FORM_FIELDS, {"activations": (), "device": DEVICES}, id="config", lists=SWEPT_FIELDS
+                )
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
                 with Horizontal(id="form-buttons"):
@@ -99,11 +101,13 @@ class TrainSAEScreen(StageScreen):
         resumable = [r for r in ws.runs("saes") if sae_run.has_checkpoint(r.path) and r.state != "finished"]
         refill_select(self.query_one("#resume_run", Select), [(f"{r.name} ({r.state})", r.name) for r in resumable])
 
-    def form_config(self) -> SAETrainConfig:
+    def form_configs(self) -> list[SAETrainConfig]:
+        """The form's SAE, or the SAEs of its sweep when a list field holds several values."""
         if self.query_one("#activations", Select).is_blank():
             raise ConfigError("pick an activation set first (collect one on the Collect screen if the list is empty)")
-        values = self.query_one("#config", ConfigForm).read(config_mod.to_dict(SAETrainConfig()))
-        return config_mod.from_dict(SAETrainConfig, values)
+        form = self.query_one("#config", ConfigForm)
+        base = config_mod.from_dict(SAETrainConfig, form.read(config_mod.to_dict(SAETrainConfig())))
+        return sweep_configs(base, **form.read_lists())
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"start": self.action_start, "stop": self.action_stop, "resume": self.action_resume}[event.button.id]()
@@ -121,14 +125,19 @@ class TrainSAEScreen(StageScreen):
             self.notify("an SAE job is already running; stop it first (x)", severity="warning")
             return
         try:
-            cfg = self.form_config() if resume is None else SAETrainConfig()
+            cfgs = self.form_configs() if resume is None else [SAETrainConfig()]
         except ConfigError as e:
             self.notify(str(e), severity="error", markup=False)
             return
         from vitsae_tui.engine.stages.train_sae import run as train_sae
+        from vitsae_tui.engine.stages.train_sae import run_sweep
 
-        title = f"resume {resume}" if resume else f"SAE on {cfg.activations}"
-        self.start_job(title, train_sae, cfg, self.app.workspace, resume=resume)
+        if len(cfgs) > 1:
+            self.start_job(f"sweep of {len(cfgs)} SAEs on {cfgs[0].activations}", run_sweep, cfgs, self.app.workspace)
+            self.notify(f"{len(cfgs)} SAEs train in one pass: v on home (or the palette's Compare SAEs) plots them")
+            return
+        title = f"resume {resume}" if resume else f"SAE on {cfgs[0].activations}"
+        self.start_job(title, train_sae, cfgs[0], self.app.workspace, resume=resume)
 
     def show_run(self, run_dir: Path) -> None:
         """Draw any run's curves from its files and keep following them while it is written."""
@@ -136,6 +145,9 @@ class TrainSAEScreen(StageScreen):
         self.redraw_plots()
 
     def add_metrics(self, row: dict) -> None:
+        run = row.get("run")
+        if run and self.shown_run and run != Path(self.shown_run).name:
+            return  # another SAE of the sweep: the Compare screen shows them all
         if row.get("kind") == "step":
             for key, *_ in PLOTS:
                 value = row.get(key)

@@ -40,16 +40,24 @@ class ConfigForm(Vertical):
     ConfigForm #field-help { color: $text-muted; height: auto; margin-top: 1; }
     """
 
-    def __init__(self, cls, fields: tuple[str, ...], choices: dict[str, tuple] | None = None, id: str | None = None):
+    def __init__(
+        self,
+        cls,
+        fields: tuple[str, ...],
+        choices: dict[str, tuple] | None = None,
+        id: str | None = None,
+        lists: tuple[str, ...] = (),
+    ):
+        """Fields in `lists` take comma-separated values (a sweep): `read` keeps the first, `read_lists` all."""
         super().__init__(id=id)
-        self.cls, self.fields, self.choices = cls, fields, choices or {}
+        self.cls, self.fields, self.choices, self.lists = cls, fields, choices or {}, lists
         self.docs = {path: _field(cls, path)[1] for path in fields}
 
     def compose(self) -> ComposeResult:
         defaults = config_mod.to_dict(self.cls())
         for path in self.fields:
             kind, doc = _field(self.cls, path)
-            yield Label(label_of(path))
+            yield Label(label_of(path) + (" (a,b,… sweeps)" if path in self.lists else ""))
             default = self._get(defaults, path)
             options = self.choices.get(path)
             if kind is bool:
@@ -93,6 +101,25 @@ class ConfigForm(Vertical):
             elif value != "":
                 widget.value = str(value)
 
+    @staticmethod
+    def _parse(path: str, kind: type, text: str):
+        text = text.strip()
+        try:
+            return kind(text) if kind in (int, float) else text
+        except ValueError:
+            raise ConfigError(f"{label_of(path)} must be {TYPE_NAMES[kind]}, not {text!r}") from None
+
+    def read_lists(self) -> dict[str, tuple]:
+        """Every value of each list field (one value: a one-tuple); ConfigError when one repeats or cannot be parsed."""
+        values = {}
+        for path in self.lists:
+            kind, _doc = _field(self.cls, path)
+            parts = tuple(self._parse(path, kind, part) for part in self.widget(path).value.split(","))
+            if len(set(parts)) != len(parts):
+                raise ConfigError(f"{label_of(path)} repeats a value; give each value once")
+            values[path] = parts
+        return values
+
     def read(self, base: dict) -> dict:
         """base with the form's values; ConfigError naming the field when one cannot be parsed."""
         values = copy.deepcopy(base)
@@ -102,11 +129,7 @@ class ConfigForm(Vertical):
             if isinstance(widget, Select):
                 value = "" if widget.is_blank() else widget.value
             else:
-                text = widget.value.strip()
-                try:
-                    value = kind(text) if kind in (int, float) else text
-                except ValueError:
-                    raise ConfigError(f"{label_of(path)} must be {TYPE_NAMES[kind]}, not {text!r}") from None
+                value = self._parse(path, kind, widget.value.split(",")[0] if path in self.lists else widget.value)
             *parents, name = path.split(".")
             target = values
             for parent in parents:

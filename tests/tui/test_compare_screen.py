@@ -1,0 +1,84 @@
+from textual.widgets import DataTable, Input, Static
+
+from tests.engine.test_train_sae import planted
+from tests.helpers import wait_for
+from vitsae_tui.engine.workspace import Workspace
+from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.tui.screens.compare import CompareScreen
+from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
+from vitsae_tui.tui.widgets.metric_plot import MetricPlot
+from vitsae_tui.tui.widgets.scatter_plot import ScatterPlot
+
+
+def table_cells(screen) -> list[list[str]]:
+    table = screen.query_one(DataTable)
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def test_a_sweep_started_from_the_sae_screen_appears_live_on_the_compare_screen(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    planted(ws, n_images=200)
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("a")
+        screen = app.screen
+        assert isinstance(screen, TrainSAEScreen)
+        values = {
+            "arch": "jumprelu,topk",
+            "l0_coeff": "0.001,0.03",
+            "k": "3",
+            "expansion": "4",
+            "batch_size": "1024",
+            "tokens": "2000000",
+            "lr": "0.01",
+        }
+        for key, value in values.items():
+            screen.query_one(f"#{key}", Input).value = value
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.jobs.running())
+        # the SAE screen plots the sweep's first SAE only
+        await wait_for(pilot, lambda: screen.query_one("#plot_l0", MetricPlot).point_count("train") > 0)
+        await app.switch_mode("compare")
+        compare = app.screen
+        assert isinstance(compare, CompareScreen)
+        # points appear while the sweep trains: its SAEs show their training L0 and FVU until evaluated
+        await wait_for(pilot, lambda: len(table_cells(compare)) == 3, timeout_s=60)
+        states_while_training = {row[-1] for row in table_cells(compare)}
+        await wait_for(pilot, lambda: not app.jobs.running(), timeout_s=120)
+        assert app.jobs.get("train-sae").state == "finished"
+        await pilot.pause(1.5)  # the next refresh reads the final evaluations
+        rows = table_cells(compare)
+        assert [r[1] for r in rows] == ["jump λ0.03 x4", "jump λ0.001 x4", "topk k3 x4"]
+        assert all(r[-1] == "finished" for r in rows) and states_while_training != {"finished"}
+        assert any(r[0].startswith("★") for r in rows)
+        assert compare.query_one("#plot_fvu", ScatterPlot).drawn_points == 3
+        assert "3 SAEs" in str(compare.query_one("#compare-status", Static).render())
+        sae_screen_rows = screen.query_one("#plot_l0", MetricPlot).point_count("train")
+        assert sae_screen_rows == 1953 // 20 + 1  # one SAE's rows (every 20th step and the last), not three SAEs'
+        # enter opens the highlighted SAE's run on the SAE screen; b refuses until it is indexed
+        compare.query_one(DataTable).move_cursor(row=2)
+        await pilot.press("b")
+        await pilot.pause(0.2)
+        assert any("no feature index yet" in n.message for n in app._notifications)
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        assert isinstance(app.screen, TrainSAEScreen) and app.screen.shown_run.endswith("sae-3")
+
+
+async def test_the_compare_screen_without_sets_or_saes_says_what_to_do(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("v")
+        assert isinstance(app.screen, CompareScreen)
+        assert "collect one" in str(app.screen.query_one("#compare-status", Static).render())
+        await pilot.press("b")
+        await pilot.pause(0.1)
+        assert any("no SAE selected" in n.message for n in app._notifications)
+    planted(ws, n_images=40)
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("v")
+        assert "no evaluated SAE" in str(app.screen.query_one("#compare-status", Static).render())
+        assert app.screen.query_one(DataTable).row_count == 0
+        assert app.screen.query_one("#plot_fvu", ScatterPlot).drawn_points == 0
