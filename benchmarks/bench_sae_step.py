@@ -1,6 +1,8 @@
-"""JumpReLU SAE training-step throughput: ours (fused) vs a naive eager autograd step vs SAELens vs the matmul floor.
+"""SAE training-step throughput: ours vs a naive eager autograd step vs SAELens vs the matmul floor, for JumpReLU
+(our fused step) and TopK (our autograd step with AuxK; `--arch topk --k 32`).
 
-    python benchmarks/bench_sae_step.py [--d-in 256] [--d-sae 2048] [--batch 4096] [--device cpu] [--dtype float32]
+    python benchmarks/bench_sae_step.py [--arch jumprelu|topk] [--k 32] [--d-in 256] [--d-sae 2048] [--batch 4096]
+        [--device cpu] [--dtype float32]
 
 Each contestant runs in its own subprocess (the allocator setting is process-wide), all in this one invocation, and
 ratios are printed against the numbers measured here. SAELens is optional: install it in the benchmark's own
@@ -32,7 +34,9 @@ def timed(step, device, warmup: int, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def contestant(name: str, d_in: int, d_sae: int, batch: int, device_name: str, dtype_name: str, repeats: int) -> float:
+def contestant(
+    name: str, d_in: int, d_sae: int, batch: int, device_name: str, dtype_name: str, repeats: int, k: int = 32
+) -> float:
     import torch
 
     from vitsae_tui.engine.perf import tune_allocator
@@ -64,8 +68,44 @@ def contestant(name: str, d_in: int, d_sae: int, batch: int, device_name: str, d
             fused(x, 1.0)
             sae.project_decoder_grad()
             opt.step()
-            sae.normalize_decoder()
-            sae.clamp_threshold()
+            sae.after_step()
+    elif name == "topk":
+        from vitsae_tui.engine.sae_topk import TopKSAE, TopKStep
+
+        if device.type == "cpu":
+            tune_allocator()
+        sae = TopKSAE(d_in, d_sae, k=k).to(device)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.0, 0.999))
+        topk_step = TopKStep(sae, 1 / 32)
+        dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
+        dead[: d_sae // 8] = True  # AuxK runs, as it does whenever some latents are dead
+
+        def step():
+            topk_step(x, dead)
+            sae.project_decoder_grad()
+            opt.step()
+            sae.after_step()
+    elif name == "topk-saelens":
+        from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+        from sae_lens.saes.sae import TrainStepInput
+
+        cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device_name, dtype="float32", k=k)
+        sae = TopKTrainingSAE(cfg)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.0, 0.999))
+        dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
+        dead[: d_sae // 8] = True
+        n = {"step": 0}
+
+        def step():
+            opt.zero_grad()
+            out = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=n["step"], is_logging_step=False
+                )
+            )
+            out.loss.backward()
+            opt.step()
+            n["step"] += 1
     elif name == "naive":
         sae = JumpReLUSAE(d_in, d_sae).to(device)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.0, 0.999))
@@ -117,6 +157,8 @@ def contestant(name: str, d_in: int, d_sae: int, batch: int, device_name: str, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="jumprelu", choices=["jumprelu", "topk"])
+    parser.add_argument("--k", type=int, default=32, help="features per token (topk)")
     parser.add_argument("--d-in", type=int, default=256)
     parser.add_argument("--d-sae", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4096)
@@ -127,12 +169,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.only:
         print(
-            json.dumps(contestant(args.only, args.d_in, args.d_sae, args.batch, args.device, args.dtype, args.repeats))
+            json.dumps(
+                contestant(args.only, args.d_in, args.d_sae, args.batch, args.device, args.dtype, args.repeats, args.k)
+            )
         )
         return
-    print(f"{args.d_in} -> {args.d_sae}, batch {args.batch}, {args.dtype}, {args.device}")
+    print(f"{args.arch}: {args.d_in} -> {args.d_sae}, batch {args.batch}, {args.dtype}, {args.device}")
     results = {}
-    for name in ("floor", "ours", "ours-untuned", "naive", "saelens"):
+    names = (
+        ("floor", "ours", "ours-untuned", "naive", "saelens")
+        if args.arch == "jumprelu"
+        else ("floor", "topk", "topk-saelens")
+    )
+    for name in names:
         proc = subprocess.run(
             [
                 sys.executable,
@@ -151,6 +200,8 @@ def main() -> None:
                 args.dtype,
                 "--repeats",
                 str(args.repeats),
+                "--k",
+                str(args.k),
             ],
             capture_output=True,
             text=True,
@@ -165,6 +216,10 @@ def main() -> None:
         print(f"ours / floor      {results['ours'] / results['floor']:.2f}   (target >= 0.60)")
     if "ours" in results and "saelens" in results:
         print(f"ours / SAELens    {results['ours'] / results['saelens']:.2f}   (target >= 2.0)")
+    if "topk" in results and "floor" in results:
+        print(f"TopK / floor      {results['topk'] / results['floor']:.2f}")
+    if "topk" in results and "topk-saelens" in results:
+        print(f"TopK / SAELens    {results['topk'] / results['topk-saelens']:.2f}")
     if "ours" in results and "naive" in results:
         print(f"ours / naive      {results['ours'] / results['naive']:.2f}")
 

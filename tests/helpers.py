@@ -122,10 +122,11 @@ def write_activation_set(
     return name
 
 
-def make_indexed_workspace(root, plant=None) -> tuple[Workspace, str]:
+def make_indexed_workspace(root, plant=None, arch: str = "jumprelu") -> tuple[Workspace, str]:
     """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index.
 
-    `plant(sae, store, model_run_name, ws)`, when given, changes the SAE's weights before it is saved and indexed.
+    `plant(sae, store, model_run_name, ws)`, when given, changes the SAE's weights before it is saved and indexed;
+    `arch` topk or batchtopk makes a TopK SAE (k 8) or a BatchTopK one (its global threshold as JumpReLU's θ).
     """
     import threading
 
@@ -146,6 +147,14 @@ def make_indexed_workspace(root, plant=None) -> tuple[Workspace, str]:
     # inputs at unit mean squared norm put z ~ N(0, 1/d): this threshold lets about a third of the features fire
     theta = 0.5 / store.d_model**0.5
     sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=theta, input_scale=input_scale(store), seed=3)
+    if arch != "jumprelu":
+        from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
+        from vitsae_tui.engine.sae_topk import TopKSAE
+
+        sae = {"topk": TopKSAE, "batchtopk": BatchTopKSAE}[arch](
+            store.d_model, 4 * store.d_model, k=8, input_scale=input_scale(store), seed=3
+        )
+        sae.threshold.fill_(theta)
     if plant is not None:
         plant(sae, store, run, ws)
     sae_dir = ws.new_run("saes", "sae")
@@ -158,6 +167,7 @@ def make_indexed_workspace(root, plant=None) -> tuple[Workspace, str]:
         input_scale=float(sae.input_scale),
         model_run=run,
         model_checkpoint_sha256=store.provenance.checkpoint_sha256,
+        architecture=arch,
     ).dump(sae_dir)
     write_status(sae_dir, "finished")
     build_index(IndexConfig(sae=sae_dir.name, device="cpu"), ws, ignore, threading.Event())

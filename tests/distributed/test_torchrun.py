@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 
 from tests.helpers import TINY_MODEL, Collector, tiny_train_config, write_activation_set
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.config import SAETrainConfig, sweep_configs
 from vitsae_tui.engine.distributed import Ranks
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.stages.train_model import run as train_model
 from vitsae_tui.engine.stages.train_sae import run as train_sae
+from vitsae_tui.engine.stages.train_sae import run_sweep
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +116,29 @@ def test_two_ranks_train_the_same_sae_as_one_process(tmp_path, resident):
                 assert ours_row[key] == pytest.approx(ref_row[key], rel=1e-4), key
     assert read_json(double.root / "saes" / "sae-1" / "status.json")["state"] == "finished"
     assert (double.root / "saes" / "sae-1" / "saelens" / "cfg.json").exists()
+
+
+def test_two_ranks_train_the_same_sweep_as_one_process(tmp_path):
+    single, double = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    for ws in (single, double):
+        activation_set(ws)
+    base = config_mod.from_dict(
+        SAETrainConfig,
+        {"activations": "set", "batch_size": 256, "tokens": 256 * 24, "expansion": 4, "device": "cpu", "lr": 3e-3},
+    )
+    reference = run_sweep(
+        sweep_configs(base, arch=("jumprelu", "topk"), k=(8,)), single, Collector(), threading.Event()
+    )
+    result = torchrun(*sae_args(double, arch="jumprelu,topk", k=8, log_every=20, checkpoint_every=500, eval_every=500))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep-1: 2 SAEs in one pass" in result.stderr
+    for run in reference:
+        ours = load_file(str(double.root / "saes" / run.run_dir.name / "sae.safetensors"))
+        theirs = load_file(str(run.run_dir / "sae.safetensors"))
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=f"{run.run_dir.name} {name}")
+    refused = torchrun(*sae_args(double, arch="batchtopk"))
+    assert refused.returncode != 0 and "batchtopk trains in one process" in refused.stderr
 
 
 def test_two_ranks_train_the_same_model_as_one_process(tmp_path):

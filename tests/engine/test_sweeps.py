@@ -4,6 +4,7 @@ import json
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -225,3 +226,22 @@ def test_the_cli_trains_a_sweep_and_resumes_it_by_name(workspace, capsys):
     assert "repeats a value" in capsys.readouterr().err
     with pytest.raises(StageError, match="must share lr"):
         sweeps.check_shared([small_cfg(), small_cfg(lr=0.5)])
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_topk_saes_are_indexed_inspected_and_edited_like_jumprelu_ones(tmp_path, arch, capsys):
+    from tests.helpers import make_indexed_workspace
+    from vitsae_tui.engine.feature_index import FeatureIndex
+    from vitsae_tui.engine.workbench import Workbench
+
+    ws, name = make_indexed_workspace(tmp_path / "ws", arch=arch)
+    index = FeatureIndex(ws, name)
+    assert index.sae.arch == arch
+    f = index.sae.encode_raw(torch.from_numpy(index.store.image(0).astype(np.float32)))
+    if arch == "topk":
+        assert ((f > 0).sum(1) <= 8).all()
+    assert main(["inspect", "--workspace", str(ws.root), "--sae", name, "--image", "0", "--token", "3"]) == 0
+    assert "feature" in capsys.readouterr().out
+    result = Workbench(ws, index).attribute(0, None, 4)
+    active = set(np.flatnonzero(f.detach().numpy().sum(0)).tolist())
+    assert result.features and {d["feature"] for d in result.features} <= active  # the architecture's own code

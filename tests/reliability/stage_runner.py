@@ -5,6 +5,7 @@ twenty processes costs seconds, not a torch import each.
 """
 
 import dataclasses
+import importlib
 import multiprocessing
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch._dynamo  # noqa: F401  the first optimizer imports it (1.4 s): once in the forkserver, not per child
 
 from tests.helpers import tiny_train_config
-from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAETrainConfig
+from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAETrainConfig, sweep_configs
 from vitsae_tui.engine.events import Metrics, Progress
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.workspace import Workspace
@@ -33,17 +34,30 @@ SAE = SAETrainConfig(
 )
 # images per step of the index pass, which here checkpoints after every step
 INDEX = IndexConfig(sae="sae-1", device="cpu", checkpoint_every_s=0.0, images_per_batch=16)
-CONFIGS = {"train-model": MODEL, "collect": COLLECT, "train-sae": SAE, "index": INDEX}
-RESUME = {"train-model": "demo-1", "train-sae": "sae-1"}
+SWEEP = sweep_configs(SAE, arch=("jumprelu", "topk"), k=(8,))
+"""a sweep (the pseudo-stage train-sae-sweep): two SAEs in one pass, after the others in the same workspace"""
+CONFIGS = {"train-model": MODEL, "collect": COLLECT, "train-sae": SAE, "index": INDEX, "train-sae-sweep": SWEEP}
+RESUME = {"train-model": "demo-1", "train-sae": "sae-1", "train-sae-sweep": "sweep-1"}
 """the run a resumed stage continues (collect and index continue on their own)"""
 CHECKPOINT_INTERVAL = {
     "train-model": MODEL.checkpoint_every,
     "collect": COLLECT.shard_images,
     "train-sae": SAE.checkpoint_every,
     "index": INDEX.images_per_batch,
+    "train-sae-sweep": SAE.checkpoint_every,
 }
-UNIT = {"train-model": "steps", "collect": "images", "train-sae": "steps", "index": "images"}
-STAGE_FUNCTIONS = {name: stage.run for name, stage in REGISTRY.items()}  # imported once, in the forkserver
+UNIT = {
+    "train-model": "steps",
+    "collect": "images",
+    "train-sae": "steps",
+    "index": "images",
+    "train-sae-sweep": "steps",
+}
+# imported once, in the forkserver
+STAGE_FUNCTIONS = {
+    **{name: stage.run for name, stage in REGISTRY.items()},
+    "train-sae-sweep": importlib.import_module("vitsae_tui.engine.stages.train_sae").run_sweep,
+}
 
 
 class ProgressMirror:
@@ -65,7 +79,7 @@ class ProgressMirror:
 
 def run(stage: str, root: str, resume: bool, shared) -> None:
     ws, report, stop = Workspace(root), ProgressMirror(shared, UNIT[stage]), threading.Event()
-    extra = {"resume": RESUME[stage] if resume else None} if REGISTRY[stage].resumable else {}
+    extra = {"resume": RESUME[stage] if resume else None} if stage in RESUME else {}
     STAGE_FUNCTIONS[stage](CONFIGS[stage], ws, report, stop, **extra)
 
 

@@ -28,9 +28,15 @@ from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import KINDS, Workspace, load_torch_file, read_json, read_jsonl
 
 KILLS_PER_STAGE = 20
-STAGES = tuple(REGISTRY)
-OUTPUTS = {name: stage.kind for name, stage in REGISTRY.items()}
-RUN = {"train-model": "demo-1", "collect": "set", "train-sae": "sae-1", "index": "sae-1"}
+STAGES = (*REGISTRY, "train-sae-sweep")
+OUTPUTS = {**{name: stage.kind for name, stage in REGISTRY.items()}, "train-sae-sweep": "saes"}
+RUNS = {
+    "train-model": ("demo-1",),
+    "collect": ("set",),
+    "train-sae": ("sae-1",),
+    "index": ("sae-1",),
+    "train-sae-sweep": ("sae-2", "sae-3"),
+}
 start = stage_runner.start
 
 
@@ -54,8 +60,12 @@ def reference(tmp_path_factory):
 
 
 def recovered(stage: str, ws: Workspace) -> int:
-    """How far a re-run starts: the last checkpoint's step, the images of sealed shards or of the saved index pass."""
-    run_dir = ws.kind_dir(OUTPUTS[stage]) / RUN[stage]
+    """How far a re-run starts: the last checkpoint's step, the images of sealed shards or of the saved index pass;
+    a sweep starts at its furthest-behind SAE's checkpoint (0 for one that has none)."""
+    if stage == "train-sae-sweep":
+        trainers = [ws.kind_dir("saes") / run / "trainer.pt" for run in RUNS[stage]]
+        return min(int(load_torch_file(t)["step"]) if t.exists() else 0 for t in trainers)
+    run_dir = ws.kind_dir(OUTPUTS[stage]) / RUNS[stage][0]
     if stage == "train-model" and (run_dir / "last.pt").exists():
         return int(load_torch_file(run_dir / "last.pt")["step"])
     if stage == "collect" and (run_dir / "manifest.json").exists():
@@ -71,7 +81,9 @@ def recovered(stage: str, ws: Workspace) -> int:
 
 
 def resumable(stage: str, ws: Workspace) -> bool:
-    run_dir = ws.kind_dir(OUTPUTS[stage]) / RUN[stage]
+    if stage == "train-sae-sweep":  # a sweep resumes once it is recorded, whatever its SAEs' checkpoints
+        return (ws.root / "sweeps" / "sweep-1.json").exists()
+    run_dir = ws.kind_dir(OUTPUTS[stage]) / RUNS[stage][0]
     return {"train-model": (run_dir / "last.pt").exists(), "train-sae": (run_dir / "trainer.pt").exists()}.get(
         stage, True
     )
@@ -115,13 +127,14 @@ def assert_equal_to_reference(stage: str, ours: Path, theirs: Path) -> None:
         np.testing.assert_array_equal(a.load_all(), b.load_all())
         assert a.manifest.images == b.manifest.images and a.manifest.complete
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
-    elif stage == "train-sae":
-        a, b = (
-            load_file(str(ours / "saes/sae-1/sae.safetensors")),
-            load_file(str(theirs / "saes/sae-1/sae.safetensors")),
-        )
-        for key, value in b.items():
-            torch.testing.assert_close(a[key], value, rtol=0, atol=0, msg=key)
+    elif stage in ("train-sae", "train-sae-sweep"):
+        for run in RUNS[stage]:
+            a, b = (
+                load_file(str(ours / "saes" / run / "sae.safetensors")),
+                load_file(str(theirs / "saes" / run / "sae.safetensors")),
+            )
+            for key, value in b.items():
+                torch.testing.assert_close(a[key], value, rtol=0, atol=0, msg=f"{run}: {key}")
     else:
         for key in ("density", "top_values", "top_tokens", "class_counts", "band_tokens", "class_effect"):
             np.testing.assert_array_equal(
@@ -131,13 +144,20 @@ def assert_equal_to_reference(stage: str, ours: Path, theirs: Path) -> None:
             )
 
 
+def remove_outputs(root: Path, stage: str) -> None:
+    for run in RUNS[stage]:
+        shutil.rmtree(root / OUTPUTS[stage] / run, ignore_errors=True)
+    if stage == "train-sae-sweep":
+        shutil.rmtree(root / "sweeps", ignore_errors=True)
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_at_random_points(stage, reference, tmp_path):
     reference_root, work_seconds = reference
     root = tmp_path / "ws"
     shutil.copytree(reference_root, root)  # the stage's inputs, as the reference had them
     for later in STAGES[STAGES.index(stage) :]:
-        shutil.rmtree(root / OUTPUTS[later] / RUN[later])
+        remove_outputs(root, later)
     ws = Workspace(root)
     rng = random.Random(f"kill-9 {stage}")
     interval = stage_runner.CHECKPOINT_INTERVAL[stage]
@@ -153,7 +173,7 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
         child.join()
         if child.exitcode == 0:  # it finished before the kill point: start over to place the remaining kills
             completed_early += 1
-            shutil.rmtree(root / OUTPUTS[stage] / RUN[stage])
+            remove_outputs(root, stage)
             resume = False
             continue
         assert child.exitcode == -signal.SIGKILL
@@ -163,7 +183,7 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
         assert lost <= interval, f"kill {len(losses)} lost {lost} {stage_runner.UNIT[stage]} (interval {interval})"
         resume = resumable(stage, ws)
         if not resume:  # killed before the first checkpoint: the run has nothing to resume from, so start it again
-            shutil.rmtree(root / OUTPUTS[stage] / RUN[stage], ignore_errors=True)
+            remove_outputs(root, stage)
     run_to_end(stage, root, resume)
     assert_nothing_complete_is_corrupt(ws)
     assert_equal_to_reference(stage, root, reference_root)

@@ -38,7 +38,19 @@ async def test_the_sae_form_is_built_from_the_config_and_explains_the_focused_fi
         await pilot.press("a")
         form = app.screen.query_one("#config", ConfigForm)
         labels = [str(label.render()) for label in form.query("Label")]
-        assert labels == ["activations", "expansion", "l0-coeff", "bandwidth", "lr", "batch-size", "tokens", "device"]
+        sweeps = " (a,b,… sweeps)"
+        assert labels == [
+            "activations",
+            f"arch{sweeps}",
+            f"l0-coeff{sweeps}",
+            f"k{sweeps}",
+            f"expansion{sweeps}",
+            "bandwidth",
+            "lr",
+            "batch-size",
+            "tokens",
+            "device",
+        ]
         assert form.query_one("#l0_coeff", Input).value == str(SAETrainConfig().l0_coeff)
         form.query_one("#bandwidth", Input).focus()
         await pilot.pause(0.1)
@@ -51,6 +63,12 @@ async def test_the_sae_form_is_built_from_the_config_and_explains_the_focused_fi
         assert app.jobs.get("train-sae") is None
         messages = [n.message for n in app._notifications]
         assert any("tokens must be a whole number, not 'lots'" in m for m in messages), messages
+        form.query_one("#tokens", Input).value = "100000"
+        form.query_one("#k", Input).value = "8,8"
+        await pilot.press("s")
+        await pilot.pause(0.2)
+        assert app.jobs.get("train-sae") is None
+        assert any("k repeats a value" in n.message for n in app._notifications)
 
 
 async def test_the_palette_describes_each_stage_in_its_own_words(tmp_path):

@@ -118,6 +118,11 @@ def _run(cfgs, ws, report, stop, resume, emulate_bf16) -> list[SAERun]:
             cfg = cfgs[0]
             ranks = distributed.setup(cfg.device)
             ranks.check_divisible(cfg.batch_size)
+            if ranks.enabled and any(c.arch == "batchtopk" for c in cfgs):
+                raise StageError(
+                    "batchtopk trains in one process (its top k x batch is taken over the whole batch); "
+                    "train it without torchrun, or use topk or jumprelu under torchrun"
+                )
             store = ActivationSet(ws.run_dir("activations", cfg.activations))
             for i, member_cfg in enumerate(cfgs):
                 name = resumed[i] if resume else None
@@ -308,6 +313,7 @@ def _member(
     resuming: bool,
     ranks: distributed.Ranks,
     compute_dtype: torch.dtype,
+    in_sweep: bool,
 ) -> Member:
     device = ranks.device
     sae = sae_run.build_sae(cfg, store.d_model, input_scale(store)).to(device)
@@ -320,7 +326,12 @@ def _member(
     step_fn = FusedStep(sae, cfg.bandwidth, compute_dtype) if cfg.arch == "jumprelu" else TopKStep(sae, cfg.aux_k_coeff)
     last_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)
     member = Member(cfg, run_dir, sae, optimizer, step_fn, last_fired, Window(device))
-    if resuming:
+    if resuming and not sae_run.has_checkpoint(run_dir) and in_sweep:
+        # killed before this SAE's first checkpoint: it starts over while the others wait for it at their steps
+        if ranks.is_main:
+            truncate_jsonl(run_dir / "metrics.jsonl", lambda r: False)
+        report(Log(STAGE, f"{run_dir.name} had no checkpoint yet: it starts from step 0"))
+    elif resuming:
         _restore(member, store, report, ranks)
     ranks.broadcast_(sae.parameters())
     if ranks.is_main:
@@ -379,7 +390,9 @@ def _train(
     if device.type == "cpu":
         tune_allocator()
     compute_dtype = torch.bfloat16 if cfg.bf16 and (device.type == "cuda" or emulate_bf16) else torch.float32
-    members = [_member(c, store, d, report, resuming, ranks, compute_dtype) for c, d in zip(cfgs, run_dirs)]
+    members = [
+        _member(c, store, d, report, resuming, ranks, compute_dtype, len(cfgs) > 1) for c, d in zip(cfgs, run_dirs)
+    ]
     scale = float(members[0].sae.input_scale)
     if any(float(m.sae.input_scale) != scale for m in members):
         raise StageError("these SAEs were trained with different input scales; resume them one at a time")

@@ -73,7 +73,8 @@ def next_text(states: list[StageState], jobs_running: bool) -> Text:
     step = next_step(states)
     if step == "browse the features":
         return Text(
-            "Features are indexed: b browses them. g, t, c, a and i build new runs; enter opens the selected one."
+            "Features are indexed: b browses them, v compares every SAE of a set. g, t, c, a and i build new runs; "
+            "enter opens the selected one."
         )
     first_open = next(s for s in states if s.state != "done")
     return Text.assemble(
@@ -107,7 +108,7 @@ class HomeScreen(Screen):
         Binding("a", "app.switch_mode('train-sae')", "SAE"),
         Binding("i", "index", "Index"),
         Binding("b", "app.switch_mode('browse')", "Browse"),
-        Binding("v", "app.switch_mode('compare')", "Compare"),
+        Binding("v", "app.switch_mode('compare')", "Compare", show=False),  # 80 columns: the footer keeps q Quit
         Binding("enter", "open_run", "Open"),
         Binding("f5", "refresh_runs", "Refresh", show=False),
     ]
