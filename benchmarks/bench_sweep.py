@@ -2,9 +2,10 @@
 
     python benchmarks/bench_sweep.py --workspace WS --activations SET [--n 4] [--tokens 1000000] [--arch jumprelu]
 
-Both runs train in a scratch workspace that links WS's activations and models (WS gets no new runs). The rate of a
-run is the median of its metrics rows' tokens/s (the wall time of a sweep's pass is shared by its SAEs, so a sweep's
-rate per SAE is N x that). Not a test.
+Both runs train in a scratch workspace that links WS's activations and models (WS gets no new runs), alternating
+`--repeats` times (this VM's speed drifts by ~10% over minutes); each side's rate is the median over its runs of the
+median of the run's metrics rows' tokens/s (a sweep's pass is shared by its SAEs, so its rate per SAE is N x that).
+Not a test.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--arch", default="jumprelu", choices=["jumprelu", "topk", "batchtopk"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     source = Path(args.workspace).expanduser().resolve()
     with tempfile.TemporaryDirectory() as scratch:
@@ -49,13 +51,20 @@ def main() -> None:
             if args.arch == "jumprelu"
             else {"k": tuple(8 * (i + 1) for i in range(args.n))}
         )
-        alone = run_sweep([sweep_configs(base, **sparsities)[0]], ws, ignore, threading.Event())
-        together = run_sweep(sweep_configs(base, **sparsities), ws, ignore, threading.Event())
-        single = rate(alone[0].run_dir)
-        per_sae = rate(together[0].run_dir) * len(together)
-        print(f"{args.arch}, {args.tokens:,} tokens, {args.device}")
+        configs = sweep_configs(base, **sparsities)
+        singles, per_saes = [], []
+        for _ in range(args.repeats):
+            alone = run_sweep(configs[:1], ws, ignore, threading.Event())
+            together = run_sweep(configs, ws, ignore, threading.Event())
+            singles.append(rate(alone[0].run_dir))
+            per_saes.append(rate(together[0].run_dir) * len(together))
+        single, per_sae = statistics.median(singles), statistics.median(per_saes)
+        ratios = ", ".join(f"{b / a:.2f}" for a, b in zip(singles, per_saes))
+        print(
+            f"{args.arch}, {args.tokens:,} tokens, {args.device}, {args.repeats} alternating repeats (ratios {ratios})"
+        )
         print(f"one SAE alone          {single:12,.0f} tokens/s")
-        print(f"{len(together)} SAEs in one pass    {per_sae:12,.0f} tokens/s per SAE")
+        print(f"{len(configs)} SAEs in one pass    {per_sae:12,.0f} tokens/s per SAE")
         print(f"sweep / alone per SAE  {per_sae / single:.2f}   (target >= 0.9)")
 
 

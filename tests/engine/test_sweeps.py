@@ -245,3 +245,14 @@ def test_topk_saes_are_indexed_inspected_and_edited_like_jumprelu_ones(tmp_path,
     result = Workbench(ws, index).attribute(0, None, 4)
     active = set(np.flatnonzero(f.detach().numpy().sum(0)).tolist())
     assert result.features and {d["feature"] for d in result.features} <= active  # the architecture's own code
+
+
+def test_a_live_point_never_sets_the_frontier():
+    def point(run, l0, fvu, live=False):
+        return compare.SAEPoint(run, "topk", "k 8", 8, "running", 1, 2, {"eval_l0": l0, "eval_fvu": fvu}, live=live)
+
+    marked = {
+        p.run: p.pareto
+        for p in compare.mark_pareto([point("a", 4, 0.1), point("b", 8, 0.2), point("c", 2, 0.01, True)])
+    }
+    assert marked == {"a": True, "b": False, "c": False}

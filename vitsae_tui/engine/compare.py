@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -85,25 +86,32 @@ def points(ws: Workspace, activations: str, live: bool = False) -> list[SAEPoint
             continue  # damaged: `vitsae-tui runs` shows it as such
         if cfg.activations != activations:
             continue
-        metrics, step = latest_eval(read_jsonl(info.path / "metrics.jsonl"))
+        rows = read_jsonl(info.path / "metrics.jsonl")
+        metrics, step = latest_eval(rows)
+        training = _numbers(next((r for r in reversed(rows) if r.get("kind") == "step"), {}))
+        newer = live and info.state == "running" and training.get("step", -1) > step
+        if newer and "l0" in training and "fvu" in training:
+            metrics = {**metrics, "eval_l0": training["l0"], "eval_fvu": training["fvu"]}
+            step = int(training["step"])
         if "eval_l0" not in metrics or "eval_fvu" not in metrics:
             continue
-        found.append(
-            SAEPoint(info.name, cfg.arch, cfg.sparsity, cfg.expansion, info.state, step, cfg.total_steps, metrics)
-        )
+        point = SAEPoint(info.name, cfg.arch, cfg.sparsity, cfg.expansion, info.state, step, cfg.total_steps, metrics)
+        found.append(dataclasses.replace(point, live=newer))
     return mark_pareto(found)
 
 
 def mark_pareto(found: list[SAEPoint], x: str = "eval_l0", y: str = "eval_fvu") -> list[SAEPoint]:
-    """Each point with `pareto` set when no other point is at most as large on both axes and smaller on one."""
+    """Each evaluated point with `pareto` set when no other evaluated point is at most as large on both axes and
+    smaller on one (a live point's training-batch numbers are not held-out: they never set the frontier)."""
+    measured = [q for q in found if not q.live]
 
     def dominated(p: SAEPoint) -> bool:
         return any(
             q.value(x) <= p.value(x)
             and q.value(y) <= p.value(y)
             and (q.value(x) < p.value(x) or q.value(y) < p.value(y))
-            for q in found
+            for q in measured
         )
 
-    marked = [SAEPoint(**{**p.__dict__, "pareto": not dominated(p)}) for p in found]
+    marked = [dataclasses.replace(p, pareto=not p.live and not dominated(p)) for p in found]
     return sorted(marked, key=lambda p: (p.arch, p.value(x)))

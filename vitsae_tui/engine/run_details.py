@@ -28,6 +28,14 @@ def _steps(status: dict[str, Any]) -> str:
     return f"step {step:,}" + (f"/{total:,}" if total else "")
 
 
+def _sae_kind(config: dict[str, Any]) -> str | None:
+    """'topk k 16', 'jumprelu λ 0.003' (a sweep's SAEs differ only there); None for a config that says neither."""
+    arch = config.get("arch", "jumprelu")
+    symbol, key = {"jumprelu": ("λ", "l0_coeff"), "topk": ("k", "k"), "batchtopk": ("k", "k")}.get(arch, ("", ""))
+    value = _number(config, key) if key else None
+    return f"{arch} {symbol} {value:g}" if value is not None else None
+
+
 def describe_run(run: RunInfo) -> str:
     """What a person wants to know about a run at a glance; a failed run shows its message (safe to show)."""
     status = run.status
@@ -49,6 +57,7 @@ def describe_run(run: RunInfo) -> str:
         fvu, l0, dead = _number(status, "fvu"), _number(status, "l0"), _number(status, "dead_fraction")
         tokens = _count(status, "tokens")
         parts = [
+            _sae_kind(run.config),
             f"FVU {fvu:.3f}" if fvu is not None else None,
             f"L0 {l0:.1f}" if l0 is not None else None,
             f"dead {dead:.1%}" if dead is not None else None,

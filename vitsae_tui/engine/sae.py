@@ -179,17 +179,25 @@ class FusedStep:
     passes over the (B, d_sae) activations, with no autograd graph and no fresh 32 MiB temporaries per step.
     """
 
-    def __init__(self, sae: JumpReLUSAE, bandwidth: float, compute_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        sae: JumpReLUSAE,
+        bandwidth: float,
+        compute_dtype: torch.dtype = torch.float32,
+        buffers: dict | None = None,
+    ):
+        """`buffers`: scratch space to share with other steps that never run at the same time (a sweep's SAEs step
+        one after another: one set of (B, F) buffers stays in cache instead of one per SAE)."""
         self.sae = sae
         self.bandwidth = bandwidth
         self.compute_dtype = compute_dtype
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.buffers: dict = {} if buffers is None else buffers
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        buf = self.buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-            buf = torch.empty(shape, dtype=dtype, device=device)
-            self.buffers[name] = buf
+        key = (name, shape, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
     @torch.no_grad()

@@ -136,7 +136,12 @@ def _run(cfgs, ws, report, stop, resume, emulate_bf16) -> list[SAERun]:
             distributed.teardown(ranks)
             return result
         except Exception as e:
-            raise distributed.stage_failed_on_rank(STAGE, e, report, run_dirs[0] if run_dirs else None, ranks) from e
+            failure = distributed.stage_failed_on_rank(STAGE, e, report, run_dirs[0] if run_dirs else None, ranks)
+            if ranks is None or ranks.is_main:
+                for other in run_dirs[1:]:  # the whole sweep stopped with its first SAE
+                    with contextlib.suppress(OSError):
+                        write_status(other, "failed", message=str(failure))
+            raise failure from e
 
 
 def _claim_run(ws: Workspace, cfg, resume: str | None, held: contextlib.ExitStack) -> str:
@@ -256,7 +261,8 @@ class Member:
     def dead_mask(self) -> torch.Tensor:
         return (self.tokens_seen - self.last_fired) >= self.cfg.dead_window_tokens
 
-    def train_step(self, x: torch.Tensor, n_global: int, ranks: distributed.Ranks, mean_scaled: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, n_global: int, ranks: distributed.Ranks, sq_dev: torch.Tensor) -> None:
+        """One optimizer step on the batch x; sq_dev is its summed squared deviation from the mean (FVU's baseline)."""
         cfg, sae = self.cfg, self.sae
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step) * group["lr_scale"]
@@ -268,7 +274,7 @@ class Member:
             out = {**self.step_fn(x, self.dead_mask()), "in_window": ZERO, "theta_reached": ZERO}
         fired = _all_reduced_grads(out, sae, x, n_global, ranks)
         if out is not None:
-            self.window.add(out, (x - mean_scaled).pow(2).sum(dtype=torch.float64), len(x))
+            self.window.add(out, sq_dev, len(x))
         sae.project_decoder_grad()
         self.optimizer.step()
         sae.after_step()
@@ -314,6 +320,7 @@ def _member(
     ranks: distributed.Ranks,
     compute_dtype: torch.dtype,
     in_sweep: bool,
+    scratch: dict,
 ) -> Member:
     device = ranks.device
     sae = sae_run.build_sae(cfg, store.d_model, input_scale(store)).to(device)
@@ -323,7 +330,11 @@ def _member(
     if sparsity:
         groups.append({"params": sparsity, "lr_scale": cfg.theta_lr_scale})
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    step_fn = FusedStep(sae, cfg.bandwidth, compute_dtype) if cfg.arch == "jumprelu" else TopKStep(sae, cfg.aux_k_coeff)
+    step_fn = (
+        FusedStep(sae, cfg.bandwidth, compute_dtype, scratch)
+        if cfg.arch == "jumprelu"
+        else TopKStep(sae, cfg.aux_k_coeff)
+    )
     last_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)
     member = Member(cfg, run_dir, sae, optimizer, step_fn, last_fired, Window(device))
     if resuming and not sae_run.has_checkpoint(run_dir) and in_sweep:
@@ -390,8 +401,10 @@ def _train(
     if device.type == "cpu":
         tune_allocator()
     compute_dtype = torch.bfloat16 if cfg.bf16 and (device.type == "cuda" or emulate_bf16) else torch.float32
+    scratch: dict = {}  # the fused steps' buffers, shared: the SAEs step one after another
     members = [
-        _member(c, store, d, report, resuming, ranks, compute_dtype, len(cfgs) > 1) for c, d in zip(cfgs, run_dirs)
+        _member(c, store, d, report, resuming, ranks, compute_dtype, len(cfgs) > 1, scratch)
+        for c, d in zip(cfgs, run_dirs)
     ]
     scale = float(members[0].sae.input_scale)
     if any(float(m.sae.input_scale) != scale for m in members):
@@ -452,8 +465,9 @@ def _train(
         for x_raw, n_global in source.epoch(epoch, skip_batches=skip):
             x = x_raw.mul_(scale)
             active = [m for m in members if m.step == step]
+            sq_dev = (x - mean_scaled).pow(2).sum(dtype=torch.float64)  # once per batch, whatever the number of SAEs
             for m in active:
-                m.train_step(x, n_global, ranks, mean_scaled)
+                m.train_step(x, n_global, ranks, sq_dev)
             step += 1
             logging = step % cfg.log_every == 0 or step == total_steps
             checkpointing = step % cfg.checkpoint_every == 0

@@ -15,7 +15,7 @@ from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.text import shown
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.widgets.choices import refill_select
-from vitsae_tui.tui.widgets.scatter_plot import ScatterPlot
+from vitsae_tui.tui.widgets.scatter_plot import COLORS, RICH_COLORS, ScatterPlot
 
 REFRESH_S = 1.0
 HINT = (
@@ -43,6 +43,7 @@ class CompareScreen(Screen):
             with Horizontal(id="compare-plots"):
                 yield ScatterPlot("FVU vs L0", "L0", "FVU", id="plot_fvu")
                 yield ScatterPlot("KL recovered vs L0", "L0", "KL rec", log_y=False, id="plot_kl")
+            yield Static("", id="compare-legend")
             yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -143,6 +144,11 @@ class CompareScreen(Screen):
         by_arch: dict[str, list[SAEPoint]] = {}
         for p in self.found:
             by_arch.setdefault(p.arch, []).append(p)
+        legend = Text()
+        for color, arch in zip(COLORS, by_arch):
+            legend.append("● ", style=RICH_COLORS[color]).append(f"{arch}   ")
+        legend.append("◉ selected · enter opens its run", style="dim")
+        self.query_one("#compare-legend", Static).update(legend)
         chosen = self.selected()
         for plot_id, y_key in (("plot_fvu", "eval_fvu"), ("plot_kl", "kl_recovered")):
             groups = {arch: [(p.value("eval_l0"), p.value(y_key)) for p in group] for arch, group in by_arch.items()}

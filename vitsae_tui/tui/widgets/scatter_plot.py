@@ -7,6 +7,15 @@ import math
 from textual_plotext import PlotextPlot
 
 COLORS = ("cyan", "orange", "magenta", "green", "red", "blue")
+"""plotext's colour per group, in order; the screen draws the key itself (a legend inside a small plot hides points)"""
+RICH_COLORS = {
+    "cyan": "cyan",
+    "orange": "dark_orange",
+    "magenta": "magenta",
+    "green": "green",
+    "red": "red",
+    "blue": "blue",
+}
 
 
 class ScatterPlot(PlotextPlot):
@@ -39,13 +48,13 @@ class ScatterPlot(PlotextPlot):
         plt.xlabel(("log10 " if self.log_x else "") + self.xlabel)
         plt.ylabel(("log10 " if self.log_y else "") + self.ylabel)
         drawn = 0
-        for color, (name, points) in zip(COLORS, groups.items()):
+        for color, points in zip(COLORS, groups.values()):
             kept = [p for p in (self._point(x, y) for x, y in points) if p is not None]
             if kept:
-                plt.scatter([x for x, _ in kept], [y for _, y in kept], label=name, color=color, marker="dot")
+                plt.scatter([x for x, _ in kept], [y for _, y in kept], color=color, marker="dot")
                 drawn += len(kept)
         mark = self._point(*selected) if selected is not None else None
         if mark is not None:
-            plt.scatter([mark[0]], [mark[1]], color="white", marker="◉")
+            plt.scatter([mark[0]], [mark[1]], color="white", marker="◉")  # drawn last: on top of its group's dot
         self.drawn_points = drawn
         self.refresh()
