@@ -105,7 +105,13 @@ def test_two_ranks_train_the_same_sae_as_one_process(tmp_path, resident):
     ours = load_file(str(double.root / "saes" / "sae-1" / "sae.safetensors"))
     theirs = load_file(str(reference.run_dir / "sae.safetensors"))
     for name in theirs:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+        if name != "threshold":
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+    # θ's gradient counts the tokens inside |z - θ| < ε/2: the other summation order of 2 processes can move one token
+    # across that edge, moving that feature's θ by part of one Adam step (3.7e-5 measured, streamed); the rest match
+    theta_gap = (ours["threshold"] - theirs["threshold"]).abs()
+    assert int((theta_gap > 1e-5 + 1e-4 * theirs["threshold"].abs()).sum()) <= 2, theta_gap.max()
+    assert float(theta_gap.max()) < cfg.lr * cfg.theta_lr_scale, theta_gap.max()
     # rank 0 alone wrote the metrics: one row per log step, the same numbers as the single process
     rows = [json.loads(line) for line in (double.root / "saes" / "sae-1" / "metrics.jsonl").read_text().splitlines()]
     reference_rows = [json.loads(line) for line in (reference.run_dir / "metrics.jsonl").read_text().splitlines()]
