@@ -28,6 +28,7 @@ from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import KINDS, Workspace, load_torch_file, read_json, read_jsonl
 
 KILLS_PER_STAGE = 20
+KILLS_PER_SWEEP = 10  # a sweep's resume path is train-sae's, plus SAEs at different steps: fewer kills cover it
 STAGES = (*REGISTRY, "train-sae-sweep")
 OUTPUTS = {**{name: stage.kind for name, stage in REGISTRY.items()}, "train-sae-sweep": "saes"}
 RUNS = {
@@ -162,7 +163,7 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
     rng = random.Random(f"kill-9 {stage}")
     interval = stage_runner.CHECKPOINT_INTERVAL[stage]
     losses, completed_early, resume = [], 0, False
-    while len(losses) < KILLS_PER_STAGE:
+    while len(losses) < (KILLS_PER_SWEEP if stage == "train-sae-sweep" else KILLS_PER_STAGE):
         child, announced = start(stage, root, resume)
         while announced.value < 0 and child.is_alive():
             time.sleep(0.001)

@@ -29,7 +29,7 @@ async def test_a_sweep_started_from_the_sae_screen_appears_live_on_the_compare_s
             "k": "3",
             "expansion": "4",
             "batch_size": "1024",
-            "tokens": "2000000",
+            "tokens": "1200000",
             "lr": "0.01",
         }
         for key, value in values.items():
@@ -56,7 +56,7 @@ async def test_a_sweep_started_from_the_sae_screen_appears_live_on_the_compare_s
         assert compare.query_one("#plot_fvu", ScatterPlot).drawn_points == 3
         assert "3 SAEs" in str(compare.query_one("#compare-status", Static).render())
         sae_screen_rows = screen.query_one("#plot_l0", MetricPlot).point_count("train")
-        assert sae_screen_rows == 1953 // 20 + 1  # one SAE's rows (every 20th step and the last), not three SAEs'
+        assert sae_screen_rows == 1171 // 20 + 1  # one SAE's rows (every 20th step and the last), not three SAEs'
         # enter opens the highlighted SAE's run on the SAE screen; b refuses until it is indexed
         compare.query_one(DataTable).move_cursor(row=2)
         await pilot.press("b")

@@ -407,6 +407,11 @@ class FeatureIndex:
         )
 
 
+def index_exists(ws: Workspace, sae_run: str) -> bool:
+    """Whether the SAE has been indexed over the set it was trained on."""
+    return (ws.kind_dir("features") / index_name(sae_run, "", "") / INDEX_FILE).is_file()
+
+
 def open_index_for(ws: Workspace, sae_run: str, activations: str | None = None) -> FeatureIndex:
     """The index of an SAE over a set (default: its training set), or a one-sentence error saying how to build it."""
     meta = SAEMeta.load(ws.run_dir("saes", sae_run))

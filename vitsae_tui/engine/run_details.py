@@ -31,7 +31,8 @@ def _steps(status: dict[str, Any]) -> str:
 def _sae_kind(config: dict[str, Any]) -> str | None:
     """'topk k 16', 'jumprelu λ 0.003' (a sweep's SAEs differ only there); None for a config that says neither."""
     arch = config.get("arch", "jumprelu")
-    symbol, key = {"jumprelu": ("λ", "l0_coeff"), "topk": ("k", "k"), "batchtopk": ("k", "k")}.get(arch, ("", ""))
+    names = {"jumprelu": ("λ", "l0_coeff"), "topk": ("k", "k"), "batchtopk": ("k", "k")}
+    symbol, key = names.get(arch, ("", "")) if isinstance(arch, str) else ("", "")  # untrusted: any JSON value
     value = _number(config, key) if key else None
     return f"{arch} {symbol} {value:g}" if value is not None else None
 

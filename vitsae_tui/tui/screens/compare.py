@@ -170,7 +170,9 @@ class CompareScreen(Screen):
         chosen = self._chosen_or_say()
         if chosen is None:
             return
-        if not (self.app.workspace.kind_dir("features") / chosen.run / "index.json").is_file():
+        from vitsae_tui.engine.feature_index import index_exists
+
+        if not index_exists(self.app.workspace, chosen.run):
             self.notify(f"{chosen.run} has no feature index yet: press i to build it", severity="warning")
             return
         await self.app.open_run("features", chosen.run)
