@@ -184,6 +184,10 @@ class CollectConfig:
         _check(self.shard_images >= 1 and self.batch_size >= 1, "shard_images and batch_size must be at least 1")
 
 
+ARCHITECTURES = ("jumprelu", "topk", "batchtopk")
+"""the SAE architectures train-sae builds (engine/sae.py, sae_topk.py, sae_batchtopk.py)"""
+
+
 @dataclass(frozen=True)
 class SAETrainConfig:
     activations: str = ""
@@ -265,7 +269,7 @@ class SAETrainConfig:
             "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1",
         )
         _check(self.resident in ("auto", "yes", "no"), "resident must be 'auto', 'yes' or 'no'")
-        _check(self.arch in ("jumprelu", "topk", "batchtopk"), "arch must be 'jumprelu', 'topk' or 'batchtopk'")
+        _check(self.arch in ARCHITECTURES, "arch must be 'jumprelu', 'topk' or 'batchtopk'")
         _check(self.k >= 1 and self.aux_k_coeff >= 0, "k must be at least 1 and aux_k_coeff at least 0")
 
     @property

@@ -10,6 +10,7 @@ f passes H(z - theta) to z; the L0 term sends nothing to z.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,7 @@ class SAEShape:
     d_sae: int
 
 
-class SparseAutoencoder(nn.Module):
+class SparseAutoencoder(nn.Module, abc.ABC):
     """What every architecture shares: tied-at-init unit-norm decoder rows, biases, and weights in the scaled input
     space (E||x||^2 = 1, the JumpReLU paper's); `input_scale` maps raw activations into it.
 
@@ -92,14 +93,14 @@ class SparseAutoencoder(nn.Module):
         return self.W_enc.shape[1]
 
     @property
-    def firing_threshold(self) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def firing_threshold(self) -> torch.Tensor: ...
 
     def pre_acts(self, x_scaled: torch.Tensor) -> torch.Tensor:
         return x_scaled @ self.W_enc + self.b_enc  # (B, d_sae)
 
-    def encode(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, x_scaled: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec  # (B, d_in)

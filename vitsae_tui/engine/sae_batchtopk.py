@@ -20,7 +20,7 @@ class BatchTopKSAE(TopKSAE):
 
     def select(self, acts: torch.Tensor) -> torch.Tensor:
         flat = acts.reshape(-1)
-        top = flat.topk(min(int(self.k) * len(acts), flat.numel()), sorted=False)
+        top = flat.topk(min(self.kept * len(acts), flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter_(0, top.indices, top.values).view_as(acts)
 
     def raw_weights(self) -> dict[str, torch.Tensor]:

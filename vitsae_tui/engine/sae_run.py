@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.config import ARCHITECTURES, SAETrainConfig
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
@@ -91,7 +91,6 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return load_torch_file(run_dir / TRAINER)
 
 
-ARCHITECTURES = ("jumprelu", "topk", "batchtopk")
 TENSORS = {
     "jumprelu": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"},
     "topk": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale", "k"},
@@ -99,24 +98,20 @@ TENSORS = {
 }
 
 
+def _sae_class(arch: str) -> type[SparseAutoencoder]:
+    from vitsae_tui.engine.sae import JumpReLUSAE
+    from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
+    from vitsae_tui.engine.sae_topk import TopKSAE
+
+    return {"jumprelu": JumpReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}[arch]
+
+
 def build_sae(cfg: SAETrainConfig, d_in: int, input_scale: float) -> SparseAutoencoder:
     """A freshly initialised SAE of the config's architecture and width."""
-    from vitsae_tui.engine.sae import JumpReLUSAE
-    from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
-    from vitsae_tui.engine.sae_topk import TopKSAE
-
-    d_sae = d_in * cfg.expansion
+    d_sae, cls = d_in * cfg.expansion, _sae_class(cfg.arch)
     if cfg.arch == "jumprelu":
-        return JumpReLUSAE(d_in, d_sae, cfg.theta_init, input_scale, cfg.seed)
-    return {"topk": TopKSAE, "batchtopk": BatchTopKSAE}[cfg.arch](d_in, d_sae, cfg.k, input_scale, cfg.seed)
-
-
-def _sized(arch: str, d_in: int, d_sae: int) -> SparseAutoencoder:
-    from vitsae_tui.engine.sae import JumpReLUSAE
-    from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
-    from vitsae_tui.engine.sae_topk import TopKSAE
-
-    return {"jumprelu": JumpReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}[arch](d_in, d_sae)
+        return cls(d_in, d_sae, cfg.theta_init, input_scale, cfg.seed)
+    return cls(d_in, d_sae, cfg.k, input_scale, cfg.seed)
 
 
 def save_sae(path: Path, sae: SparseAutoencoder) -> None:
@@ -145,7 +140,7 @@ def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> SparseAutoenc
     if arch not in ARCHITECTURES:
         raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors holds an unknown architecture; pick another run")
     d_in, d_sae = _checked_shapes(run_dir, arch, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
-    sae = _sized(arch, d_in, d_sae)
+    sae = _sae_class(arch)(d_in, d_sae)
     try:
         sae.load_state_dict(tensors)
     except RuntimeError:

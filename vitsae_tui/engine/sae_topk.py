@@ -24,8 +24,13 @@ class TopKSAE(SparseAutoencoder):
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, input_scale: float = 1.0, seed: int = 0):
         super().__init__(d_in, d_sae, input_scale, seed)
-        self.register_buffer("k", torch.tensor(int(min(k, d_sae))))
+        self.register_buffer("k", torch.tensor(int(min(k, d_sae))))  # saved with the weights
+        self.kept = int(self.k)  # the same k as a Python int: reading the buffer on a GPU would sync every step
         self.register_buffer("threshold", torch.zeros(d_sae))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.kept = int(self.k)
 
     @property
     def firing_threshold(self) -> torch.Tensor:
@@ -36,14 +41,14 @@ class TopKSAE(SparseAutoencoder):
 
     def select(self, acts: torch.Tensor) -> torch.Tensor:
         """The training-time sparsification of ReLU(z): the k largest of each token."""
-        top = acts.topk(int(self.k), dim=-1, sorted=False)
+        top = acts.topk(self.kept, dim=-1, sorted=False)
         return torch.zeros_like(acts).scatter_(-1, top.indices, top.values)
 
     @torch.no_grad()
     def track_threshold(self, f: torch.Tensor) -> None:
-        fired = f[f > 0]
-        if len(fired):
-            self.threshold.mul_(1 - THRESHOLD_EMA).add_(THRESHOLD_EMA * fired.min().float())
+        smallest = torch.where(f > 0, f, torch.inf).min().float()  # inf when nothing fired: then left unchanged
+        moved = self.threshold * (1 - THRESHOLD_EMA) + THRESHOLD_EMA * smallest
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), moved, self.threshold))
 
 
 def aux_k_loss(sae: SparseAutoencoder, z: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
