@@ -27,11 +27,19 @@ def main() -> None:
     parser.add_argument("--values", default="0.01,0.03,0.1,0.3,1,3")
     parser.add_argument("--bandwidth", type=float, default=SAETrainConfig.bandwidth)
     parser.add_argument("--lr", type=float, default=SAETrainConfig.lr)
+    parser.add_argument("--theta-lr-scale", type=float, default=SAETrainConfig.theta_lr_scale)
+    parser.add_argument("--pre-act-coeff", type=float, default=SAETrainConfig.pre_act_coeff)
     parser.add_argument("--bf16", action="store_true", help="bf16 matmuls (emulated on CPU) instead of float32")
     args = parser.parse_args()
     ws = Workspace(args.workspace)
     base = SAETrainConfig(
-        activations=args.activations, tokens=args.tokens, bandwidth=args.bandwidth, lr=args.lr, eval_every=10**9
+        activations=args.activations,
+        tokens=args.tokens,
+        bandwidth=args.bandwidth,
+        lr=args.lr,
+        theta_lr_scale=args.theta_lr_scale,
+        pre_act_coeff=args.pre_act_coeff,
+        eval_every=10**9,
     )
     print(
         f"{'lambda':>8} {'L0':>7} {'FVU':>7} {'eval L0':>7} {'evalFVU':>7} {'dCE':>7} {'KL':>7} {'agree':>6} "

@@ -328,6 +328,8 @@ def print_edit(bench, result, console: Console | None = None) -> None:
 
 def print_concepts(report, console: Console | None = None) -> None:
     """Concept recovery tables: every detector on held-out images, k-sparse probing, absorption."""
+    from rich import box
+
     from vitsae_tui.engine.feature_index import MATCH_BAR
 
     console = console or Console()
@@ -338,38 +340,48 @@ def print_concepts(report, console: Console | None = None) -> None:
             f"F1 with 95% bootstrap interval over images; a feature matches when {MATCH_BAR}"
         )
     )
-    table = Table(title="concepts (held-out F1 [95%] · within-parent MCC)", title_justify="left")
-    for column in ("concept", "prev.", "SAE feature", "SAE", "neuron", "probe", "object baseline"):
-        table.add_column(column, justify="left" if column in ("concept", "SAE feature") else "right")
-
-    def cell(d) -> str:
-        return f"{d.f1:.2f} [{d.f1_low:.2f},{d.f1_high:.2f}] · {d.parent_mcc:.2f}"
-
+    compact = {"box": box.SIMPLE_HEAD, "padding": 0, "show_edge": False, "title_justify": "left"}  # fits 80 columns
+    sae = Table(title="the SAE feature chosen for each concept, on held-out patches", **compact)
+    for column in ("concept", "prev", "feat", "F1 [95%]", "MCC", "parent MCC [95%]", "AUROC"):
+        sae.add_column(column, justify="left" if column == "concept" else "right", no_wrap=True)
     for c in report.concepts:
-        table.add_row(
+        d = c.sae
+        sae.add_row(
             Text(shown(c.concept)),
             f"{c.prevalence:.2f}",
             f"{c.feature}" + (" ✓" if c.matched else ""),
-            cell(c.sae),
-            cell(c.neurons),
-            cell(c.probe),
-            cell(c.baseline),
+            f"{d.f1:.2f} [{d.f1_low:.2f},{d.f1_high:.2f}]",
+            f"{d.mcc:.2f}",
+            f"{d.parent_mcc:.2f} [{d.parent_mcc_low:.2f},{d.parent_mcc_high:.2f}]",
+            f"{d.auroc:.2f}",
         )
-    console.print(table)
-    probing = Table(title="k-sparse probing (mean held-out F1 / AUROC over concepts)", title_justify="left")
+    console.print(sae)
+    versus = Table(
+        title="against the best neuron, a probe on all neurons and the object baseline (F1 · in parent MCC)", **compact
+    )
+    for column in ("concept", "SAE", "neuron", "probe", "object"):
+        versus.add_column(column, justify="left" if column == "concept" else "right", no_wrap=True)
+    for c in report.concepts:
+        versus.add_row(
+            Text(shown(c.concept)),
+            *(f"{d.f1:.2f} · {d.parent_mcc:.2f}" for d in (c.sae, c.neurons, c.probe, c.baseline)),
+        )
+    console.print(versus)
+    probing = Table(title="k-sparse probing (mean held-out F1 / AUROC over concepts)", **compact)
     for column in ("k", "SAE latents", "neurons"):
         probing.add_column(column, justify="right")
     for p in report.sparse_probing:
         probing.add_row(str(p.k), f"{p.sae_f1:.3f} / {p.sae_auroc:.3f}", f"{p.neuron_f1:.3f} / {p.neuron_auroc:.3f}")
     console.print(probing)
-    absorbed = Table(title="absorption and splitting (parent feature across its children)", title_justify="left")
-    for column in ("parent", "feature", "recall min (child)", "recall max", "split features", "absorbed"):
-        absorbed.add_column(column, justify="left" if column == "parent" else "right")
+    absorbed = Table(title="absorption and splitting (parent feature across its children)", **compact)
+    for column in ("parent", "feat", "recall min", "on child", "max", "split", "absorbed"):
+        absorbed.add_column(column, justify="left" if column in ("parent", "on child") else "right", no_wrap=True)
     for a in report.absorption:
         absorbed.add_row(
             Text(shown(a.parent)),
             str(a.feature),
-            Text(f"{a.recall_min:.2f} ({shown(a.worst_child)})"),
+            f"{a.recall_min:.2f}",
+            Text(shown(a.worst_child)),
             f"{a.recall_max:.2f}",
             str(a.split_features),
             f"{a.absorbed_fraction:.1%}",

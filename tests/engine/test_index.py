@@ -158,6 +158,32 @@ def test_synthetic_sets_get_concept_scores(indexed):
     assert index.concept_report.heldout_images == 96 // 20
 
 
+def test_the_concepts_command_prints_every_interval_whole_in_80_columns_and_the_report_as_json(indexed, monkeypatch):
+    import contextlib
+    import io
+    import json
+
+    from vitsae_tui import cli
+
+    ws, run, index = indexed
+    monkeypatch.setenv("COLUMNS", "80")
+    printed, as_json = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["--workspace", str(ws.root), "concepts", "--sae", run]) == 0
+    with contextlib.redirect_stdout(as_json):
+        assert cli.main(["--workspace", str(ws.root), "concepts", "--sae", run, "--json"]) == 0
+    lines = printed.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in printed.getvalue()
+    for c in index.concepts:
+        d = c.sae
+        row = f"{d.f1:.2f} [{d.f1_low:.2f},{d.f1_high:.2f}]"
+        assert any(line.startswith(c.concept + " ") and row in line for line in lines), c.concept
+    report = json.loads(as_json.getvalue())
+    assert [c["concept"] for c in report["concepts"]] == [c.concept for c in index.concepts]
+    assert report["concepts"][0]["sae"]["parent_mcc_high"] == index.concepts[0].sae.parent_mcc_high
+    assert [p["k"] for p in report["sparse_probing"]] == [1, 2, 4, 8, 16]
+
+
 def test_labels_persist_and_survive_reindexing(indexed):
     ws, sae_run, index = indexed
     index.set_label(5, "stripes detector", "fires on striped backgrounds")

@@ -47,24 +47,35 @@ def test_jumprelu_z_gradient_matches_finite_differences_away_from_the_jump():
     assert torch.allclose(numeric[far], (z > theta).double()[far], atol=1e-6)
 
 
-def test_fused_step_gradients_equal_autograd():
+@pytest.mark.parametrize("with_dead", [False, True], ids=["alive", "pre-act loss on dead features"])
+def test_fused_step_gradients_equal_autograd(with_dead):
     torch.manual_seed(0)
     sae = JumpReLUSAE(12, 48, theta_init=0.3, input_scale=1.0).double()
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
+        sae.threshold[40:] = 5.0  # silent on every token
     x = torch.randn(256, 12, dtype=torch.float64)
-    out = sae.loss(x, l0_coeff=0.7, bandwidth=EPS)
+    # the pre-activation loss on features that never fire and on two that fire on some tokens
+    dead = torch.tensor([3, 17, *range(40, 48)]) if with_dead else None
+    out = sae.loss(x, l0_coeff=0.7, bandwidth=EPS, dead=dead, pre_act_coeff=0.05)
     out["loss"].backward()
     expected = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = None
     fused = FusedStep(sae.float(), EPS)
     sae_f = sae
-    result = fused(x.float(), l0_coeff=0.7)
+    result = fused(x.float(), l0_coeff=0.7, dead=dead, pre_act_coeff=0.05)
+    if with_dead:
+        assert (expected["threshold"][40:] > 0).all() and (expected["b_enc"][40:] < 0).all()  # theta down, z up
+        assert 0 < (x.float() @ sae.W_enc[:, 3] + sae.b_enc[3] > sae.threshold[3]).float().mean() < 1
     assert result["mse"] == pytest.approx(out["mse"].item(), rel=1e-5)
     assert result["l0"] == pytest.approx(out["l0"].item(), rel=1e-6)
     assert expected["threshold"].abs().sum() > 0, "the case must exercise the threshold gradient"
+    # the norm's gradient is radial, which training projects out of W_dec's gradient (rows stay unit norm)
+    w = sae_f.W_dec.detach().double()
+    expected["W_dec"] -= (expected["W_dec"] * w).sum(1, keepdim=True) * w
+    sae_f.W_dec.grad -= (sae_f.W_dec.grad * sae_f.W_dec).sum(1, keepdim=True) * sae_f.W_dec
     for name, param in sae_f.named_parameters():
         assert torch.allclose(param.grad.double(), expected[name], rtol=1e-4, atol=1e-5), name
 

@@ -56,6 +56,33 @@ def test_a_planted_dictionary_is_recovered(workspace):
     assert 2 <= run.metrics["l0"] <= 6  # the true codes have 3 active atoms
 
 
+@pytest.mark.parametrize("pre_act_coeff", [0.0, 0.001])
+def test_the_pre_activation_loss_revives_dead_features(workspace, pre_act_coeff):
+    planted(workspace, n_images=200)
+    # every threshold above every pre-activation: all features dead from the first step, none with a gradient
+    cfg = small_cfg(theta_init=1.0, dead_window_tokens=8192, pre_act_coeff=pre_act_coeff)
+    run = train_sae(cfg, workspace, Collector(), threading.Event())
+    if pre_act_coeff:
+        assert run.metrics["l0"] > 1 and run.metrics["fvu"] < 0.9, run.metrics
+    else:
+        assert run.metrics["l0"] == 0 and run.metrics["dead_fraction"] == 1.0
+
+
+def test_a_run_from_before_the_pre_activation_loss_resumes_without_it(workspace):
+    from vitsae_tui.engine import config as config_mod
+    from vitsae_tui.engine.sae_run import read_config
+
+    run_dir = workspace.kind_dir("saes") / "sae-1"
+    run_dir.mkdir(parents=True)
+    old = config_mod.to_dict(small_cfg())
+    del old["pre_act_coeff"]
+    (run_dir / "config.json").write_text(json.dumps(old))
+    assert read_config(workspace, "sae-1").pre_act_coeff == 0.0
+    (run_dir / "config.json").write_text(json.dumps({**old, "pre_act_coeff": 0.002}))
+    assert read_config(workspace, "sae-1").pre_act_coeff == 0.002
+    assert small_cfg().pre_act_coeff == 0.001
+
+
 def test_metrics_rows_and_evaluation(workspace):
     planted(workspace, n_images=200)
     report = Collector()

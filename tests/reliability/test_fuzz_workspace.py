@@ -91,10 +91,13 @@ def fingerprint(root: Path, skip: Path) -> dict[str, str]:
     }
 
 
-def run_cli(root: Path, sae: str) -> list[str]:
+def run_cli(root: Path, sae: str, damaged: Path) -> list[str]:
     """The read-only commands on a damaged workspace; what went wrong as readable lines (empty: all good)."""
     problems = []
-    for argv in (["runs"], ["inspect", "--sae", sae, "--image", "0", "--token", "3"], ["feature", "--sae", sae, "0"]):
+    commands = [["runs"], ["inspect", "--sae", sae, "--image", "0", "--token", "3"], ["feature", "--sae", sae, "0"]]
+    if damaged.parent.parent.name == "features":  # concepts opens the index as feature does, then reads concepts.json
+        commands.append(["concepts", "--sae", sae])
+    for argv in commands:
         out, err = io.StringIO(), io.StringIO()
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -120,7 +123,7 @@ def test_the_cli_reads_every_damaged_field_of_every_artifact_without_a_traceback
             for what, damaged in damage:
                 path.write_text(damaged)
                 cases += 1
-                problems += [f"{path.relative_to(ws.root)} {what}: {p}" for p in run_cli(ws.root, sae)]
+                problems += [f"{path.relative_to(ws.root)} {what}: {p}" for p in run_cli(ws.root, sae, path)]
         finally:
             path.write_bytes(original)
         assert fingerprint(ws.root, path) == before, f"reading a damaged {path.name} changed other files"

@@ -211,6 +211,10 @@ class SAETrainConfig:
     theta_lr_scale: float = 0.3
     """the thresholds' learning rate as a multiple of lr (0.3: lambda reaches L0 2 on the demo set, 0.1 stalls at 4;
     1.0 leaves 7% of features dead)"""
+    pre_act_coeff: float = 0.001
+    """weight of the pre-activation loss on dead JumpReLU features (Anthropic, January 2025; SAELens's
+    pre_act_loss_coefficient): it raises their pre-activations and lowers their thresholds until they fire again
+    (0.001: 23% -> 1.4% dead at d = 256, 0.8% -> 0.2% on the demo set, L0 and FVU unchanged; 0 turns it off)"""
     adam_beta1: float = 0.0
     """Adam beta1 (0 as in the paper)"""
     adam_beta2: float = 0.999
@@ -254,11 +258,12 @@ class SAETrainConfig:
         )
         _check(
             self.l0_coeff >= 0
+            and self.pre_act_coeff >= 0
             and self.bandwidth > 0
             and self.theta_init > 0
             and self.lr > 0
             and self.theta_lr_scale > 0,
-            "l0_coeff must be >= 0; bandwidth, theta_init, lr and theta_lr_scale must be positive",
+            "l0_coeff and pre_act_coeff must be >= 0; bandwidth, theta_init, lr and theta_lr_scale must be positive",
         )
         _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "Adam betas must be in [0, 1)")
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "l0_warmup_fraction"):

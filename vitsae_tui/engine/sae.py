@@ -155,14 +155,27 @@ class JumpReLUSAE(SparseAutoencoder):
         z = self.pre_acts(x_scaled)
         return z * (z > self.threshold).to(z.dtype)
 
-    def loss(self, x_scaled: torch.Tensor, l0_coeff: float, bandwidth: float) -> dict[str, torch.Tensor]:
-        """The training objective through the autograd Functions (the reference the fused step is tested against)."""
+    def loss(
+        self,
+        x_scaled: torch.Tensor,
+        l0_coeff: float,
+        bandwidth: float,
+        dead: torch.Tensor | None = None,
+        pre_act_coeff: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """The training objective through the autograd Functions (the reference the fused step is tested against).
+
+        `dead` (feature indices) get the pre-activation loss `pre_act_coeff * sum ReLU(theta - z) * |W_dec row|`."""
         z = self.pre_acts(x_scaled)
         f = JumpReLU.apply(z, self.threshold, bandwidth)
         x_hat = self.decode(f)
         mse = (x_hat - x_scaled).pow(2).sum(-1).mean()
         l0 = Step.apply(z, self.threshold, bandwidth).sum(-1).mean()
-        return {"loss": mse + l0_coeff * l0, "mse": mse, "l0": l0, "f": f, "x_hat": x_hat}
+        loss = mse + l0_coeff * l0
+        if dead is not None:
+            below = (self.threshold[dead] - z[:, dead]).relu() * self.W_dec[dead].norm(dim=1)
+            loss = loss + pre_act_coeff * below.sum(-1).mean()
+        return {"loss": loss, "mse": mse, "l0": l0, "f": f, "x_hat": x_hat}
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -202,8 +215,12 @@ class FusedStep:
         return buf
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, l0_coeff: float) -> dict[str, torch.Tensor]:
-        """Sets .grad on every parameter; returns mse, l0 (means over the batch) and which features fired (F,)."""
+    def __call__(
+        self, x: torch.Tensor, l0_coeff: float, dead: torch.Tensor | None = None, pre_act_coeff: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """Sets .grad on every parameter; returns mse, l0 (means over the batch) and which features fired (F,).
+
+        `dead` (feature indices, or None) get the pre-activation loss of `JumpReLUSAE.loss`."""
         sae, eps = self.sae, self.bandwidth
         B, F = x.shape[0], sae.d_sae
         dt, dev = self.compute_dtype, x.device
@@ -219,6 +236,8 @@ class FusedStep:
         # several times slower on CPU
         gate = torch.sign(u, out=self._buffer("gate", (B, F), torch.float32, dev)).clamp_(min=0)
         fired_count = gate.sum(0)  # (F,) tokens each feature fired on
+        # pre-activation loss on dead features: decoder rows are unit norm, so d/dz = -c/B wherever z < theta
+        below = None if dead is None else (u[:, dead] < 0).float().mul_(pre_act_coeff / B)  # (B, n_dead)
         # the rectangle window |z - theta| < eps/2 is very sparse: keep its coordinates, not a dense mask
         near = (u.abs_() < 0.5 * eps).nonzero()  # (n_near, 2)
         f = z.mul_(gate)  # z's buffer now holds f
@@ -238,8 +257,11 @@ class FusedStep:
         grad_theta = torch.zeros(F, dtype=torch.float32, device=dev)
         grad_theta.index_add_(0, cols, grad_f[rows, cols].float() * (-(theta[cols] / eps)))
         grad_theta.index_add_(0, cols, torch.full_like(cols, 1, dtype=torch.float32) * (-(l0_coeff / eps) / B))
-        sae.threshold.grad = grad_theta
         grad_z = grad_f.mul_(gate if dt == torch.float32 else gate.to(dt))  # H(z - theta) passes the gradient to z
+        if below is not None:
+            grad_theta.index_add_(0, dead, below.sum(0))
+            grad_z.index_add_(1, dead, below.neg_().to(dt))
+        sae.threshold.grad = grad_theta
         sae.W_enc.grad = (xc.t() @ grad_z).float()  # (d_in, F)
         sae.b_enc.grad = grad_z.sum(0, dtype=torch.float32)
         window_samples = torch.bincount(cols, minlength=F)  # (F,) tokens inside each feature's window

@@ -68,10 +68,15 @@ class SAEMeta:
         return cls.load(run_dir) if (run_dir / META).is_file() else None
 
 
+# what a run whose config.json predates a field trained with (its resume keeps that trajectory)
+BEFORE_FIELD_EXISTED = {"pre_act_coeff": 0.0}
+
+
 def read_config(ws: Workspace, run: str) -> SAETrainConfig:
-    return config_mod.from_dict(
-        SAETrainConfig, read_json(ws.run_dir("saes", run) / "config.json"), f"{run}/config.json"
-    )
+    data = read_json(ws.run_dir("saes", run) / "config.json")
+    if isinstance(data, dict):
+        data = {**BEFORE_FIELD_EXISTED, **data}
+    return config_mod.from_dict(SAETrainConfig, data, f"{run}/config.json")
 
 
 def write_config(run_dir: Path, cfg: SAETrainConfig) -> None:

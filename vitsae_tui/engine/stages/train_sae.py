@@ -269,7 +269,10 @@ class Member:
         if not len(x):
             out = None
         elif cfg.arch == "jumprelu":
-            out = self.step_fn(x, l0_coeff_at(cfg, self.step))
+            dead = None
+            if cfg.pre_act_coeff and self.tokens_seen >= cfg.dead_window_tokens:
+                dead = self.dead_mask().nonzero().squeeze(1)
+            out = self.step_fn(x, l0_coeff_at(cfg, self.step), dead, cfg.pre_act_coeff)
         else:
             out = {**self.step_fn(x, self.dead_mask()), "in_window": ZERO, "theta_reached": ZERO}
         fired = _all_reduced_grads(out, sae, x, n_global, ranks)
