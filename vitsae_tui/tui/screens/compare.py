@@ -105,9 +105,10 @@ class CompareScreen(Screen):
                 status.update(Text(shown(e)))
             else:
                 running = sum(p.state == "running" for p in self.found)
+                count = f"{len(self.found)} SAE" + ("s" if len(self.found) > 1 else "")
                 status.update(
                     Text(
-                        f"{len(self.found)} SAEs · ★ {sum(p.pareto for p in self.found)} on the L0-FVU frontier"
+                        f"{count} · ★ {sum(p.pareto for p in self.found)} on the L0-FVU frontier"
                         + (f" · {running} training (L0 and FVU live from training batches)" if running else "")
                         if self.found
                         else f"no evaluated SAE on this set yet. {HINT}"
