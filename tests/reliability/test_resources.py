@@ -200,11 +200,11 @@ def test_out_of_memory_suggests_a_smaller_batch_and_keeps_the_state(tmp_path, mo
     real_step = sae_mod.FusedStep.__call__
     steps = []
 
-    def step_until_oom(self, x, l0_coeff):
+    def step_until_oom(self, x, *args):
         steps.append(1)
         if len(steps) == 50:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
-        return real_step(self, x, l0_coeff)
+        return real_step(self, x, *args)
 
     monkeypatch.setattr(sae_mod.FusedStep, "__call__", step_until_oom)
     report = Collector()
