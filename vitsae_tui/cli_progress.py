@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -328,8 +329,6 @@ def print_edit(bench, result, console: Console | None = None) -> None:
 
 def print_concepts(report, console: Console | None = None) -> None:
     """Concept recovery tables: every detector on held-out images, k-sparse probing, absorption."""
-    from rich import box
-
     from vitsae_tui.engine.feature_index import MATCH_BAR
 
     console = console or Console()
@@ -409,8 +408,6 @@ def compare_json(found) -> list[dict]:
 def print_compare(activations: str, found, console: Console | None = None) -> None:
     """Two tables with one row per SAE of the set: reconstruction, then the classifier with it spliced in; ★ marks
     the L0-FVU Pareto set."""
-    from rich import box
-
     from vitsae_tui.engine.compare import COLUMNS, SHORT_ARCH, SPLICED_FROM
 
     console = console or Console()

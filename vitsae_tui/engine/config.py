@@ -274,7 +274,7 @@ class SAETrainConfig:
             "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1",
         )
         _check(self.resident in ("auto", "yes", "no"), "resident must be 'auto', 'yes' or 'no'")
-        _check(self.arch in ARCHITECTURES, "arch must be 'jumprelu', 'topk' or 'batchtopk'")
+        _check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
         _check(self.k >= 1 and self.aux_k_coeff >= 0, "k must be at least 1 and aux_k_coeff at least 0")
 
     @property
