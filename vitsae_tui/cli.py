@@ -67,8 +67,8 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 # fields that name a run or an activation set: their flags say so
-METAVARS = {"model": "RUN", "sae": "RUN", "activations": "SET"}
-DATA_FIELDS = ("dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction")
+METAVARS = {"model": "RUN", "sae": "RUN", "activations": "SET", "data_dir": "DIR"}
+DATA_FIELDS = ("dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction", "data_dir")
 
 
 def positive_int(text: str) -> int:

@@ -107,3 +107,30 @@ def test_resuming_a_run_another_process_writes_leaves_its_status_alone(tmp_path)
         holder.kill()
         holder.wait()
     assert (run / "status.json").read_text() == before
+
+
+async def test_the_guided_run_on_a_folder_lineage_reads_that_folder_at_every_stage(tmp_path):
+    from tests.engine.test_folder_lineage import make_image_folder, train_on
+    from vitsae_tui.engine.activation_set import ActivationSet
+    from vitsae_tui.engine.config import DataConfig
+    from vitsae_tui.engine.data import load_dataset
+    from vitsae_tui.engine.workspace import read_jsonl
+
+    ws = Workspace(tmp_path / "ws")
+    pets = make_image_folder(tmp_path / "pets").resolve()
+    train_on(ws, str(pets))  # the model a new user trains on her folder from the t form
+    app = VitsaeApp(ws.root, demo_size="tiny")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for(pilot, lambda: app.screen.scans > 0, timeout_s=10)
+        await pilot.press("g")
+        assert app.jobs.get("pipeline").title == "guided run on folder pets/"
+        await wait_for(pilot, lambda: isinstance(app.screen, BrowserScreen) and app.screen.index is not None, 300)
+        assert app.jobs.get("pipeline").state == "finished"
+    sets = [ActivationSet(run.path) for run in ws.runs("activations")]
+    assert sorted(s.provenance.split for s in sets) == ["train", "val"]
+    assert all(s.provenance.data.dataset == str(pets) and "synthetic" not in s.path.name for s in sets)
+    val = next(s for s in sets if s.provenance.split == "val")
+    assert val.n_images == len(load_dataset(ws, DataConfig(dataset=str(pets)), "val")) > 0
+    (sae,) = ws.runs("saes")
+    evals = [row for row in read_jsonl(sae.path / "metrics.jsonl") if row.get("kind") == "eval"]
+    assert evals and all(row["eval_split"] == "val" and row["eval_images"] == val.n_images for row in evals)

@@ -15,6 +15,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vitsae_tui.engine.errors import UserError
@@ -45,7 +46,8 @@ def _check_finite(cfg) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    """'synthetic' (built-in, offline), 'imagenette', or the path of an image folder"""
+    """'synthetic' (built-in, offline), 'imagenette', or the path of an image folder (collect: the model's own when
+    not given)"""
     n_train: int = 4000
     """number of synthetic training images (synthetic only)"""
     n_val: int = 500
@@ -56,12 +58,53 @@ class DataConfig:
     """Imagenette variant to download: '160px', '320px' or 'full'"""
     val_fraction: float = 0.1
     """fraction of an image folder held out for validation"""
+    data_dir: str = ""
+    """folder holding an extracted Imagenette (imagenette2-160/ or its parent): used as it is, never downloaded
+    (empty: the workspace's data/imagenette, downloaded on first use)"""
 
     def validate(self) -> None:
         _check_finite(self)
         _check(self.n_train >= 1 and self.n_val >= 1, "n_train and n_val must be at least 1")
         _check(self.imagenette_size in ("160px", "320px", "full"), "imagenette_size must be 160px, 320px or full")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction must be between 0 and 1")
+
+    @property
+    def is_folder(self) -> bool:
+        return self.dataset not in ("synthetic", "imagenette", "")
+
+    def resolved(self) -> DataConfig:
+        """The same data with a folder (and data_dir) named by its absolute path, so it reads alike from any cwd."""
+
+        def absolute(path: str) -> str:
+            return str(Path(path).expanduser().resolve()) if path else path
+
+        return dataclasses.replace(
+            self,
+            dataset=absolute(self.dataset) if self.is_folder else self.dataset,
+            data_dir=absolute(self.data_dir),
+        )
+
+    def same_dataset(self, other: DataConfig) -> bool:
+        """Whether two settings name the same images (a folder by its path, Imagenette by its size)."""
+        a, b = self.resolved(), other.resolved()
+        return a.dataset == b.dataset and (a.dataset != "imagenette" or a.imagenette_size == b.imagenette_size)
+
+    def following(self, model_data: DataConfig) -> DataConfig:
+        """What a stage that follows a model reads: the model's own data when none or the same dataset is named (so a
+        folder keeps its split and a synthetic set its seed and sizes), else the data named."""
+        if not self.dataset or self.same_dataset(model_data):
+            inherited = model_data.resolved()
+            return dataclasses.replace(inherited, data_dir=self.resolved().data_dir or inherited.data_dir)
+        return self.resolved()
+
+    @property
+    def label(self) -> str:
+        """A short name of the data for titles: 'synthetic', 'imagenette 160px' or 'folder pets/'."""
+        if self.dataset == "imagenette":
+            return f"imagenette {self.imagenette_size}"
+        if self.is_folder:
+            return f"folder {Path(self.dataset).name or self.dataset}/"
+        return self.dataset or "the model's data"
 
 
 @dataclass(frozen=True)
@@ -156,8 +199,8 @@ class CollectConfig:
     """which checkpoint of the model run: 'best' (lowest validation loss) or 'last'"""
     hook: str = ""
     """hook point to record, e.g. blocks.6.resid_post (empty: the residual stream near the middle)"""
-    data: DataConfig = field(default_factory=DataConfig)
-    """dataset settings (the model run's own dataset settings when collecting from synthetic)"""
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset=""))
+    """dataset settings (empty dataset, or the model's own: the model run's dataset settings and split)"""
     split: str = "train"
     """which split to collect: 'train', 'val' or (image folders) 'all'"""
     limit: int = 0

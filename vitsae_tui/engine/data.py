@@ -297,23 +297,46 @@ def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
     return FileListDataset([path for path, _ in keep], [label for _, label in keep], class_names)
 
 
+IMAGENETTE_FOLDERS = {"160px": "imagenette2-160", "320px": "imagenette2-320", "full": "imagenette2"}
+"""the folder each Imagenette size extracts to (torchvision's and fast.ai's layout: FOLDER/{train,val}/WNID/*.JPEG)"""
+
+
+def imagenette_root(ws: Workspace, cfg: DataConfig) -> Path:
+    """The folder that holds the extracted FOLDER: --data-dir (or FOLDER itself, given as --data-dir), else the
+    workspace's data/imagenette."""
+    if not cfg.data_dir:
+        return ws.data_dir / "imagenette"
+    given = Path(cfg.data_dir).expanduser()
+    return given.parent if given.name == IMAGENETTE_FOLDERS[cfg.imagenette_size] else given
+
+
 def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDataset:
     from torchvision.datasets import Imagenette
 
-    if cfg.imagenette_size not in ("160px", "320px", "full"):
+    if cfg.imagenette_size not in IMAGENETTE_FOLDERS:
         raise DataError(f"imagenette size {cfg.imagenette_size!r} is not one of 160px, 320px, full")
-    root = ws.data_dir / "imagenette"
-    root.mkdir(parents=True, exist_ok=True)
+    root = imagenette_root(ws, cfg)
+    folder = root / IMAGENETTE_FOLDERS[cfg.imagenette_size]
     tv_split = "train" if split == "train" else "val"
+    if cfg.data_dir and not (folder / tv_split).is_dir():  # a given folder is used as it is, never downloaded into
+        raise DataError(
+            f"--data-dir {cfg.data_dir} holds no {folder.name}/{tv_split}; point it at the folder the "
+            f"{folder.name}.tgz archive extracts to (or its parent)"
+        )
     try:
-        try:
+        if folder.is_dir():
             data = Imagenette(str(root), split=tv_split, size=cfg.imagenette_size, download=False)
-        except RuntimeError:
+        else:
+            root.mkdir(parents=True, exist_ok=True)
             data = Imagenette(str(root), split=tv_split, size=cfg.imagenette_size, download=True)
+    except (FileNotFoundError, KeyError) as e:  # a split or a class folder torchvision does not know
+        raise DataError(
+            f"{folder} is not an extracted Imagenette ({type(e).__name__}: {e}); extract {folder.name}.tgz there again"
+        ) from None
     except Exception as e:  # URLError, HTTPError, socket errors, a partial archive
         raise DataError(
             f"could not download Imagenette into {root} ({type(e).__name__}); connect to the internet, "
-            "or place the extracted dataset there, or use --dataset synthetic"
+            f"or extract {folder.name}.tgz there (or pass --data-dir FOLDER), or use --dataset synthetic"
         ) from None
     paths = [str(p) for p, _ in data._samples]
     labels = [int(label) for _, label in data._samples]

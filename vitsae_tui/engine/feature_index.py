@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from vitsae_tui.engine.concepts import MATCH_F1, MATCH_PARENT_MCC, ConceptReport
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae
 from vitsae_tui.engine.text import shown
-from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json
+from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json, workspace_args
 
 INDEX_VERSION = 2  # 2: concepts selected on train images and scored on held-out ones
 INDEX_FILE = "index.json"
@@ -181,14 +182,20 @@ def write_index(index_dir: Path, meta: IndexMeta, arrays: IndexArrays, concepts:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def rebuild_advice(index_dir: Path) -> str:
+    """'run `vitsae-tui index --sae RUN` again', ready to paste (an index is named after its SAE run)."""
+    sae = index_dir.name.split(".")[0]
+    return f"run `{shlex.join(['vitsae-tui', 'index', *workspace_args(index_dir.parent.parent), '--sae', sae])}` again"
+
+
 def read_meta(index_dir: Path) -> IndexMeta:
     """The validated index.json of a complete index; StageError or ConfigError naming the problem."""
     where = f"features/{index_dir.name}/index.json"
     if not (index_dir / INDEX_FILE).is_file():
-        raise StageError(f"features/{index_dir.name} is not a complete index; run `vitsae-tui index` again")
+        raise StageError(f"features/{index_dir.name} is not a complete index; {rebuild_advice(index_dir)}")
     meta = config_mod.from_dict(IndexMeta, read_json(index_dir / INDEX_FILE), where)
     if meta.version != INDEX_VERSION or not meta.complete:
-        raise StageError(f"features/{index_dir.name} is not a complete index; run `vitsae-tui index` again")
+        raise StageError(f"features/{index_dir.name} is not a complete index; {rebuild_advice(index_dir)}")
     return meta
 
 
@@ -200,19 +207,19 @@ class FeatureIndex:
         try:
             self.meta = read_meta(self.dir)
         except config_mod.ConfigError as e:
-            raise StageError(f"{e} (run `vitsae-tui index` again)") from None
+            raise StageError(f"{e} ({rebuild_advice(self.dir)})") from None
         self.store = ActivationSet(ws.run_dir("activations", self.meta.activations))
         sae_dir = ws.run_dir("saes", self.meta.sae_run)
         self.sae = load_sae(sae_dir, device)
         if self.sae.d_in != self.store.d_model:
             raise StageError(
                 f"saes/{sae_dir.name} reads vectors of width {self.sae.d_in} but activations/{self.store.path.name} "
-                f"holds width {self.store.d_model}; re-run `vitsae-tui index --sae {sae_dir.name}` on a matching set"
+                f"holds width {self.store.d_model}; {rebuild_advice(self.dir)} on a matching set"
             )
         if self.sae.d_sae != self.meta.d_sae:
             raise StageError(
                 f"features/{name} indexes {self.meta.d_sae} features but saes/{sae_dir.name} has "
-                f"{self.sae.d_sae}; re-run `vitsae-tui index --sae {sae_dir.name}`"
+                f"{self.sae.d_sae}; {rebuild_advice(self.dir)}"
             )
         loaded = {}
         for f in dataclasses.fields(IndexArrays):
@@ -223,18 +230,18 @@ class FeatureIndex:
                 loaded[f.name] = np.load(path, allow_pickle=False)
             except (OSError, ValueError, EOFError):
                 raise StageError(
-                    f"features/{name}/{path.name} is missing or damaged; run `vitsae-tui index` again"
+                    f"features/{name}/{path.name} is missing or damaged; {rebuild_advice(self.dir)}"
                 ) from None
         self.arrays = IndexArrays(**loaded)
         if any(len(array) != self.meta.d_sae for array in loaded.values()):
-            raise StageError(f"features/{name} has arrays of the wrong length; run `vitsae-tui index` again")
+            raise StageError(f"features/{name} has arrays of the wrong length; {rebuild_advice(self.dir)}")
         self.concept_report: ConceptReport | None = None
         if (self.dir / CONCEPTS_FILE).exists():
             where = f"features/{name}/{CONCEPTS_FILE}"
             try:
                 self.concept_report = config_mod.from_dict(ConceptReport, read_json(self.dir / CONCEPTS_FILE), where)
             except config_mod.ConfigError as e:
-                raise StageError(f"{e} (run `vitsae-tui index` again)") from None
+                raise StageError(f"{e} ({rebuild_advice(self.dir)})") from None
         self.concepts = self.concept_report.concepts if self.concept_report is not None else []
         self.matched_concepts: dict[int, list[ConceptScore]] = {}
         for c in self.concepts:
@@ -417,5 +424,6 @@ def open_index_for(ws: Workspace, sae_run: str, activations: str | None = None) 
     meta = SAEMeta.load(ws.run_dir("saes", sae_run))
     name = index_name(sae_run, activations or meta.activations, meta.activations)
     if not (ws.kind_dir("features") / name / INDEX_FILE).exists():
-        raise StageError(f"saes/{sae_run} has no feature index yet; run `vitsae-tui index --sae {sae_run}` first")
+        command = shlex.join(["vitsae-tui", "index", *ws.cli_args, "--sae", sae_run])
+        raise StageError(f"saes/{sae_run} has no feature index yet; run `{command}` first")
     return FeatureIndex(ws, name)

@@ -17,7 +17,7 @@ from typing import Any
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import model_run, sae_run
 from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
-from vitsae_tui.engine.errors import StageError, stage_failed
+from vitsae_tui.engine.errors import StageError, UserError, stage_failed
 from vitsae_tui.engine.events import Finished, Log, Report
 from vitsae_tui.engine.stages import REGISTRY, STAGES
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
@@ -242,6 +242,10 @@ def _free_name(ws: Workspace, prefix: str) -> str:
     return f"{prefix}{n}"
 
 
+def _model_data(ws: Workspace, model: str) -> config_mod.DataConfig:
+    return model_run.read_config(ws, model).data
+
+
 def _model_detail(run: RunInfo) -> str:
     acc = run.status.get("best_val_accuracy")
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
@@ -252,8 +256,6 @@ _ARTIFACT_CACHE: dict[str, tuple[tuple[tuple[int, int], ...], Any]] = {}
 
 def _cached(paths: Path | tuple[Path, ...], load: Callable[[], Any]) -> Any:
     """An artifact's typed metadata (None when missing or invalid), loaded again only when one of its files changed."""
-    from vitsae_tui.engine.errors import UserError
-
     paths = paths if isinstance(paths, tuple) else (paths,)
     try:
         stamp = tuple((st.st_mtime_ns, st.st_size) for st in map(_stat_or_none, paths))
@@ -276,16 +278,66 @@ def _stat_or_none(path: Path):
 
 
 def _collect_validation(ws: Workspace, activations: str, report: Report, stop: threading.Event, collect) -> bool:
-    """Collect the model's validation split at the training set's hook (what the SAE is evaluated on), unless it
-    exists; False when stopped."""
+    """Collect the model's validation split of the training set's dataset, at its hook (what the SAE is evaluated
+    on), unless it exists or the set is a flat folder's every image; False when stopped."""
     from vitsae_tui.engine.activation_set import SetSummary, find_validation_set
 
     provenance = SetSummary.load(ws.run_dir("activations", activations)).provenance
     if provenance.split == "val" or find_validation_set(ws.kind_dir("activations"), provenance):
         return True
-    report(Log("pipeline", "stage 2/4: collecting the validation images the SAE is evaluated on"))
-    cfg = CollectConfig(model=provenance.model_run, checkpoint=provenance.checkpoint, hook=provenance.hook, split="val")
+    if provenance.split == "all":
+        report(Log("pipeline", f"{provenance.data.label} has no validation split: the SAE holds out every 20th image"))
+        return True
+    report(Log("pipeline", f"collecting the validation images of {provenance.data.label} the SAE is evaluated on"))
+    cfg = CollectConfig(
+        model=provenance.model_run,
+        checkpoint=provenance.checkpoint,
+        hook=provenance.hook,
+        data=provenance.data,
+        split="val",
+        dtype=provenance.dtype,
+    )
     return not collect(cfg, ws, report, stop).stopped
+
+
+def _collect_config(ws: Workspace, model: str, state: StageState, rebuilt_model: bool) -> CollectConfig:
+    """The lineage's collection to build: the shown set's own settings (continued, or rebuilt under a free name when
+    stale), else the model's default hook on the model's own data."""
+    from vitsae_tui.engine.activation_set import SetSummary
+
+    try:
+        p = SetSummary.load(ws.run_dir("activations", state.run)).provenance if state.run else None
+    except (UserError, OSError):
+        p = None
+    if p is None or p.split == "val" or p.model_run != model:
+        return CollectConfig(model=model)
+    name = state.run if not rebuilt_model and state.state != "stale" else _free_name(ws, f"{state.run[:58]}.r")
+    return CollectConfig(
+        model=model,
+        checkpoint=p.checkpoint,
+        hook=p.hook,
+        data=p.data,
+        split=p.split,
+        limit=p.limit,
+        dtype=p.dtype,
+        name=name,
+    )
+
+
+def data_label(ws: Workspace, selected: tuple[str, str] | None = None) -> str:
+    """What the shown lineage reads ('folder pets/', 'synthetic'): its set's data, else its model's, else the
+    offline default the guided run would train on."""
+    states = {s.stage: s for s in lineage(ws, selected)}
+    from vitsae_tui.engine.activation_set import SetSummary
+
+    try:
+        if states["collect"].run:
+            return SetSummary.load(ws.run_dir("activations", states["collect"].run)).provenance.data.label
+        if states["train-model"].run:
+            return model_run.read_config(ws, states["train-model"].run).data.label
+    except (UserError, OSError):
+        pass
+    return "synthetic"
 
 
 def run_pipeline(
@@ -319,11 +371,11 @@ def run_pipeline(
         built["model"] = result.run_dir.name
     model = built.get("model") or model_state.run
     if built or states["collect"].state != "done":
-        report(Log("pipeline", "stage 2/4: collecting activations"))
-        name = ""
-        if not built and states["collect"].state == "stale":  # the old set keeps its name and provenance
-            name = _free_name(ws, f"{states['collect'].run[:58]}.r")
-        result = collect(CollectConfig(model=model, name=name), ws, report, stop)
+        cfg = _collect_config(ws, model, states["collect"], "model" in built)
+        report(
+            Log("pipeline", f"stage 2/4: collecting activations of {cfg.data.following(_model_data(ws, model)).label}")
+        )
+        result = collect(cfg, ws, report, stop)
         if result.stopped:
             return built
         built["activations"] = result.set_dir.name

@@ -38,6 +38,11 @@ def default_workspace() -> Path:
     return Path(user_data_dir("vitsae-tui"))
 
 
+def workspace_args(root: Path) -> list[str]:
+    """The --workspace flag a printed command needs to reach the workspace at root (none for the default one)."""
+    return [] if root.resolve() == default_workspace().resolve() else ["--workspace", str(root)]
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -241,6 +246,10 @@ class Workspace:
             raise WorkspaceError(
                 f"cannot use {self.root} as the workspace ({e.strerror}); pass --workspace DIR with a writable folder"
             ) from None
+
+    @property
+    def cli_args(self) -> list[str]:
+        return workspace_args(self.root)
 
     @property
     def data_dir(self) -> Path:

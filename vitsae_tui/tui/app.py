@@ -125,17 +125,17 @@ class VitsaeApp(App):
 
     def action_guided_run(self, size: str | None = None) -> None:
         """Run every missing stage on the offline default; each stage's screen follows it, then the browser opens."""
-        from vitsae_tui.engine.pipeline import run_pipeline
+        from vitsae_tui.engine.pipeline import data_label, run_pipeline
 
         if self.jobs.running():
             self.notify("a job is already running; wait for it or stop it first", severity="warning")
             return
         size = size or self.demo_size
         self.following_stage = None
-        self.jobs.start(
-            "pipeline", f"guided run ({size})", run_pipeline, self.workspace, size=size, selected=self.lineage_selection
-        )
-        self.notify("guided run started: each stage opens as it runs")
+        title = f"guided run on {data_label(self.workspace, self.lineage_selection)}"
+        title += f" ({size})" if title.endswith("synthetic") else ""
+        self.jobs.start("pipeline", title, run_pipeline, self.workspace, size=size, selected=self.lineage_selection)
+        self.notify(f"{title} started: each stage opens as it runs", markup=False)
 
     def follow_pipeline(self, job, batch) -> None:
         if job.stage != "pipeline":

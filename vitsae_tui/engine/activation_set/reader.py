@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from vitsae_tui.engine.activation_set.manifest import (
     SetSummary,
     StoreError,
 )
+from vitsae_tui.engine.config import DataConfig
 from vitsae_tui.engine.errors import UserError
 
 
@@ -187,3 +189,25 @@ def find_validation_set(activations_dir: Path, train: Provenance) -> str | None:
         ):
             found.append((summary.n_images, path.name))
     return max(found)[1] if found else None
+
+
+def collect_command(
+    workspace_args: list[str], provenance: Provenance, split: str, model_data: DataConfig | None
+) -> str:
+    """The `vitsae-tui collect` command, ready to paste, that collects `split` of the same model checkpoint, hook and
+    dataset as `provenance` (data flags left out when the set read the model's own data, which collect inherits)."""
+    p = provenance
+    words = ["vitsae-tui", "collect", *workspace_args, "--model", p.model_run, "--hook", p.hook, "--split", split]
+    if p.checkpoint != "best":
+        words += ["--checkpoint", p.checkpoint]
+    if model_data is None or not p.data.same_dataset(model_data):
+        defaults = DataConfig()
+        words += ["--dataset", p.data.dataset]
+        flags = {
+            "synthetic": ("n_train", "n_val", "data_seed"),
+            "imagenette": ("imagenette_size", "data_dir"),
+        }.get(p.data.dataset, ("val_fraction",))
+        for name in flags:
+            if getattr(p.data, name) != getattr(defaults, name):
+                words += ["--" + name.replace("_", "-"), str(getattr(p.data, name))]
+    return shlex.join(words)

@@ -42,14 +42,15 @@ STAGE = "collect"
 PROGRESS_EVERY_S = 0.25
 
 
-def default_set_name(cfg: CollectConfig, hook: str) -> str:
-    """Deterministic from the arguments, so re-running the same command finds (and resumes) the same set."""
-    dataset = cfg.data.dataset
+def default_set_name(cfg: CollectConfig, hook: str, data: DataConfig) -> str:
+    """Deterministic from the arguments and the data they resolve to, so re-running the same command finds (and
+    resumes) the same set."""
+    dataset = data.dataset
     if dataset == "imagenette":
-        dataset = f"imagenette-{cfg.data.imagenette_size}"
-    elif dataset != "synthetic":
-        base = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset).expanduser().resolve().name)[:16] or "folder"
-        dataset = f"{base}-{hashlib.sha1(str(Path(dataset).expanduser().resolve()).encode()).hexdigest()[:6]}"
+        dataset = f"imagenette-{data.imagenette_size}"
+    elif data.is_folder:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset).name)[:16] or "folder"
+        dataset = f"{base}-{hashlib.sha1(dataset.encode()).hexdigest()[:6]}"
     name = f"{cfg.model}.{hook}.{dataset}.{cfg.split}" + (f".n{cfg.limit}" if cfg.limit else "")
     if cfg.checkpoint != "best":
         name += f".{cfg.checkpoint}"
@@ -111,8 +112,8 @@ def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event
             loaded = model_run.load_model(ws, cfg.model, cfg.checkpoint, device)
             hook = cfg.hook or _default_hook(loaded)
             loaded.model.hook_module(hook)
-            data = loaded.config.data if cfg.data.dataset == loaded.config.data.dataset == "synthetic" else cfg.data
-            name = cfg.name or default_set_name(cfg, hook)
+            data = cfg.data.following(loaded.config.data)
+            name = cfg.name or default_set_name(cfg, hook, data)
             if not RUN_NAME.match(name):
                 raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
             target = ws.kind_dir("activations") / name

@@ -129,6 +129,8 @@ def run(
                     held.enter_context(claim_run(ws.run_dir("models", resume)))
                 cfg = model_run.read_config(ws, resume)
                 model_run.load_checkpoint_path(ws.run_dir("models", resume))  # before the data is drawn
+            else:  # a folder is recorded by its absolute path: every later stage reads it from its own cwd
+                cfg = dataclasses.replace(cfg, data=cfg.data.resolved())
             ranks = distributed.setup(cfg.device)
             ranks.check_divisible(cfg.batch_size)
             run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume, held)))

@@ -17,8 +17,9 @@ import torch
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import distributed, model_run, sae_run, sweeps
 from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
+from vitsae_tui.engine.activation_set.reader import collect_command
 from vitsae_tui.engine.config import SAETrainConfig
-from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.errors import StageError, UserError
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.sae import FusedStep
@@ -183,17 +184,33 @@ def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report
     return loaded.model
 
 
+def _model_data(ws: Workspace, model: str):
+    """The data a model run was trained on, or None when its config cannot be read."""
+    try:
+        return model_run.read_config(ws, model).data
+    except (UserError, OSError):
+        return None
+
+
 def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, report: Report) -> ActivationSet | None:
     """The set the SAE is evaluated on: the one named, else the model's val split at the same hook, else None."""
     name = cfg.eval_activations or find_validation_set(ws.kind_dir("activations"), store.provenance)
     if not name:
         p = store.provenance
+        if p.split == "all":  # every image of the folder: there is no validation split to collect
+            message = (
+                f"activations/{store.path.name} holds every image of {p.data.label} (split all): every "
+                f"{cfg.heldout_every}th image is held out of the SAE's training and evaluated on"
+            )
+            report(Log(STAGE, message))
+            return None
+        command = collect_command(ws.cli_args, p, "val", _model_data(ws, p.model_run))
         report(
             Log(
                 STAGE,
                 "no validation split of this model and hook is collected: evaluating on every "
                 f"{cfg.heldout_every}th training image (the classifier trained on them); collect it with "
-                f"`vitsae-tui collect --model {p.model_run} --hook {p.hook} --split val`",
+                f"`{command}`",
                 "warning",
             )
         )

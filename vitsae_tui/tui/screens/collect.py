@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Footer, Header, ProgressBar, Select, Static
+from textual.widgets import Button, Footer, Header, Input, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, model_run
@@ -91,15 +91,29 @@ class CollectScreen(StageScreen):
         except (UserError, OSError) as e:  # a damaged run: say so, keep the screen usable
             self.notify(f"models/{run} cannot be read: {e}", severity="error", markup=False)
             return
+        hook, dataset = default_hook(cfg.model), cfg.data.dataset
+        shown_set = self.lineage_set()
+        if shown_set is not None and shown_set.model_run == run:  # the lineage's own choices, not the defaults
+            hook, dataset = shown_set.hook, shown_set.data.dataset
         hooks = self.query_one("#hook", Select)
         hooks.set_options([(h, h) for h in hook_names(cfg.model)])
-        hooks.value = default_hook(cfg.model)
+        choose(hooks, hook) or choose(hooks, default_hook(cfg.model))
+        self.query_one("#dataset", Input).value = dataset
+
+    def lineage_set(self):
+        """The provenance of the shown lineage's activation set, or None."""
+        from vitsae_tui.engine.activation_set import SetSummary
+
+        name = self.app.lineage_run("activations")
+        try:
+            return SetSummary.load(self.app.workspace.run_dir("activations", name)).provenance if name else None
+        except (UserError, OSError):
+            return None
 
     def form_config(self) -> CollectConfig:
         if self.query_one("#model", Select).is_blank():
             raise ConfigError("pick a model run first (train one on the Train screen if the list is empty)")
         values = self.query_one("#config", ConfigForm).read(config_mod.to_dict(CollectConfig()))
-        values["data"]["dataset"] = values["data"]["dataset"] or "synthetic"
         return config_mod.from_dict(CollectConfig, values)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
