@@ -10,9 +10,12 @@ patches). The concept-blind "this patch is on an object / the background" indica
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from vitsae_tui.engine.errors import check_stop
 
 TOP_K = 32  # examples kept per feature in the index
 SPARSE_KS = (1, 2, 4, 8, 16)
@@ -304,9 +307,12 @@ def concept_recovery(
     names: list[str],
     heldout_split: str,
     train_images: int,
+    progress: Callable[[int, int], None] | None = None,
+    stop=None,
 ) -> ConceptReport:
     """Select every detector on `train` = (x_raw (N, d), feature_acts (N, F), concepts (N, C) bool) and score it on
-    `test` = (x_raw, feature_acts, concepts, image id of each patch)."""
+    `test` = (x_raw, feature_acts, concepts, image id of each patch); `progress(done, total)` follows the concepts,
+    and a set `stop` event raises StopRequested between them."""
     x_train, f_train, y_train = train
     x_test, f_test, y_test, image_of_token = test
     held = HeldOut(image_of_token)
@@ -317,6 +323,9 @@ def concept_recovery(
     baseline_test = object_indicator(y_test, names)
     results = []
     for c, name in enumerate(names):
+        check_stop(stop)
+        if progress is not None:
+            progress(c, len(names))
         if not (y_train[:, c].any() and y_test[:, c].any() and (~y_test[:, c]).any()):
             continue
         feature = int(feature_f1[:, c].argmax())

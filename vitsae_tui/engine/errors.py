@@ -15,6 +15,17 @@ class UserError(Exception):
     """Bad input, a missing artifact or a machine limit: the message is one sentence that says what to do."""
 
 
+class StopRequested(Exception):
+    """Raised inside a phase that checks the stop event but cannot return a partial result; the stage catches it
+    and ends stopped, saving what it can."""
+
+
+def check_stop(stop) -> None:
+    """Raise StopRequested when `stop` (a threading.Event, or None) is set."""
+    if stop is not None and stop.is_set():
+        raise StopRequested
+
+
 class StageError(UserError, RuntimeError):
     """A stage could not run; the message is one sentence for the user."""
 

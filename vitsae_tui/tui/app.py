@@ -47,9 +47,11 @@ class VitsaeApp(App):
         "compare": CompareScreen,
     }
     DEFAULT_MODE = "home"
+    MODE_TITLES = {"home": "Home", "browse": "Feature browser", "compare": "Compare SAEs"}
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
         Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True),
+        Binding("question_mark,f1", "help", "Help", show=False),
     ]
 
     def __init__(self, workspace: str | Path | None = None, demo_size: str = "demo"):
@@ -96,8 +98,12 @@ class VitsaeApp(App):
         self.screen.show_run(self.workspace.run_dir(kind, name))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        # the built-in Quit would exit at once, without stopping running jobs with a checkpoint
-        yield from (command for command in super().get_system_commands(screen) if command.title != "Quit")
+        # the built-in Quit would exit at once, without stopping running jobs with a checkpoint; the built-in Keys
+        # panel stayed docked across screens and did not close with esc
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Quit", "Keys"):
+                yield command
+        yield SystemCommand("Keys", "The keys of this screen and what they do (also ? or F1)", self.action_help)
         yield SystemCommand(
             "Home", "The workspace: runs, their state and the next step", lambda: self.switch_mode("home")
         )
@@ -185,6 +191,18 @@ class VitsaeApp(App):
     def action_command_palette(self) -> None:
         if self.use_command_palette and not CommandPalette.is_open(self):
             self.push_screen(SafeCommandPalette(id="--command-palette"))
+
+    def action_help(self) -> None:
+        """The current screen's keys, from its bindings."""
+        from vitsae_tui.tui.screens.help import HelpScreen, screen_keys
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        title = self.MODE_TITLES.get(self.current_mode) or REGISTRY[self.current_mode].title
+        self.push_screen(HelpScreen(title, screen_keys(self.screen)))
+
+    async def action_help_quit(self) -> None:
+        await self.action_request_quit()  # ctrl+c with no text selected quits like q (asking while a job runs)
 
     async def action_quit(self) -> None:
         await self.action_request_quit()  # every way out asks first and stops jobs with a checkpoint

@@ -25,7 +25,7 @@ from vitsae_tui.engine.activation_set import ImageEntry, Manifest, Provenance, S
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.errors import StageError, stage_failed
+from vitsae_tui.engine.errors import StageError, StopRequested, stage_failed
 from vitsae_tui.engine.events import (
     ArtifactWritten,
     Finished,
@@ -143,7 +143,15 @@ def _default_hook(loaded) -> str:
 def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report, stop) -> CollectResult:
     cfg, data, set_dir = job.cfg, job.data, job.set_dir
     report(Started(STAGE, str(set_dir), config_mod.to_dict(cfg)))
-    dataset: ImageDataset = load_dataset(ws, data, cfg.split, progress_callback(report, STAGE, "images drawn"))
+    try:
+        dataset: ImageDataset = load_dataset(
+            ws, data, cfg.split, progress_callback(report, STAGE, "images drawn"), stop
+        )
+    except StopRequested:  # while the synthetic images were drawn: nothing collected yet, the same command starts it
+        summary = _summary(manifest, set_dir)
+        write_status(set_dir, "stopped", **summary, message="")
+        report(Finished(STAGE, str(set_dir), summary, True))
+        return CollectResult(set_dir, manifest.n_images, manifest.n_tokens, summary["bytes_on_disk"], True)
     selected = select_images(len(dataset), cfg.limit)
     if len(selected) == 0:
         raise StageError(f"{data.dataset} ({cfg.split}) has no images to collect; pick another dataset or split")

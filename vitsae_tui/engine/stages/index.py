@@ -13,6 +13,7 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.concepts import TOP_K, ConceptReport, concept_recovery
 from vitsae_tui.engine.config import IndexConfig, SAETrainConfig
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.errors import StageError, UserError, stage_failed
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report
+from vitsae_tui.engine.errors import StageError, StopRequested, UserError, check_stop, stage_failed
+from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report, progress_callback
 from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary, index_name, write_index
 from vitsae_tui.engine.sae_eval import heldout_images
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae, weights_sha256
@@ -233,7 +234,13 @@ def _build(
         return _stopped(index_dir, report)
     report(Log(STAGE, "computing class effects"))
     top_tokens = acc.top_tokens.cpu().numpy()
-    class_effect, causal_effect, model_class_names = _model_effects(ws, store, sae, top_tokens, device, report)
+    try:
+        class_effect, causal_effect, model_class_names = _model_effects(
+            ws, store, sae, top_tokens, device, report, stop
+        )
+    except StopRequested:
+        _save_pass(pass_path, identity, store.n_images, acc, generator)
+        return _stopped(index_dir, report)
     arrays = IndexArrays(
         density=(acc.fired.double() / store.n_tokens).cpu().numpy(),
         mean_activation=(acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
@@ -250,7 +257,10 @@ def _build(
     concepts = None
     if store.has_concept_maps and not stop.is_set():
         report(Log(STAGE, "scoring ground-truth concept recovery on held-out images"))
-        concepts = _concepts(ws, store, sae_dir, sae, device, report)
+        try:
+            concepts = _concepts(ws, store, sae_dir, sae, device, report, stop)
+        except StopRequested:
+            pass
     if stop.is_set():
         _save_pass(pass_path, identity, store.n_images, acc, generator)
         return _stopped(index_dir, report)
@@ -371,7 +381,7 @@ def _bands(
 
 
 def _model_effects(
-    ws, store: ActivationSet, sae, top_tokens: np.ndarray, device, report: Report
+    ws, store: ActivationSet, sae, top_tokens: np.ndarray, device, report: Report, stop: threading.Event
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
     """What each feature does to the model's class logits, and the model's class names (which need not be the set's):
 
@@ -398,17 +408,31 @@ def _model_effects(
         base = model.run_from(store.hook, acts).float()  # (n, C)
         effects = torch.zeros(F, base.shape[1], device=device)
         per_batch = max(1, 2048 // len(ids))
+        progress = progress_callback(report, STAGE, "features (class effects)")
         for start in range(0, F, per_batch):
+            check_stop(stop)
+            progress(start, F)
             chunk = torch.arange(start, min(start + per_batch, F), device=device)
             shifted = acts[None] + (strength[chunk, None] * directions[chunk])[:, None, None, :]  # (c, n, T, d)
             logits = model.run_from(store.hook, shifted.reshape(-1, *acts.shape[1:])).float()
             effects[chunk] = (logits.reshape(len(chunk), len(ids), -1) - base[None]).mean(1)
     report(Log(STAGE, "zeroing each feature on its top images"))
-    causal = _causal_effects(model, store, sae, directions, top_tokens, base.shape[1], device)
+    progress = progress_callback(report, STAGE, "images (zeroing features)")
+    causal = _causal_effects(model, store, sae, directions, top_tokens, base.shape[1], device, progress, stop)
     return effects.cpu().numpy(), causal, tuple(loaded.class_names)
 
 
-def _causal_effects(model, store: ActivationSet, sae, directions, top_tokens: np.ndarray, n_classes: int, device):
+def _causal_effects(
+    model,
+    store: ActivationSet,
+    sae,
+    directions,
+    top_tokens: np.ndarray,
+    n_classes: int,
+    device,
+    progress: Callable[[int, int], None],
+    stop: threading.Event,
+):
     """(F, C) mean change of each class logit when a feature is zeroed on every patch of its top images.
 
     With the error term kept, the spliced activation is x itself, so zeroing feature j is x - f_j ⊗ W_dec[j].
@@ -422,7 +446,9 @@ def _causal_effects(model, store: ActivationSet, sae, directions, top_tokens: np
     total = torch.zeros(len(top_tokens), n_classes, dtype=torch.float64, device=device)
     count = torch.zeros(len(top_tokens), dtype=torch.float64, device=device)
     with torch.no_grad():
-        for image in sorted(top_images):
+        for done, image in enumerate(sorted(top_images)):
+            check_stop(stop)
+            progress(done, len(top_images))
             x = torch.from_numpy(store.image(image).astype(np.float32)).to(device)  # (T, d)
             f = sae.encode_raw(x)
             clean = model.run_from(store.hook, x[None]).float()[0]
@@ -464,7 +490,9 @@ def _heldout_every(ws: Workspace, sae_dir: Path) -> int:
         return SAETrainConfig.heldout_every
 
 
-def _concepts(ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, report: Report) -> ConceptReport | None:
+def _concepts(
+    ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, report: Report, stop: threading.Event
+) -> ConceptReport | None:
     """Concept recovery selected on the set's images and scored on held-out ones: the model's validation images
     when they were collected with concept maps, else the images the SAE was held out from."""
     if not store.has_concept_maps:
@@ -502,4 +530,6 @@ def _concepts(ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, r
         store.concept_names,
         split,
         len(train_ids),
+        progress_callback(report, STAGE, "concepts scored"),
+        stop,
     )

@@ -19,7 +19,7 @@ from vitsae_tui.engine import distributed, model_run
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast
-from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.errors import StageError, StopRequested
 from vitsae_tui.engine.events import (
     ArtifactWritten,
     Finished,
@@ -185,7 +185,14 @@ def _train(
 ) -> ModelRun:
     device = ranks.device
     torch.manual_seed(cfg.seed)
-    cfg, train_set, val_set = _load_data(cfg, ws, run_dir, report, ranks)
+    try:
+        cfg, train_set, val_set = _load_data(cfg, ws, run_dir, report, ranks, stop)
+    except StopRequested:  # while the synthetic images were drawn: no step taken, nothing to resume
+        summary = {"epochs_done": 0, "step": 0}
+        if ranks.is_main:
+            write_status(run_dir, "stopped", **summary, message="stopped while drawing the images, before training")
+        report(Finished(STAGE, str(run_dir), summary, True))
+        return ModelRun(run_dir, math.inf, 0.0, 0, True)
     model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(device), ranks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch, batch_in_epoch, step = 0, 0, 0
@@ -343,7 +350,7 @@ def _train(
 
 
 def _load_data(
-    cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, ranks: distributed.Ranks
+    cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, ranks: distributed.Ranks, stop
 ) -> tuple[TrainModelConfig, ImageDataset, ImageDataset]:
     """The train and val splits, and the config with the head sized to the dataset's classes (saved in the run)."""
     report(Log(STAGE, f"loading {cfg.data.dataset} data"))
@@ -352,7 +359,7 @@ def _load_data(
     # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
     ranks.on_main(
         lambda: sets.update(
-            train=load_dataset(ws, cfg.data, "train", drawn), val=load_dataset(ws, cfg.data, "val", drawn)
+            train=load_dataset(ws, cfg.data, "train", drawn, stop), val=load_dataset(ws, cfg.data, "val", drawn, stop)
         )
     )
     train_set = sets["train"] if sets else load_dataset(ws, cfg.data, "train")

@@ -12,7 +12,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
@@ -28,6 +27,7 @@ from vitsae_tui.engine.perf import one_intra_op_thread
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.commands import ScreenCommands
+from vitsae_tui.tui.screens.base import AppScreen
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
 from vitsae_tui.tui.widgets.choices import choose, refill_select
@@ -41,7 +41,7 @@ STACKED_HEIGHT = 50
 """from this many rows up the side pane shows the patch's features (or the list) and the open feature together"""
 
 
-class BrowserScreen(Screen):
+class BrowserScreen(AppScreen):
     COMMANDS = {ScreenCommands}
     BINDINGS = [
         # the arrows move the patch cursor while the image has focus (its own bindings); hjkl do it from anywhere

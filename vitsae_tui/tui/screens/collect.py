@@ -53,10 +53,10 @@ class CollectScreen(StageScreen):
                     id="config",
                 )
                 with Horizontal(id="form-buttons"):
-                    yield Button("Start (s)", variant="success", id="start", compact=True)
-                    yield Button("Stop (x)", variant="error", id="stop", compact=True)
+                    yield Button("Start ^s", variant="success", id="start", compact=True)
+                    yield Button("Stop ^x", variant="error", id="stop", compact=True)
             with Vertical(id="live"):
-                yield Static("no job: pick a model run and press s", id="status")
+                yield Static("no job: pick a model run and press ctrl+s", id="status")
                 yield ProgressBar(total=1, id="progress", show_eta=False)
                 yield Static("", id="summary")
                 yield StageLog(id="log")
@@ -121,7 +121,7 @@ class CollectScreen(StageScreen):
 
     def action_start(self) -> None:
         if self.app.jobs.running(STAGE):
-            self.notify("a collection is already running; stop it first (x)", severity="warning")
+            self.notify("a collection is already running; stop it first (ctrl+x)", severity="warning")
             return
         try:
             cfg = self.form_config()

@@ -7,13 +7,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.compare import SHORT_ARCH, SAEPoint, points
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.text import shown
 from vitsae_tui.tui.commands import ScreenCommands
+from vitsae_tui.tui.screens.base import AppScreen
 from vitsae_tui.tui.widgets.choices import refill_select
 from vitsae_tui.tui.widgets.scatter_plot import COLORS, RICH_COLORS, ScatterPlot
 
@@ -24,7 +24,7 @@ HINT = (
 )
 
 
-class CompareScreen(Screen):
+class CompareScreen(AppScreen):
     AUTO_FOCUS = "#compare-table"
     COMMANDS = {ScreenCommands}
     BINDINGS = [

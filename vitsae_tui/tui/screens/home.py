@@ -9,7 +9,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
@@ -18,6 +17,7 @@ from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import KINDS, RunInfo, Workspace
+from vitsae_tui.tui.screens.base import AppScreen
 
 STATE_STYLE = {
     "finished": "green",
@@ -100,7 +100,7 @@ def list_workspace(ws: Workspace, selected: tuple[str, str] | None):
     return runs, lineage(ws, selected, runs), rows
 
 
-class HomeScreen(Screen):
+class HomeScreen(AppScreen):
     BINDINGS = [
         Binding("g", "app.guided_run", "Guided run"),
         Binding("t", "app.switch_mode('train-model')", "Train"),

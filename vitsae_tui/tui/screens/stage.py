@@ -7,8 +7,7 @@ from pathlib import Path
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import ProgressBar, RichLog, Select, Static
+from textual.widgets import Input, ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import events
 from vitsae_tui.engine.stages import REGISTRY
@@ -17,6 +16,7 @@ from vitsae_tui.engine.workspace import read_jsonl, read_record, read_status
 from vitsae_tui.formatting import format_duration
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.jobs import Job
+from vitsae_tui.tui.screens.base import AppScreen
 
 
 def format_bytes(n: float) -> str:
@@ -27,19 +27,28 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+# the control keys work while a form field has focus (printable keys are the field's then); the footer shows them
 START_STOP_BINDINGS = [
-    Binding("s", "start", "Start"),
-    Binding("x", "stop", "Stop"),
+    Binding("ctrl+s", "start", "Start", priority=True),
+    Binding("ctrl+x", "stop", "Stop", priority=True),
+    Binding("s", "start", "Start", show=False),
+    Binding("x", "stop", "Stop", show=False),
     Binding("escape", "app.switch_mode('home')", "Home"),
 ]
-RESUMABLE_BINDINGS = [*START_STOP_BINDINGS[:2], Binding("r", "resume", "Resume"), START_STOP_BINDINGS[2]]
+RESUMABLE_BINDINGS = [
+    *START_STOP_BINDINGS[:2],
+    Binding("ctrl+r", "resume", "Resume", priority=True),
+    *START_STOP_BINDINGS[2:4],
+    Binding("r", "resume", "Resume", show=False),
+    START_STOP_BINDINGS[4],
+]
 PLOT_BINDINGS = [Binding("v", "cycle_plot", "Plot")]
 DEVICES = tuple((d, d) for d in ("auto", "cpu", "cuda", "mps"))
 COMPACT_HEIGHT = 36
 """below this many rows a stage screen shows one plot at a time (v cycles them)"""
 
 
-class StageScreen(Screen):
+class StageScreen(AppScreen):
     """Subclasses set STAGE, compose `#form`, `#status`, `#progress` and `#log`, and override the hooks below.
 
     The screen shows one run at a time: the newest job that runs its stage (alone or inside the guided run), or a
@@ -214,7 +223,7 @@ class StageScreen(Screen):
 
     def start_job(self, title: str, fn, *args, **kwargs) -> Job | None:
         if self.app.jobs.running(self.STAGE):
-            self.notify(f"a {self.STAGE} job is already running; stop it first (x)", severity="warning")
+            self.notify(f"a {self.STAGE} job is already running; stop it first (ctrl+x)", severity="warning")
             return None
         job = self.app.jobs.start(self.STAGE, title, fn, *args, **kwargs)
         self.follow_job(job)
@@ -227,7 +236,17 @@ class StageScreen(Screen):
             self.notify(f"no {self.STAGE} job is running", severity="warning")
             return
         job.stop.set()
-        self.query_one("#status", Static).update("stopping: saving what is complete…")
+        self.update_status(job)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """enter moves to the next field of the form, and on its last text field starts the run (a dropdown's enter
+        opens its list)."""
+        fields = [w for w in self.query("#form Input, #form Select") if w.focusable]
+        inputs = [w for w in fields if isinstance(w, Input)]
+        if inputs and event.input is inputs[-1]:
+            self.action_start()
+        elif event.input in fields:
+            fields[fields.index(event.input) + 1].focus()
 
     def on_job_events(self, job: Job, batch: list[events.Event]) -> None:
         # a stage's own job, or the guided pipeline job while it runs this stage
@@ -278,7 +297,9 @@ class StageScreen(Screen):
         p = job.progress_by_stage.get(self.STAGE)
         if p is not None and p.total:
             self.query_one("#progress", ProgressBar).update(total=p.total, progress=p.done)
-        if job.runs_stage(self.STAGE):
+        if job.runs_stage(self.STAGE) and job.stop.is_set():
+            detail = f"stopping after the current step… ({self.status_detail(job)})"
+        elif job.runs_stage(self.STAGE):
             detail = self.status_detail(job)
         elif job.running:  # a pipeline that has moved on to its next stage
             detail = "done; the guided run goes on"

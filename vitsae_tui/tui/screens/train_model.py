@@ -42,11 +42,11 @@ class TrainModelScreen(StageScreen):
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
                 with Horizontal(id="form-buttons"):
-                    yield Button("Start (s)", variant="success", id="start", compact=True)
-                    yield Button("Stop (x)", variant="error", id="stop", compact=True)
-                yield Button("Resume (r)", id="resume", compact=True)
+                    yield Button("Start ^s", variant="success", id="start", compact=True)
+                    yield Button("Stop ^x", variant="error", id="stop", compact=True)
+                yield Button("Resume ^r", id="resume", compact=True)
             with Vertical(id="live"):
-                yield Static("no job: set the form and press s", id="status")
+                yield Static("no job: set the form and press ctrl+s", id="status")
                 yield ProgressBar(
                     total=1, id="progress", show_eta=False
                 )  # determinate: no animation until a job reports
@@ -96,7 +96,7 @@ class TrainModelScreen(StageScreen):
 
     def action_start(self, resume: str | None = None) -> None:
         if self.app.jobs.running(STAGE):
-            self.notify("a training job is already running; stop it first (x)", severity="warning")
+            self.notify("a training job is already running; stop it first (ctrl+x)", severity="warning")
             return
         try:
             cfg = self.form_config()

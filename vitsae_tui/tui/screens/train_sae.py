@@ -72,11 +72,11 @@ class TrainSAEScreen(StageScreen):
                 yield Label("resume run")
                 yield Select([], prompt="(none)", id="resume_run", compact=True)
                 with Horizontal(id="form-buttons"):
-                    yield Button("Start (s)", variant="success", id="start", compact=True)
-                    yield Button("Stop (x)", variant="error", id="stop", compact=True)
-                yield Button("Resume (r)", id="resume", compact=True)
+                    yield Button("Start ^s", variant="success", id="start", compact=True)
+                    yield Button("Stop ^x", variant="error", id="stop", compact=True)
+                yield Button("Resume ^r", id="resume", compact=True)
             with Vertical(id="live"):
-                yield Static("no job: pick an activation set and press s", id="status")
+                yield Static("no job: pick an activation set and press ctrl+s", id="status")
                 yield ProgressBar(total=1, id="progress", show_eta=False)
                 with Grid(id="sae-plots"):
                     for key, title, log_y, y_min in PLOTS:
@@ -122,7 +122,7 @@ class TrainSAEScreen(StageScreen):
 
     def action_start(self, resume: str | None = None) -> None:
         if self.app.jobs.running(STAGE):
-            self.notify("an SAE job is already running; stop it first (x)", severity="warning")
+            self.notify("an SAE job is already running; stop it first (ctrl+x)", severity="warning")
             return
         try:
             cfgs = self.form_configs() if resume is None else [SAETrainConfig()]
