@@ -46,8 +46,7 @@ def _check_finite(cfg) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    """'synthetic' (built-in, offline), 'imagenette', or the path of an image folder (collect: the model's own when
-    not given)"""
+    """'synthetic' (offline), 'imagenette' or an image folder's path (collect: the model's own when not given)"""
     n_train: int = 4000
     """number of synthetic training images (synthetic only)"""
     n_val: int = 500
@@ -59,8 +58,7 @@ class DataConfig:
     val_fraction: float = 0.1
     """fraction of an image folder held out for validation"""
     data_dir: str = ""
-    """folder holding an extracted Imagenette (imagenette2-160/ or its parent): used as it is, never downloaded
-    (empty: the workspace's data/imagenette, downloaded on first use)"""
+    """an extracted Imagenette (imagenette2-160/ or its parent), read as it is (empty: data/imagenette, downloaded)"""
 
     def validate(self) -> None:
         _check_finite(self)
