@@ -54,3 +54,37 @@ def fidelity_line(row: dict) -> str:
         f"{number(row, 'acc_worst_class_sae'):.1%} (clean {number(row, 'acc_worst_class_clean'):.1%}) · "
         f"CE recovered {number(row, 'ce_recovered'):.3f} (vs mean ablation, which erases the image)"
     )
+
+
+STEP_STAGES = {
+    "train model": "train-model",
+    "collect": "collect",
+    "collect validation": "collect",
+    "train SAE": "train-sae",
+    "index": "index",
+}
+"""the engine stage each guided-run step runs (its progress events carry that stage's name)"""
+
+
+def rough_minutes(seconds: float) -> str:
+    return f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
+
+
+def plan_line(
+    steps: tuple[str, ...],
+    current: int,
+    estimates_s: tuple[float, ...],
+    step_eta_s: float | None,
+    step_elapsed_s: float,
+    run_elapsed_s: float,
+) -> str:
+    """'step 3 of 5: train SAE · about 4 min left of ~9': where a guided run is and, when its steps have estimates,
+    how long is left (the running step's own ETA once it reports one)."""
+    if current >= len(steps):
+        return f"all {len(steps)} steps done" if steps else "nothing to build"
+    line = f"step {current + 1} of {len(steps)}: {steps[current]}"
+    if not estimates_s:
+        return line + (f" · this step {rough_minutes(step_eta_s)} left" if step_eta_s is not None else "")
+    this_step = step_eta_s if step_eta_s is not None else max(estimates_s[current] - step_elapsed_s, 0.0)
+    left = this_step + sum(estimates_s[current + 1 :])
+    return f"{line} · about {rough_minutes(left)} left of ~{rough_minutes(run_elapsed_s + left)}"

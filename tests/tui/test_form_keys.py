@@ -5,6 +5,7 @@ import pytest
 from textual.widgets import Input, Select, Static
 
 from tests.helpers import start_small_training, wait_for
+from vitsae_tui.engine import events
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.help import HelpScreen
@@ -109,3 +110,26 @@ async def test_ctrl_c_quits_like_q_and_asks_while_a_job_runs(tmp_path):
         await pilot.press("ctrl+c")
         await pilot.pause(0.3)
     assert app.return_code == 0 and not app.is_running
+
+
+async def test_the_index_shows_every_phase_live_on_its_screen_and_home(indexed_root):
+    from vitsae_tui.tui.screens.index import IndexScreen
+
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("i")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, IndexScreen)
+        await wait_for(pilot, lambda: not app.jobs.running(), timeout_s=120)
+        job = app.jobs.get("index")
+        assert job.state == "finished" and "done" in str(app.screen.query_one("#summary", Static).render())
+        # this small index runs through its phases within one refresh: each phase's events, named on the status line
+        named = set()
+        for event in job.history:
+            if isinstance(event, events.Progress):
+                job.progress_by_stage["index"] = event
+                named.add(app.screen.status_detail(job).split(":")[0])
+        assert named == {"pass over the set", "class effects", "causal effects", "concept scoring"}
+        await pilot.press("b")
+        await wait_for(pilot, lambda: app.current_mode == "browse" and app.screen.index is not None, timeout_s=30)

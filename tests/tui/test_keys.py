@@ -110,7 +110,10 @@ async def test_home_keys(indexed_root):
         assert app.current_mode == "train-model" and "watching" in str(app.screen.query_one("#status").render())
         await pilot.press("escape", "i")
         await wait_for(pilot, lambda: app.jobs.get("index") is not None and not app.jobs.running(), timeout_s=120)
-        assert app.jobs.get("index").state == "finished"
+        assert app.jobs.get("index").state == "finished" and app.current_mode == "index"
+        await pilot.pause(0.3)
+        assert "b opens the browser" in str(app.screen.query_one("#summary").render())
+        await pilot.press("escape")
         await pilot.press("g")  # every stage is done: the guided run has nothing to build and opens the browser
         await wait_for(pilot, lambda: app.current_mode == "browse" and app.screen.index is not None, timeout_s=60)
         assert app.jobs.get("pipeline").state == "finished"

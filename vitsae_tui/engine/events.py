@@ -77,7 +77,20 @@ class Failed:
     run_dir: str = ""
 
 
-Event = Progress | Started | Metrics | Log | ArtifactWritten | Finished | Failed
+@dataclass(frozen=True)
+class Plan:
+    """What a guided run will build, in order, and the step it is at (reported as each step begins)."""
+
+    stage: str
+    steps: tuple[str, ...]
+    """the steps to run, e.g. ('train model', 'collect', 'collect validation', 'train SAE', 'index')"""
+    current: int
+    """the step running now (0-based); len(steps) once every step is done"""
+    estimates_s: tuple[float, ...] = ()
+    """the expected seconds of each step on a two-core CPU (empty when unknown: another dataset or size)"""
+
+
+Event = Progress | Started | Metrics | Log | ArtifactWritten | Finished | Failed | Plan
 Report = Callable[[Event], None]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import model_run, sae_run
 from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
 from vitsae_tui.engine.errors import StageError, UserError, stage_failed
-from vitsae_tui.engine.events import Finished, Log, Report
+from vitsae_tui.engine.events import Finished, Log, Plan, Report
 from vitsae_tui.engine.stages import REGISTRY, STAGES
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
@@ -288,7 +289,6 @@ def _collect_validation(ws: Workspace, activations: str, report: Report, stop: t
     if provenance.split == "all":
         report(Log("pipeline", f"{provenance.data.label} has no validation split: the SAE holds out every 20th image"))
         return True
-    report(Log("pipeline", f"collecting the validation images of {provenance.data.label} the SAE is evaluated on"))
     cfg = CollectConfig(
         model=provenance.model_run,
         checkpoint=provenance.checkpoint,
@@ -340,6 +340,43 @@ def data_label(ws: Workspace, selected: tuple[str, str] | None = None) -> str:
     return "synthetic"
 
 
+STEP_ESTIMATES_S = {
+    "demo": {"train model": 110, "collect": 15, "collect validation": 5, "train SAE": 45, "index": 40},
+    "tiny": {"train model": 6, "collect": 3, "collect validation": 2, "train SAE": 5, "index": 5},
+}
+"""seconds each guided-run step takes on an idle two-core CPU on the synthetic data (measured with `vitsae-tui demo`)"""
+
+
+class _Steps:
+    """The guided run's plan: reported whole before the first step, then as each step begins."""
+
+    def __init__(self, report: Report, steps: list[str], estimates: dict[str, float] | None):
+        self.report, self.steps = report, tuple(steps)
+        self.estimates = tuple(float(estimates[s]) for s in steps) if estimates else ()
+        report(Plan("pipeline", self.steps, 0, self.estimates))
+
+    def begin(self, step: str, what: str) -> None:
+        i = self.steps.index(step)
+        self.report(Plan("pipeline", self.steps, i, self.estimates))
+        self.report(Log("pipeline", f"step {i + 1} of {len(self.steps)}: {what}"))
+
+    def done(self) -> None:
+        self.report(Plan("pipeline", self.steps, len(self.steps), self.estimates))
+
+
+def _needs_validation(ws: Workspace, activations: str | None, collect_cfg: CollectConfig | None) -> bool:
+    """Whether the SAE step must first collect the validation split it is evaluated on."""
+    from vitsae_tui.engine.activation_set import SetSummary, find_validation_set
+
+    if collect_cfg is not None or activations is None:
+        return collect_cfg is None or collect_cfg.split == "train"
+    try:
+        provenance = SetSummary.load(ws.run_dir("activations", activations)).provenance
+    except (UserError, OSError):
+        return True
+    return provenance.split == "train" and not find_validation_set(ws.kind_dir("activations"), provenance)
+
+
 def run_pipeline(
     ws: Workspace, report: Report, stop: threading.Event, size: str = "demo", selected: tuple[str, str] | None = None
 ) -> dict[str, str]:
@@ -359,48 +396,57 @@ def run_pipeline(
             "wait for it to finish (enter on its row follows it live), then press g again"
         )
         raise stage_failed("pipeline", StageError(message), report, mark_run=False)
-    built: dict[str, str] = {}
     resumable = ("stopped", "interrupted")
-    model_state = states["train-model"]
-    if model_state.state != "done":
+    model_state, sae_state = states["train-model"], states["train-sae"]
+    # every stage after the first one to build is built too
+    first = next((i for i, name in enumerate(STAGE_NAMES) if states[name].state != "done"), len(STAGE_NAMES))
+    model = model_state.run
+    collect_cfg = _collect_config(ws, model, states["collect"], first == 0) if model and first <= 1 else None
+    steps = ["train model", "collect", "collect validation", "train SAE", "index"][first + (first > 2) :]
+    if "collect validation" in steps and not _needs_validation(ws, states["collect"].run, collect_cfg):
+        steps.remove("collect validation")
+    on_synthetic = data_label(ws, selected) == "synthetic"
+    plan = _Steps(report, steps, STEP_ESTIMATES_S.get(size) if on_synthetic else None)
+
+    built: dict[str, str] = {}
+    if "train model" in steps:
         resume = model_state.run if model_state.state in resumable else None
-        report(Log("pipeline", f"stage 1/4: {'resuming ' + resume if resume else 'training the demo model'}"))
+        plan.begin("train model", f"resuming {resume}" if resume else "training the demo model")
         result = train_model(model_cfg, ws, report, stop, resume=resume)
         if result.stopped:
             return built
-        built["model"] = result.run_dir.name
-    model = built.get("model") or model_state.run
-    if built or states["collect"].state != "done":
-        cfg = _collect_config(ws, model, states["collect"], "model" in built)
-        report(
-            Log("pipeline", f"stage 2/4: collecting activations of {cfg.data.following(_model_data(ws, model)).label}")
-        )
-        result = collect(cfg, ws, report, stop)
+        built["model"] = model = result.run_dir.name
+        collect_cfg = _collect_config(ws, model, states["collect"], True)
+    if "collect" in steps:
+        plan.begin("collect", f"collecting activations of {collect_cfg.data.following(_model_data(ws, model)).label}")
+        result = collect(collect_cfg, ws, report, stop)
         if result.stopped:
             return built
         built["activations"] = result.set_dir.name
     activations = built.get("activations") or states["collect"].run
-    sae_state = states["train-sae"]
-    if built or sae_state.state != "done":
+    if "train SAE" in steps:
         resume = (
             sae_state.run
             if sae_state.state in resumable and sae_run.has_checkpoint(ws.run_dir("saes", sae_state.run))
             else None
         )
+        if "collect validation" in steps:
+            plan.begin("collect validation", "collecting the validation split the SAE is evaluated on")
         if not _collect_validation(ws, activations, report, stop, collect):
             return built
-        report(Log("pipeline", f"stage 3/4: {'resuming ' + resume if resume else 'training the JumpReLU SAE'}"))
+        plan.begin("train SAE", f"resuming {resume}" if resume else "training the JumpReLU SAE")
         result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop, resume=resume)
         if result.stopped:
             return built
         built["sae"] = result.run_dir.name
     sae = built.get("sae") or sae_state.run
-    if built or states["index"].state != "done":
-        report(Log("pipeline", "stage 4/4: indexing the features"))
+    if "index" in steps:
+        plan.begin("index", "indexing the features")
         result = build_index(IndexConfig(sae=sae), ws, report, stop)
         if not result.summary:
             return built
         built["index"] = result.index_dir.name
+    plan.done()
     index = built.get("index") or states["index"].run
     report(
         Finished(
@@ -409,7 +455,7 @@ def run_pipeline(
             {
                 "built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date",
                 "index": index,
-                "browse": f"vitsae-tui --workspace {ws.root}  (then b)",
+                "browse": f"{shlex.join(['vitsae-tui', *ws.cli_args])}  (then b)",
             },
         )
     )

@@ -30,10 +30,11 @@ from vitsae_tui.tui.screens.collect import CollectScreen
 from vitsae_tui.tui.screens.compare import CompareScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.home import HomeScreen
+from vitsae_tui.tui.screens.index import IndexScreen
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
 from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
 
-STAGE_SCREENS = (TrainModelScreen, CollectScreen, TrainSAEScreen)
+STAGE_SCREENS = (TrainModelScreen, CollectScreen, TrainSAEScreen, IndexScreen)
 
 
 class VitsaeApp(App):
@@ -93,7 +94,7 @@ class VitsaeApp(App):
 
     async def open_run(self, kind: str, name: str) -> None:
         """Show one run on its stage's screen (an index in the browser): live while written, else from its files."""
-        mode = BY_KIND[kind].name if BY_KIND[kind].name in self.MODES else "browse"
+        mode = BY_KIND[kind].name if BY_KIND[kind].name in self.MODES and kind != "features" else "browse"
         await self.switch_mode(mode)  # awaited, so a screen opened for the first time is mounted before use
         self.screen.show_run(self.workspace.run_dir(kind, name))
 
@@ -111,12 +112,9 @@ class VitsaeApp(App):
             "Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run
         )
         for stage in STAGES:
-            if stage.name in self.MODES:
-                yield SystemCommand(
-                    stage.title, stage.summary[:1].upper() + stage.summary[1:], partial(self.switch_mode, stage.name)
-                )
-            else:
-                yield SystemCommand(stage.title, "Index the shown lineage's SAE", self.action_build_index)
+            yield SystemCommand(
+                stage.title, stage.summary[:1].upper() + stage.summary[1:], partial(self.switch_mode, stage.name)
+            )
         yield SystemCommand(
             "Browse features", "Images, patches and SAE features of an index", lambda: self.switch_mode("browse")
         )
@@ -147,8 +145,8 @@ class VitsaeApp(App):
         if job.stage != "pipeline":
             return
         for event in batch:
-            # each stage's own screen follows it; the index has none, so home shows it
-            mode = event.stage if event.stage in self.MODES else "home" if event.stage in REGISTRY else None
+            # each stage's own screen follows it
+            mode = event.stage if event.stage in self.MODES else None
             if mode and event.stage != self.following_stage:
                 self.following_stage = event.stage
                 self.switch_mode(mode)
@@ -166,7 +164,7 @@ class VitsaeApp(App):
             await self.switch_mode("browse")
 
     def action_build_index(self, sae_run: str | None = None) -> None:
-        """Index an SAE (by default the shown lineage's) in a worker; the browser lists it when done."""
+        """Index an SAE (by default the shown lineage's) in a worker, shown live on the Index screen."""
         stage = REGISTRY["index"]
         sae_run = sae_run or self.lineage_run("saes")
         if sae_run is None:
@@ -179,7 +177,7 @@ class VitsaeApp(App):
             self.notify("an index is already being built", severity="warning")
             return
         self.jobs.start(stage.name, f"index {sae_run}", stage.run, IndexConfig(sae=sae_run), self.workspace)
-        self.notify(f"building the feature index of {sae_run}…")
+        self.switch_mode(stage.name)
 
     def _handle_exception(self, error: Exception) -> None:
         # a bug in the app itself: the traceback goes to the workspace's error.log and the jobs stop with a

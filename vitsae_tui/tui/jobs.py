@@ -17,6 +17,7 @@ from textual.app import App
 
 from vitsae_tui.engine import events
 from vitsae_tui.engine.errors import StageError, bug_message, log_bug
+from vitsae_tui.formatting import STEP_STAGES, plan_line
 
 DRAIN_INTERVAL_S = 0.1
 
@@ -40,6 +41,10 @@ class Job:
     """the stage this job is running now (a pipeline job runs one stage after another)"""
     last_rows: dict[tuple[str, str], dict] = field(default_factory=dict)
     """the newest metrics row per (stage, kind): a screen reads only its own stage's rows"""
+    plan: events.Plan | None = None
+    """a guided run's steps and the one it is at"""
+    step_started: float = 0.0
+    """when the plan's current step began (time.time())"""
     started: float = field(default_factory=time.time)
     result: Any = None
     thread: threading.Thread | None = None
@@ -55,6 +60,17 @@ class Job:
     def runs_stage(self, stage: str) -> bool:
         """True while this job is running `stage`, as itself or as a step of a pipeline."""
         return self.running and (self.stage == stage or self.active_stage == stage)
+
+    def plan_line(self) -> str:
+        """Where a guided run is: 'step 3 of 5: train SAE · about 4 min left of ~9' ('' for other jobs)."""
+        if self.plan is None:
+            return ""
+        plan = self.plan
+        step_stage = STEP_STAGES.get(plan.steps[plan.current]) if plan.current < len(plan.steps) else None
+        progress = self.progress_by_stage.get(step_stage) if step_stage == self.active_stage else None
+        now = time.time()
+        eta = progress.eta_s if progress is not None else None
+        return plan_line(plan.steps, plan.current, plan.estimates_s, eta, now - self.step_started, now - self.started)
 
     def last_row(self, stage: str, kind: str) -> dict | None:
         return self.last_rows.get((stage, kind))
@@ -75,6 +91,10 @@ class Job:
                 self.progress = event
                 self.progress_by_stage[event.stage] = event
                 self.active_stage = event.stage
+            elif isinstance(event, events.Plan):
+                if self.plan is None or self.plan.current != event.current:
+                    self.step_started = time.time()
+                self.plan = event
             elif isinstance(event, events.Metrics):
                 self.last_rows[(event.stage, str(event.row.get("kind")))] = event.row
             elif isinstance(event, events.Finished):

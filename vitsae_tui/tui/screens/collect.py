@@ -74,7 +74,7 @@ class CollectScreen(StageScreen):
         refill_select(select, [(f"{r.name} ({r.state})", r.name) for r in runs], self.app.lineage_run("models"))
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "model" and isinstance(event.value, str):
+        if event.select.id == "model" and isinstance(event.value, str) and not self.form_locked:
             self.fill_hooks(str(event.value))
 
     def fill_form(self, config: dict) -> None:

@@ -12,11 +12,14 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
+from vitsae_tui.engine.events import Failed, Finished, Plan, Progress, Started
 from vitsae_tui.engine.pipeline import StageState, lineage, next_step
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import KINDS, RunInfo, Workspace
+from vitsae_tui.formatting import format_duration
+from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.base import AppScreen
 
 STATE_STYLE = {
@@ -45,17 +48,27 @@ GUIDED_RUN = (
 )
 
 
-def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) -> Text:
+def pipeline_text(
+    states: list[StageState], selected: tuple[str, str] | None, live: dict[str, Progress] | None = None
+) -> Text:
+    """The lineage's stages; a stage this app is building shows its progress and ETA (an index has no folder until it
+    is written, so the files alone would say 'missing')."""
     text = Text.assemble(("pipeline", "bold"), " ")
     for i, s in enumerate(states):
-        mark, style = MARKS.get(s.state, ("?", ""))
+        progress = (live or {}).get(s.stage)
+        state = "running" if progress is not None else s.state
+        mark, style = MARKS.get(state, ("?", ""))
+        detail = f" {s.run}" if s.run else ""
+        if progress is not None:
+            share = f" {progress.done / progress.total:.0%}" if progress.total else ""
+            detail = f"{share} ETA {format_duration(progress.eta_s)}"
         text.append_text(
             Text.assemble(
                 " → " if i else "",
                 (mark, style),
                 f" {REGISTRY[s.stage].noun} ",
-                (s.state, "dim"),
-                (f" {s.run}" if s.run else "", "dim"),
+                (state, "dim" if progress is None else "cyan"),
+                (detail, "dim"),
             )
         )
     if selected is not None:
@@ -63,13 +76,23 @@ def pipeline_text(states: list[StageState], selected: tuple[str, str] | None) ->
     return text
 
 
-def next_text(states: list[StageState], jobs_running: bool) -> Text:
-    if jobs_running:
-        return Text(
-            "A job is running: its screen shows it live (t, c or a); q asks before stopping it with a checkpoint."
+GUIDED_RUN_TIME = {"demo": "about 3½ minutes on two CPU cores", "tiny": "--demo-size tiny: about 20 s, a smoke test"}
+
+
+def next_text(states: list[StageState], job: Job | None, size: str = "demo") -> Text:
+    if job is not None:
+        where = job.plan_line() or (
+            f"{job.active_stage or job.stage}: {job.progress.done:,}/{job.progress.total:,} {job.progress.unit}"
+            if job.progress is not None
+            else "starting…"
+        )
+        keys = ", ".join(STAGE_KEYS[stage] for stage in STAGE_KEYS)
+        return Text.assemble(
+            (f"{job.title}", "bold"),
+            f": {where}. Each stage's screen shows it live ({keys}); q asks before stopping it with a checkpoint.",
         )
     if all(s.state == "missing" for s in states):
-        return Text.assemble(("New here? Press g. ", "bold"), GUIDED_RUN, " (about 3 minutes on two CPU cores).")
+        return Text.assemble(("New here? Press g. ", "bold"), GUIDED_RUN, f" ({GUIDED_RUN_TIME[size]}).")
     step = next_step(states)
     if step == "browse the features":
         return Text(
@@ -122,6 +145,8 @@ class HomeScreen(AppScreen):
         self.rows_shown: tuple = ()
         self.scans = 0
         """how many listings have been shown (tests wait on it)"""
+        self.states: list[StageState] | None = None
+        """the lineage as last shown"""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -141,6 +166,10 @@ class HomeScreen(AppScreen):
         )
         self.refresh_runs()
         self.set_interval(2.0, self.refresh_runs)
+        self.app.jobs.subscribe(self.on_job_events)
+
+    def on_unmount(self) -> None:
+        self.app.jobs.unsubscribe(self.on_job_events)
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
@@ -207,8 +236,23 @@ class HomeScreen(AppScreen):
         self.show_states(lineage(self.app.workspace, self.app.lineage_selection, self.runs or None))
 
     def show_states(self, states: list[StageState]) -> None:
-        self.query_one("#pipeline", Static).update(pipeline_text(states, self.app.lineage_selection))
-        self.query_one("#next", Static).update(next_text(states, self.app.jobs.running()))
+        self.states = states
+        job = next((j for j in self.app.jobs.jobs.values() if j.running), None)
+        live = {
+            j.active_stage: j.progress_by_stage[j.active_stage]
+            for j in self.app.jobs.jobs.values()
+            if j.running and j.active_stage in j.progress_by_stage
+        }
+        self.query_one("#pipeline", Static).update(pipeline_text(states, self.app.lineage_selection, live))
+        self.query_one("#next", Static).update(next_text(states, job, self.app.demo_size))
+
+    def on_job_events(self, job: Job, batch: list) -> None:
+        """Within a tenth of a second of any job's events: its progress here, and the runs again when one starts or
+        ends (its folder appears or changes state)."""
+        if self.states is not None:
+            self.show_states(self.states)
+        if any(isinstance(e, (Started, Finished, Failed, Plan)) for e in batch):
+            self.refresh_runs()
 
     def cursor_run(self) -> tuple[str, str] | None:
         table = self.query_one("#runs", DataTable)

@@ -305,4 +305,5 @@ class StageScreen(AppScreen):
             detail = "done; the guided run goes on"
         else:
             detail = job.state + (f": {job.message}" if job.message else "")
-        self.query_one("#status", Static).update(Text(f"{job.title}: {detail}"))
+        plan = job.plan_line()
+        self.query_one("#status", Static).update(Text(f"{job.title}: {detail}" + (f"\n{plan}" if plan else "")))

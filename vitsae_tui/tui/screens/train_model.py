@@ -57,7 +57,8 @@ class TrainModelScreen(StageScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.fill_form(config_mod.to_dict(config_mod.preset("demo")))
+        if self.shown_job is None:  # a job's replayed history (StageScreen.on_mount ran first) filled in its settings
+            self.fill_form(config_mod.to_dict(config_mod.preset("demo")))
         self.set_interval(0.3, self.redraw_plots)
         self.redraw_plots()
         self.refresh_runs()
@@ -79,7 +80,7 @@ class TrainModelScreen(StageScreen):
         refill_select(self.query_one("#resume_run", Select), options)  # the newest stopped run, unless one was picked
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "preset" and isinstance(event.value, str):
+        if event.select.id == "preset" and isinstance(event.value, str) and not self.form_locked:
             self.fill_form(config_mod.to_dict(config_mod.preset(str(event.value))))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
