@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from vitsae_tui import __version__
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.config import SWEPT_FIELDS, DataConfig
 from vitsae_tui.engine.errors import StageError, UserError, resource_message
+from vitsae_tui.engine.events import Started
 from vitsae_tui.engine.stages import REGISTRY, STAGES, Stage
 
 
@@ -217,36 +219,78 @@ def stage_config(stage: Stage, args: argparse.Namespace):
     return config_mod.from_dict(stage.config, values)
 
 
-def _install_stop_signals(stop: threading.Event) -> None:
-    """SIGINT, SIGTERM and SIGHUP (the SSH link dropped) ask the stage to checkpoint and return."""
-    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+DUPLICATE_SIGNAL_S = 1.0
+"""a second stop signal this soon after the first is the same request (a supervisor and its wrapper shell often both
+send one); a later one forces the exit"""
 
-    def handler(signum, _frame):
-        # a second signal forces the exit, except under torchrun, whose agent repeats the user's Ctrl-C as SIGTERM
-        if stop.is_set() and not under_torchrun:
-            raise KeyboardInterrupt
-        if not stop.is_set() and int(os.environ.get("RANK", "0")) == 0:
-            print(
-                f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…",
-                file=sys.stderr,
-            )
-        stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, handler)
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP (the SSH link dropped) ask the stage to checkpoint and return; a second one after
+    DUPLICATE_SIGNAL_S forces the exit with one line naming what keeps its checkpoint. The handler never raises."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.first_at: float | None = None
+        self.run: tuple[str, str] | None = None
+        """(stage, run folder) of the stage running now, from its Started event"""
+        self.under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                signal.signal(sig, self.handle)
+
+    def follow(self, report: Callable) -> Callable:
+        """The report, also remembering which run the stage writes."""
+
+        def follow_and_report(event) -> None:
+            if isinstance(event, Started):
+                self.run = (event.stage, event.run_dir)
+            report(event)
+
+        return follow_and_report
+
+    def handle(self, signum, _frame) -> None:
+        from vitsae_tui.cli_streams import say
+
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+            self.stop.set()
+            if self.is_main:
+                say(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a checkpoint…")
+            return
+        # torchrun's agent repeats the user's Ctrl-C as SIGTERM: only the first request counts there
+        if self.under_torchrun or now - self.first_at < DUPLICATE_SIGNAL_S:
+            return
+        if self.is_main:
+            say(f"vitsae-tui: forced exit before the stop finished; {self.resume_hint()}")
+        os._exit(130)
+
+    def resume_hint(self) -> str:
+        if self.run is None:
+            return "nothing was written yet"
+        stage, run_dir = self.run
+        name = Path(run_dir).name
+        resumable = REGISTRY[stage].resumable if stage in REGISTRY else False
+        how = f"`vitsae-tui {stage} --resume {name}` continues it" if resumable else "the same command continues it"
+        return f"{Path(run_dir).parent.name}/{name} keeps its last checkpoint; {how}"
 
 
 def _run_stage(stage: Callable, *args, **kwargs) -> int:
     from vitsae_tui.cli_progress import ConsoleReport, RankReport
+    from vitsae_tui.cli_streams import guard_standard_streams
 
+    guard_standard_streams()  # a log reader that exits (| head, | tee then Ctrl-C) must not end the run
     stop = threading.Event()
-    _install_stop_signals(stop)
+    signals = StopSignals(stop)
+    signals.install()
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun; engine.distributed is not imported before --help
     code = 0
     with ConsoleReport() if rank == 0 else RankReport(rank) as report:
         try:
-            stage(*args, report=report, stop=stop, **kwargs)
+            stage(*args, report=signals.follow(report), stop=stop, **kwargs)
         except StageError as e:  # already reported as one sentence; a bug's traceback goes to stderr too
             if e.bug is not None:
                 traceback.print_exception(e.bug, file=sys.stderr)
@@ -425,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
             from vitsae_tui.tui.app import run_app
 
             return run_app(args.workspace, args.demo_size)
+        from vitsae_tui.cli_streams import guard_standard_streams
+
+        guard_standard_streams()  # `vitsae-tui runs | head` ends quietly
         if args.command in REGISTRY:
             return cmd_stage(args)
         return {
