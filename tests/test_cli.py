@@ -49,10 +49,23 @@ def test_headless_training_and_runs_listing(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "train-model finished" in result.stderr and "demo-1" in result.stderr
+    # redirected: plain lines, the final count once, the summary in words (not 'best_val_loss: 2.3')
+    final = [line for line in result.stderr.splitlines() if " 2/2 steps" in line]
+    assert len(final) == 1, result.stderr
+    assert "best validation accuracy: " in result.stderr and "best_val" not in result.stderr
     status = json.loads((tmp_path / "models" / "demo-1" / "status.json").read_text())
     assert status["state"] == "finished"
     listing = run_cli("runs", workspace=tmp_path)
     assert "demo-1" in listing.stdout and "finished" in listing.stdout
+    resumed = run_cli("train-model", "--resume", "demo-1", "--epochs", "3", "--lr", "0.1", workspace=tmp_path)
+    assert "--epochs, --lr ignored: a resumed run continues with the settings it was started with" in resumed.stderr
+
+
+def test_read_only_commands_never_create_a_workspace(tmp_path):
+    for command in (["runs"], ["compare", "--activations", "x"], ["feature", "--sae", "sae-1", "3"]):
+        result = run_cli(*command, "--workspace", str(tmp_path / "missing"))
+        assert result.returncode == 1 and f"no workspace at {tmp_path / 'missing'}" in result.stderr, command
+        assert not (tmp_path / "missing").exists() and "Traceback" not in result.stderr
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):

@@ -319,6 +319,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    ignored = [*_overrides(args, stage.cli_fields), *(_overrides(args, DATA_FIELDS) if stage.takes_data else ())]
+    if resume and ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        print(
+            f"vitsae-tui: {flags} ignored: a resumed run continues with the settings it was started with "
+            f"({stage.kind}/{resume}/config.json); start a new run to change them",
+            file=sys.stderr,
+        )
     ws = Workspace(args.workspace)
     if stage.name == "train-sae":
         swept = {name: getattr(args, name) for name in SWEPT_FIELDS if getattr(args, name) is not None}
@@ -335,7 +343,7 @@ def _open_index(args: argparse.Namespace):
     from vitsae_tui.engine.feature_index import open_index_for
     from vitsae_tui.engine.workspace import Workspace
 
-    return open_index_for(Workspace(args.workspace), args.sae)
+    return open_index_for(Workspace.existing(args.workspace), args.sae)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -384,7 +392,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from vitsae_tui.engine.compare import points
     from vitsae_tui.engine.workspace import Workspace
 
-    found = points(Workspace(args.workspace), args.activations)
+    found = points(Workspace.existing(args.workspace), args.activations)
     if args.json:
         print(json.dumps(compare_json(found)))
     else:
@@ -397,7 +405,7 @@ def _workbench(args: argparse.Namespace):
     from vitsae_tui.engine.workbench import Workbench
     from vitsae_tui.engine.workspace import Workspace
 
-    ws = Workspace(args.workspace)
+    ws = Workspace.existing(args.workspace)
     return Workbench(ws, open_index_for(ws, args.sae), args.device)
 
 
@@ -447,7 +455,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import print_runs
     from vitsae_tui.engine.workspace import Workspace
 
-    print_runs(Workspace(args.workspace))
+    print_runs(Workspace.existing(args.workspace))
     return 0
 
 

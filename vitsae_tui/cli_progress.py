@@ -15,7 +15,7 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import KINDS, Workspace
-from vitsae_tui.formatting import fidelity_line, format_duration, format_metrics
+from vitsae_tui.formatting import fidelity_line, format_duration, format_metrics, summary_lines
 
 
 def format_eval(row: dict) -> str:
@@ -60,6 +60,7 @@ class ConsoleReport:
         self.tasks: dict[str, int] = {}
         self.latest: dict[str, dict] = {}
         self.printed_at: dict[str, float] = {}
+        self.last_printed: dict[str, tuple[int, int, str]] = {}
         self.lead_run: dict[str, str] = {}
 
     def __enter__(self) -> ConsoleReport:
@@ -82,6 +83,9 @@ class ConsoleReport:
         finished = event.total and event.done >= event.total
         if not finished and now - self.printed_at.get(event.stage, -1e9) < self.PLAIN_INTERVAL_S:
             return
+        if self.last_printed.get(event.stage) == (event.done, event.total, event.unit):
+            return  # a stage reports its final count twice (the loop's last step, then its end): one line says it
+        self.last_printed[event.stage] = (event.done, event.total, event.unit)
         self.printed_at[event.stage] = now
         eta = f" · ETA {format_duration(event.eta_s)}" if event.eta_s is not None else ""
         metrics = format_metrics(self.latest.get(event.stage, {}))
@@ -120,8 +124,8 @@ class ConsoleReport:
             self.progress.console.print(
                 Text.assemble((f"{event.stage} {verb}", "bold green"), f" → {shown(event.run_dir)}")
             )
-            for key, value in event.summary.items():
-                self._print(f"  {key}: {f'{value:.4g}' if isinstance(value, float) else shown(value)}")
+            for line in summary_lines(event.summary):
+                self._print(f"  {shown(line)}")
 
 
 class RankReport:

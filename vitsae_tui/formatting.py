@@ -26,6 +26,14 @@ def format_metrics(row: dict, formats: dict = METRIC_FORMATS, separator: str = "
     return separator.join(parts)
 
 
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
@@ -88,3 +96,42 @@ def plan_line(
     this_step = step_eta_s if step_eta_s is not None else max(estimates_s[current] - step_elapsed_s, 0.0)
     left = this_step + sum(estimates_s[current + 1 :])
     return f"{line} · about {rough_minutes(left)} left of ~{rough_minutes(run_elapsed_s + left)}"
+
+
+SUMMARY_LABELS = {
+    "best_val_loss": "best validation loss",
+    "best_val_accuracy": "best validation accuracy",
+    "epochs_done": "epochs done",
+    "elapsed_s": "time",
+    "bytes_on_disk": "size on disk",
+    "d_model": "width",
+    "dead_fraction": "dead features",
+    "in_window": "pairs in the threshold window",
+    "theta_reached": "features in reach of their threshold",
+    "fvu": "FVU",
+    "mse": "MSE",
+    "l0": "L0",
+}
+
+
+def summary_value(key: str, value) -> str:
+    """A stage summary's value as a reader wants it: percentages, sizes, durations, thousands separators; a number
+    that never got a finite value (no validation pass finished) says so."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "none (no evaluation finished)"
+    if key == "elapsed_s":
+        return format_duration(value)
+    if key == "bytes_on_disk":
+        return format_bytes(value)
+    if any(word in key for word in ("accuracy", "fraction", "agreement")) or key.startswith("acc_"):
+        return f"{value:.1%}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """'label: value' per entry of a stage's Finished summary, labels in words instead of keys."""
+    return [f"{SUMMARY_LABELS.get(k, k.replace('_', ' '))}: {summary_value(k, v)}" for k, v in summary.items()]

@@ -256,3 +256,23 @@ def test_fidelity_metrics_against_a_direct_computation():
     assert moved["acc_worst_class"] in (1, 2) and moved["acc_worst_class_sae"] == 0.0
     ce = torch.nn.functional.cross_entropy
     assert moved["eval_delta_ce"] == pytest.approx(float(ce(spliced, labels) - ce(clean, labels)), rel=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [256, 4096])
+def test_the_tokens_the_log_announces_are_the_tokens_trained(workspace, batch_size):
+    """An epoch's short tail batch is dropped, so every step trains the announced batch (70,272 tokens were reported
+    after a log line promised 24 steps of 4,096 on a small set)."""
+    import re
+
+    from vitsae_tui.engine.events import Finished, Log
+
+    rng = np.random.default_rng(0)
+    name = write_activation_set(workspace, "small", rng.normal(size=(50, 36, 8)).astype(np.float32))
+    report = Collector()
+    cfg = SAETrainConfig(activations=name, tokens=100_000, batch_size=batch_size, device="cpu", eval_every=1000)
+    train_sae(cfg, workspace, report, threading.Event())
+    announced = next(e.message for e in report.of(Log) if " steps of " in e.message)
+    steps, per_step, total = re.search(r"(\d+) steps of (\d+) tokens \(([\d,]+) in all", announced).groups()
+    assert int(steps) == 100_000 // batch_size and int(total.replace(",", "")) == int(steps) * int(per_step)
+    assert report.of(Finished)[-1].summary["tokens"] == int(total.replace(",", ""))
+    assert int(per_step) == min(batch_size, 50 * 36 - 2 * 36)  # images 19 and 39 are held out

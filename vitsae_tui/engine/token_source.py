@@ -49,14 +49,18 @@ class TokenSource:
             self.tokens = torch.from_numpy(tokens).to(device)
 
     def batches_per_epoch(self) -> int:
-        return -(-self.n_train_tokens // self.batch_size)
+        return max(1, self.n_train_tokens // self.batch_size)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Every step's tokens: a full batch (an epoch's short tail batch is dropped), or the whole set when it is
+        smaller than one batch; so tokens trained = steps x tokens_per_step, as the log says."""
+        return min(self.batch_size, self.n_train_tokens)
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
         """(float32 local batch, global batch size) pairs; skip_batches resumes mid-epoch on the same order."""
-        sizes = (
-            min(self.batch_size, self.n_train_tokens - b)
-            for b in range(skip_batches * self.batch_size, self.n_train_tokens, self.batch_size)
-        )
+        end = self.batches_per_epoch() * self.tokens_per_step
+        sizes = (self.tokens_per_step for _ in range(skip_batches * self.batch_size, end, self.batch_size))
         if self.tokens is not None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(len(self.tokens), generator=generator).to(self.device)

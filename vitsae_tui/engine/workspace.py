@@ -247,6 +247,14 @@ class Workspace:
                 f"cannot use {self.root} as the workspace ({e.strerror}); pass --workspace DIR with a writable folder"
             ) from None
 
+    @classmethod
+    def existing(cls, root: str | os.PathLike | None = None) -> Workspace:
+        """A workspace that must already exist, for commands that only read (they never create the folder)."""
+        path = Path(root).expanduser() if root else default_workspace()
+        if not path.is_dir():
+            raise WorkspaceError(f"no workspace at {path}; check --workspace, or build one there (vitsae-tui demo)")
+        return cls(path)
+
     @property
     def cli_args(self) -> list[str]:
         return workspace_args(self.root)

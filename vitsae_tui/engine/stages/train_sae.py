@@ -464,13 +464,15 @@ def _train(
                 world_size=ranks.world_size,
             )
     processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
+    whole_set = ", the whole set: smaller than --batch-size" if source.tokens_per_step < cfg.batch_size else ""
     for m in members:
         report(
             Log(
                 STAGE,
                 f"training {m.name} ({m.cfg.arch}, {m.cfg.sparsity}) on {device}{processes} "
                 f"({'resident' if source.resident else 'streamed'} data): {store.d_model} -> {m.sae.d_sae} features, "
-                f"{total_steps} steps of {cfg.batch_size} tokens, input scale {scale:.4g}",
+                f"{total_steps} steps of {source.tokens_per_step} tokens ({total_steps * source.tokens_per_step:,} "
+                f"in all{whole_set}), input scale {scale:.4g}",
             )
         )
 

@@ -239,7 +239,7 @@ class BrowserScreen(AppScreen):
         self.query_one("#image-title", Static).update(
             Text(
                 f"image {self.image}/{index.n_images - 1} · {self.class_name(self.image)}{only} · "
-                f"patch {self.cursor} ({row},{col}){feature}"
+                f"patch {self.cursor} (row {row}, col {col}){feature}"
             )
         )
         view = self.query_one("#image", PatchImage)

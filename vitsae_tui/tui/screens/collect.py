@@ -16,8 +16,9 @@ from vitsae_tui.engine.activation_set import size_on_disk
 from vitsae_tui.engine.config import CollectConfig, ConfigError
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.workspace import read_status
+from vitsae_tui.formatting import format_bytes
 from vitsae_tui.tui.jobs import Job
-from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen, format_bytes
+from vitsae_tui.tui.screens.stage import START_STOP_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import choose, refill_select
 from vitsae_tui.tui.widgets.config_form import ConfigForm
 from vitsae_tui.tui.widgets.stage_log import StageLog

@@ -18,15 +18,6 @@ from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.base import AppScreen
 
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 # the control keys work while a form field has focus (printable keys are the field's then); the footer shows them
 START_STOP_BINDINGS = [
     Binding("ctrl+s", "start", "Start", priority=True),
