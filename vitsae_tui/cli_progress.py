@@ -333,6 +333,7 @@ def print_edit(bench, result, console: Console | None = None) -> None:
 
 def print_concepts(report, console: Console | None = None) -> None:
     """Concept recovery tables: every detector on held-out images, k-sparse probing, absorption."""
+    from vitsae_tui.engine.concepts import MATCH_F1, MATCH_PARENT_MCC, decisive
     from vitsae_tui.engine.feature_index import MATCH_BAR
 
     console = console or Console()
@@ -353,9 +354,9 @@ def print_concepts(report, console: Console | None = None) -> None:
             Text(shown(c.concept)),
             f"{c.prevalence:.2f}",
             f"{c.feature}" + (" ✓" if c.matched else ""),
-            f"{d.f1:.2f} [{d.f1_low:.2f},{d.f1_high:.2f}]",
+            f"{decisive(d.f1, MATCH_F1)} [{d.f1_low:.2f},{d.f1_high:.2f}]",
             f"{d.mcc:.2f}",
-            f"{d.parent_mcc:.2f} [{d.parent_mcc_low:.2f},{d.parent_mcc_high:.2f}]",
+            f"{decisive(d.parent_mcc, MATCH_PARENT_MCC)} [{d.parent_mcc_low:.2f},{d.parent_mcc_high:.2f}]",
             f"{d.auroc:.2f}",
         )
     console.print(sae)

@@ -258,3 +258,11 @@ def test_best_thresholds_equal_a_brute_force_search_with_ties():
         assert f1[k] == pytest.approx(brute)
         achieved = scores[:, k] > thresholds[k]
         assert 2 * (positive & achieved).sum() / (achieved.sum() + positive.sum()) == pytest.approx(f1[k])
+
+
+def test_a_concept_score_is_printed_on_the_side_of_the_bar_it_falls():
+    from vitsae_tui.engine.concepts import MATCH_F1, decisive
+
+    assert decisive(0.498, MATCH_F1) == "0.498" and decisive(0.4999, MATCH_F1) == "0.4999"
+    assert decisive(0.502, MATCH_F1) == "0.50" and decisive(0.5, MATCH_F1) == "0.50"
+    assert decisive(0.61, MATCH_F1) == "0.61" and decisive(0.296, 0.3) == "0.296"

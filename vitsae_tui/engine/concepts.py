@@ -24,6 +24,14 @@ BOOTSTRAP_SAMPLES = 500
 MATCH_F1, MATCH_PARENT_MCC = 0.5, 0.3
 
 
+def decisive(value: float, bar: float, digits: int = 2) -> str:
+    """`value` with enough digits that the printed number falls on the same side of `bar` as the value itself
+    (0.498 against 0.5 prints '0.498', never '0.50')."""
+    while digits < 6 and (round(value, digits) >= bar) != (value >= bar):
+        digits += 1
+    return f"{value:.{digits}f}"
+
+
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve with ties counted half (mid-ranks); nan when one class is absent."""
     if positive.all() or not positive.any():
@@ -103,8 +111,8 @@ class Detection:
 
     def line(self, digits: int = 2) -> str:
         return (
-            f"F1 {self.f1:.{digits}f} [{self.f1_low:.{digits}f},{self.f1_high:.{digits}f}] · "
-            f"MCC {self.mcc:.{digits}f} · within parent {self.parent_mcc:.{digits}f}"
+            f"F1 {decisive(self.f1, MATCH_F1, digits)} [{self.f1_low:.{digits}f},{self.f1_high:.{digits}f}] · "
+            f"MCC {self.mcc:.{digits}f} · within parent {decisive(self.parent_mcc, MATCH_PARENT_MCC, digits)}"
         )
 
 
