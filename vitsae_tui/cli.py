@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--sae", metavar="RUN", required=True, help="SAE run in saes/ (indexed)")
     attribute.add_argument("--image", metavar="N", type=int, required=True, help="image number in the activation set")
     attribute.add_argument(
-        "--class", dest="target", metavar="C", type=int, help="class to attribute (default: predicted)"
+        "--class", dest="target", metavar="C", help="class to attribute, by number or name (default: predicted)"
     )
     attribute.add_argument(
         "--top", metavar="K", type=non_negative_int, default=16, help="features checked by exact ablation (0: all)"
@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--clamp", metavar="V", type=float, help="set the features to V where they are edited")
     how.add_argument("--add", metavar="S", type=float, help="add S along each feature's decoder direction (steering)")
     intervene.add_argument("--patches", metavar="I,J,…", type=int_list, help="only these patches (default: all)")
-    intervene.add_argument("--class", dest="target", metavar="C", type=int, help="class to follow (default: predicted)")
+    intervene.add_argument(
+        "--class", dest="target", metavar="C", help="class to follow, by number or name (default: predicted)"
+    )
     intervene.add_argument("--json", action="store_true", help="print the result as JSON")
     intervene.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     intervene.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
@@ -422,7 +424,15 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from vitsae_tui.cli_progress import attribution_json, print_attribution
 
     bench = _workbench(args)
-    return _show(args, bench, bench.attribute(args.image, args.target, args.top), attribution_json, print_attribution)
+    target = _target(bench, args)
+    return _show(args, bench, bench.attribute(args.image, target, args.top), attribution_json, print_attribution)
+
+
+def _target(bench, args: argparse.Namespace) -> int | None:
+    """--class as a number or a class name (None: the predicted class)."""
+    from vitsae_tui.engine.workbench import resolve_class
+
+    return None if args.target is None else resolve_class(args.target, bench.class_names)
 
 
 def cmd_intervene(args: argparse.Namespace) -> int:
@@ -440,7 +450,7 @@ def cmd_intervene(args: argparse.Namespace) -> int:
         if value is not None
     )
     bench = _workbench(args)
-    result = bench.intervene(args.image, Edit(tuple(args.feature), mode, value, args.patches), args.target)
+    result = bench.intervene(args.image, Edit(tuple(args.feature), mode, value, args.patches), _target(bench, args))
     return _show(args, bench, result, edit_json, print_edit)
 
 

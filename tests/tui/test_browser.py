@@ -3,7 +3,7 @@ from pathlib import Path
 
 from textual.widgets import ContentSwitcher, DataTable, Static
 
-from tests.helpers import answer, make_indexed_workspace
+from tests.helpers import answer, make_indexed_workspace, wait_for
 from vitsae_tui.engine.cards import one_per_image
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.browser import BrowserScreen
@@ -20,9 +20,9 @@ async def test_image_patch_feature_example_and_back(indexed_root):
         screen = app.screen
         assert isinstance(screen, BrowserScreen) and screen.index is not None
         title = lambda: str(screen.query_one("#image-title", Static).render())  # noqa: E731
-        assert "image 0/95" in title() and "patch 0 (0,0)" in title()
+        assert "image 0/95" in title() and "patch 0 (row 0, col 0)" in title()
         await pilot.press("right", "right", "down")
-        assert screen.cursor == 8 and "patch 8 (1,2)" in title()
+        assert screen.cursor == 8 and "patch 8 (row 1, col 2)" in title()
         await pilot.press("n")
         assert screen.image == 1 and "image 1/95" in title()
         expected = screen.index.top_features(1, 8, 12)
@@ -100,7 +100,18 @@ def test_feature_view_snapshot(snap_compare):
 
 def test_workbench_snapshot(snap_compare):
     """The attribution and one edit of the open feature: the panel under the image and the change heatmap."""
-    assert snap_compare(snapshot_app(), press=["b", "right", "down", "a", "1", "z"], terminal_size=(120, 40))
+
+    async def settle(pilot) -> None:
+        await pilot.press("b", "right", "down", "a", "1", "z")
+        screen = pilot.app.screen
+        await wait_for(
+            pilot,
+            lambda: screen.bench_results[0] == (screen.index, screen.image, screen.target, True, tuple(screen.edits)),
+            60,
+        )
+        await pilot.pause(0.2)
+
+    assert snap_compare(snapshot_app(), run_before=settle, terminal_size=(120, 40))
 
 
 async def test_png_exports_from_the_browser(indexed_root, tmp_path, monkeypatch):

@@ -44,8 +44,8 @@ class Edit:
         what = {
             "zero": "zero",
             "scale": f"×{self.value:g}",
-            "clamp": f"clamp to {self.value:g}",
-            "add": f"add {self.value:g}",
+            "clamp": f"clamp to {self.value:.3f}",
+            "add": f"add {self.value:.3f}",
         }
         where = (
             "every patch"
@@ -296,6 +296,25 @@ class Workbench:
                     }
                 )
         return rows
+
+
+def resolve_class(text: str, class_names: tuple[str, ...]) -> int:
+    """A class typed as its number or as its name, or the start of one name ('warm c' for 'warm circle')."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        number = int(text)
+        if not 0 <= number < len(class_names):
+            raise WorkbenchError(f"class {number} is outside 0..{len(class_names) - 1}; type a number or a name")
+        return number
+    exact = [i for i, name in enumerate(class_names) if name.casefold() == text.casefold()]
+    starts = [i for i, name in enumerate(class_names) if name.casefold().startswith(text.casefold())]
+    found = exact or starts
+    if text and len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(class_names[i] for i in found[:6])
+        raise WorkbenchError(f"{text!r} starts {len(found)} class names ({names}); type more of one, or its number")
+    raise WorkbenchError(f"no class is called {text!r}; type a number from 0 to {len(class_names) - 1} or a name")
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

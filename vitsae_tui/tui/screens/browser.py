@@ -3,12 +3,14 @@ features, any feature's heatmap, stats and top examples, and a sortable list of 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -101,6 +103,8 @@ class BrowserScreen(AppScreen):
         self.edit_all_patches = False
         self.bench_results: tuple = (None, None, None)
         """(what they were computed for, attribution, edit result): kept while the cursor moves"""
+        self.bench_lock = threading.Lock()
+        """one workbench computation at a time (an exclusive worker's thread runs on after it is cancelled)"""
         self.bench_heat: np.ndarray | None = None
         """what the image shows while the workbench is on: |attribution| or |change of the target logit| per patch"""
 
@@ -419,36 +423,61 @@ class BrowserScreen(AppScreen):
         self.set_side("feature")
         self.query_one("#examples", ExamplesView).focus()
 
-    def workbench(self):
-        """The SAE spliced into its model, made on first use; None (and a sentence) when the model cannot be used."""
-        if self.bench is None or self.bench.index is not self.index:
-            from vitsae_tui.engine.workbench import Workbench
-
-            try:
-                self.bench = Workbench(self.app.workspace, self.index)
-            except UserError as e:
-                self.notify(shown(e, MAX_MESSAGE), severity="error", timeout=10, markup=False)
-                return None
-        return self.bench
+    def model_class_names(self) -> tuple[str, ...]:
+        """The classes of the model behind the index (what the workbench attributes and follows)."""
+        return tuple(self.index.meta.model_class_names) or tuple(self.index.class_names)
 
     def refresh_workbench(self) -> None:
+        """Show the workbench for the current image, target and edits: at once when computed, else 'computing…'
+        while a thread works it out (a key press never waits for the model)."""
         panel = self.query_one("#workbench", WorkbenchPanel)
         active = self.index is not None and (self.attribution_on or bool(self.edits))
-        bench = self.workbench() if active else None
-        panel.display = bench is not None
+        panel.display = active
         self.bench_heat = None
-        if bench is None:
+        if not active:
             return
-        key = (bench, self.image, self.target, self.attribution_on, tuple(self.edits))
+        key = (self.index, self.image, self.target, self.attribution_on, tuple(self.edits))
         if self.bench_results[0] != key:  # a patch move changes neither: only the panel's scope line is redrawn
-            attribution = bench.attribute(self.image, self.target) if self.attribution_on else None
-            result = bench.intervene(self.image, key[-1], self.target) if self.edits else None
-            self.bench_results = (key, attribution, result)
+            panel.show_pending("applying the edits" if self.edits else "attributing")
+            self.compute_workbench(key)
+            return
         _, attribution, result = self.bench_results
         target = (attribution or result).target
-        panel.show_state(bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor)
+        label = self.index.image_info(self.image).class_name
+        panel.show_state(
+            self.bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor, label
+        )
         grid = result.patch_change if result is not None else attribution.patch_grid
         self.bench_heat = np.abs(grid)
+
+    @work(thread=True, exclusive=True, group="workbench")
+    def compute_workbench(self, key: tuple) -> None:
+        """The attribution and the edits' effect for `key`, off the UI thread (the model is loaded on first use)."""
+        from vitsae_tui.engine.workbench import Workbench
+
+        index, image, target, attribution_on, edits = key
+        try:
+            with self.bench_lock:
+                bench = self.bench if self.bench is not None and self.bench.index is index else None
+                bench = bench or Workbench(self.app.workspace, index)
+                attribution = bench.attribute(image, target) if attribution_on else None
+                result = bench.intervene(image, edits, target) if edits else None
+        except UserError as e:  # a damaged index or a missing model: a sentence, the browser goes on
+            self.app.call_from_thread(self.workbench_failed, key, shown(e, MAX_MESSAGE))
+            return
+        self.app.call_from_thread(self.workbench_ready, key, bench, attribution, result)
+
+    def workbench_ready(self, key: tuple, bench, attribution, result) -> None:
+        self.bench = bench
+        self.bench_results = (key, attribution, result)
+        if key == (self.index, self.image, self.target, self.attribution_on, tuple(self.edits)):
+            self.refresh_image()
+
+    def workbench_failed(self, key: tuple, message: str) -> None:
+        self.notify(message, severity="error", timeout=10, markup=False)
+        if key == (self.index, self.image, self.target, self.attribution_on, tuple(self.edits)):
+            self.attribution_on, self.edits = False, []
+            self.refresh_image()
 
     def action_toggle_attribution(self) -> None:
         if self.index is not None:
@@ -456,16 +485,25 @@ class BrowserScreen(AppScreen):
             self.refresh_image()
 
     def action_pick_target(self) -> None:
-        bench = self.workbench() if self.index is not None else None
-        if bench is None:
-            return
+        from vitsae_tui.engine.workbench import resolve_class
 
-        def picked(target: int) -> None:
-            self.target = target
+        if self.index is None:
+            return
+        names = self.model_class_names()
+
+        def answered(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                self.target = resolve_class(text, names)
+            except UserError as e:
+                self.notify(shown(e, MAX_MESSAGE), severity="error", markup=False)
+                return
             self.attribution_on = self.attribution_on or not self.edits
             self.refresh_image()
 
-        self.ask_number("class to attribute and follow", len(bench.class_names), picked)
+        listing = " · ".join(f"{i} {name}" for i, name in enumerate(names))
+        self.app.push_screen(PromptScreen(f"class to attribute and follow, by number or name: {listing}"), answered)
 
     def action_edit(self, mode: str, value: float = 0.0) -> None:
         if self.index is None:

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label
+from textual.widgets import Input, Static
 
 
 class PromptScreen(ModalScreen[str | None]):
@@ -18,7 +18,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question, markup=False)
+            yield Static(self.question, markup=False)
             yield Input(self.value, id="answer")
 
     def on_mount(self) -> None:
