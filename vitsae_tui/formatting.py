@@ -135,3 +135,16 @@ def summary_value(key: str, value) -> str:
 def summary_lines(summary: dict) -> list[str]:
     """'label: value' per entry of a stage's Finished summary, labels in words instead of keys."""
     return [f"{SUMMARY_LABELS.get(k, k.replace('_', ' '))}: {summary_value(k, v)}" for k, v in summary.items()]
+
+
+def fit_items(prefix: str, items: list[str], width: int, separator: str = ", ") -> str:
+    """`prefix` and as many whole items as fit in `width` columns, then '+N' for the rest: a number is never cut
+    mid-way by an ellipsis (the first item is kept even when it alone is too wide; the line then wraps)."""
+    line = prefix
+    for i, item in enumerate(items):
+        rest = f" +{len(items) - i - 1}" if i < len(items) - 1 else ""
+        candidate = line + (separator if i else "") + item
+        if i and len(candidate) + len(rest) > width:
+            return f"{line} +{len(items) - i}"
+        line = candidate
+    return line

@@ -132,19 +132,25 @@ class FeatureSummary:
             return ""
         return "fires on " + ", ".join(f"{name} {share:.0%}" for name, share in self.fires_on[:n])
 
-    def concept_lines(self, digits: int = 2, below_bar: bool = False) -> list[str]:
-        """The concepts this feature was chosen for, with held-out scores: the matches (past the bar), and with
-        `below_bar` the others too, said to be below it."""
-        lines = []
+    def concept_parts(self, digits: int = 2, below_bar: bool = False) -> list[list[str]]:
+        """The concepts this feature was chosen for, each as the parts of its line (most telling first): the matches
+        (past the bar), and with `below_bar` the others too, said to be below it."""
+        parts = []
         for c in sorted(self.concepts, key=lambda c: -c.sae.f1):
             if not (c.matched or below_bar):
                 continue
             verdict = "matches" if c.matched else "below the bar for"
-            lines.append(
-                f"{verdict} {shown(c.concept)} {c.sae.line(digits)} on held-out images "
-                f"(neuron F1 {c.neurons.f1:.{digits}f}, object baseline {c.baseline.f1:.{digits}f})"
+            parts.append(
+                [
+                    f"{verdict} {shown(c.concept)} {c.sae.line(digits)} on held-out images",
+                    f"neuron F1 {c.neurons.f1:.{digits}f}",
+                    f"object baseline {c.baseline.f1:.{digits}f}",
+                ]
             )
-        return lines
+        return parts
+
+    def concept_lines(self, digits: int = 2, below_bar: bool = False) -> list[str]:
+        return [f"{first} ({', '.join(rest)})" for first, *rest in self.concept_parts(digits, below_bar)]
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class VitsaeApp(App):
         self.lineage_selection: tuple[str, str] | None = None
         """the run (kind, name) whose lineage home shows and the guided run completes; None: the best one"""
         self.jobs.subscribe(self.follow_pipeline)
-        self.sub_title = shown(self.workspace.root)
+        self.sub_title = shown(path_tail(self.workspace.root))
 
     def on_mount(self) -> None:
         # a dropped SSH link (SIGHUP) or a scheduler's SIGTERM stops every job with a checkpoint before exiting
@@ -223,6 +223,12 @@ class VitsaeApp(App):
             ),
             answered,
         )
+
+
+def path_tail(path: Path, parts: int = 3) -> str:
+    """A long path by its last folders ('…/runs/exp-12/ws'): a narrow title bar cuts the end, which tells them apart."""
+    tail = Path(*path.parts[-parts:]) if len(path.parts) > parts + 1 else path
+    return str(path) if tail == path else f"…/{tail}"
 
 
 def run_app(workspace: str | Path | None = None, demo_size: str = "demo") -> int:

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
@@ -115,7 +115,8 @@ class BrowserScreen(AppScreen):
                 yield Select([], prompt="(build an index first)", id="index", compact=True)
                 yield Static("", id="image-title")
                 yield PatchImage(id="image")
-                yield WorkbenchPanel("", id="workbench")
+                with VerticalScroll(id="workbench-scroll"):
+                    yield WorkbenchPanel("", id="workbench")
             with Vertical(id="side-pane"):
                 with ContentSwitcher(initial="patch-view", id="side"):
                     with Vertical(id="patch-view"):
@@ -140,6 +141,9 @@ class BrowserScreen(AppScreen):
 
     def on_resize(self) -> None:
         self.apply_layout()
+
+    def on_patch_image_resized(self, _message: PatchImage.Resized) -> None:
+        self.refresh_image()
 
     def apply_layout(self) -> None:
         """Below STACKED_HEIGHT rows the side pane shows one panel at a time: the patch's features, the feature list
@@ -240,9 +244,10 @@ class BrowserScreen(AppScreen):
         feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
         if self.bench_heat is not None:
             feature = " · heatmap of |Δ target logit|" if self.edits else " · heatmap of |attribution|"
+        # two short lines: on a narrow pane one long one wrapped into five and left the image a strip
         self.query_one("#image-title", Static).update(
             Text(
-                f"image {self.image}/{index.n_images - 1} · {self.class_name(self.image)}{only} · "
+                f"image {self.image}/{index.n_images - 1} · {self.class_name(self.image)}{only}\n"
                 f"patch {self.cursor} (row {row}, col {col}){feature}"
             )
         )
@@ -305,10 +310,11 @@ class BrowserScreen(AppScreen):
         image, token, value = event.example
         total = len(self.query_one("#examples", ExamplesView).examples)
         scope = "" if self.all_examples else " (one per image)"
+        # the numbers first, the words after: a narrow pane cuts the end of the line, never a number
         caption.update(
             Text(
-                f"#{event.rank + 1}/{total}{scope} · image {image} · patch {token} · {value:.3g} · "
-                f"{self.class_name(image)}"
+                f"#{event.rank + 1}/{total} · act {value:.3g} · image {image} · patch {token} · "
+                f"{self.class_name(image)}{scope}"
             )
         )
 
@@ -433,6 +439,7 @@ class BrowserScreen(AppScreen):
         panel = self.query_one("#workbench", WorkbenchPanel)
         active = self.index is not None and (self.attribution_on or bool(self.edits))
         panel.display = active
+        self.query_one("#workbench-scroll").display = active
         self.bench_heat = None
         if not active:
             return
@@ -444,9 +451,7 @@ class BrowserScreen(AppScreen):
         _, attribution, result = self.bench_results
         target = (attribution or result).target
         label = self.index.image_info(self.image).class_name
-        panel.show_state(
-            self.bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor, label
-        )
+        panel.show_state(self.bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor, label)
         grid = result.patch_change if result is not None else attribution.patch_grid
         self.bench_heat = np.abs(grid)
 

@@ -40,6 +40,8 @@ MARKS = {
     "interrupted": ("‖", "yellow"),
 }
 KIND_NAMES = {"models": "model", "activations": "activation set", "saes": "SAE", "features": "index"}
+DETAILS_WIDTH = 120
+"""from this many columns up the runs table has a details column"""
 # the key that builds each stage by hand
 STAGE_KEYS = {"train-model": "t", "collect": "c", "train-sae": "a", "index": "i"}
 GUIDED_RUN = (
@@ -106,6 +108,14 @@ def next_text(states: list[StageState], job: Job | None, size: str = "demo") -> 
     )
 
 
+def when(timestamp: float, now: float | None = None) -> str:
+    """A short time that is never cut: '14:05' today, 'Dec 01' this year, '2025-12-01' before."""
+    moment, today = time.localtime(timestamp), time.localtime(now)
+    if moment[:3] == today[:3]:
+        return time.strftime("%H:%M", moment)
+    return time.strftime("%b %d" if moment.tm_year == today.tm_year else "%Y-%m-%d", moment)
+
+
 def list_workspace(ws: Workspace, selected: tuple[str, str] | None):
     """The runs by kind, the lineage through `selected`, and one table row per run (small files only, cached)."""
     runs = {kind: ws.runs(kind) for kind in KINDS}
@@ -114,7 +124,7 @@ def list_workspace(ws: Workspace, selected: tuple[str, str] | None):
             kind,
             run.name,
             str(run.state),
-            time.strftime("%m-%d %H:%M", time.localtime(run.updated)) if run.updated else "-",
+            when(run.updated) if run.updated else "-",
             describe_run(run),
         )
         for kind in KINDS
@@ -125,13 +135,13 @@ def list_workspace(ws: Workspace, selected: tuple[str, str] | None):
 
 class HomeScreen(AppScreen):
     BINDINGS = [
-        Binding("g", "app.guided_run", "Guided run"),
+        Binding("g", "app.guided_run", "Guided"),
         Binding("t", "app.switch_mode('train-model')", "Train"),
         Binding("c", "app.switch_mode('collect')", "Collect"),
         Binding("a", "app.switch_mode('train-sae')", "SAE"),
         Binding("i", "index", "Index"),
         Binding("b", "app.switch_mode('browse')", "Browse"),
-        Binding("v", "app.switch_mode('compare')", "Compare", show=False),  # 80 columns: the footer keeps q Quit
+        Binding("v", "app.switch_mode('compare')", "Compare"),
         Binding("enter", "open_run", "Open"),
         Binding("f5", "refresh_runs", "Refresh", show=False),
     ]
@@ -143,6 +153,7 @@ class HomeScreen(AppScreen):
         self.runs: dict[str, list[RunInfo]] = {}
         """the workspace as last listed (every 2 s): cursor moves redraw from it instead of scanning the disk"""
         self.rows_shown: tuple = ()
+        self.with_details = True
         self.scans = 0
         """how many listings have been shown (tests wait on it)"""
         self.states: list[StageState] | None = None
@@ -159,8 +170,7 @@ class HomeScreen(AppScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        table.add_columns("kind", "run", "state", "updated", "details")
+        self.set_columns()
         self.query_one("#workspace", Static).update(
             Text.assemble(("workspace ", "bold"), shown(self.app.workspace.root))
         )
@@ -170,6 +180,20 @@ class HomeScreen(AppScreen):
 
     def on_unmount(self) -> None:
         self.app.jobs.unsubscribe(self.on_job_events)
+
+    def set_columns(self) -> None:
+        """The short columns first; the details column only where it fits whole (the line under the table always
+        shows the selected run's details): a cut detail was a number cut mid-way."""
+        table = self.query_one("#runs", DataTable)
+        self.with_details = self.size.width >= DETAILS_WIDTH or self.size.width == 0
+        table.clear(columns=True)
+        table.add_columns("kind", "state", "updated", "run", *(["details"] if self.with_details else []))
+        self.rows_shown = ()
+
+    def on_resize(self) -> None:
+        if (self.size.width >= DETAILS_WIDTH) != self.with_details:
+            self.set_columns()
+            self.refresh_runs()
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
@@ -207,10 +231,10 @@ class HomeScreen(AppScreen):
             # status files are data, not markup: a message with brackets must not restyle (or break) the table
             table.add_row(
                 kind,
-                Text(name),
                 Text(state, style=STATE_STYLE.get(state, "")),
                 updated,
-                Text(details),
+                Text(name),
+                *([Text(details)] if self.with_details else []),
                 key=f"{kind}/{name}",
             )
         if selected is not None and f"{selected[0]}/{selected[1]}" in table.rows:

@@ -57,7 +57,7 @@ class ConfigForm(Vertical):
         defaults = config_mod.to_dict(self.cls())
         for path in self.fields:
             kind, doc = _field(self.cls, path)
-            yield Label(label_of(path) + (" (a,b,… sweeps)" if path in self.lists else ""))
+            yield Label(label_of(path) + (" (a,b: sweep)" if path in self.lists else ""))
             default = self._get(defaults, path)
             options = self.choices.get(path)
             if kind is bool:

@@ -44,16 +44,19 @@ class WorkbenchPanel(Static):
             text.append("\n" + "; ".join(edit.describe() for edit in result.edits) + " (u undoes)")
         wide = self.size.width == 0 or self.size.width >= 60  # bars where a row holds them, numbers always
         others = [c for c in np.argsort(-(before if after is None else np.maximum(before, after)), kind="stable")]
-        rows = [target] + [int(c) for c in others if c != target][:OTHER_CLASSES_SHOWN if after is not None else 1]
+        rows = [target] + [int(c) for c in others if c != target][: OTHER_CLASSES_SHOWN if after is not None else 1]
         for c in rows:
             class_name = class_names[c] if c < len(class_names) else str(c)
             marks = [m for m, on in (("predicted", c == int(before.argmax())), ("label", class_name == label)) if on]
-            head = ("target " if c == target else "") + shown(class_name, 14)
             change = f"{before[c]:.3f}" if after is None else f"{before[c]:.3f} → {after[c]:.3f}"
             if wide:
                 bars = bar(before[c]) if after is None else f"{bar(before[c])} → {bar(after[c])}"
                 change = f"{bars} {change}"
-            text.append(f"\n{head:<21} {change}")
+            prefix = "target " if c == target else ""
+            # the name gives way on a narrow pane: the numbers always stay whole on their row
+            room = self.size.width - len(change) - 1 - len(prefix) if self.size.width else 14
+            head = prefix + shown(class_name, max(4, min(14, room)))
+            text.append(f"\n{head:<21} {change}" if len(head) <= 21 < room + len(prefix) else f"\n{head} {change}")
             if marks:
                 text.append(f" ({', '.join(marks)})", style="dim")
         if attribution is not None:
