@@ -66,8 +66,10 @@ async def test_every_screen_at_every_size_keeps_numbers_whole_and_the_image_whol
                 if mode == "browse":
                     screen = app.screen
                     if not image_whole(screen):
-                        problems.append(f"{where}: image {screen.query_one('#image').shown_cells} in a "
-                                        f"{screen.query_one('#image').size} pane")
+                        problems.append(
+                            f"{where}: image {screen.query_one('#image').shown_cells} in a "
+                            f"{screen.query_one('#image').size} pane"
+                        )
             await pilot.resize_terminal(120, 40)
         assert app.jobs.running("train-model"), "the job ran through every size"
         app.jobs.stop_all()
