@@ -35,3 +35,23 @@ def test_captions_are_cut_to_their_tile():
 def test_one_example_per_image_keeps_the_strongest():
     examples = [(4, 1, 3.0), (4, 2, 2.5), (7, 0, 2.0), (4, 9, 1.0), (2, 3, 0.5)]
     assert one_per_image(examples) == [(4, 1, 3.0), (7, 0, 2.0), (2, 3, 0.5)]
+
+
+def test_without_colour_brightness_alone_shows_where_a_feature_fires():
+    """NO_COLOR: Textual turns every colour to its grey; a saturated blue object where the feature fires was as dark
+    as the dimmed background, so the map showed nothing."""
+    image = np.full((112, 112, 3), 190, dtype=np.uint8)
+    image[:56, :56] = (20, 40, 200)  # a saturated object in the top-left quarter
+    heat = np.zeros((6, 6), dtype=np.float32)
+    heat[:3, :3] = 1.0  # the feature fires on it
+
+    def luminance(picture) -> np.ndarray:
+        return np.asarray(picture, dtype=np.float32) @ np.array([0.299, 0.587, 0.114])
+
+    for monochrome in (False, True):
+        grey = luminance(overlay(image, heat, 120, 1.0, monochrome))
+        fires, rest = grey[10:50, 10:50].mean(), grey[70:110, 70:110].mean()
+        if monochrome:
+            assert fires > 2.5 * rest, (fires, rest)
+        else:
+            assert fires < 1.5 * rest, "in colour the saturated object is dark: colour, not brightness, shows it"

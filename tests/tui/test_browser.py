@@ -127,3 +127,21 @@ async def test_png_exports_from_the_browser(indexed_root, tmp_path, monkeypatch)
         assert (tmp_path / f"feature-{feature}.png").exists() and (
             tmp_path / f"image-0-feature-{feature}.png"
         ).exists() is False
+
+
+async def test_under_no_color_the_feature_map_is_drawn_in_brightness(indexed_root, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("b")
+        await wait_for(pilot, lambda: app.screen.index is not None, timeout_s=30)
+        await pilot.press("1")
+        await pilot.pause(0.3)
+        screen = app.screen
+        assert app.no_color and screen.feature is not None
+        picture = np.asarray(screen.composed_image(screen.pixel_size(screen.query_one("#image"))), dtype=np.int16)
+        grid_lines = (picture == 255).all(-1)  # the cursor outline
+        channels = picture[~grid_lines]
+        assert np.abs(channels[:, 0] - channels[:, 1]).max() <= 1, "drawn in greys: brightness carries the heat"

@@ -84,3 +84,36 @@ async def test_the_compare_screen_without_sets_or_saes_says_what_to_do(tmp_path)
         assert "no evaluated SAE" in str(app.screen.query_one("#compare-status", Static).render())
         assert app.screen.query_one(DataTable).row_count == 0
         assert app.screen.query_one("#plot_fvu", ScatterPlot).drawn_points == 0
+
+
+def test_plot_axes_are_round_evenly_spaced_and_stay_in_range():
+    from vitsae_tui.tui.widgets.axes import ticks
+
+    for low, high in ((72.8, 145.7), (-0.32, 0.19), (0.0031, 0.0094), (5.0, 5.0)):
+        values, labels = ticks(low, high, False)
+        steps = {round(b - a, 9) for a, b in zip(values, values[1:])}
+        assert len(steps) == 1 and values[0] <= low and values[-1] >= high, (low, high, values)
+        assert all(len(label) <= 6 for label in labels), labels
+    values, labels = ticks(-2.3, 0.4, True)  # a log axis: labelled by value, not by exponent
+    assert labels == ["0.001", "0.01", "0.1", "1", "10"]
+
+
+async def test_one_sae_gets_sensible_ranges_and_kl_recovered_never_passes_1():
+    from textual.app import App
+
+    from vitsae_tui.tui.widgets.scatter_plot import ScatterPlot
+
+    class One(App):
+        def compose(self):
+            yield ScatterPlot("FVU", "L0", "FVU", id="fvu")
+            yield ScatterPlot("KL", "L0", "KL recovered", log_y=False, y_ceiling=1.0, id="kl")
+
+    app = One()
+    async with app.run_test(size=(60, 30)) as pilot:
+        app.query_one("#fvu", ScatterPlot).show({"a": [(12.0, 0.063)]}, None)
+        app.query_one("#kl", ScatterPlot).show({"a": [(12.0, 0.97)]}, None)
+        await pilot.pause(0.1)
+        kl_ticks, _ = app.query_one("#kl", ScatterPlot).axis_ticks["y"]
+        assert kl_ticks[-1] == 1.0 and kl_ticks[0] < 0.97
+        fvu_ticks, fvu_labels = app.query_one("#fvu", ScatterPlot).axis_ticks["y"]
+        assert fvu_ticks[0] < -1.2 < fvu_ticks[-1] and "0.05" in fvu_labels  # log10(0.063) inside, by value

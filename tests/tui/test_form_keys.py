@@ -41,10 +41,17 @@ async def test_ctrl_keys_start_and_stop_from_inside_the_form_and_stop_is_acknowl
         screen.query_one("#device", Select).value = "cpu"
         screen.query_one("#n_train", Input).focus()
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: (job := app.jobs.get("train-model")) and job.progress, timeout_s=60)
-        await pilot.press("ctrl+x")
-        await pilot.pause(0.05)
+        await wait_for(
+            pilot, lambda: (job := app.jobs.get("train-model")) and job.progress and job.progress.unit == "steps", 60
+        )
+        await screen.run_action("stop")  # the status says so at once, before the job has seen the request
         assert "stopping after the current step" in str(screen.query_one("#status", Static).render())
+        await wait_for(pilot, lambda: not app.jobs.running(), timeout_s=60)
+        assert app.jobs.get("train-model").state == "stopped"
+        screen.query_one("#epochs", Input).focus()
+        await pilot.press("ctrl+s")  # and from inside the form: ctrl+s starts a run, ctrl+x stops it
+        await wait_for(pilot, lambda: app.jobs.running("train-model"), timeout_s=30)
+        await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: not app.jobs.running(), timeout_s=60)
         assert app.jobs.get("train-model").state == "stopped"
         footer = app.screen.active_bindings

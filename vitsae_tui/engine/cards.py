@@ -8,14 +8,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def overlay(image_rgb: np.ndarray, heat: np.ndarray, size: int, vmax: float | None = None) -> Image.Image:
+def overlay(
+    image_rgb: np.ndarray, heat: np.ndarray, size: int, vmax: float | None = None, monochrome: bool = False
+) -> Image.Image:
     """The image resized to size x size (Lanczos): in its own colours where the feature fires (more of them the
-    stronger it fires) and dimmed to dark grey elsewhere, so the heat never shares a colour with an object."""
+    stronger it fires) and dimmed to dark grey elsewhere, so the heat never shares a colour with an object.
+
+    `monochrome` (a terminal without colour, NO_COLOR): brightness alone shows the heat, bright where the feature
+    fires and dark elsewhere with the image's shapes faintly kept (a saturated object is as dark as the dimmed rest
+    once colours are turned to grey)."""
     base = np.asarray(Image.fromarray(image_rgb).resize((size, size), Image.LANCZOS), dtype=np.float32)
     peak = float(vmax if vmax else heat.max()) or 1.0
     norm = np.clip(heat / peak, 0.0, 1.0).astype(np.float32)
     smooth = np.clip(np.asarray(Image.fromarray(norm, mode="F").resize((size, size), Image.BILINEAR)), 0.0, 1.0)
     weight = np.sqrt(smooth)[..., None]  # a weak activation still shows its patch, a strong one shows it whole
+    luminance = base @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if monochrome:
+        grey = np.clip(16.0 + 0.2 * luminance[..., None] + 215.0 * weight, 0, 255)
+        return Image.fromarray(np.repeat(grey, 3, axis=-1).round().astype(np.uint8))
     dimmed = base.mean(axis=-1, keepdims=True) * 0.3 + 12.0
     return Image.fromarray((dimmed * (1 - weight) + base * weight).round().astype(np.uint8))
 

@@ -219,12 +219,12 @@ class BrowserScreen(AppScreen):
         if key not in self.renders:
             thumb = self.index.thumbnail(self.image)
             if heat is not None:
-                picture = overlay(thumb, heat, size, float(heat.max()) or None)
+                picture = overlay(thumb, heat, size, float(heat.max()) or None, self.app.no_color)
             elif self.feature is None:
                 picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
             else:
                 scale = self.index.heat_scale(self.feature)
-                picture = overlay(thumb, self.index.heatmap(self.image, self.feature), size, scale)
+                picture = overlay(thumb, self.index.heatmap(self.image, self.feature), size, scale, self.app.no_color)
             self.renders[key] = draw_grid(picture, self.grid, self.cursor)
             if len(self.renders) > 64:
                 self.renders.popitem(last=False)
@@ -297,7 +297,8 @@ class BrowserScreen(AppScreen):
 
         def draw_tile(example: tuple[int, int, float], tile: int) -> Image.Image:
             image, token, _value = example
-            picture = overlay(self.index.thumbnail(image), self.index.heatmap(image, feature), tile, vmax)
+            heat = self.index.heatmap(image, feature)
+            picture = overlay(self.index.thumbnail(image), heat, tile, vmax, self.app.no_color)
             return draw_grid(picture, self.grid, token, lines=False)
 
         self.query_one("#examples", ExamplesView).set_examples(examples, draw_tile)

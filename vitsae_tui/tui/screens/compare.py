@@ -41,8 +41,8 @@ class CompareScreen(AppScreen):
                 yield Select([], prompt="(activation set)", id="compare_set", compact=True)
                 yield Static("", id="compare-status")
             with Horizontal(id="compare-plots"):
-                yield ScatterPlot("FVU vs L0", "L0", "FVU", id="plot_fvu")
-                yield ScatterPlot("KL recovered vs L0", "L0", "KL rec", log_y=False, id="plot_kl")
+                yield ScatterPlot("FVU", "L0", "FVU", id="plot_fvu")
+                yield ScatterPlot("KL recovered vs L0", "L0", "KL recovered", log_y=False, y_ceiling=1.0, id="plot_kl")
             yield Static("", id="compare-legend")
             yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Footer()

@@ -6,6 +6,11 @@ import math
 
 from textual_plotext import PlotextPlot
 
+from vitsae_tui.tui.widgets import axes
+
+SERIES_COLORS = ("cyan", "orange", "magenta", "green")
+"""each series' colour, in order, named in the plot's title"""
+
 
 def downsample(xs: list[float], ys: list[float], width: int) -> tuple[list[float], list[float]]:
     """Average consecutive points into at most `width` bins, so a long run draws as fast as a short one."""
@@ -42,6 +47,8 @@ class MetricPlot(PlotextPlot):
         self.y_min, self.y_max = y_min, y_max
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self.dirty = True
+        self.y_ticks: list[str] = []
+        """the y axis' tick labels at the last redraw, for tests"""
         self.drawn_points = 0
         """points actually drawn at the last redraw (after downsampling), for tests and diagnostics"""
 
@@ -68,7 +75,6 @@ class MetricPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(f"log10 {self.title}" if self.log_y else self.title)
         plt.xlabel(self.xlabel)
         width = max(self.size.width - 10, 10)
         lines = []
@@ -80,12 +86,26 @@ class MetricPlot(PlotextPlot):
                 dx, dy = [x for x, _ in kept], [y for _, y in kept]
             if dx:
                 lines.append((name, dx, dy))
-        for name, dx, dy in lines:
-            plt.plot(dx, dy, label=name, marker="braille")
-        if lines and (self.y_min is not None or self.y_max is not None):
+        # the key is in the title: plotext's legend sits inside the frame, over the first points of a falling curve
+        key = [f"{SERIES_COLORS[i % len(SERIES_COLORS)]} {name}" for i, (name, _, _) in enumerate(lines)]
+        scale = " · log scale" if self.log_y else ""
+        plt.title(self.title + scale + (f" ({', '.join(key)})" if len(key) > 1 else ""))
+        for i, (_name, dx, dy) in enumerate(lines):
+            plt.plot(dx, dy, marker="braille", color=SERIES_COLORS[i % len(SERIES_COLORS)])
+        if lines:
             values = [y for _, _, dy in lines for y in dy]
-            low = self.y_min if self.y_min is not None else min(values)
-            high = max(self.y_max if self.y_max is not None else max(values), max(values))
-            plt.ylim(low, high if high > low else low + 1.0)  # a flat series at the floor still gets a sane axis
+            low, high = min(values), max(values)
+            if self.y_min is not None:  # a pinned floor, unless a value lies below it (it would be drawn off the frame)
+                low = min(low, math.log10(self.y_min) if self.log_y and self.y_min > 0 else self.y_min)
+            if self.y_max is not None:
+                high = max(high, self.y_max)
+            ticks, labels = axes.ticks(low, high, self.log_y, max(2, (self.size.height - 4) // 3))
+            plt.ylim(ticks[0], ticks[-1])
+            plt.yticks(ticks, labels)
+            self.y_ticks = labels
+            steps = [x for _, dx, _ in lines for x in dx]
+            x_ticks, x_labels = axes.ticks(min(steps), max(steps), False, max(2, self.size.width // 14))
+            plt.xlim(x_ticks[0], x_ticks[-1])
+            plt.xticks(x_ticks, x_labels)
         self.drawn_points = sum(len(dx) for _, dx, _ in lines)
         self.refresh()

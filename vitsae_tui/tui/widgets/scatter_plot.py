@@ -6,6 +6,8 @@ import math
 
 from textual_plotext import PlotextPlot
 
+from vitsae_tui.tui.widgets import axes
+
 COLORS = ("cyan", "orange", "magenta", "green", "red", "blue")
 """plotext's colour per group, in order; the screen draws the key itself (a legend inside a small plot hides points)"""
 RICH_COLORS = {
@@ -19,12 +21,25 @@ RICH_COLORS = {
 
 
 class ScatterPlot(PlotextPlot):
-    def __init__(self, title: str, xlabel: str, ylabel: str, log_x: bool = True, log_y: bool = True, **kwargs):
+    def __init__(
+        self,
+        title: str,
+        xlabel: str,
+        ylabel: str,
+        log_x: bool = True,
+        log_y: bool = True,
+        y_ceiling: float | None = None,
+        **kwargs,
+    ):
+        """`y_ceiling`: a value the y axis never runs past (KL recovered cannot exceed 1)."""
         super().__init__(**kwargs)
+        self.y_ceiling = y_ceiling
         self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
         self.log_x, self.log_y = log_x, log_y
         self.groups: dict[str, list[tuple[float, float]]] = {}
         self.selected: tuple[float, float] | None = None
+        self.axis_ticks: dict[str, tuple[list[float], list[str]]] = {}
+        """each axis' (ticks, labels) at the last redraw, for tests"""
         self.drawn_points = 0
         """points drawn at the last redraw (finite, and positive on a log axis), for tests"""
 
@@ -44,15 +59,32 @@ class ScatterPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(self.title)
-        plt.xlabel(("log10 " if self.log_x else "") + self.xlabel)
-        plt.ylabel(("log10 " if self.log_y else "") + self.ylabel)
+        # the y axis is named in the title (plotext writes a y label under the axis, where nobody looks)
+        plt.title(f"{self.ylabel}{' (log scale)' if self.log_y else ''} vs {self.xlabel}")
+        plt.xlabel(self.xlabel + (" (log scale)" if self.log_x else ""))
         drawn = 0
+        every = []
         for color, points in zip(COLORS, groups.values()):
             kept = [p for p in (self._point(x, y) for x, y in points) if p is not None]
             if kept:
                 plt.scatter([x for x, _ in kept], [y for _, y in kept], color=color, marker="dot")
                 drawn += len(kept)
+                every += kept
+        if every:  # round ticks labelled by value, and a sane range around a single point or one L0
+            for axis, log, values, limit in (
+                ("x", self.log_x, [x for x, _ in every], None),
+                ("y", self.log_y, [y for _, y in every], self.y_ceiling),
+            ):
+                low, high = min(values), max(values)
+                ticks, labels = axes.ticks(low, high, log, 4)
+                if limit is not None and not log and ticks[-1] > limit >= high:
+                    kept_ticks = [(t, label) for t, label in zip(ticks, labels) if t <= limit + 1e-12]
+                    ticks, labels = [t for t, _ in kept_ticks], [label for _, label in kept_ticks]
+                    if ticks[-1] < limit:
+                        ticks, labels = [*ticks, limit], [*labels, axes.tick_label(limit, False)]
+                (plt.xlim if axis == "x" else plt.ylim)(ticks[0], ticks[-1])
+                (plt.xticks if axis == "x" else plt.yticks)(ticks, labels)
+                self.axis_ticks[axis] = (ticks, labels)
         mark = self._point(*selected) if selected is not None else None
         if mark is not None:
             plt.scatter([mark[0]], [mark[1]], color="white", marker="◉")  # drawn last: on top of its group's dot
