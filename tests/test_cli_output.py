@@ -47,7 +47,8 @@ def test_off_a_terminal_progress_is_plain_lines_and_no_empty_board():
     text = out.getvalue()
     assert text.count("train-model 1/376 steps") == 1 and "train-model 376/376 steps" in text
     assert "train-model 2/376" not in text, "at most one line per stage per interval"
-    assert text.rstrip().endswith("best_val_accuracy: 0.97"), text
+    assert text.rstrip().endswith("best validation accuracy: 97.0%"), text
+    assert text.count("376/376 steps") == 1, "the final line once"
 
 
 def test_runs_shows_every_detail_at_80_columns(workspace: Workspace):

@@ -120,7 +120,13 @@ class ConsoleReport:
                 Text.assemble((f"{event.stage} failed: ", "bold red"), shown(event.message, MAX_MESSAGE))
             )
         elif isinstance(event, events.Finished):
-            verb = "stopped (checkpoint saved; resume with --resume)" if event.stopped else "finished"
+            verb = "finished"
+            if event.stopped:
+                verb = (
+                    "stopped (run it again to go on)"
+                    if event.stage == "pipeline"
+                    else "stopped (checkpoint saved; resume with --resume)"
+                )
             self.progress.console.print(
                 Text.assemble((f"{event.stage} {verb}", "bold green"), f" → {shown(event.run_dir)}")
             )

@@ -88,7 +88,7 @@ def tmux(tmp_path):
 def test_guided_run_at_the_default_size_then_browsing_as_a_person_would(tmux, tmp_path):
     """The README's main path: an empty workspace, g at the default demo size in an 80x24 terminal, the browser."""
     home = tmux.wait_for(r"Press g", timeout_s=30)
-    assert "model missing" in home and "g Guided run" in home and "q Quit" in home
+    assert "model missing" in home and "g Guided" in home and "q Quit" in home
     started = time.monotonic()
     tmux.keys("g")
     screens: list[str] = []
@@ -98,12 +98,12 @@ def test_guided_run_at_the_default_size_then_browsing_as_a_person_would(tmux, tm
     seen = "\n".join(screens)
     assert re.search(r"loss", seen) and "ETA" in seen, "the Train screen with its plot and ETA was shown during the run"
     assert "images/s" in seen or "collect" in seen
-    assert re.search(r"log10 MSE", seen), "the Train SAE screen with its plot was shown"
+    assert re.search(r"MSE · log scale", seen), "the Train SAE screen with its plot was shown"
     assert re.search(r"[⠁-⣿]", seen), "a plot drew points (braille)"
     browser = tmux.wait_for(r"image 0/\d+ · \S+", timeout_s=10)
     assert "watching" not in browser
     tmux.keys("Right", "Down")
-    tmux.wait_for(r"patch 7 \(1,1\)", timeout_s=10)
+    tmux.wait_for(r"patch 7 \(row 1, col 1\)", timeout_s=10)
     tmux.keys("1")
     tmux.wait_for(r"heatmap of", timeout_s=10)
     features = tmux.wait_for(r"#1/\d+", timeout_s=10)  # the caption of the first top example, drawn below them

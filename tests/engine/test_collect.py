@@ -121,8 +121,11 @@ def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
         batches = list(source.epoch(0))
         assert [n for _, n in batches] == [len(b) for b, _ in batches]
         seen = torch.cat([b for b, _ in batches]).numpy()
-        assert seen.dtype == np.float32 and len(seen) == len(store)
-        np.testing.assert_array_equal(np.sort(seen.view(reference.dtype).ravel()), reference)
+        # full batches only (the short tail is dropped), every token at most once
+        assert seen.dtype == np.float32 and len(seen) == len(store) // 500 * 500
+        assert all(n == 500 for _, n in batches)
+        rows = np.sort(seen.view(reference.dtype).ravel())
+        assert len(np.unique(rows)) == len(rows) and np.isin(rows, reference).all()
         skipped = torch.cat([b for b, _ in source.epoch(0, skip_batches=2)]).numpy()
         np.testing.assert_array_equal(skipped, seen[1000:])
         # three data-parallel ranks: each gets a disjoint slice of every global batch, together the same batches

@@ -70,7 +70,7 @@ def test_a_machine_limit_is_a_sentence_not_a_bug(workspace, monkeypatch):
 def test_the_cli_prints_a_bugs_traceback_and_exits_1(workspace, monkeypatch, capsys):
     run = make_model_run(workspace)
     monkeypatch.setattr(collect_stage, "_forward", lambda *a, **k: 1 / 0)
-    monkeypatch.setattr(cli, "_install_stop_signals", lambda stop: None)  # pytest keeps its own handlers
+    monkeypatch.setattr(cli.StopSignals, "install", lambda self: None)  # pytest keeps its own handlers
     code = cli.main(["collect", "--workspace", str(workspace.root), "--model", run, "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == cli.USER_ERROR

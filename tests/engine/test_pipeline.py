@@ -28,6 +28,9 @@ def test_a_model_stopped_before_its_first_epoch_is_resumed_by_the_guided_run(wor
     built = run_pipeline(workspace, report, stop, size="tiny")
     assert built.get("model") == "demo-1" and [r.name for r in workspace.runs("models")] == ["demo-1"]
     assert any(isinstance(e, events.Log) and "resuming demo-1" in e.message for e in report.events)
+    # a stopped guided run says it stopped, so whoever follows it (the app's job, the CLI) knows it has ended
+    ends = [e for e in report.events if isinstance(e, events.Finished) and e.stage == "pipeline"]
+    assert len(ends) == 1 and ends[0].stopped and ends[0].summary["built"] == "model demo-1"
 
 
 def test_drawing_the_synthetic_data_reports_its_progress(workspace):
@@ -71,3 +74,19 @@ def test_the_lineage_reads_a_sets_summary_never_its_manifest_unless_the_summary_
     (set_dir / SUMMARY).unlink()  # a set written before summaries: its manifest is read instead (once per change)
     monkeypatch.setattr(Manifest, "load", manifest_load)
     assert [s.state for s in lineage(ws)] == ["done"] * 4
+
+
+def test_the_guided_run_reports_its_plan_before_anything_else_and_as_each_step_begins(workspace):
+    report = Collector()
+    run_pipeline(workspace, report, threading.Event(), size="tiny")
+    plans = report.of(events.Plan)
+    assert report.events[0] == plans[0], "the plan comes first, before any stage reports"
+    steps = ("train model", "collect", "collect validation", "train SAE", "index")
+    assert all(p.steps == steps for p in plans) and len(plans[0].estimates_s) == 5
+    assert [p.current for p in plans] == [0, 0, 1, 2, 3, 4, 5]
+    begun = [e.stage for e in report.events if isinstance(e, events.Started)]
+    assert begun == ["train-model", "collect", "collect", "train-sae", "index"]
+    # all done: nothing to build, and the plan says so
+    report = Collector()
+    run_pipeline(workspace, report, threading.Event(), size="tiny")
+    assert [(p.steps, p.current) for p in report.of(events.Plan)] == [((), 0), ((), 0)]

@@ -35,7 +35,7 @@ async def test_a_small_collection_from_the_collect_screen(tmp_path):
         await pilot.pause(0.3)
         table = app.screen.query_one("#runs")
         rows = [table.get_row_at(i) for i in range(table.row_count)]
-        assert [r[0] for r in rows] == ["models", "activations"] and "finished" in rows[1][2]
+        assert [r[0] for r in rows] == ["models", "activations"] and str(rows[1][1]) == "finished"
         table.move_cursor(row=1)
         await pilot.press("enter")
         await pilot.pause(0.2)

@@ -38,7 +38,7 @@ async def test_the_sae_form_is_built_from_the_config_and_explains_the_focused_fi
         await pilot.press("a")
         form = app.screen.query_one("#config", ConfigForm)
         labels = [str(label.render()) for label in form.query("Label")]
-        sweeps = " (a,b,… sweeps)"
+        sweeps = " (a,b: sweep)"
         assert labels == [
             "activations",
             f"arch{sweeps}",

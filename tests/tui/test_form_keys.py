@@ -140,3 +140,19 @@ async def test_the_index_shows_every_phase_live_on_its_screen_and_home(indexed_r
         assert named == {"pass over the set", "class effects", "causal effects", "concept scoring"}
         await pilot.press("b")
         await wait_for(pilot, lambda: app.current_mode == "browse" and app.screen.index is not None, timeout_s=30)
+
+
+async def test_home_shows_the_guided_runs_plan_within_a_second_of_g(tmp_path):
+    import time
+
+    app = VitsaeApp(tmp_path / "ws", demo_size="tiny")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.scans > 0, timeout_s=10)
+        home = app.screen
+        await pilot.press("g")
+        pressed = time.monotonic()
+        await wait_for(pilot, lambda: "step 1 of 5: train model" in str(home.query_one("#next").render()), 5)
+        assert time.monotonic() - pressed < 1.0
+        assert "left of ~" in str(home.query_one("#next").render())
+        app.jobs.stop_all()
+        await wait_for(pilot, lambda: not app.jobs.running(), timeout_s=60)

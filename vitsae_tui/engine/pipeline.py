@@ -289,15 +289,13 @@ def _collect_validation(ws: Workspace, activations: str, report: Report, stop: t
     if provenance.split == "all":
         report(Log("pipeline", f"{provenance.data.label} has no validation split: the SAE holds out every 20th image"))
         return True
-    cfg = CollectConfig(
-        model=provenance.model_run,
-        checkpoint=provenance.checkpoint,
-        hook=provenance.hook,
-        data=provenance.data,
-        split="val",
-        dtype=provenance.dtype,
-    )
-    return not collect(cfg, ws, report, stop).stopped
+    return not collect(_collect_like(provenance, split="val", limit=0), ws, report, stop).stopped
+
+
+def _collect_like(p, **changes) -> CollectConfig:
+    """The collection a set's provenance describes (same model checkpoint, hook, data, split and dtype), changed."""
+    same = {"model": p.model_run, "checkpoint": p.checkpoint, "hook": p.hook, "data": p.data, "split": p.split}
+    return dataclasses.replace(CollectConfig(**same, limit=p.limit, dtype=p.dtype), **changes)
 
 
 def _collect_config(ws: Workspace, model: str, state: StageState, rebuilt_model: bool) -> CollectConfig:
@@ -312,16 +310,7 @@ def _collect_config(ws: Workspace, model: str, state: StageState, rebuilt_model:
     if p is None or p.split == "val" or p.model_run != model:
         return CollectConfig(model=model)
     name = state.run if not rebuilt_model and state.state != "stale" else _free_name(ws, f"{state.run[:58]}.r")
-    return CollectConfig(
-        model=model,
-        checkpoint=p.checkpoint,
-        hook=p.hook,
-        data=p.data,
-        split=p.split,
-        limit=p.limit,
-        dtype=p.dtype,
-        name=name,
-    )
+    return _collect_like(p, model=model, name=name)
 
 
 def data_label(ws: Workspace, selected: tuple[str, str] | None = None) -> str:
@@ -385,8 +374,6 @@ def run_pipeline(
     A stopped or interrupted model or SAE run with a checkpoint is resumed, a collection continues after its last
     complete shard and an index pass continues where it stopped; a failed stage is built again.
     """
-    train_model, collect, train_sae, build_index = (stage.run for stage in STAGES)
-
     model_cfg, sae_cfg = demo_configs(size)
     states = {s.stage: s for s in lineage(ws, selected)}
     running = next((s for s in states.values() if s.state == "running"), None)
@@ -396,11 +383,9 @@ def run_pipeline(
             "wait for it to finish (enter on its row follows it live), then press g again"
         )
         raise stage_failed("pipeline", StageError(message), report, mark_run=False)
-    resumable = ("stopped", "interrupted")
-    model_state, sae_state = states["train-model"], states["train-sae"]
     # every stage after the first one to build is built too
     first = next((i for i, name in enumerate(STAGE_NAMES) if states[name].state != "done"), len(STAGE_NAMES))
-    model = model_state.run
+    model = states["train-model"].run
     collect_cfg = _collect_config(ws, model, states["collect"], first == 0) if model and first <= 1 else None
     steps = ["train model", "collect", "collect validation", "train SAE", "index"][first + (first > 2) :]
     if "collect validation" in steps and not _needs_validation(ws, states["collect"].run, collect_cfg):
@@ -409,19 +394,36 @@ def run_pipeline(
     plan = _Steps(report, steps, STEP_ESTIMATES_S.get(size) if on_synthetic else None)
 
     built: dict[str, str] = {}
+    stopped = not _build_steps(ws, report, stop, steps, plan, states, built, model_cfg, sae_cfg, collect_cfg)
+    if not stopped:
+        plan.done()
+    index = built.get("index") or states["index"].run
+    summary = {"built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date"}
+    if not stopped:
+        summary |= {"index": index, "browse": f"{shlex.join(['vitsae-tui', *ws.cli_args])}  (then b)"}
+    report(Finished("pipeline", str(ws.root), summary, stopped=stopped))
+    return built
+
+
+def _build_steps(ws, report, stop, steps, plan, states, built, model_cfg, sae_cfg, collect_cfg) -> bool:
+    """Run the plan's steps in order, recording each run made in `built`; False when a step was stopped."""
+    train_model, collect, train_sae, build_index = (stage.run for stage in STAGES)
+    resumable = ("stopped", "interrupted")
+    model_state, sae_state = states["train-model"], states["train-sae"]
+    model = model_state.run
     if "train model" in steps:
         resume = model_state.run if model_state.state in resumable else None
         plan.begin("train model", f"resuming {resume}" if resume else "training the demo model")
         result = train_model(model_cfg, ws, report, stop, resume=resume)
         if result.stopped:
-            return built
+            return False
         built["model"] = model = result.run_dir.name
         collect_cfg = _collect_config(ws, model, states["collect"], True)
     if "collect" in steps:
         plan.begin("collect", f"collecting activations of {collect_cfg.data.following(_model_data(ws, model)).label}")
         result = collect(collect_cfg, ws, report, stop)
         if result.stopped:
-            return built
+            return False
         built["activations"] = result.set_dir.name
     activations = built.get("activations") or states["collect"].run
     if "train SAE" in steps:
@@ -433,30 +435,16 @@ def run_pipeline(
         if "collect validation" in steps:
             plan.begin("collect validation", "collecting the validation split the SAE is evaluated on")
         if not _collect_validation(ws, activations, report, stop, collect):
-            return built
+            return False
         plan.begin("train SAE", f"resuming {resume}" if resume else "training the JumpReLU SAE")
         result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop, resume=resume)
         if result.stopped:
-            return built
+            return False
         built["sae"] = result.run_dir.name
-    sae = built.get("sae") or sae_state.run
     if "index" in steps:
         plan.begin("index", "indexing the features")
-        result = build_index(IndexConfig(sae=sae), ws, report, stop)
+        result = build_index(IndexConfig(sae=built.get("sae") or sae_state.run), ws, report, stop)
         if not result.summary:
-            return built
+            return False
         built["index"] = result.index_dir.name
-    plan.done()
-    index = built.get("index") or states["index"].run
-    report(
-        Finished(
-            "pipeline",
-            str(ws.root),
-            {
-                "built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date",
-                "index": index,
-                "browse": f"{shlex.join(['vitsae-tui', *ws.cli_args])}  (then b)",
-            },
-        )
-    )
-    return built
+    return True

@@ -150,7 +150,7 @@ class VitsaeApp(App):
             if mode and event.stage != self.following_stage:
                 self.following_stage = event.stage
                 self.switch_mode(mode)
-            if event.stage == "pipeline" and isinstance(event, Finished):
+            if event.stage == "pipeline" and isinstance(event, Finished) and not event.stopped:
                 index = event.summary.get("index")
                 if index:  # home and the stage screens now follow the lineage the guided run completed
                     self.lineage_selection = ("features", index)

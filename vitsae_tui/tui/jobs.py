@@ -48,9 +48,13 @@ class Job:
     started: float = field(default_factory=time.time)
     result: Any = None
     thread: threading.Thread | None = None
+    ended: bool = False
+    """set by the job's thread once it has reported its own Finished or a Failed"""
     _inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def report(self, event: events.Event) -> None:
+        if isinstance(event, events.Failed) or (isinstance(event, events.Finished) and event.stage == self.stage):
+            self.ended = True
         self._inbox.put(event)
 
     @property
@@ -129,9 +133,12 @@ class JobManager:
             try:
                 job.result = fn(*args, report=job.report, stop=job.stop, **kwargs)
             except StageError:
-                pass  # the stage already reported its one-sentence Failed event
+                return  # the stage already reported its one-sentence Failed event
             except Exception as e:  # a bug outside any stage: its traceback to the workspace's error.log, not a crash
                 job.report(events.Failed(stage, bug_message(e, log_bug(e, self.app.workspace.root))))
+                return
+            if not job.ended:  # a job that returns without its own Finished must not look alive forever
+                job.report(events.Finished(stage, "", {}, stopped=job.stop.is_set()))
 
         self.app.run_worker(work, name=f"job:{stage}", group="jobs", thread=True, exit_on_error=False)
         if self._timer is None:

@@ -28,7 +28,16 @@ from vitsae_tui.engine.concepts import TOP_K, ConceptReport, concept_recovery
 from vitsae_tui.engine.config import IndexConfig, SAETrainConfig
 from vitsae_tui.engine.device import pick_device
 from vitsae_tui.engine.errors import StageError, StopRequested, UserError, check_stop, stage_failed
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Progress, RateMeter, Report, progress_callback
+from vitsae_tui.engine.events import (
+    ArtifactWritten,
+    Finished,
+    Log,
+    Progress,
+    RateMeter,
+    Report,
+    Started,
+    progress_callback,
+)
 from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary, index_name, write_index
 from vitsae_tui.engine.sae_eval import heldout_images
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae, weights_sha256
@@ -163,6 +172,7 @@ def run(cfg: IndexConfig, ws: Workspace, report: Report, stop: threading.Event) 
                 raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
             held.enter_context(claim_run(ws.kind_dir("features") / name))
             index_dir = ws.kind_dir("features") / name
+            report(Started(STAGE, str(index_dir), config_mod.to_dict(cfg)))
             return _build(cfg, ws, sae_dir, store, index_dir, report, stop, pick_device(cfg.device))
         except Exception as e:
             # an index folder is never marked failed: a complete older index stays usable until the new one replaces it

@@ -217,6 +217,8 @@ class HomeScreen(AppScreen):
     def show_scan(
         self, runs: dict[str, list[RunInfo]], states: list[StageState], rows: tuple, selected: tuple[str, str] | None
     ) -> None:
+        if not self.is_attached or not self.query("#pipeline"):  # the app closed while the scan ran
+            return
         self.runs = runs
         self.scans += 1
         if selected == self.app.lineage_selection:  # else the user has moved on, and that lineage is already shown
