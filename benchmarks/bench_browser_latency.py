@@ -53,6 +53,7 @@ async def measure(workspace: str, index: str | None, presses: int) -> dict[str, 
             timings["switch feature"].append(time.perf_counter() - start)
             await pilot.press("escape")
             await pilot.pause()
+
         def computed() -> bool:  # the edit's effect, computed in the workbench's thread, is on the screen
             key = (screen.index, screen.image, screen.target, screen.attribution_on, tuple(screen.edits))
             return not screen.edits or screen.bench_results[0] == key

@@ -100,7 +100,8 @@ class MetricPlot(PlotextPlot):
             if self.y_max is not None:
                 high = max(high, self.y_max)
             ticks, labels = axes.ticks(low, high, self.log_y, max(2, (self.size.height - 4) // 3))
-            if self.y_min is not None and not self.log_y and min(values) >= self.y_min:  # a flat series widens both ways
+            # a flat series widens both ways: no tick below a floor that no value crosses
+            if self.y_min is not None and not self.log_y and min(values) >= self.y_min:
                 kept = [(t, label) for t, label in zip(ticks, labels) if t >= self.y_min - 1e-12]
                 ticks, labels = [t for t, _ in kept], [label for _, label in kept]
             plt.ylim(ticks[0], ticks[-1])
