@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 from vitsae_tui.engine.config import DataConfig, ModelConfig, TrainModelConfig
 from vitsae_tui.engine.workspace import Workspace
@@ -122,12 +123,31 @@ def write_activation_set(
     return name
 
 
+_indexed_templates: dict[tuple, tuple[Path, str]] = {}
+
+
 def make_indexed_workspace(root, plant=None, arch: str = "jumprelu") -> tuple[Workspace, str]:
     """model (random weights) -> 96 collected synthetic images -> an SAE (seeded init, no training) -> its index.
 
     `plant(sae, store, model_run_name, ws)`, when given, changes the SAE's weights before it is saved and indexed;
     `arch` topk or batchtopk makes a TopK SAE (k 8) or a BatchTopK one (its global threshold as JumpReLU's θ).
+    Built once per test session for each (plant, arch), then copied: the build is deterministic.
     """
+    import atexit
+    import shutil
+    import tempfile
+
+    key = (plant, arch)
+    if key not in _indexed_templates:
+        template = Path(tempfile.mkdtemp(prefix="vitsae-indexed-")) / "ws"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
+        _indexed_templates[key] = (template, build_indexed_workspace(template, plant, arch)[1])
+    template, sae = _indexed_templates[key]
+    shutil.copytree(template, root)
+    return Workspace(root), sae
+
+
+def build_indexed_workspace(root, plant=None, arch: str = "jumprelu") -> tuple[Workspace, str]:
     import threading
 
     from vitsae_tui.engine.activation_set import ActivationSet

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 def run_cli(*args, workspace=None, timeout=300):
     env = {**os.environ, "VITSAE_WORKSPACE": str(workspace)} if workspace else None
@@ -78,6 +80,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert no_folder.returncode == 1 and "is not a folder" in no_folder.stderr and "Traceback" not in no_folder.stderr
 
 
+@pytest.mark.slow
 def test_headless_pipeline_collect_and_train_sae(tmp_path):
     assert (
         run_cli(

@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo": cmd_demo,
             "runs": cmd_runs,
         }[args.command](args)
-    except (UserError, IndexError) as e:  # an image or feature number out of range is the user's to fix too
+    except UserError as e:
         from vitsae_tui.engine.text import MAX_MESSAGE, shown
 
         print(f"vitsae-tui: {shown(e, MAX_MESSAGE)}", file=sys.stderr)

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vitsae_tui.engine import events
+from vitsae_tui.engine.errors import OutOfRange
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import KINDS, Workspace
@@ -180,10 +181,10 @@ def print_image_features(index, image: int, token: int | None, top: int, console
     """The reference's inference output, for every patch: top features with activation, density and label."""
     console = console or Console()
     if not 0 <= image < index.n_images:
-        raise IndexError(f"image {image} is outside 0..{index.n_images - 1}")
+        raise OutOfRange(f"image {image} is outside 0..{index.n_images - 1}")
     grid = index.grid
     if token is not None and not 0 <= token < grid * grid:
-        raise IndexError(f"token {token} is outside 0..{grid * grid - 1}")
+        raise OutOfRange(f"token {token} is outside 0..{grid * grid - 1}")
     info = index.image_info(image)
     table = Table(
         title=Text(f"image {image} ({info.class_name}, {info.source}) · top {top} features per patch"),

@@ -25,6 +25,8 @@ from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.stages.train_sae import run_sweep
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json
 
+pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leaves them out
+
 REPO = Path(__file__).resolve().parents[2]
 
 

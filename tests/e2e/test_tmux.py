@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leaves them out
+
 WIDTH, HEIGHT = 80, 24  # the smallest terminal the README promises
 CRASH = re.compile(r"Traceback|\b[A-Z]\w*Error\b|Exception")
 

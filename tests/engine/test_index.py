@@ -266,3 +266,17 @@ def test_a_concept_score_is_printed_on_the_side_of_the_bar_it_falls():
     assert decisive(0.498, MATCH_F1) == "0.498" and decisive(0.4999, MATCH_F1) == "0.4999"
     assert decisive(0.502, MATCH_F1) == "0.50" and decisive(0.5, MATCH_F1) == "0.50"
     assert decisive(0.61, MATCH_F1) == "0.61" and decisive(0.296, 0.3) == "0.296"
+
+
+def test_a_number_outside_the_index_is_a_users_one_sentence_and_exit_1(indexed, capsys):
+    from vitsae_tui import cli
+    from vitsae_tui.engine.errors import OutOfRange, UserError
+
+    ws, run, index = indexed
+    for reach in (lambda: index.store.thumbnail(index.n_images), lambda: index.summary(index.d_sae)):
+        with pytest.raises(OutOfRange) as raised:
+            reach()
+        assert isinstance(raised.value, UserError) and "outside 0.." in str(raised.value)
+    args = ["--workspace", str(ws.root), "inspect", "--sae", run, "--image", str(index.n_images)]
+    assert cli.main(args) == 1
+    assert capsys.readouterr().err.strip() == f"vitsae-tui: image {index.n_images} is outside 0..{index.n_images - 1}"

@@ -111,6 +111,7 @@ def run_cli(root: Path, sae: str, damaged: Path) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_the_cli_reads_every_damaged_field_of_every_artifact_without_a_traceback(fuzzed):
     ws, sae = fuzzed
     problems, cases = [], 0

@@ -2,7 +2,8 @@
 re-running (with resume) ends equal to an uninterrupted run, having lost at most one checkpoint interval per kill.
 
 The runs are small and checkpoint often, so twenty kills land all over them: before the first checkpoint, mid-step,
-mid-write, between a shard's files and its manifest, after the last checkpoint.
+mid-write, between a shard's files and its manifest, after the last checkpoint. Each kill waits for a seeded
+progress target (then a random fraction of a step), so a chain of kills costs about one run, not one per kill.
 """
 
 import os
@@ -27,6 +28,8 @@ from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import KINDS, Workspace, load_torch_file, read_json, read_jsonl
 
+pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leaves them out
+
 KILLS_PER_STAGE = 20
 KILLS_PER_SWEEP = 10  # a sweep's resume path is train-sae's, plus SAEs at different steps: fewer kills cover it
 STAGES = (*REGISTRY, "train-sae-sweep")
@@ -41,8 +44,9 @@ RUNS = {
 start = stage_runner.start
 
 
-def run_to_end(stage: str, root: Path, resume: bool) -> float:
-    """Run a stage uninterrupted; returns the seconds between its first announced progress and its end."""
+def run_to_end(stage: str, root: Path, resume: bool) -> tuple[float, int]:
+    """Run a stage uninterrupted; returns the seconds between its first announced progress and its end, and the
+    progress it announced last (its length in its own unit)."""
     child, announced = start(stage, root, resume)
     first = None
     while child.is_alive():
@@ -50,12 +54,12 @@ def run_to_end(stage: str, root: Path, resume: bool) -> float:
             first = time.perf_counter()
         time.sleep(0.002)
     assert child.exitcode == 0, f"{stage} failed (exit {child.exitcode})"
-    return max(0.0, time.perf_counter() - (first or time.perf_counter()))
+    return max(0.0, time.perf_counter() - (first or time.perf_counter())), int(announced.value)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Every stage run once without interruption, and how long its working part took."""
+    """Every stage run once without interruption: how long its working part took, and how far it went."""
     root = tmp_path_factory.mktemp("reference")
     return root, {stage: run_to_end(stage, root, False) for stage in STAGES}
 
@@ -154,7 +158,8 @@ def remove_outputs(root: Path, stage: str) -> None:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_at_random_points(stage, reference, tmp_path):
-    reference_root, work_seconds = reference
+    reference_root, measured = reference
+    work_seconds, length = measured[stage]
     root = tmp_path / "ws"
     shutil.copytree(reference_root, root)  # the stage's inputs, as the reference had them
     for later in STAGES[STAGES.index(stage) :]:
@@ -162,17 +167,21 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
     ws = Workspace(root)
     rng = random.Random(f"kill-9 {stage}")
     interval = stage_runner.CHECKPOINT_INTERVAL[stage]
+    kills = KILLS_PER_SWEEP if stage == "train-sae-sweep" else KILLS_PER_STAGE
+    # the kill points, in order along the run: each kill's resumed run goes on to the next one
+    targets = sorted(rng.randrange(length) for _ in range(kills))
+    step_seconds = work_seconds / max(length, 1)
     losses, completed_early, resume = [], 0, False
-    while len(losses) < (KILLS_PER_SWEEP if stage == "train-sae-sweep" else KILLS_PER_STAGE):
+    while len(losses) < kills:
         child, announced = start(stage, root, resume)
-        while announced.value < 0 and child.is_alive():
+        while announced.value < targets[len(losses)] and child.is_alive():
             time.sleep(0.001)
-        time.sleep(rng.uniform(0.0, work_seconds[stage]))
+        time.sleep(rng.uniform(0.0, step_seconds))  # anywhere inside the step: mid-compute or mid-write
         progress = announced.value
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)
         child.join()
-        if child.exitcode == 0:  # it finished before the kill point: start over to place the remaining kills
+        if child.exitcode == 0:  # its last step ended before the kill: start over to place the remaining kills
             completed_early += 1
             remove_outputs(root, stage)
             resume = False

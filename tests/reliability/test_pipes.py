@@ -11,6 +11,8 @@ import pytest
 
 from vitsae_tui.engine.workspace import read_json
 
+pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leaves them out
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["train-model", "--preset", "demo", "--n-train", "200", "--n-val", "40", "--epochs", "60", "--device", "cpu"]
 

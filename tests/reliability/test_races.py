@@ -30,6 +30,7 @@ def claim_at(run_dir: str, start_at: float, hold_s: float, outcome: str) -> None
         Path(outcome).write_text(json.dumps({"claimed": False, "message": str(e)}))
 
 
+@pytest.mark.slow
 def test_of_two_processes_claiming_a_run_together_exactly_one_wins_every_time(tmp_path):
     ws = Workspace(tmp_path / "ws")
     start_at = time.time() + 3.0  # every child forked and waiting before the first claim
@@ -91,6 +92,7 @@ def interrupt_after_a_checkpoint(stage: str, root: Path) -> None:
     child.join(10)
 
 
+@pytest.mark.slow
 def test_every_stage_started_twice_at_once_is_written_by_one_process(tmp_path):
     root = tmp_path / "ws"
     ws = Workspace(root)

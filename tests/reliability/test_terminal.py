@@ -1,5 +1,6 @@
 """Tiny and odd terminal sizes never crash the app, and a running job carries on through them."""
 
+import pytest
 from textual.widgets import Input
 
 from tests.helpers import make_indexed_workspace, wait_for
@@ -8,6 +9,7 @@ from vitsae_tui.tui.app import VitsaeApp
 MODES = ("home", "train-model", "collect", "train-sae", "browse")
 
 
+@pytest.mark.slow
 async def test_resizing_to_40x12_and_back_while_a_job_runs(tmp_path):
     ws, _sae = make_indexed_workspace(tmp_path / "ws")
     app = VitsaeApp(ws.root)

@@ -1,3 +1,4 @@
+import pytest
 from textual.widgets import DataTable, Input, Static
 
 from tests.engine.test_train_sae import planted
@@ -15,6 +16,7 @@ def table_cells(screen) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
+@pytest.mark.slow
 async def test_a_sweep_started_from_the_sae_screen_appears_live_on_the_compare_screen(tmp_path):
     ws = Workspace(tmp_path / "ws")
     planted(ws, n_images=200)

@@ -102,6 +102,7 @@ async def test_help_lists_the_screens_own_keys_and_closes_with_esc(indexed_root,
             assert not isinstance(app.screen, HelpScreen) and app.current_mode == mode
 
 
+@pytest.mark.slow
 async def test_ctrl_c_quits_like_q_and_asks_while_a_job_runs(tmp_path):
     app = VitsaeApp(tmp_path / "ws")
     async with app.run_test(size=(80, 24)) as pilot:

@@ -1,5 +1,6 @@
 """Every key in the README's Keys table, pressed on its screen, does its one documented thing."""
 
+import pytest
 from textual.widgets import DataTable, Select
 
 from tests.helpers import answer, start_small_training, wait_for
@@ -10,6 +11,7 @@ from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 
 
+@pytest.mark.slow
 async def test_browser_keys(indexed_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     app = VitsaeApp(indexed_root)
@@ -119,6 +121,7 @@ async def test_home_keys(indexed_root):
         assert app.jobs.get("pipeline").state == "finished"
 
 
+@pytest.mark.slow
 async def test_stage_screen_keys(indexed_root):
     app = VitsaeApp(indexed_root)
     async with app.run_test(size=(110, 40)) as pilot:

@@ -5,12 +5,15 @@ import os
 import random
 import unicodedata
 
+import pytest
 from textual import events
 from textual.keys import _character_to_key, _get_unicode_name_from_key
 
 from tests.helpers import start_small_training, wait_for
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
+
+pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leaves them out
 
 # the README's Keys table (quitting aside: it is tested on its own), printable keys and the navigation keys
 TABLE_KEYS = [

@@ -1,6 +1,7 @@
 import json
 import os
 
+import pytest
 from textual.widgets import Static
 
 from tests.helpers import wait_for
@@ -10,6 +11,7 @@ from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.browser import BrowserScreen
 
 
+@pytest.mark.slow
 async def test_guided_run_builds_every_stage_and_opens_the_browser(tmp_path):
     app = VitsaeApp(tmp_path / "ws", demo_size="tiny")
     async with app.run_test(size=(100, 32)) as pilot:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from textual.widgets import Input, RichLog
 
 from tests.helpers import wait_for
@@ -38,6 +39,7 @@ async def test_demo_training_from_the_train_screen(tmp_path):
         assert "finished" in json.loads((run_dir / "status.json").read_text())["state"]
 
 
+@pytest.mark.slow
 async def test_switching_screens_keeps_the_job_and_quitting_asks_then_checkpoints(tmp_path):
     app = VitsaeApp(tmp_path / "ws")
     async with app.run_test(size=(100, 32)) as pilot:

@@ -15,6 +15,10 @@ class UserError(Exception):
     """Bad input, a missing artifact or a machine limit: the message is one sentence that says what to do."""
 
 
+class OutOfRange(UserError, IndexError):
+    """An image, token or feature number outside what the artifact holds (the user's to fix, never a bug)."""
+
+
 class StopRequested(Exception):
     """Raised inside a phase that checks the stop event but cannot return a partial result; the stage catches it
     and ends stopped, saving what it can."""

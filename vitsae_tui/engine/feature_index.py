@@ -18,7 +18,7 @@ import numpy as np
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.activation_set import ActivationSet, ImageEntry
 from vitsae_tui.engine.concepts import MATCH_F1, MATCH_PARENT_MCC, ConceptReport, ConceptScore
-from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.errors import OutOfRange, StageError
 from vitsae_tui.engine.sae_run import SAEMeta, load_sae
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json, workspace_args
@@ -401,7 +401,7 @@ class FeatureIndex:
 
     def summary(self, feature: int, n_effects: int = 3) -> FeatureSummary:
         if not 0 <= feature < self.d_sae:
-            raise IndexError(f"feature {feature} is outside 0..{self.d_sae - 1}")
+            raise OutOfRange(f"feature {feature} is outside 0..{self.d_sae - 1}")
         promoted, suppressed = self.class_effect(feature, n_effects)
         a = self.arrays
         return FeatureSummary(

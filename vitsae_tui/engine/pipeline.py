@@ -444,7 +444,7 @@ def _build_steps(ws, report, stop, steps, plan, states, built, model_cfg, sae_cf
     if "index" in steps:
         plan.begin("index", "indexing the features")
         result = build_index(IndexConfig(sae=built.get("sae") or sae_state.run), ws, report, stop)
-        if not result.summary:
+        if result.stopped:
             return False
         built["index"] = result.index_dir.name
     return True

@@ -18,7 +18,7 @@ from vitsae_tui.engine.activation_set.manifest import (
     StoreError,
 )
 from vitsae_tui.engine.config import DataConfig
-from vitsae_tui.engine.errors import UserError
+from vitsae_tui.engine.errors import OutOfRange, UserError
 
 
 class ActivationSet:
@@ -68,7 +68,7 @@ class ActivationSet:
 
     def _locate_row(self, row: int) -> tuple[int, int]:
         if not 0 <= row < self.n_tokens:
-            raise IndexError(f"token {row} is outside 0..{self.n_tokens - 1}")
+            raise OutOfRange(f"token {row} is outside 0..{self.n_tokens - 1}")
         shard = int(np.searchsorted(self.row_starts, row, side="right") - 1)
         return shard, row - int(self.row_starts[shard])
 
@@ -79,7 +79,7 @@ class ActivationSet:
     def image(self, index: int) -> np.ndarray:
         """The (tokens_per_image, d_model) activations of one image."""
         if not 0 <= index < self.n_images:
-            raise IndexError(f"image {index} is outside 0..{self.n_images - 1}")
+            raise OutOfRange(f"image {index} is outside 0..{self.n_images - 1}")
         shard, offset = self._locate_row(index * self.tokens_per_image)
         return np.asarray(self.shards[shard][offset : offset + self.tokens_per_image])
 
@@ -90,7 +90,7 @@ class ActivationSet:
 
     def image_entry(self, index: int) -> ImageEntry:
         if not 0 <= index < self.n_images:
-            raise IndexError(f"image {index} is outside 0..{self.n_images - 1}")
+            raise OutOfRange(f"image {index} is outside 0..{self.n_images - 1}")
         return self.manifest.images[index]
 
     def labels(self) -> np.ndarray:

@@ -149,6 +149,7 @@ def _accumulate(
 class IndexResult:
     index_dir: Path
     summary: dict[str, Any]
+    stopped: bool = False
 
 
 def run(cfg: IndexConfig, ws: Workspace, report: Report, stop: threading.Event) -> IndexResult:
@@ -333,7 +334,7 @@ def _stopped(index_dir: Path, report: Report, where: str = "after the pass") -> 
         )
     )
     report(Finished(STAGE, str(index_dir), {}, stopped=True))
-    return IndexResult(index_dir, {})
+    return IndexResult(index_dir, {}, stopped=True)
 
 
 def _save_pass(path: Path, identity: dict, next_image: int, acc: _Accumulators, generator: torch.Generator) -> None:

@@ -48,7 +48,7 @@ PROGRESS_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)
-class ModelRun:
+class TrainModelResult:
     run_dir: Path
     best_val_loss: float
     best_val_accuracy: float
@@ -114,7 +114,7 @@ def run(
     report: Report,
     stop: threading.Event,
     resume: str | None = None,
-) -> ModelRun:
+) -> TrainModelResult:
     """Train (or resume) a classifier run in `models/`; returns when done, stopped, or raises StageError.
 
     Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
@@ -182,7 +182,7 @@ def _train(
     stop: threading.Event,
     resuming: bool,
     ranks: distributed.Ranks,
-) -> ModelRun:
+) -> TrainModelResult:
     device = ranks.device
     torch.manual_seed(cfg.seed)
     try:
@@ -192,7 +192,7 @@ def _train(
         if ranks.is_main:
             write_status(run_dir, "stopped", **summary, message="stopped while drawing the images, before training")
         report(Finished(STAGE, str(run_dir), summary, True))
-        return ModelRun(run_dir, math.inf, 0.0, 0, True)
+        return TrainModelResult(run_dir, math.inf, 0.0, 0, True)
     model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(device), ranks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch, batch_in_epoch, step = 0, 0, 0
@@ -346,7 +346,7 @@ def _train(
         write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
     report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
     report(Finished(STAGE, str(run_dir), summary, stopped))
-    return ModelRun(run_dir, best["val_loss"], best["val_accuracy"], epoch, stopped)
+    return TrainModelResult(run_dir, best["val_loss"], best["val_accuracy"], epoch, stopped)
 
 
 def _load_data(

@@ -42,7 +42,7 @@ PROGRESS_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)
-class SAERun:
+class TrainSAEResult:
     run_dir: Path
     step: int
     metrics: dict[str, Any]
@@ -79,7 +79,7 @@ def run(
     stop: threading.Event,
     resume: str | None = None,
     emulate_bf16: bool = False,
-) -> SAERun:
+) -> TrainSAEResult:
     """Train (or resume) a JumpReLU, TopK or BatchTopK SAE in `saes/`; returns when done or stopped, or raises
     StageError. A resumed sweep's name (`sweep-N`) resumes all its SAEs; `run_sweep` starts one.
 
@@ -96,12 +96,12 @@ def run_sweep(
     stop: threading.Event,
     resume: str | None = None,
     emulate_bf16: bool = False,
-) -> list[SAERun]:
+) -> list[TrainSAEResult]:
     """Train several SAEs in one pass over the data (every SAE sees the same batches), grouped in sweeps/NAME.json."""
     return _run(cfgs, ws, report, stop, resume, emulate_bf16)
 
 
-def _run(cfgs, ws, report, stop, resume, emulate_bf16) -> list[SAERun]:
+def _run(cfgs, ws, report, stop, resume, emulate_bf16) -> list[TrainSAEResult]:
     run_dirs: list[Path] = []
     ranks = None
     with contextlib.ExitStack() as held:  # the runs' claims, held until the stage returns
@@ -416,7 +416,7 @@ def _train(
     resuming: bool,
     ranks: distributed.Ranks,
     emulate_bf16: bool = False,
-) -> list[SAERun]:
+) -> list[TrainSAEResult]:
     cfg, device = cfgs[0], ranks.device  # the fields every member shares (sweeps.check_shared)
     if device.type == "cpu":
         tune_allocator()
@@ -540,7 +540,7 @@ def _train(
 
 def _finish(
     m: Member, store: ActivationSet, report: Report, ranks: distributed.Ranks, stopped: bool, meter: RateMeter
-) -> SAERun:
+) -> TrainSAEResult:
     totals, _ = m.window.totals(ranks, False)
     _check_finite(totals, m.step, m.cfg.lr, m.name)
     summary = {
@@ -562,10 +562,10 @@ def _finish(
                 {k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_", "kl_")) and k != "density"}
             )
         write_status(m.run_dir, "stopped" if stopped else "finished", **summary, message="")
-    return SAERun(m.run_dir, m.step, summary, stopped)
+    return TrainSAEResult(m.run_dir, m.step, summary, stopped)
 
 
-def _result_line(r: SAERun) -> str:
+def _result_line(r: TrainSAEResult) -> str:
     m = r.metrics
     parts = [f"L0 {m['l0']:.1f}" if "l0" in m else "", f"FVU {m['fvu']:.4f}" if "fvu" in m else ""]
     parts.append(f"KL {m['eval_kl']:.4f}" if "eval_kl" in m else "")

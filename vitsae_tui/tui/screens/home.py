@@ -78,7 +78,7 @@ def pipeline_text(
     return text
 
 
-GUIDED_RUN_TIME = {"demo": "about 3½ minutes on two CPU cores", "tiny": "--demo-size tiny: about 20 s, a smoke test"}
+GUIDED_RUN_TIME = {"demo": "about 3 minutes on two CPU cores", "tiny": "--demo-size tiny: about 20 s, a smoke test"}
 
 
 def next_text(states: list[StageState], job: Job | None, size: str = "demo") -> Text:

@@ -54,6 +54,15 @@ class StageScreen(AppScreen):
     PLOTS: tuple[str, ...] = ()
     """ids of the screen's MetricPlots, in the order `v` cycles them"""
     watching: Path | None = None
+    """a run folder followed live from its files (finished, failed, or written by another process)"""
+    watch_offset = 0
+    shown_job: Job | None = None
+    shown_run: str = ""
+    history_pending: Path | None = None
+    """a resumed run whose curves up to its checkpoint are drawn when its first live row arrives"""
+    form_locked = False
+    plot_choice = -1
+    """the one plot shown (an index into PLOTS), or -1 for all of them"""
 
     def palette(self) -> list[tuple[str, str, str]]:
         """This screen's palette entries, named after its stage: start, stop, resume, next plot."""
@@ -67,16 +76,6 @@ class StageScreen(AppScreen):
         if len(self.PLOTS) > 1:
             commands.append((f"{stage.title}: next plot", "Show the next plot (on a short terminal)", "cycle_plot"))
         return commands
-
-    """a run folder followed live from its files (finished, failed, or written by another process)"""
-    watch_offset = 0
-    shown_job: Job | None = None
-    shown_run: str = ""
-    history_pending: Path | None = None
-    """a resumed run whose curves up to its checkpoint are drawn when its first live row arrives"""
-    form_locked = False
-    plot_choice = -1
-    """the one plot shown (an index into PLOTS), or -1 for all of them"""
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.poll_watched)
