@@ -40,7 +40,7 @@ def contestant(
     import torch
 
     from vitsae_tui.engine.perf import tune_allocator
-    from vitsae_tui.engine.sae import FusedStep, JumpReLUSAE
+    from vitsae_tui.engine.saes.jumprelu import FusedStep, JumpReLUSAE
 
     device = torch.device(device_name)
     dtype = getattr(torch, dtype_name)
@@ -70,7 +70,7 @@ def contestant(
             opt.step()
             sae.after_step()
     elif name == "topk":
-        from vitsae_tui.engine.sae_topk import TopKSAE, TopKStep
+        from vitsae_tui.engine.saes.topk import TopKSAE, TopKStep
 
         if device.type == "cpu":
             tune_allocator()
@@ -81,7 +81,7 @@ def contestant(
         dead[: d_sae // 8] = True  # AuxK runs, as it does whenever some latents are dead
 
         def step():
-            topk_step(x, dead)
+            topk_step(x, 0, dead)
             sae.project_decoder_grad()
             opt.step()
             sae.after_step()

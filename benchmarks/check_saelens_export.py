@@ -14,7 +14,7 @@ import torch
 from sae_lens import SAE
 
 from vitsae_tui.engine.activation_set import ActivationSet
-from vitsae_tui.engine.sae_run import load_sae
+from vitsae_tui.engine.saes.run import load_sae
 from vitsae_tui.engine.workspace import Workspace, read_json
 
 

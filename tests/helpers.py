@@ -153,8 +153,8 @@ def build_indexed_workspace(root, plant=None, arch: str = "jumprelu") -> tuple[W
     from vitsae_tui.engine.activation_set import ActivationSet
     from vitsae_tui.engine.config import CollectConfig, IndexConfig
     from vitsae_tui.engine.events import ignore
-    from vitsae_tui.engine.sae import JumpReLUSAE
-    from vitsae_tui.engine.sae_run import SAEMeta, save_sae
+    from vitsae_tui.engine.saes.jumprelu import JumpReLUSAE
+    from vitsae_tui.engine.saes.run import SAEMeta, save_sae
     from vitsae_tui.engine.stages.collect import run as collect
     from vitsae_tui.engine.stages.index import run as build_index
     from vitsae_tui.engine.stages.train_sae import input_scale
@@ -168,8 +168,8 @@ def build_indexed_workspace(root, plant=None, arch: str = "jumprelu") -> tuple[W
     theta = 0.5 / store.d_model**0.5
     sae = JumpReLUSAE(store.d_model, 4 * store.d_model, theta_init=theta, input_scale=input_scale(store), seed=3)
     if arch != "jumprelu":
-        from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
-        from vitsae_tui.engine.sae_topk import TopKSAE
+        from vitsae_tui.engine.saes.batchtopk import BatchTopKSAE
+        from vitsae_tui.engine.saes.topk import TopKSAE
 
         sae = {"topk": TopKSAE, "batchtopk": BatchTopKSAE}[arch](
             store.d_model, 4 * store.d_model, k=8, input_scale=input_scale(store), seed=3

@@ -420,7 +420,7 @@ def compare_json(found) -> list[dict]:
 def print_compare(activations: str, found, console: Console | None = None) -> None:
     """Two tables with one row per SAE of the set: reconstruction, then the classifier with it spliced in; ★ marks
     the L0-FVU Pareto set."""
-    from vitsae_tui.engine.compare import COLUMNS, SHORT_ARCH, SPLICED_FROM
+    from vitsae_tui.engine.compare import COLUMNS, SPLICED_FROM
 
     console = console or Console()
     if not found:
@@ -460,5 +460,5 @@ def print_compare(activations: str, found, console: Console | None = None) -> No
                 )
             done = "" if p.step >= p.total_steps else f" {p.step}/{p.total_steps}"
             run = Text(("★ " if p.pareto else "  ") + shown(p.run) + done)
-            table.add_row(run, f"{SHORT_ARCH.get(p.arch, p.arch)} {p.sparsity.replace(' ', '')} x{p.expansion}", *cells)
+            table.add_row(run, p.label, *cells)
         console.print(table)

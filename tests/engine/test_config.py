@@ -69,3 +69,20 @@ def test_every_number_of_every_stage_config_must_be_finite(bad):
             if isinstance(value, float):
                 with pytest.raises(ConfigError, match=f"{name.replace('_', '-')} must be a finite number"):
                     config_mod.from_dict(stage.config, {name: bad})
+
+
+def test_an_unregistered_architecture_is_refused_on_construction_replace_and_load():
+    from vitsae_tui.engine.config import SAETrainConfig
+
+    with pytest.raises(ConfigError, match="arch must be one of jumprelu, topk, batchtopk"):
+        SAETrainConfig(arch="relu")
+    with pytest.raises(ConfigError, match="arch must be one of"):
+        dataclasses.replace(SAETrainConfig(), arch="matryoshka")
+    with pytest.raises(ConfigError, match="arch must be one of jumprelu, topk, batchtopk"):
+        config_mod.from_dict(SAETrainConfig, {"arch": "relu"})
+    with pytest.raises(ConfigError, match="arch must be one of"):
+        config_mod.sweep_configs(SAETrainConfig(), arch=("topk", "relu"))
+    assert [c.sparsity for c in config_mod.sweep_configs(SAETrainConfig(), arch=("jumprelu", "topk"), k=(8,))] == [
+        "λ 0.003",
+        "k 8",
+    ]

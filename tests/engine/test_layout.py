@@ -8,6 +8,7 @@ import pkgutil
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import vitsae_tui
@@ -17,7 +18,7 @@ from vitsae_tui.engine.stages import REGISTRY
 PACKAGE = Path(vitsae_tui.__file__).parent
 ENGINE = PACKAGE / "engine"
 STAGE_MODULES = sorted(f"vitsae_tui.engine.stages.{m.name}" for m in pkgutil.iter_modules(stages.__path__))
-ARTIFACT_MODULES = ("model_run", "activation_set", "sae_run", "feature_index")
+ARTIFACT_MODULES = ("model_run", "activation_set", "saes/run", "feature_index")
 # the files each artifact module owns, and ways of reading their contents by key
 ARTIFACT_FILES = re.compile(r"\"(manifest|index|meta|concepts|labels|dataset)\.json\"|\"(trainer|best|last)\.pt\"")
 RAW_KEY_ACCESS = re.compile(r"manifest\[\"|\.arrays\[\"|\bmeta\[\"|\[\"provenance\"\]")
@@ -74,8 +75,8 @@ def test_artifact_modules_sit_below_the_stages_and_the_pipeline_above():
 def test_only_artifact_modules_name_artifact_files_or_read_them_by_key():
     owners = {*ARTIFACT_MODULES, "stages"}  # a stage names the scratch files of its own run (e.g. trainer state)
     for path in source_files(exclude=("activation_set",)):
-        stem = path.relative_to(PACKAGE).parts
-        if stem[0] == "engine" and (Path(stem[-1]).stem in owners or stem[1] == "stages"):
+        stem = path.relative_to(PACKAGE).with_suffix("").parts
+        if stem[0] == "engine" and ("/".join(stem[1:]) in owners or stem[1] == "stages"):
             continue
         text = path.read_text()
         assert not RAW_KEY_ACCESS.search(text), f"{path} reads an artifact by key"
@@ -86,10 +87,23 @@ def test_registry_and_artifact_schemas_import_without_torch():
     code = (
         "import sys\n"
         "import vitsae_tui.engine.stages, vitsae_tui.engine.pipeline, vitsae_tui.engine.model_run\n"
-        "import vitsae_tui.engine.sae_run, vitsae_tui.engine.activation_set, vitsae_tui.engine.feature_index\n"
+        "import vitsae_tui.engine.saes.run, vitsae_tui.engine.activation_set, vitsae_tui.engine.feature_index\n"
         "print('torch' in sys.modules)\n"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_architectures_are_named_only_inside_their_package():
+    """A new architecture touches engine/saes/ only: no other file compares, maps or spells an architecture's name."""
+    from vitsae_tui.engine.saes import ARCHITECTURES, ArchName
+
+    assert tuple(ARCHITECTURES) == typing.get_args(ArchName)
+    for name, arch in ARCHITECTURES.items():
+        assert arch.sae_class().arch == name
+    for path in source_files(exclude=("saes",)):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.Constant) and node.value in ARCHITECTURES), f"{path}:{node.lineno}"
+    assert not list(ENGINE.glob("sae_*.py")) and not (ENGINE / "sae.py").exists()
 
 
 def test_engine_never_imports_the_ui():

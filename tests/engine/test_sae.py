@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitsae_tui.engine.sae import FusedStep, JumpReLU, JumpReLUSAE, Step
-from vitsae_tui.engine.sae_eval import fvu
+from vitsae_tui.engine.saes.eval import fvu
+from vitsae_tui.engine.saes.jumprelu import FusedStep, JumpReLU, JumpReLUSAE, Step
 
 EPS = 0.1
 

@@ -15,10 +15,10 @@ from vitsae_tui.cli import main
 from vitsae_tui.engine import compare, events, sweeps
 from vitsae_tui.engine.config import ConfigError, sweep_configs
 from vitsae_tui.engine.errors import StageError
-from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
-from vitsae_tui.engine.sae_eval import mean_max_cosine
-from vitsae_tui.engine.sae_run import load_sae
-from vitsae_tui.engine.sae_topk import TopKSAE, TopKStep, aux_k_loss
+from vitsae_tui.engine.saes.batchtopk import BatchTopKSAE
+from vitsae_tui.engine.saes.eval import mean_max_cosine
+from vitsae_tui.engine.saes.run import load_sae
+from vitsae_tui.engine.saes.topk import TopKSAE, TopKStep, aux_k_loss
 from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.stages.train_sae import run_sweep
 from vitsae_tui.engine.workspace import read_jsonl
@@ -73,12 +73,12 @@ def test_auxk_gives_dead_latents_a_gradient_and_leaves_the_rest_unchanged():
     sae = TopKSAE(8, 32, k=2)
     x = torch.randn(64, 8)
     dead = torch.zeros(32, dtype=torch.bool)
-    TopKStep(sae, aux_k_coeff=0.0)(x, dead)
+    TopKStep(sae, aux_k_coeff=0.0)(x, 0, dead)
     without = {n: p.grad.clone() for n, p in sae.named_parameters()}
     never_kept = (sae.encode(x) == 0).all(0)
     assert (without["W_enc"][:, never_kept] == 0).all()  # a latent TopK never keeps gets no gradient on its own
     dead = never_kept.clone()
-    TopKStep(sae, aux_k_coeff=1 / 32)(x, dead)
+    TopKStep(sae, aux_k_coeff=1 / 32)(x, 0, dead)
     assert (sae.W_enc.grad[:, never_kept].abs().sum(0) > 0).all()
     alive = ~never_kept
     assert torch.allclose(sae.W_enc.grad[:, alive], without["W_enc"][:, alive])

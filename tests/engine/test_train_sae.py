@@ -11,8 +11,9 @@ from vitsae_tui.engine import events
 from vitsae_tui.engine.activation_set import ActivationSet
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.errors import StageError
-from vitsae_tui.engine.sae_run import load_sae
-from vitsae_tui.engine.stages.train_sae import input_scale, l0_coeff_at, lr_at
+from vitsae_tui.engine.saes.jumprelu import l0_coeff_at
+from vitsae_tui.engine.saes.run import load_sae
+from vitsae_tui.engine.stages.train_sae import input_scale, lr_at
 from vitsae_tui.engine.stages.train_sae import run as train_sae
 from vitsae_tui.engine.workspace import read_jsonl
 
@@ -70,7 +71,7 @@ def test_the_pre_activation_loss_revives_dead_features(workspace, pre_act_coeff)
 
 def test_a_run_from_before_the_pre_activation_loss_resumes_without_it(workspace):
     from vitsae_tui.engine import config as config_mod
-    from vitsae_tui.engine.sae_run import read_config
+    from vitsae_tui.engine.saes.run import read_config
 
     run_dir = workspace.kind_dir("saes") / "sae-1"
     run_dir.mkdir(parents=True)
@@ -240,7 +241,7 @@ def test_missing_set_and_bad_resume_are_one_sentence(workspace):
 
 
 def test_fidelity_metrics_against_a_direct_computation():
-    from vitsae_tui.engine.sae_eval import fidelity
+    from vitsae_tui.engine.saes.eval import fidelity
 
     clean = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 2, 1])

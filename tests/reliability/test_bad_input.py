@@ -21,8 +21,8 @@ from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAE
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Log
 from vitsae_tui.engine.model_run import load_model
-from vitsae_tui.engine.sae import JumpReLUSAE
-from vitsae_tui.engine.sae_run import load_sae
+from vitsae_tui.engine.saes.jumprelu import JumpReLUSAE
+from vitsae_tui.engine.saes.run import load_sae
 from vitsae_tui.engine.stages.collect import run as collect
 from vitsae_tui.engine.stages.index import run as build_index
 from vitsae_tui.engine.stages.train_model import run as train_model
@@ -259,7 +259,7 @@ def test_mismatches_name_both_sides(tmp_path):
 def test_an_sae_file_declaring_absurd_or_foreign_shapes_is_refused_before_allocating(tmp_path):
     from safetensors.torch import save_file
 
-    from vitsae_tui.engine.sae_run import SAEMeta
+    from vitsae_tui.engine.saes.run import SAEMeta
 
     run_dir = tmp_path / "saes" / "sae-1"
     run_dir.mkdir(parents=True)

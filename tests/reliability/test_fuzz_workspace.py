@@ -15,7 +15,7 @@ from tests.helpers import make_indexed_workspace, wait_for
 from vitsae_tui import cli
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.feature_index import open_index_for
-from vitsae_tui.engine.sae_run import write_config
+from vitsae_tui.engine.saes.run import write_config
 from vitsae_tui.engine.workspace import append_jsonl
 from vitsae_tui.tui.app import VitsaeApp
 

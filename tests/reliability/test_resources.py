@@ -15,12 +15,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.helpers import Collector, make_model_run, write_activation_set
-from vitsae_tui.engine import sae as sae_mod
-from vitsae_tui.engine import sae_run
 from vitsae_tui.engine.activation_set import ActivationSet, StoreError
 from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.events import Failed, Metrics
+from vitsae_tui.engine.saes import jumprelu as sae_mod
+from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.stages import train_sae as train_sae_mod
 from vitsae_tui.engine.stages.collect import run as collect
 from vitsae_tui.engine.workspace import Workspace, load_torch_file, read_json

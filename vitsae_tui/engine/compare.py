@@ -6,8 +6,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from vitsae_tui.engine import sae_run
 from vitsae_tui.engine.errors import UserError
+from vitsae_tui.engine.saes import run as sae_run
+from vitsae_tui.engine.saes import short_name
 from vitsae_tui.engine.workspace import Workspace, read_jsonl
 
 COLUMNS = (
@@ -29,7 +30,6 @@ COLUMNS = (
 """the metrics compared, from each run's latest held-out evaluation, and their column titles (EV: explained variance,
 L2: mean ||x_hat|| / ||x||, cos: mean max decoder cosine similarity): the SAE's own, then the classifier's with the SAE
 spliced in"""
-SHORT_ARCH = {"jumprelu": "jump", "topk": "topk", "batchtopk": "btopk"}
 SPLICED_FROM = 7
 
 
@@ -52,6 +52,11 @@ class SAEPoint:
 
     def value(self, key: str) -> float:
         return self.metrics.get(key, math.nan)
+
+    @property
+    def label(self) -> str:
+        """'jump λ0.003 x8': architecture, sparsity and width in a table cell."""
+        return f"{short_name(self.arch)} {self.sparsity.replace(' ', '')} x{self.expansion}"
 
 
 def _numbers(row: dict) -> dict[str, float]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vitsae_tui.engine.errors import UserError
+from vitsae_tui.engine.saes import ARCHITECTURES, DEFAULT_ARCH, ArchName, architecture
 
 
 class ConfigError(UserError, ValueError):
@@ -225,15 +226,11 @@ class CollectConfig:
         _check(self.shard_images >= 1 and self.batch_size >= 1, "shard_images and batch_size must be at least 1")
 
 
-ARCHITECTURES = ("jumprelu", "topk", "batchtopk")
-"""the SAE architectures train-sae builds (engine/sae.py, sae_topk.py, sae_batchtopk.py)"""
-
-
 @dataclass(frozen=True)
 class SAETrainConfig:
     activations: str = ""
     """activation set to train on (a name in activations/)"""
-    arch: str = "jumprelu"
+    arch: ArchName = DEFAULT_ARCH
     """'jumprelu' (Rajamanoharan et al.), 'topk' (Gao et al., with AuxK) or 'batchtopk' (Bussmann et al.)"""
     k: int = 16
     """features kept per token (topk) or per token on average over the batch (batchtopk); unused by jumprelu"""
@@ -291,6 +288,10 @@ class SAETrainConfig:
     resident: str = "auto"
     """keep the whole set on the device: 'auto' (when it fits), 'yes' or 'no' (stream with prefetch)"""
 
+    def __post_init__(self) -> None:
+        # checked on construction, dataclasses.replace included: every SAE is built from a registered architecture
+        _check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
+
     def validate(self) -> None:
         _check_finite(self)
         _check(
@@ -315,7 +316,6 @@ class SAETrainConfig:
             "log_every, eval_every, checkpoint_every and dead_window_tokens must be >= 1",
         )
         _check(self.resident in ("auto", "yes", "no"), "resident must be 'auto', 'yes' or 'no'")
-        _check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
         _check(self.k >= 1 and self.aux_k_coeff >= 0, "k must be at least 1 and aux_k_coeff at least 0")
 
     @property
@@ -325,7 +325,7 @@ class SAETrainConfig:
     @property
     def sparsity(self) -> str:
         """What sets this SAE's sparsity, as a label: 'λ 0.003' or 'k 16'."""
-        return f"λ {self.l0_coeff:g}" if self.arch == "jumprelu" else f"k {self.k}"
+        return architecture(self.arch).sparsity_label(self)
 
 
 SWEPT_FIELDS = ("arch", "l0_coeff", "k", "expansion")
@@ -339,14 +339,14 @@ def sweep_configs(
     k: tuple[int, ...] = (),
     expansion: tuple[int, ...] = (),
 ) -> list[SAETrainConfig]:
-    """The cross product of the given values over the base config; λ varies JumpReLU SAEs only and k the TopK ones."""
+    """The cross product of the given values over the base config; each architecture varies its own sparsity knob
+    (λ the JumpReLU SAEs, k the TopK and BatchTopK ones)."""
     configs = []
+    swept = {"l0_coeff": l0_coeff, "k": k}
     for a in arch or (base.arch,):
-        sparsities = (
-            [{"l0_coeff": v} for v in l0_coeff or (base.l0_coeff,)]
-            if a == "jumprelu"
-            else [{"k": v} for v in k or (base.k,)]
-        )
+        _check(a in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
+        knob = architecture(a).knob
+        sparsities = [{knob: v} for v in swept[knob] or (getattr(base, knob),)]
         for e in expansion or (base.expansion,):
             for sparsity in sparsities:
                 cfg = dataclasses.replace(base, arch=a, expansion=e, **sparsity)
@@ -432,6 +432,11 @@ def _coerce(value, annotation, path: tuple):
             except ConfigError:
                 pass
         raise ConfigError(f"{_where(path)} has the wrong type ({type(value).__name__}); fix or delete the file")
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            choices = ", ".join(map(str, typing.get_args(annotation)))
+            raise ConfigError(f"{_where(path)} must be one of {choices}; fix or delete the file")
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{_where(path)} must be a list, not {type(value).__name__}; fix or delete the file")

@@ -19,7 +19,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.activation_set import ActivationSet, ImageEntry
 from vitsae_tui.engine.concepts import MATCH_F1, MATCH_PARENT_MCC, ConceptReport, ConceptScore
 from vitsae_tui.engine.errors import OutOfRange, StageError
-from vitsae_tui.engine.sae_run import SAEMeta, load_sae
+from vitsae_tui.engine.saes.run import SAEMeta, load_sae
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_json, read_json, workspace_args
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import model_run, sae_run
+from vitsae_tui.engine import model_run
 from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
 from vitsae_tui.engine.errors import StageError, UserError, stage_failed
 from vitsae_tui.engine.events import Finished, Log, Plan, Report
+from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.stages import REGISTRY, STAGES
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
@@ -93,7 +94,7 @@ def _set_model(run: RunInfo) -> str | None:
 
 def _sae_set(run: RunInfo) -> str | None:
     """The activation set an SAE was trained on: its config, else its meta.json."""
-    from vitsae_tui.engine.sae_run import SAEMeta
+    from vitsae_tui.engine.saes.run import SAEMeta
 
     if isinstance(run.config.get("activations"), str) and run.config["activations"]:
         return run.config["activations"]

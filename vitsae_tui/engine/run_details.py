@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from vitsae_tui.engine.saes import ARCHITECTURES, DEFAULT_ARCH
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import RunInfo
 
@@ -30,11 +31,10 @@ def _steps(status: dict[str, Any]) -> str:
 
 def _sae_kind(config: dict[str, Any]) -> str | None:
     """'topk k 16', 'jumprelu λ 0.003' (a sweep's SAEs differ only there); None for a config that says neither."""
-    arch = config.get("arch", "jumprelu")
-    names = {"jumprelu": ("λ", "l0_coeff"), "topk": ("k", "k"), "batchtopk": ("k", "k")}
-    symbol, key = names.get(arch, ("", "")) if isinstance(arch, str) else ("", "")  # untrusted: any JSON value
-    value = _number(config, key) if key else None
-    return f"{arch} {symbol} {value:g}" if value is not None else None
+    arch = config.get("arch", DEFAULT_ARCH)
+    known = ARCHITECTURES.get(arch) if isinstance(arch, str) else None  # untrusted: any JSON value
+    value = _number(config, known.knob) if known is not None else None
+    return f"{arch} {known.symbol} {value:g}" if value is not None else None
 
 
 def describe_run(run: RunInfo) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import model_run, sae_run
+from vitsae_tui.engine import model_run
 from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.concepts import TOP_K, ConceptReport, concept_recovery
 from vitsae_tui.engine.config import IndexConfig, SAETrainConfig
@@ -39,8 +39,9 @@ from vitsae_tui.engine.events import (
     progress_callback,
 )
 from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary, index_name, write_index
-from vitsae_tui.engine.sae_eval import heldout_images
-from vitsae_tui.engine.sae_run import SAEMeta, load_sae, weights_sha256
+from vitsae_tui.engine.saes import run as sae_run
+from vitsae_tui.engine.saes.eval import heldout_images
+from vitsae_tui.engine.saes.run import SAEMeta, load_sae, weights_sha256
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
     Workspace,

@@ -15,16 +15,17 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import distributed, model_run, sae_run, sweeps
+from vitsae_tui.engine import distributed, model_run, sweeps
 from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.activation_set.reader import collect_command
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.errors import StageError, UserError
 from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
 from vitsae_tui.engine.perf import tune_allocator
-from vitsae_tui.engine.sae import FusedStep
-from vitsae_tui.engine.sae_eval import Evaluator
-from vitsae_tui.engine.sae_topk import TopKStep
+from vitsae_tui.engine.saes import architecture
+from vitsae_tui.engine.saes import run as sae_run
+from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
+from vitsae_tui.engine.saes.eval import Evaluator
 from vitsae_tui.engine.token_source import TokenSource
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -59,11 +60,6 @@ def lr_at(cfg: SAETrainConfig, step: int) -> float:
     if step >= decay_start:
         return cfg.lr * max(0.0, (total - step) / max(1, total - decay_start))
     return cfg.lr
-
-
-def l0_coeff_at(cfg: SAETrainConfig, step: int) -> float:
-    warmup = int(cfg.l0_warmup_fraction * cfg.total_steps)
-    return cfg.l0_coeff * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.l0_coeff
 
 
 def input_scale(store: ActivationSet) -> float:
@@ -119,10 +115,11 @@ def _run(cfgs, ws, report, stop, resume, emulate_bf16) -> list[TrainSAEResult]:
             cfg = cfgs[0]
             ranks = distributed.setup(cfg.device)
             ranks.check_divisible(cfg.batch_size)
-            if ranks.enabled and any(c.arch == "batchtopk" for c in cfgs):
+            one_process = next((c.arch for c in cfgs if architecture(c.arch).one_process), None)
+            if ranks.enabled and one_process:
                 raise StageError(
-                    "batchtopk trains in one process (its top k x batch is taken over the whole batch); "
-                    "train it without torchrun, or use topk or jumprelu under torchrun"
+                    f"{one_process} trains in one process (its selection spans the whole batch); "
+                    "train it without torchrun, or pick another architecture under torchrun"
                 )
             store = ActivationSet(ws.run_dir("activations", cfg.activations))
             for i, member_cfg in enumerate(cfgs):
@@ -261,9 +258,9 @@ class Member:
 
     cfg: SAETrainConfig
     run_dir: Path
-    sae: Any
+    sae: SparseAutoencoder
     optimizer: torch.optim.Optimizer
-    step_fn: Any
+    step_fn: TrainingStep
     last_fired: torch.Tensor  # (F,) tokens_seen at each feature's last firing
     window: Window
     step: int = 0
@@ -283,15 +280,8 @@ class Member:
         cfg, sae = self.cfg, self.sae
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step) * group["lr_scale"]
-        if not len(x):
-            out = None
-        elif cfg.arch == "jumprelu":
-            dead = None
-            if cfg.pre_act_coeff and self.tokens_seen >= cfg.dead_window_tokens:
-                dead = self.dead_mask().nonzero().squeeze(1)
-            out = self.step_fn(x, l0_coeff_at(cfg, self.step), dead, cfg.pre_act_coeff)
-        else:
-            out = {**self.step_fn(x, self.dead_mask()), "in_window": ZERO, "theta_reached": ZERO}
+        dead = self.dead_mask() if self.tokens_seen >= cfg.dead_window_tokens else None
+        out = self.step_fn(x, self.step, dead) if len(x) else None
         fired = _all_reduced_grads(out, sae, x, n_global, ranks)
         if out is not None:
             self.window.add(out, sq_dev, len(x))
@@ -315,20 +305,9 @@ class Member:
             "l0": totals["l0"] / totals["tokens"],
             "dead_fraction": dead,
         }
-        if cfg.arch == "jumprelu":
-            row.update(
-                {
-                    # how often theta learns: token-feature pairs inside the window, features with any such pair
-                    "in_window": totals["in_window"] / totals["tokens"],
-                    "theta_reached": totals["theta_reached"] / totals["tokens"],
-                    "l0_coeff": l0_coeff_at(cfg, self.step - 1),
-                }
-            )
+        row.update(self.step_fn.metrics(totals, self.step))
         row.update({"lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": totals["tokens"] / max(seconds, 1e-9)})
         return row
-
-
-ZERO = torch.zeros(())
 
 
 def _member(
@@ -344,17 +323,13 @@ def _member(
 ) -> Member:
     device = ranks.device
     sae = sae_run.build_sae(cfg, store.d_model, input_scale(store)).to(device)
-    sparsity = [sae.threshold] if cfg.arch == "jumprelu" else []
+    sparsity = sae.sparsity_parameters()
     weights = [p for p in sae.parameters() if not any(p is q for q in sparsity)]
     groups = [{"params": weights, "lr_scale": 1.0}]
     if sparsity:
         groups.append({"params": sparsity, "lr_scale": cfg.theta_lr_scale})
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    step_fn = (
-        FusedStep(sae, cfg.bandwidth, compute_dtype, scratch)
-        if cfg.arch == "jumprelu"
-        else TopKStep(sae, cfg.aux_k_coeff)
-    )
+    step_fn = sae.training_step(cfg, compute_dtype, scratch)
     last_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)
     member = Member(cfg, run_dir, sae, optimizer, step_fn, last_fired, Window(device))
     if resuming and not sae_run.has_checkpoint(run_dir) and in_sweep:

@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Select, Static
 
-from vitsae_tui.engine.compare import SHORT_ARCH, SAEPoint, points
+from vitsae_tui.engine.compare import SAEPoint, points
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.text import shown
 from vitsae_tui.tui.commands import ScreenCommands
@@ -121,7 +121,7 @@ class CompareScreen(AppScreen):
         rows = tuple(
             (
                 ("★ " if p.pareto else "  ") + p.run,
-                f"{SHORT_ARCH.get(p.arch, p.arch)} {p.sparsity.replace(' ', '')} x{p.expansion}",
+                p.label,
                 f"{p.value('eval_l0'):.3g}",
                 f"{p.value('eval_fvu'):.3g}",
                 _or_dash(p.value("kl_recovered"), "{:.3f}"),

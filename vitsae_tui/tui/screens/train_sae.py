@@ -10,8 +10,9 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events, sae_run
+from vitsae_tui.engine import events
 from vitsae_tui.engine.config import SWEPT_FIELDS, ConfigError, SAETrainConfig, sweep_configs
+from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.formatting import fidelity_line, format_metrics, number
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen

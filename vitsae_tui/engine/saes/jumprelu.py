@@ -10,11 +10,15 @@ f passes H(z - theta) to z; the L0 term sends nothing to z.
 
 from __future__ import annotations
 
-import abc
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
+
+from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
+
+if TYPE_CHECKING:
+    from vitsae_tui.engine.config import SAETrainConfig
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -56,89 +60,6 @@ class Step(torch.autograd.Function):
         return torch.zeros_like(z), grad_theta, None
 
 
-@dataclass(frozen=True)
-class SAEShape:
-    d_in: int
-    d_sae: int
-
-
-class SparseAutoencoder(nn.Module, abc.ABC):
-    """What every architecture shares: tied-at-init unit-norm decoder rows, biases, and weights in the scaled input
-    space (E||x||^2 = 1, the JumpReLU paper's); `input_scale` maps raw activations into it.
-
-    Subclasses define `encode`, the architecture's name (`arch`, also its SAELens export) and `firing_threshold`:
-    the per-feature activation below which a feature does not fire (what the index's histograms are relative to).
-    """
-
-    arch = ""
-    saelens_arch = ""
-
-    def __init__(self, d_in: int, d_sae: int, input_scale: float = 1.0, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        w_dec = torch.randn(d_sae, d_in, generator=generator)
-        w_dec /= w_dec.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(w_dec)  # (d_sae, d_in), rows unit-norm
-        self.W_enc = nn.Parameter(w_dec.t().clone())  # (d_in, d_sae)
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
-
-    @property
-    def d_in(self) -> int:
-        return self.W_enc.shape[0]
-
-    @property
-    def d_sae(self) -> int:
-        return self.W_enc.shape[1]
-
-    @property
-    @abc.abstractmethod
-    def firing_threshold(self) -> torch.Tensor: ...
-
-    def pre_acts(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        return x_scaled @ self.W_enc + self.b_enc  # (B, d_sae)
-
-    @abc.abstractmethod
-    def encode(self, x_scaled: torch.Tensor) -> torch.Tensor: ...
-
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return f @ self.W_dec + self.b_dec  # (B, d_in)
-
-    def encode_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """Feature activations of raw (unscaled) hook activations."""
-        return self.encode(x_raw * self.input_scale)
-
-    def reconstruct_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode_raw(x_raw)) / self.input_scale
-
-    @torch.no_grad()
-    def project_decoder_grad(self) -> None:
-        """Remove the component of each decoder row's gradient parallel to the row (unit-norm constraint)."""
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-            self.W_dec.grad.sub_(parallel * self.W_dec)
-
-    @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """Restore the constraints an optimizer step may break."""
-        self.normalize_decoder()
-
-    def raw_weights(self) -> dict[str, torch.Tensor]:
-        """Weights that act on raw activations: the input scale folded into W_enc, W_dec and b_dec."""
-        s = float(self.input_scale)
-        return {
-            "W_enc": (self.W_enc * s).detach().float().contiguous(),
-            "b_enc": self.b_enc.detach().float().contiguous(),
-            "W_dec": (self.W_dec / s).detach().float().contiguous(),
-            "b_dec": (self.b_dec / s).detach().float().contiguous(),
-        }
-
-
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
     saelens_arch = "jumprelu"
@@ -146,6 +67,16 @@ class JumpReLUSAE(SparseAutoencoder):
     def __init__(self, d_in: int, d_sae: int, theta_init: float = 0.001, input_scale: float = 1.0, seed: int = 0):
         super().__init__(d_in, d_sae, input_scale, seed)
         self.threshold = nn.Parameter(torch.full((d_sae,), float(theta_init)))
+
+    @classmethod
+    def from_config(cls, cfg: SAETrainConfig, d_in: int, input_scale: float) -> JumpReLUSAE:
+        return cls(d_in, d_in * cfg.expansion, cfg.theta_init, input_scale, cfg.seed)
+
+    def training_step(self, cfg: SAETrainConfig, compute_dtype: torch.dtype, scratch: dict) -> JumpReLUTraining:
+        return JumpReLUTraining(FusedStep(self, cfg.bandwidth, compute_dtype, scratch), cfg)
+
+    def sparsity_parameters(self) -> list[nn.Parameter]:
+        return [self.threshold]
 
     @property
     def firing_threshold(self) -> torch.Tensor:
@@ -271,4 +202,30 @@ class FusedStep:
             "fired": fired_count > 0,
             "in_window": window_samples.sum() / (B * F),
             "theta_reached": (window_samples > 0).float().mean(),
+        }
+
+
+def l0_coeff_at(cfg: SAETrainConfig, step: int) -> float:
+    """λ rises linearly from 0 over the first `l0_warmup_fraction` of the steps."""
+    warmup = int(cfg.l0_warmup_fraction * cfg.total_steps)
+    return cfg.l0_coeff * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.l0_coeff
+
+
+class JumpReLUTraining(TrainingStep):
+    """The fused step with λ's warm-up, the pre-activation loss on dead features and θ's learning statistics."""
+
+    def __init__(self, fused: FusedStep, cfg: SAETrainConfig):
+        self.fused, self.cfg = fused, cfg
+
+    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        dead_ids = dead.nonzero().squeeze(1) if cfg.pre_act_coeff and dead is not None else None
+        return self.fused(x, l0_coeff_at(cfg, step), dead_ids, cfg.pre_act_coeff)
+
+    def metrics(self, totals: dict[str, float], step: int) -> dict[str, Any]:
+        return {
+            # how often theta learns: token-feature pairs inside the window, features with any such pair
+            "in_window": totals["in_window"] / totals["tokens"],
+            "theta_reached": totals["theta_reached"] / totals["tokens"],
+            "l0_coeff": l0_coeff_at(self.cfg, step - 1),
         }

@@ -5,14 +5,19 @@
 
 k_aux = d_in / 2 and alpha = 1/32 as in the paper; the AuxK term is scaled by min(1, n_dead / k_aux) as SAELens does.
 `threshold` is not used by TopK's encode: it is a running estimate of the smallest kept activation, for the index's
-activation histograms (BatchTopK, which subclasses this, does use it: see sae_batchtopk.py).
+activation histograms (BatchTopK, which subclasses this, does use it: see batchtopk.py).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from vitsae_tui.engine.sae import SparseAutoencoder
+from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
+
+if TYPE_CHECKING:
+    from vitsae_tui.engine.config import SAETrainConfig
 
 THRESHOLD_EMA = 0.01
 """rate of the running estimate of the smallest kept activation (SAELens's topk_threshold_lr)"""
@@ -27,6 +32,13 @@ class TopKSAE(SparseAutoencoder):
         self.register_buffer("k", torch.tensor(int(min(k, d_sae))))  # saved with the weights
         self.kept = int(self.k)  # the same k as a Python int: reading the buffer on a GPU would sync every step
         self.register_buffer("threshold", torch.zeros(d_sae))
+
+    @classmethod
+    def from_config(cls, cfg: SAETrainConfig, d_in: int, input_scale: float) -> TopKSAE:
+        return cls(d_in, d_in * cfg.expansion, cfg.k, input_scale, cfg.seed)
+
+    def training_step(self, cfg: SAETrainConfig, compute_dtype: torch.dtype, scratch: dict) -> TopKStep:
+        return TopKStep(self, cfg.aux_k_coeff)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -64,14 +76,14 @@ def aux_k_loss(sae: SparseAutoencoder, z: torch.Tensor, residual: torch.Tensor, 
     return min(1.0, n_dead / (sae.d_in // 2)) * (e_hat - residual).pow(2).sum(-1).mean()
 
 
-class TopKStep:
+class TopKStep(TrainingStep):
     """One training step of a TopK or BatchTopK SAE through autograd; sets .grad on every parameter."""
 
     def __init__(self, sae: TopKSAE, aux_k_coeff: float):
         self.sae = sae
         self.aux_k_coeff = aux_k_coeff
 
-    def __call__(self, x: torch.Tensor, dead: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
         sae = self.sae
         for p in sae.parameters():
             p.grad = None
@@ -81,9 +93,18 @@ class TopKStep:
             x_hat = sae.decode(f)
             err = x_hat - x
             mse = err.pow(2).sum(-1).mean()
-            aux = aux_k_loss(sae, z, -err.detach(), dead) if self.aux_k_coeff > 0 else mse.new_zeros(())
+            revive = self.aux_k_coeff > 0 and dead is not None
+            aux = aux_k_loss(sae, z, -err.detach(), dead) if revive else mse.new_zeros(())
             (mse + self.aux_k_coeff * aux).backward()
         sae.track_threshold(f.detach())
         fired = (f > 0).detach()
         fired_count = fired.sum(0)
-        return {"mse": mse.detach(), "l0": fired_count.sum() / len(x), "fired": fired_count > 0, "aux": aux.detach()}
+        no_theta = mse.new_zeros(())  # no learned threshold: nothing reaches a window
+        return {
+            "mse": mse.detach(),
+            "l0": fired_count.sum() / len(x),
+            "fired": fired_count > 0,
+            "aux": aux.detach(),
+            "in_window": no_theta,
+            "theta_reached": no_theta,
+        }

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vitsae_tui.engine.activation_set import ActivationSet
-from vitsae_tui.engine.sae import SparseAutoencoder
+from vitsae_tui.engine.saes.base import SparseAutoencoder
 
 DENSITY_BINS = np.linspace(-7.0, 0.0, 29)  # log10 firing frequency, 0.25 decades per bin
 THETA_BINS = np.linspace(-6.0, 1.0, 29)  # log10 threshold in the scaled input space, 0.25 decades per bin

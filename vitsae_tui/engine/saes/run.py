@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import ARCHITECTURES, SAETrainConfig
+from vitsae_tui.engine.config import SAETrainConfig
+from vitsae_tui.engine.saes import ARCHITECTURES, architecture
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
@@ -22,7 +23,7 @@ from vitsae_tui.engine.workspace import (
 if TYPE_CHECKING:  # torch loads only when an SAE does: home and --help read runs without it
     import torch
 
-    from vitsae_tui.engine.sae import SparseAutoencoder
+    from vitsae_tui.engine.saes.base import SparseAutoencoder
 
 WEIGHTS = "sae.safetensors"
 MAX_D_IN = 1 << 16
@@ -96,27 +97,9 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return load_torch_file(run_dir / TRAINER)
 
 
-TENSORS = {
-    "jumprelu": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale"},
-    "topk": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale", "k"},
-    "batchtopk": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold", "input_scale", "k"},
-}
-
-
-def _sae_class(arch: str) -> type[SparseAutoencoder]:
-    from vitsae_tui.engine.sae import JumpReLUSAE
-    from vitsae_tui.engine.sae_batchtopk import BatchTopKSAE
-    from vitsae_tui.engine.sae_topk import TopKSAE
-
-    return {"jumprelu": JumpReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}[arch]
-
-
 def build_sae(cfg: SAETrainConfig, d_in: int, input_scale: float) -> SparseAutoencoder:
     """A freshly initialised SAE of the config's architecture and width."""
-    d_sae, cls = d_in * cfg.expansion, _sae_class(cfg.arch)
-    if cfg.arch == "jumprelu":
-        return cls(d_in, d_sae, cfg.theta_init, input_scale, cfg.seed)
-    return cls(d_in, d_sae, cfg.k, input_scale, cfg.seed)
+    return architecture(cfg.arch).sae_class().from_config(cfg, d_in, input_scale)
 
 
 def save_sae(path: Path, sae: SparseAutoencoder) -> None:
@@ -145,7 +128,7 @@ def load_sae(run_dir: Path, device: str | torch.device = "cpu") -> SparseAutoenc
     if arch not in ARCHITECTURES:
         raise WorkspaceError(f"saes/{run_dir.name}/sae.safetensors holds an unknown architecture; pick another run")
     d_in, d_sae = _checked_shapes(run_dir, arch, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
-    sae = _sae_class(arch)(d_in, d_sae)
+    sae = architecture(arch).sae_class()(d_in, d_sae)
     try:
         sae.load_state_dict(tensors)
     except RuntimeError:
@@ -157,7 +140,7 @@ def _checked_shapes(run_dir: Path, arch: str, shapes: dict[str, tuple[int, ...]]
     """(d_in, d_sae) of a file's tensors, refused before anything of that size is allocated unless every shape agrees
     with an SAE of its architecture and sane width and with the run's meta.json."""
     where = f"saes/{run_dir.name}/sae.safetensors"
-    if set(shapes) != TENSORS[arch] or len(shapes["W_enc"]) != 2:
+    if set(shapes) != architecture(arch).tensors or len(shapes["W_enc"]) != 2:
         raise WorkspaceError(f"{where} does not hold a {arch} SAE; pick another run")
     d_in, d_sae = shapes["W_enc"]
     if not (0 < d_in <= MAX_D_IN and 0 < d_sae <= MAX_D_SAE):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from vitsae_tui.engine.sae_topk import TopKSAE
+from vitsae_tui.engine.saes.topk import TopKSAE
 
 
 class BatchTopKSAE(TopKSAE):
