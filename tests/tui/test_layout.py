@@ -82,3 +82,32 @@ async def test_top_examples_are_on_screen_and_large_enough(indexed_root, size, m
             min_shown, len(examples.examples)
         )
         assert str(app.screen.query_one("#example-caption", Static).render()).startswith("#1/")
+
+
+@pytest.mark.parametrize("height", [6, 7])
+def test_half_blocks_draw_each_pixel_pair_as_one_cell_in_its_own_colours(height):
+    import numpy as np
+    from PIL import Image
+    from rich.console import Console
+
+    from vitsae_tui.tui.widgets.pixel_image import HalfBlocks
+
+    pixels = np.random.default_rng(height).integers(0, 256, (height, 5, 3), dtype=np.uint8)
+    pixels[:, 1] = pixels[:, 0]  # a run of equal cells is one segment: it must still draw two cells
+    console = Console(width=20, color_system="truecolor")
+    rows, row = [], []
+    for segment in console.render(HalfBlocks(Image.fromarray(pixels)), console.options):
+        if segment.text == "\n":
+            rows.append(row)
+            row = []
+            continue
+        style = segment.style
+        row += [(ch, style.color.triplet, style.bgcolor and style.bgcolor.triplet) for ch in segment.text]
+    assert len(rows) == (height + 1) // 2 and all(len(r) == 5 for r in rows)
+    for y, cells in enumerate(rows):
+        for x, (char, color, bgcolor) in enumerate(cells):
+            top = tuple(pixels[2 * y, x])
+            if 2 * y + 1 < height:  # the lower half drawn in the bottom pixel's colour over the top one's
+                assert (char, tuple(color), tuple(bgcolor)) == ("▄", tuple(pixels[2 * y + 1, x]), top)
+            else:  # an odd last row: the upper half alone
+                assert (char, tuple(color), bgcolor) == ("▀", top, None)

@@ -148,9 +148,11 @@ class BrowserScreen(AppScreen):
     def apply_layout(self) -> None:
         """Below STACKED_HEIGHT rows the side pane shows one panel at a time: the patch's features, the feature list
         or the open feature (whose examples then get the room to be seen)."""
+        one_panel = self.size.height < STACKED_HEIGHT
         self.set_class(self.size.height < COMPACT_HEIGHT, "compact")
-        self.set_class(self.size.height < STACKED_HEIGHT, "one-panel")
-        self.set_class(self.side_mode == "feature", "feature-mode")
+        self.set_class(one_panel, "one-panel")
+        # only a one-panel layout styles feature mode: toggling the class restyles the whole screen (~40 ms)
+        self.set_class(one_panel and self.side_mode == "feature", "feature-mode")
 
     def set_side(self, mode: str) -> None:
         self.side_mode = mode
