@@ -8,7 +8,8 @@ import sys
 
 from rich.console import Console
 
-from vitsae_tui.cli_progress import ConsoleReport, print_runs
+from vitsae_tui.cli_print import print_runs
+from vitsae_tui.cli_progress import ConsoleReport
 from vitsae_tui.engine import events
 from vitsae_tui.engine.workspace import Workspace, write_status
 

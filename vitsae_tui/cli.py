@@ -349,14 +349,14 @@ def _open_index(args: argparse.Namespace):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import print_image_features
+    from vitsae_tui.cli_print import print_image_features
 
     print_image_features(_open_index(args), args.image, args.token, args.top)
     return 0
 
 
 def cmd_feature(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import print_feature
+    from vitsae_tui.cli_print import print_feature
 
     index = _open_index(args)
     print_feature(index, args.id)
@@ -376,7 +376,7 @@ def cmd_feature(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import print_concepts
+    from vitsae_tui.cli_print import print_concepts
     from vitsae_tui.engine import config as config_mod
 
     index = _open_index(args)
@@ -390,7 +390,7 @@ def cmd_concepts(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import compare_json, print_compare
+    from vitsae_tui.cli_print import compare_json, print_compare
     from vitsae_tui.engine.compare import points
     from vitsae_tui.engine.workspace import Workspace
 
@@ -421,7 +421,7 @@ def _show(args: argparse.Namespace, bench, result, as_json, print_table) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import attribution_json, print_attribution
+    from vitsae_tui.cli_print import attribution_json, print_attribution
 
     bench = _workbench(args)
     target = _target(bench, args)
@@ -436,7 +436,7 @@ def _target(bench, args: argparse.Namespace) -> int | None:
 
 
 def cmd_intervene(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import edit_json, print_edit
+    from vitsae_tui.cli_print import edit_json, print_edit
     from vitsae_tui.engine.workbench import Edit
 
     mode, value = next(
@@ -462,7 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from vitsae_tui.cli_progress import print_runs
+    from vitsae_tui.cli_print import print_runs
     from vitsae_tui.engine.workspace import Workspace
 
     print_runs(Workspace.existing(args.workspace))

@@ -6,7 +6,7 @@ from textual.widgets import Static
 
 from tests.engine.test_workbench import DRIVEN, PLANTED
 from tests.helpers import answer, open_browser, wait_for
-from vitsae_tui.cli_progress import edit_json
+from vitsae_tui.cli_print import edit_json
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.app import VitsaeApp
 
