@@ -114,3 +114,13 @@ def test_an_empty_workspace_or_a_count_below_one_is_a_usage_error_not_a_silent_d
         with pytest.raises(SystemExit) as exited:
             cli.main(argv)
         assert exited.value.code == 2 and said in capsys.readouterr().err, argv
+
+
+def test_a_run_stopped_before_its_first_step_never_claims_a_checkpoint():
+    out = io.StringIO()
+    with ConsoleReport(Console(file=out, width=100)) as report:
+        report(events.Finished("train-model", "models/demo-1", {"epochs_done": 0, "step": 0}, stopped=True))
+        report(events.Finished("train-model", "models/demo-2", {"epochs_done": 1, "step": 47}, stopped=True))
+    first, second = [line for line in out.getvalue().splitlines() if "stopped" in line]
+    assert "before its first step (nothing to resume" in first and "checkpoint" not in first
+    assert "stopped (checkpoint saved; resume with --resume)" in second

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from vitsae_tui.engine import events
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
-from vitsae_tui.formatting import fidelity_line, format_duration, format_metrics, summary_lines
+from vitsae_tui.formatting import fidelity_line, format_duration, format_metrics, stopped_verb, summary_lines
 
 
 def format_eval(row: dict) -> str:
@@ -118,11 +118,8 @@ class ConsoleReport:
         elif isinstance(event, events.Finished):
             verb = "finished"
             if event.stopped:
-                verb = (
-                    "stopped (run it again to go on)"
-                    if event.stage == "pipeline"
-                    else "stopped (checkpoint saved; resume with --resume)"
-                )
+                pipeline = event.stage == "pipeline"
+                verb = "stopped (run it again to go on)" if pipeline else stopped_verb(event.summary, "--resume")
             self.progress.console.print(
                 Text.assemble((f"{event.stage} {verb}", "bold green"), f" → {shown(event.run_dir)}")
             )

@@ -148,3 +148,10 @@ def fit_items(prefix: str, items: list[str], width: int, separator: str = ", ") 
             return f"{line} +{len(items) - i}"
         line = candidate
     return line
+
+
+def stopped_verb(summary: dict, resume: str) -> str:
+    """How a stopped run's end reads: resumable from its checkpoint, or stopped before its first step."""
+    if summary.get("step") == 0:
+        return "stopped before its first step (nothing to resume: start it again)"
+    return f"stopped (checkpoint saved; resume with {resume})"

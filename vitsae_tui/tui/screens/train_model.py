@@ -12,6 +12,7 @@ from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, 
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, model_run
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
+from vitsae_tui.formatting import stopped_verb
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -128,11 +129,10 @@ class TrainModelScreen(StageScreen):
 
     def on_stage_event(self, job: Job, event: events.Event) -> None:
         if isinstance(event, events.Finished):
-            verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
-            acc = event.summary.get("best_val_accuracy", 0.0)
-            self.query_one("#log", StageLog).write(
-                Text(f"{verb}: best val accuracy {acc:.1%} → {event.run_dir}", style="green")
-            )
+            verb = stopped_verb(event.summary, "r") if event.stopped else "finished"
+            acc = event.summary.get("best_val_accuracy")
+            result = f": best val accuracy {acc:.1%}" if isinstance(acc, float) and event.summary.get("step") else ""
+            self.query_one("#log", StageLog).write(Text(f"{verb}{result} → {event.run_dir}", style="green"))
             self.refresh_runs()
 
     def redraw_plots(self) -> None:

@@ -13,7 +13,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events
 from vitsae_tui.engine.config import SWEPT_FIELDS, ConfigError, SAETrainConfig, sweep_configs
 from vitsae_tui.engine.saes import run as sae_run
-from vitsae_tui.formatting import fidelity_line, format_metrics, number
+from vitsae_tui.formatting import fidelity_line, format_metrics, number, stopped_verb
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -163,7 +163,7 @@ class TrainSAEScreen(StageScreen):
     def on_stage_event(self, job: Job, event: events.Event) -> None:
         if isinstance(event, events.Finished):
             s = event.summary
-            verb = "stopped (checkpoint saved; resume with r)" if event.stopped else "finished"
+            verb = stopped_verb(event.summary, "r") if event.stopped else "finished"
             self.query_one("#log", StageLog).write(
                 Text(
                     f"{verb}: FVU {s.get('fvu', float('nan')):.4f}, L0 {s.get('l0', float('nan')):.1f}, "
