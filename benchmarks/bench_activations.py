@@ -104,7 +104,7 @@ def main() -> None:
             (progress[0], progress[-2]) if len(progress) >= 3 else ((0.0, 0), (collect_s, result.n_images))
         )
         steady = (d1 - d0) / (t1 - t0)
-        store = ActivationSet(result.set_dir)
+        store = ActivationSet(result.run_dir)
         print(f"bare forward       {bare:10.1f} images/s")
         print(
             f"collection         {steady:10.1f} images/s   ratio {steady / bare:.2f}x of bare forward "

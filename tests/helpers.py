@@ -162,7 +162,7 @@ def build_indexed_workspace(root, plant=None, arch: str = "jumprelu") -> tuple[W
 
     ws = Workspace(root)
     run = make_model_run(ws)
-    set_dir = collect(CollectConfig(model=run, device="cpu", shard_images=40), ws, ignore, threading.Event()).set_dir
+    set_dir = collect(CollectConfig(model=run, device="cpu", shard_images=40), ws, ignore, threading.Event()).run_dir
     store = ActivationSet(set_dir)
     # inputs at unit mean squared norm put z ~ N(0, 1/d): this threshold lets about a third of the features fire
     theta = 0.5 / store.d_model**0.5

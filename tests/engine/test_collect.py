@@ -26,7 +26,7 @@ def collect_cfg(model: str, **kw) -> CollectConfig:
 def test_stored_activations_equal_the_hook_output(workspace):
     run = make_model_run(workspace)
     result = collect(collect_cfg(run, hook="blocks.0.resid_post"), workspace, Collector(), threading.Event())
-    store = ActivationSet(result.set_dir)
+    store = ActivationSet(result.run_dir)
     loaded = load_model(workspace, run)
     dataset = load_dataset(workspace, loaded.config.data, "train")
     assert store.n_images == len(dataset) == 96 and len(store) == 96 * 36
@@ -67,10 +67,10 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
     assert (
         stopped.stopped
         and stopped.n_images == 40
-        and not ActivationSet(stopped.set_dir, allow_incomplete=True).manifest.complete
+        and not ActivationSet(stopped.run_dir, allow_incomplete=True).manifest.complete
     )
     with pytest.raises(StoreError, match="incomplete.*re-run the same collect command"):
-        ActivationSet(stopped.set_dir)
+        ActivationSet(stopped.run_dir)
 
     calls = {"n": 0}
 
@@ -88,16 +88,16 @@ def test_resume_after_a_stop_and_after_a_crash_gives_the_same_store(workspace, m
     report = Collector()
     finished = collect(collect_cfg(run, name="resumed"), workspace, report, threading.Event())
     assert report.of(Finished) and not finished.stopped
-    a, b = ActivationSet(reference.set_dir), ActivationSet(finished.set_dir)
+    a, b = ActivationSet(reference.run_dir), ActivationSet(finished.run_dir)
     np.testing.assert_array_equal(a.load_all(), b.load_all())
     assert a.manifest.images == b.manifest.images
     np.testing.assert_allclose(a.mean, b.mean)
-    assert not list(finished.set_dir.glob(".*.tmp"))
+    assert not list(finished.run_dir.glob(".*.tmp"))
 
 
 def test_shuffled_batches_visit_every_token_once_per_epoch(workspace):
     run = make_model_run(workspace)
-    store = ActivationSet(collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).set_dir)
+    store = ActivationSet(collect(collect_cfg(run, dtype="float32"), workspace, Collector(), threading.Event()).run_dir)
     everything = store.load_all()
     reference = np.sort(everything.view(np.dtype((np.void, everything.dtype.itemsize * everything.shape[1]))).ravel())
     for buffer_rows, chunk_rows in ((1 << 20, 1 << 15), (300, 64)):
@@ -168,7 +168,7 @@ def test_mismatched_provenance_is_refused(workspace):
 )
 def test_bad_manifests_are_refused_with_a_message(workspace, mutate, message):
     run = make_model_run(workspace)
-    set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).set_dir
+    set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).run_dir
     manifest = json.loads((set_dir / "manifest.json").read_text())
     mutate(manifest)
     (set_dir / "manifest.json").write_text(json.dumps(manifest))
@@ -178,7 +178,7 @@ def test_bad_manifests_are_refused_with_a_message(workspace, mutate, message):
 
 def test_a_shard_of_the_wrong_shape_is_refused(workspace):
     run = make_model_run(workspace)
-    set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).set_dir
+    set_dir = collect(collect_cfg(run), workspace, Collector(), threading.Event()).run_dir
     np.save(set_dir / "shard-00000.npy", np.zeros((5, 3), dtype=np.float16))
     with pytest.raises(StoreError, match="has shape"):
         ActivationSet(set_dir)
@@ -211,7 +211,7 @@ def test_a_folder_collected_with_a_model_of_another_dataset_keeps_its_own_class_
             )
     model = make_model_run(workspace)  # trained on the synthetic shapes: its classes are not cats and dogs
     data = DataConfig(dataset=str(tmp_path / "pets"))
-    set_dir = collect(collect_cfg(model, split="all", data=data), workspace, Collector(), threading.Event()).set_dir
+    set_dir = collect(collect_cfg(model, split="all", data=data), workspace, Collector(), threading.Event()).run_dir
     store = ActivationSet(set_dir)
     assert store.class_names == ["cats", "dogs"]
 

@@ -50,17 +50,17 @@ def test_collect_reads_the_models_own_folder_and_split_from_any_working_director
     monkeypatch.chdir(tmp_path)
     model = train_on(workspace, "pets")  # a relative path, as a user types it
     monkeypatch.chdir(workspace.root)  # later stages run from elsewhere
-    train = collect(CollectConfig(model=model, device="cpu"), workspace, Collector(), threading.Event()).set_dir
+    train = collect(CollectConfig(model=model, device="cpu"), workspace, Collector(), threading.Event()).run_dir
     val = collect(CollectConfig(model=model, device="cpu", split="val"), workspace, Collector(), threading.Event())
     pets = str((tmp_path / "pets").resolve())
-    for set_dir in (train, val.set_dir):
+    for set_dir in (train, val.run_dir):
         store = ActivationSet(set_dir)
         assert store.provenance.data.dataset == pets and store.class_names == sorted(CLASS_COLOURS)
         assert "pets-" in set_dir.name and "synthetic" not in set_dir.name
     folder = DataConfig(dataset=pets)
-    assert ActivationSet(val.set_dir).n_images == len(load_dataset(workspace, folder, "val"))
+    assert ActivationSet(val.run_dir).n_images == len(load_dataset(workspace, folder, "val"))
     assert ActivationSet(train).n_images == len(load_dataset(workspace, folder, "train"))
-    assert find_validation_set(workspace.kind_dir("activations"), ActivationSet(train).provenance) == val.set_dir.name
+    assert find_validation_set(workspace.kind_dir("activations"), ActivationSet(train).provenance) == val.run_dir.name
 
 
 def test_the_advised_collect_command_pastes_and_is_then_found(workspace, tmp_path, monkeypatch, capsys):
@@ -71,7 +71,7 @@ def test_the_advised_collect_command_pastes_and_is_then_found(workspace, tmp_pat
     # collected from the folder by name, at a hook other than the default
     pets = DataConfig(str(tmp_path / "my pets"))
     cfg = CollectConfig(model=model, device="cpu", hook="blocks.0.resid_post", data=pets)
-    train = collect(cfg, workspace, Collector(), threading.Event()).set_dir
+    train = collect(cfg, workspace, Collector(), threading.Event()).run_dir
     report = Collector()
     train_sae(quick_sae(train.name), workspace, report, threading.Event())
     advice = next(e.message for e in report.of(Log) if "no validation split" in e.message)
@@ -91,7 +91,7 @@ def test_a_flat_folder_is_held_out_by_image_and_the_log_says_so(workspace, tmp_p
     make_image_folder(tmp_path / "flat", per_class=5, flat=True)
     model = train_on(workspace, str(tmp_path / "labelled"))
     cfg = CollectConfig(model=model, device="cpu", split="all", data=DataConfig(str(tmp_path / "flat")))
-    flat = collect(cfg, workspace, Collector(), threading.Event()).set_dir
+    flat = collect(cfg, workspace, Collector(), threading.Event()).run_dir
     report = Collector()
     train_sae(quick_sae(flat.name), workspace, report, threading.Event())
     logs = [e.message for e in report.of(Log)]
@@ -130,7 +130,7 @@ def test_imagenette_already_on_disk_trains_collects_and_trains_an_sae_without_do
     root = make_imagenette_tree(tmp_path / "datasets")
     data_dir = root if given == "parent" else root / "imagenette2-160"
     model = train_on(workspace, "imagenette", data_dir=str(data_dir))
-    train = collect(CollectConfig(model=model, device="cpu"), workspace, Collector(), threading.Event()).set_dir
+    train = collect(CollectConfig(model=model, device="cpu"), workspace, Collector(), threading.Event()).run_dir
     collect(CollectConfig(model=model, device="cpu", split="val"), workspace, Collector(), threading.Event())
     store = ActivationSet(train)
     assert store.class_names == ["tench", "English springer"] and store.n_images == 12

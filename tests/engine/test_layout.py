@@ -1,5 +1,6 @@
-"""The engine's shape, checked on its source: stages are siblings that never import each other, only artifact modules
-touch artifact files, the registry and the artifacts' schemas load without torch, and the engine never imports the UI.
+"""The engine's shape, checked on its source: stages are siblings that never import each other and write their runs
+through one recorder in short functions, only artifact modules touch artifact files, the registry and the artifacts'
+schemas load without torch, no module imports itself back, and the engine never imports the UI.
 """
 
 import ast
@@ -17,7 +18,12 @@ from vitsae_tui.engine.stages import REGISTRY
 
 PACKAGE = Path(vitsae_tui.__file__).parent
 ENGINE = PACKAGE / "engine"
-STAGE_MODULES = sorted(f"vitsae_tui.engine.stages.{m.name}" for m in pkgutil.iter_modules(stages.__path__))
+STAGE_MODULES = sorted(stage.module for stage in REGISTRY.values())
+SHARED_STAGE_MODULES = ("vitsae_tui.engine.stages.recorder",)
+"""what the stages share: the run recorder"""
+MAX_STAGE_FUNCTION_LINES = 60
+RUN_WRITES = ("claim_run", "write_status", "append_jsonl", "truncate_jsonl", "stage_failed")
+"""what a stage does only through its RunRecorder"""
 ARTIFACT_MODULES = ("model_run", "activation_set", "saes/run", "feature_index")
 # the files each artifact module owns, and ways of reading their contents by key
 ARTIFACT_FILES = re.compile(r"\"(manifest|index|meta|concepts|labels|dataset)\.json\"|\"(trainer|best|last)\.pt\"")
@@ -47,7 +53,8 @@ def source_files(exclude: tuple[str, ...]) -> list[Path]:
 def test_every_registered_stage_has_a_module_with_run_and_a_config_with_field_docs():
     from vitsae_tui.engine.config import field_help
 
-    assert sorted(stage.module for stage in REGISTRY.values()) == STAGE_MODULES
+    package = sorted(f"vitsae_tui.engine.stages.{m.name}" for m in pkgutil.iter_modules(stages.__path__))
+    assert package == sorted([*STAGE_MODULES, *SHARED_STAGE_MODULES])
     for stage in REGISTRY.values():
         assert callable(stage.run), stage.name
         assert all(field_help(stage.config).get(name) for name in stage.cli_fields), stage.name
@@ -58,6 +65,53 @@ def test_stages_never_import_each_other():
         path = ENGINE / "stages" / f"{module.rsplit('.', 1)[1]}.py"
         others = {m for m in STAGE_MODULES if m != module}
         assert not imports_of(path) & others, f"{module} imports another stage"
+
+
+def test_stages_write_their_runs_through_the_recorder_in_short_functions():
+    """Claiming, status, metric rows and the failure sentence live in one place; a stage's own code is its loop."""
+    for module in STAGE_MODULES:
+        path = ENGINE / "stages" / f"{module.rsplit('.', 1)[1]}.py"
+        tree = ast.parse(path.read_text())
+        assert "vitsae_tui.engine.stages.recorder.recording" in imports_of(path), f"{module} does not use the recorder"
+        for node in ast.walk(tree):
+            name = getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "name", None)
+            if isinstance(node, ast.Name | ast.Attribute | ast.alias):
+                assert name not in RUN_WRITES, f"{path}:{getattr(node, 'lineno', '')} uses {name}: use the RunRecorder"
+            if isinstance(node, ast.FunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= MAX_STAGE_FUNCTION_LINES, f"{path}:{node.lineno} {node.name} is {lines} lines"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Each vitsae_tui module and the vitsae_tui modules it imports (at the top or inside functions)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("vitsae_tui", *path.relative_to(PACKAGE).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        found = imports_of(path)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_module_imports_itself_back():
+    """No import cycle, not even through a function-level import (errors.py once imported workspace, which imports
+    errors, to write a failed run's status)."""
+    graph = _module_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join((*path[path.index(module) :], module)))
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
 
 
 def test_artifact_modules_sit_below_the_stages_and_the_pipeline_above():

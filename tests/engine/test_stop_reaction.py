@@ -48,7 +48,7 @@ def test_collecting_a_validation_split_stops_within_a_second_while_it_is_drawn(w
     result = collect(CollectConfig(model=model, split="val", device="cpu"), workspace, report, report.stop)
     assert result.stopped and time.perf_counter() - report.asked_at < 1.0
     again = collect(CollectConfig(model=model, split="val", device="cpu"), workspace, Collector(), threading.Event())
-    assert not again.stopped and again.set_dir == result.set_dir  # the same command then collects it
+    assert not again.stopped and again.run_dir == result.run_dir  # the same command then collects it
 
 
 @pytest.mark.parametrize("phase", ["features (class effects)", "images (zeroing features)", "concepts scored"])

@@ -100,10 +100,10 @@ def test_bad_images_are_skipped_with_a_count_and_the_run_says_so(tmp_path, unrea
         report,
         threading.Event(),
     )
-    manifest = Manifest.load(result.set_dir)
+    manifest = Manifest.load(result.run_dir)
     assert (manifest.n_images, manifest.skipped_images) == (good, bad)
     assert f"skipped {bad} unreadable images" in [e.message for e in report.of(Log)]
-    assert read_json(result.set_dir / "status.json")["skipped_images"] == bad
+    assert read_json(result.run_dir / "status.json")["skipped_images"] == bad
 
     # training on the same folder reports its skips too
     report = Collector()

@@ -143,7 +143,7 @@ def test_disk_full_while_collecting_keeps_sealed_shards(tmp_path, small_disk):
     assert 0 < sealed.n_images < 40 and np.isfinite(sealed.load_all()).all()
     filler.unlink()
     done = collect(cfg, ws, Collector(), threading.Event())
-    np.testing.assert_array_equal(ActivationSet(done.set_dir).load_all(), ActivationSet(reference.set_dir).load_all())
+    np.testing.assert_array_equal(ActivationSet(done.run_dir).load_all(), ActivationSet(reference.run_dir).load_all())
 
 
 def test_a_read_only_workspace_is_one_sentence_and_still_readable(tmp_path, small_disk):

@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.errors import StageError, stage_failed, user_message
+from vitsae_tui.engine.errors import StageError, user_message
 
 # a rank that waits longer than this for the others gives up (a dead peer usually fails the collective at once)
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
@@ -116,20 +115,6 @@ def _first_line(error: BaseException) -> str:
     """The backend's reason without its source location ("[/path/pair.cc:561] Connection closed by peer")."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip())
     return text.splitlines()[0][:160] if text else type(error).__name__
-
-
-def stage_failed_on_rank(
-    stage: str, error: BaseException, report, run_dir: Path | None, ranks: Ranks | None
-) -> StageError:
-    """stage_failed as a rank sees it: only rank 0 marks the run, and a lost peer's message says how to resume."""
-    message = None
-    if isinstance(error, RankLost) and run_dir is not None:
-        message = (
-            f"{error}; {run_dir.parent.name}/{run_dir.name} keeps its last checkpoint: resume it with --resume "
-            f"{run_dir.name} on any number of processes"
-        )
-    main = ranks is None or ranks.is_main
-    return stage_failed(stage, error, report, run_dir if main else None, message)
 
 
 def launched_by_torchrun() -> bool:

@@ -6,8 +6,6 @@ import errno
 import traceback
 from pathlib import Path
 
-from vitsae_tui.engine.events import Failed, Report
-
 ERROR_LOG = "error.log"
 
 
@@ -90,32 +88,3 @@ def log_bug(error: BaseException, log_dir: Path | None) -> Path | None:
 def bug_message(error: BaseException, log_path: Path | None) -> str:
     where = f"; the traceback is in {log_path}" if log_path else ""
     return f"internal error ({type(error).__name__}: {first_line(error)}), please report it{where}"
-
-
-def stage_failed(
-    stage: str,
-    error: BaseException,
-    report: Report,
-    run_dir: Path | None = None,
-    message: str | None = None,
-    mark_run: bool = True,
-    log_dir: Path | None = None,
-) -> StageError:
-    """Report a failure and return the StageError to raise; the run folder, if any, is marked failed.
-
-    A UserError or a machine limit is reported as its sentence; anything else is a bug, whose traceback goes to
-    `error.log` in the run folder (or `log_dir`).
-    """
-    from vitsae_tui.engine.workspace import write_status  # workspace's own errors import this module
-
-    bug = None if is_user_error(error) else error
-    if message is None and bug is not None:
-        message = bug_message(error, log_bug(error, log_dir or (run_dir if run_dir and run_dir.is_dir() else None)))
-    message = message or user_message(error)
-    if mark_run and run_dir is not None and run_dir.is_dir():
-        try:
-            write_status(run_dir, "failed", message=message)
-        except OSError:  # a full or read-only disk: the user still gets the message
-            pass
-    report(Failed(stage, message, str(run_dir or "")))
-    return StageError(message, bug)

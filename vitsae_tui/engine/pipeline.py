@@ -18,10 +18,11 @@ from typing import Any
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import model_run
 from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
-from vitsae_tui.engine.errors import StageError, UserError, stage_failed
+from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.events import Finished, Log, Plan, Report
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.stages import REGISTRY, STAGES
+from vitsae_tui.engine.stages.recorder import StageResult, report_failure
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -279,18 +280,18 @@ def _stat_or_none(path: Path):
         return os.stat_result((0,) * 10)
 
 
-def _collect_validation(ws: Workspace, activations: str, report: Report, stop: threading.Event, collect) -> bool:
-    """Collect the model's validation split of the training set's dataset, at its hook (what the SAE is evaluated
-    on), unless it exists or the set is a flat folder's every image; False when stopped."""
+def _validation_collection(ws: Workspace, activations: str, report: Report) -> CollectConfig | None:
+    """The collection of the model's validation split of the training set's dataset, at its hook (what the SAE is
+    evaluated on); None when it exists or the set is a flat folder's every image."""
     from vitsae_tui.engine.activation_set import SetSummary, find_validation_set
 
     provenance = SetSummary.load(ws.run_dir("activations", activations)).provenance
     if provenance.split == "val" or find_validation_set(ws.kind_dir("activations"), provenance):
-        return True
+        return None
     if provenance.split == "all":
         report(Log("pipeline", f"{provenance.data.label} has no validation split: the SAE holds out every 20th image"))
-        return True
-    return not collect(_collect_like(provenance, split="val", limit=0), ws, report, stop).stopped
+        return None
+    return _collect_like(provenance, split="val", limit=0)
 
 
 def _collect_like(p, **changes) -> CollectConfig:
@@ -375,7 +376,6 @@ def run_pipeline(
     A stopped or interrupted model or SAE run with a checkpoint is resumed, a collection continues after its last
     complete shard and an index pass continues where it stopped; a failed stage is built again.
     """
-    model_cfg, sae_cfg = demo_configs(size)
     states = {s.stage: s for s in lineage(ws, selected)}
     running = next((s for s in states.values() if s.state == "running"), None)
     if running is not None:  # another process is building it: a second copy would race it
@@ -383,7 +383,7 @@ def run_pipeline(
             f"the {running.stage} stage is being built by another process ({running.run}); "
             "wait for it to finish (enter on its row follows it live), then press g again"
         )
-        raise stage_failed("pipeline", StageError(message), report, mark_run=False)
+        raise report_failure("pipeline", message, report)
     # every stage after the first one to build is built too
     first = next((i for i, name in enumerate(STAGE_NAMES) if states[name].state != "done"), len(STAGE_NAMES))
     model = states["train-model"].run
@@ -393,11 +393,11 @@ def run_pipeline(
         steps.remove("collect validation")
     on_synthetic = data_label(ws, selected) == "synthetic"
     plan = _Steps(report, steps, STEP_ESTIMATES_S.get(size) if on_synthetic else None)
-
-    built: dict[str, str] = {}
-    stopped = not _build_steps(ws, report, stop, steps, plan, states, built, model_cfg, sae_cfg, collect_cfg)
+    guided = _GuidedRun(ws, report, stop, states, *demo_configs(size), collect_cfg)
+    stopped = not guided.build(plan)
     if not stopped:
         plan.done()
+    built = guided.built
     index = built.get("index") or states["index"].run
     summary = {"built": ", ".join(f"{k} {v}" for k, v in built.items()) or "nothing: all up to date"}
     if not stopped:
@@ -406,46 +406,70 @@ def run_pipeline(
     return built
 
 
-def _build_steps(ws, report, stop, steps, plan, states, built, model_cfg, sae_cfg, collect_cfg) -> bool:
-    """Run the plan's steps in order, recording each run made in `built`; False when a step was stopped."""
-    train_model, collect, train_sae, build_index = (stage.run for stage in STAGES)
-    resumable = ("stopped", "interrupted")
-    model_state, sae_state = states["train-model"], states["train-sae"]
-    model = model_state.run
-    if "train model" in steps:
-        resume = model_state.run if model_state.state in resumable else None
-        plan.begin("train model", f"resuming {resume}" if resume else "training the demo model")
-        result = train_model(model_cfg, ws, report, stop, resume=resume)
-        if result.stopped:
+@dataclass
+class _GuidedRun:
+    """The stages a guided run builds, each from what the one before it built (or the lineage already had)."""
+
+    ws: Workspace
+    report: Report
+    stop: threading.Event
+    states: dict[str, StageState]
+    model_cfg: TrainModelConfig
+    sae_cfg: SAETrainConfig
+    collect_cfg: CollectConfig | None
+    built: dict[str, str] = dataclasses.field(default_factory=dict)
+    """the runs made so far, by kind ('model', 'activations', 'sae', 'index')"""
+
+    def _run(self, stage: str, cfg, **kwargs) -> StageResult | None:
+        """The stage's result, or None when it was stopped."""
+        result = REGISTRY[stage].run(cfg, self.ws, self.report, self.stop, **kwargs)
+        return None if result.stopped else result
+
+    def _resumable(self, stage: str) -> str | None:
+        state = self.states[stage]
+        return state.run if state.state in ("stopped", "interrupted") else None
+
+    def build(self, plan: _Steps) -> bool:
+        """Run the plan's steps in order; False when a step was stopped."""
+        ws, steps = self.ws, plan.steps
+        model = self.states["train-model"].run
+        if "train model" in steps:
+            resume = self._resumable("train-model")
+            plan.begin("train model", f"resuming {resume}" if resume else "training the demo model")
+            if not (result := self._run("train-model", self.model_cfg, resume=resume)):
+                return False
+            self.built["model"] = model = result.run_dir.name
+            self.collect_cfg = _collect_config(ws, model, self.states["collect"], True)
+        if "collect" in steps:
+            data = self.collect_cfg.data.following(_model_data(ws, model))
+            plan.begin("collect", f"collecting activations of {data.label}")
+            if not (result := self._run("collect", self.collect_cfg)):
+                return False
+            self.built["activations"] = result.run_dir.name
+        if "train SAE" in steps and not self._train_sae(plan):
             return False
-        built["model"] = model = result.run_dir.name
-        collect_cfg = _collect_config(ws, model, states["collect"], True)
-    if "collect" in steps:
-        plan.begin("collect", f"collecting activations of {collect_cfg.data.following(_model_data(ws, model)).label}")
-        result = collect(collect_cfg, ws, report, stop)
-        if result.stopped:
-            return False
-        built["activations"] = result.set_dir.name
-    activations = built.get("activations") or states["collect"].run
-    if "train SAE" in steps:
-        resume = (
-            sae_state.run
-            if sae_state.state in resumable and sae_run.has_checkpoint(ws.run_dir("saes", sae_state.run))
-            else None
-        )
-        if "collect validation" in steps:
+        if "index" in steps:
+            plan.begin("index", "indexing the features")
+            sae = self.built.get("sae") or self.states["train-sae"].run
+            if not (result := self._run("index", IndexConfig(sae=sae))):
+                return False
+            self.built["index"] = result.run_dir.name
+        return True
+
+    def _train_sae(self, plan: _Steps) -> bool:
+        """The SAE, after the validation split it is evaluated on; False when either was stopped."""
+        activations = self.built.get("activations") or self.states["collect"].run
+        resume = self._resumable("train-sae")
+        if resume and not sae_run.has_checkpoint(self.ws.run_dir("saes", resume)):
+            resume = None
+        if "collect validation" in plan.steps:
             plan.begin("collect validation", "collecting the validation split the SAE is evaluated on")
-        if not _collect_validation(ws, activations, report, stop, collect):
+        validation = _validation_collection(self.ws, activations, self.report)
+        if validation is not None and not self._run("collect", validation):
             return False
         plan.begin("train SAE", f"resuming {resume}" if resume else "training the JumpReLU SAE")
-        result = train_sae(dataclasses.replace(sae_cfg, activations=activations), ws, report, stop, resume=resume)
-        if result.stopped:
+        cfg = dataclasses.replace(self.sae_cfg, activations=activations)
+        if not (result := self._run("train-sae", cfg, resume=resume)):
             return False
-        built["sae"] = result.run_dir.name
-    if "index" in steps:
-        plan.begin("index", "indexing the features")
-        result = build_index(IndexConfig(sae=built.get("sae") or sae_state.run), ws, report, stop)
-        if result.stopped:
-            return False
-        built["index"] = result.index_dir.name
-    return True
+        self.built["sae"] = result.run_dir.name
+        return True

@@ -6,12 +6,10 @@ after the last complete shard.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +23,12 @@ from vitsae_tui.engine.activation_set import ImageEntry, Manifest, Provenance, S
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.errors import StageError, StopRequested, stage_failed
-from vitsae_tui.engine.events import (
-    ArtifactWritten,
-    Finished,
-    Log,
-    Progress,
-    RateMeter,
-    Report,
-    Started,
-    progress_callback,
-)
-from vitsae_tui.engine.workspace import RUN_NAME, Workspace, claim_run, remove_partial_writes, write_status
+from vitsae_tui.engine.errors import StageError, StopRequested
+from vitsae_tui.engine.events import Report
+from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, recording
+from vitsae_tui.engine.workspace import RUN_NAME, Workspace, remove_partial_writes
 
 STAGE = "collect"
-PROGRESS_EVERY_S = 0.25
 
 
 def default_set_name(cfg: CollectConfig, hook: str, data: DataConfig) -> str:
@@ -81,12 +70,10 @@ def select_images(n_available: int, limit: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class CollectResult:
-    set_dir: Path
+class CollectResult(StageResult):
     n_images: int
     n_tokens: int
     bytes_on_disk: int
-    stopped: bool
 
 
 @dataclass(frozen=True)
@@ -103,35 +90,30 @@ class _Collection:
 
 def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event) -> CollectResult:
     """Collect (or resume collecting) an activation set in `activations/`; raises StageError with a user message."""
-    set_dir: Path | None = None
-    with contextlib.ExitStack() as held:  # the set's claim, held until the stage returns
-        try:
-            if not cfg.model:
-                raise StageError("no model run given; pass --model RUN (see `vitsae-tui runs`)")
-            device = pick_device(cfg.device)
-            loaded = model_run.load_model(ws, cfg.model, cfg.checkpoint, device)
-            hook = cfg.hook or _default_hook(loaded)
-            loaded.model.hook_module(hook)
-            data = cfg.data.following(loaded.config.data)
-            name = cfg.name or default_set_name(cfg, hook, data)
-            if not RUN_NAME.match(name):
-                raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
-            target = ws.kind_dir("activations") / name
-            held.enter_context(claim_run(target))  # before set_dir is set: a refusal must not touch the owner's status
-            set_dir = target
-            model_cfg = loaded.config.model
-            manifest = activation_set.open_or_create(
-                set_dir,
-                _provenance(cfg, data, loaded.checkpoint_sha256, hook),
-                loaded.config.preset,
-                model_cfg.n_embd,
-                model_cfg.grid_size,
-                [],  # named by its own dataset's classes once the dataset is loaded, never by the model's
-            )
-            job = _Collection(cfg, data, loaded.model, hook, device, set_dir)
-            return _collect(job, ws, manifest, report, stop)
-        except Exception as e:
-            raise stage_failed(STAGE, e, report, set_dir) from e
+    with recording(STAGE, report, stop) as rec:
+        if not cfg.model:
+            raise StageError("no model run given; pass --model RUN (see `vitsae-tui runs`)")
+        device = pick_device(cfg.device)
+        loaded = model_run.load_model(ws, cfg.model, cfg.checkpoint, device)
+        hook = cfg.hook or _default_hook(loaded)
+        loaded.model.hook_module(hook)
+        data = cfg.data.following(loaded.config.data)
+        name = cfg.name or default_set_name(cfg, hook, data)
+        if not RUN_NAME.match(name):
+            raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
+        # claimed before the recorder knows the folder: a refusal must not touch the owner's status
+        rec.run_dir = rec.claim(ws.kind_dir("activations") / name)
+        model_cfg = loaded.config.model
+        manifest = activation_set.open_or_create(
+            rec.run_dir,
+            _provenance(cfg, data, loaded.checkpoint_sha256, hook),
+            loaded.config.preset,
+            model_cfg.n_embd,
+            model_cfg.grid_size,
+            [],  # named by its own dataset's classes once the dataset is loaded, never by the model's
+        )
+        rec.started(config_mod.to_dict(cfg))
+        return _collect(_Collection(cfg, data, loaded.model, hook, device, rec.run_dir), ws, manifest, rec)
 
 
 def _default_hook(loaded) -> str:
@@ -140,18 +122,12 @@ def _default_hook(loaded) -> str:
     return default_hook(loaded.config.model)
 
 
-def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report, stop) -> CollectResult:
+def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecorder) -> CollectResult:
     cfg, data, set_dir = job.cfg, job.data, job.set_dir
-    report(Started(STAGE, str(set_dir), config_mod.to_dict(cfg)))
     try:
-        dataset: ImageDataset = load_dataset(
-            ws, data, cfg.split, progress_callback(report, STAGE, "images drawn"), stop
-        )
+        dataset: ImageDataset = load_dataset(ws, data, cfg.split, rec.sub_progress("images drawn"), rec.stop)
     except StopRequested:  # while the synthetic images were drawn: nothing collected yet, the same command starts it
-        summary = _summary(manifest, set_dir)
-        write_status(set_dir, "stopped", **summary, message="")
-        report(Finished(STAGE, str(set_dir), summary, True))
-        return CollectResult(set_dir, manifest.n_images, manifest.n_tokens, summary["bytes_on_disk"], True)
+        return _finish(manifest, rec, 0, True)
     selected = select_images(len(dataset), cfg.limit)
     if len(selected) == 0:
         raise StageError(f"{data.dataset} ({cfg.split}) has no images to collect; pick another dataset or split")
@@ -161,89 +137,25 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
         concept_names=tuple(dataset.concept_names),
         class_names=tuple(dataset.class_names),
     )
-    concept_maps = dataset.concept_maps()
-    name = set_dir.name
     if manifest.complete:
-        report(Log(STAGE, f"activations/{name} is already complete: {manifest.n_tokens} tokens"))
-        report(Finished(STAGE, str(set_dir), _summary(manifest, set_dir)))
-        return CollectResult(set_dir, manifest.n_images, manifest.n_tokens, activation_set.size_on_disk(set_dir), False)
-
-    start_position = manifest.shards[-1].selected_end if manifest.shards else 0
+        rec.log(f"activations/{set_dir.name} is already complete: {manifest.n_tokens} tokens")
+        rec.finished(_summary(manifest, set_dir), status=False)
+        return _result(manifest, set_dir, False)
+    start = manifest.shards[-1].selected_end if manifest.shards else 0
     remove_partial_writes(set_dir)  # the half-written shard of a killed run
-    if start_position:
-        report(
-            Log(
-                STAGE,
-                f"resuming activations/{name} after {len(manifest.shards)} complete shard(s), "
-                f"{manifest.n_images} images",
-            )
+    if start:
+        rec.log(
+            f"resuming activations/{set_dir.name} after {len(manifest.shards)} complete shard(s), "
+            f"{manifest.n_images} images"
         )
-    write_status(set_dir, "running", message="")
-    report(ArtifactWritten(STAGE, str(set_dir), "activation set (collecting)"))
-    report(
-        Log(
-            STAGE,
-            f"collecting {job.hook} of models/{manifest.provenance.model_run} on {job.device}: "
-            f"{len(selected)} {data.dataset} images → activations/{name}",
-        )
+    rec.status("running", message="")
+    rec.artifact(set_dir, "activation set (collecting)")
+    rec.log(
+        f"collecting {job.hook} of models/{manifest.provenance.model_run} on {job.device}: "
+        f"{len(selected)} {data.dataset} images → activations/{set_dir.name}"
     )
-
-    writer = ShardWriter(set_dir, manifest)
-    meter = RateMeter()
-    last_progress = 0.0
-    images_before = manifest.n_images
-    position = shard_start = start_position  # positions index `selected`
-    shard_index = len(manifest.shards)
-    in_shard = 0
-    bad_positions: list[int] = []
-    stopped = False
-
-    def seal(end: int) -> None:
-        writer.seal(end, sum(1 for p in bad_positions if shard_start <= p < end))
-
-    try:
-        with torch.inference_mode():
-            for images, labels, ok in iterate_batches(dataset, selected[start_position:], cfg.batch_size):
-                positions = np.arange(position, position + len(images))
-                position += len(images)
-                ok_np = ok.numpy()
-                bad_positions.extend(positions[~ok_np].tolist())
-                images, labels, positions = images[ok], labels[ok], positions[ok_np]
-                while len(images):
-                    if in_shard == 0:
-                        writer.open(shard_index, min(cfg.shard_images, len(selected) - int(positions[0])))
-                    take = min(len(images), cfg.shard_images - in_shard)
-                    acts = _forward(job.model, images[:take], job.hook, job.device, cfg.bf16)
-                    indices = selected[positions[:take]]
-                    entries = [
-                        ImageEntry(source=dataset.source(int(i)), label=int(label), index=int(i))
-                        for i, label in zip(indices, labels[:take])
-                    ]
-                    concepts = concept_maps[indices] if concept_maps is not None else None
-                    writer.write(acts, images[:take], entries, concepts)
-                    images, labels, positions = images[take:], labels[take:], positions[take:]
-                    in_shard += take
-                    if in_shard == cfg.shard_images:
-                        end = int(positions[0]) if len(positions) else position
-                        seal(end)
-                        shard_start, shard_index, in_shard = end, shard_index + 1, 0
-                now = time.perf_counter()
-                if now - last_progress >= PROGRESS_EVERY_S:
-                    last_progress = now
-                    images_done = images_before + writer.images_written
-                    report(
-                        Progress(
-                            STAGE, images_done, len(selected), "images", meter.elapsed_s, meter.update(images_done)
-                        )
-                    )
-                if stop.is_set():
-                    stopped = True
-                    break
-        if in_shard and not stopped:
-            seal(position)
-    finally:
-        writer.close()
-
+    shards = _ShardLoop(job, dataset, selected, manifest, rec)
+    stopped = shards.write(start)
     if stopped:
         remove_partial_writes(set_dir)  # the partial shard is dropped; a re-run redoes at most those images
     manifest = Manifest.load(set_dir)
@@ -255,15 +167,89 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, report: Report
                 f"check that the folder holds readable JPEG/PNG files"
             )
         # unreadable images after the last shard count as skipped too
-        manifest = activation_set.mark_complete(set_dir, manifest, sum(1 for p in bad_positions if p >= sealed_end))
+        manifest = activation_set.mark_complete(set_dir, manifest, shards.bad_after(sealed_end))
+    return _finish(manifest, rec, len(selected), stopped)
+
+
+class _ShardLoop:
+    """The forward passes of one collection, written shard by shard; a shard is sealed once all its files are on
+    disk, so a killed run resumes after the last sealed one."""
+
+    def __init__(
+        self, job: _Collection, dataset: ImageDataset, selected: np.ndarray, manifest: Manifest, rec: RunRecorder
+    ):
+        self.job, self.dataset, self.selected, self.rec = job, dataset, selected, rec
+        self.writer = ShardWriter(job.set_dir, manifest)
+        self.images_before = manifest.n_images
+        self.shard_index, self.in_shard, self.shard_start = len(manifest.shards), 0, 0
+        self.bad_positions: list[int] = []  # positions index `selected`
+        self.concept_maps = dataset.concept_maps()
+
+    def write(self, start: int) -> bool:
+        """Every selected image from position `start` on; True when a stop was asked for."""
+        cfg, rec = self.job.cfg, self.rec
+        position = self.shard_start = start
+        try:
+            with torch.inference_mode():
+                for images, labels, ok in iterate_batches(self.dataset, self.selected[start:], cfg.batch_size):
+                    positions = np.arange(position, position + len(images))
+                    position += len(images)
+                    ok_np = ok.numpy()
+                    self.bad_positions.extend(positions[~ok_np].tolist())
+                    self._add(images[ok], labels[ok], positions[ok_np], position)
+                    done = self.images_before + self.writer.images_written
+                    rec.progress(done, len(self.selected), "images")
+                    if rec.stop.is_set():
+                        return True
+            if self.in_shard:
+                self._seal(position)
+            return False
+        finally:
+            self.writer.close()
+
+    def _add(self, images: torch.Tensor, labels: torch.Tensor, positions: np.ndarray, position: int) -> None:
+        """Forward a batch's readable images into the open shard, sealing each shard as it fills."""
+        cfg, job = self.job.cfg, self.job
+        while len(images):
+            if self.in_shard == 0:
+                self.writer.open(self.shard_index, min(cfg.shard_images, len(self.selected) - int(positions[0])))
+            take = min(len(images), cfg.shard_images - self.in_shard)
+            acts = _forward(job.model, images[:take], job.hook, job.device, cfg.bf16)
+            indices = self.selected[positions[:take]]
+            entries = [
+                ImageEntry(source=self.dataset.source(int(i)), label=int(label), index=int(i))
+                for i, label in zip(indices, labels[:take])
+            ]
+            concepts = self.concept_maps[indices] if self.concept_maps is not None else None
+            self.writer.write(acts, images[:take], entries, concepts)
+            images, labels, positions = images[take:], labels[take:], positions[take:]
+            self.in_shard += take
+            if self.in_shard == cfg.shard_images:
+                end = int(positions[0]) if len(positions) else position
+                self._seal(end)
+                self.shard_start, self.shard_index, self.in_shard = end, self.shard_index + 1, 0
+
+    def _seal(self, end: int) -> None:
+        self.writer.seal(end, sum(1 for p in self.bad_positions if self.shard_start <= p < end))
+
+    def bad_after(self, position: int) -> int:
+        return sum(1 for p in self.bad_positions if p >= position)
+
+
+def _finish(manifest: Manifest, rec: RunRecorder, planned: int, stopped: bool) -> CollectResult:
+    set_dir = rec.run_dir
     summary = _summary(manifest, set_dir)
-    if manifest.skipped_images:
-        report(Log(STAGE, f"skipped {manifest.skipped_images} unreadable images", "warning"))
-    write_status(set_dir, "stopped" if stopped else "finished", **summary, message="")
-    report(Progress(STAGE, manifest.n_images, len(selected), "images", meter.elapsed_s, 0.0))
-    report(ArtifactWritten(STAGE, str(set_dir / activation_set.MANIFEST), "activation set"))
-    report(Finished(STAGE, str(set_dir), summary, stopped))
-    return CollectResult(set_dir, manifest.n_images, manifest.n_tokens, summary["bytes_on_disk"], stopped)
+    if planned:
+        if manifest.skipped_images:
+            rec.log(f"skipped {manifest.skipped_images} unreadable images", "warning")
+        rec.progress(manifest.n_images, planned, "images", final=True)
+        rec.artifact(set_dir / activation_set.MANIFEST, "activation set")
+    rec.finished(summary, stopped)
+    return _result(manifest, set_dir, stopped)
+
+
+def _result(manifest: Manifest, set_dir: Path, stopped: bool) -> CollectResult:
+    return CollectResult(set_dir, stopped, manifest.n_images, manifest.n_tokens, activation_set.size_on_disk(set_dir))
 
 
 def _forward(model, images_u8: torch.Tensor, hook: str, device, bf16: bool) -> np.ndarray:

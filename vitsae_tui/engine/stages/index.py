@@ -9,7 +9,6 @@ killed run never leaves an index that looks complete.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -27,30 +26,20 @@ from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.concepts import TOP_K, ConceptReport, concept_recovery
 from vitsae_tui.engine.config import IndexConfig, SAETrainConfig
 from vitsae_tui.engine.device import pick_device
-from vitsae_tui.engine.errors import StageError, StopRequested, UserError, check_stop, stage_failed
-from vitsae_tui.engine.events import (
-    ArtifactWritten,
-    Finished,
-    Log,
-    Progress,
-    RateMeter,
-    Report,
-    Started,
-    progress_callback,
-)
+from vitsae_tui.engine.errors import StageError, StopRequested, UserError, check_stop
+from vitsae_tui.engine.events import Report
 from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary, index_name, write_index
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.saes.eval import heldout_images
 from vitsae_tui.engine.saes.run import SAEMeta, load_sae, weights_sha256
+from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, recording
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
     Workspace,
     WorkspaceError,
     atomic_torch_save,
-    claim_run,
     load_torch_file,
     remove_partial_writes,
-    write_status,
 )
 
 STAGE = "index"
@@ -60,7 +49,6 @@ CONCEPT_TOKENS = 20_000
 CLASS_EFFECT_IMAGES = 16
 CAUSAL_IMAGES = 8
 """top images per feature on which it is zeroed to measure its causal class effect"""
-PROGRESS_EVERY_S = 0.25
 
 
 def merge_top(values: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,145 +135,132 @@ def _accumulate(
 
 
 @dataclass(frozen=True)
-class IndexResult:
-    index_dir: Path
+class IndexResult(StageResult):
     summary: dict[str, Any]
-    stopped: bool = False
 
 
 def run(cfg: IndexConfig, ws: Workspace, report: Report, stop: threading.Event) -> IndexResult:
     """Index one SAE over an activation set (default: the set it was trained on) into features/<name>/."""
-    index_dir: Path | None = None
-    with contextlib.ExitStack() as held:  # the index's claim, held until the stage returns
-        try:
-            if not cfg.sae:
-                raise StageError("no SAE run given; pass --sae RUN (see `vitsae-tui runs`)")
-            sae_dir = ws.run_dir("saes", cfg.sae)
-            meta = SAEMeta.load(sae_dir)
-            set_name = cfg.activations or meta.activations
-            store = ActivationSet(ws.run_dir("activations", set_name))
-            if store.d_model != meta.d_in or store.hook != meta.hook:
-                raise StageError(
-                    f"saes/{cfg.sae} reads {meta.hook} with d_model {meta.d_in}, but activations/{set_name} "
-                    f"holds {store.hook} with d_model {store.d_model}; pick a matching set"
-                )
-            name = index_name(cfg.sae, set_name, meta.activations)
-            if not RUN_NAME.match(name):
-                raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
-            held.enter_context(claim_run(ws.kind_dir("features") / name))
-            index_dir = ws.kind_dir("features") / name
-            report(Started(STAGE, str(index_dir), config_mod.to_dict(cfg)))
-            return _build(cfg, ws, sae_dir, store, index_dir, report, stop, pick_device(cfg.device))
-        except Exception as e:
-            # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
-            raise stage_failed(STAGE, e, report, index_dir, mark_run=False, log_dir=ws.kind_dir("features")) from e
+    with recording(STAGE, report, stop) as rec:
+        # an index folder is never marked failed: a complete older index stays usable until the new one replaces it
+        rec.mark_failed, rec.log_dir = False, ws.kind_dir("features")
+        if not cfg.sae:
+            raise StageError("no SAE run given; pass --sae RUN (see `vitsae-tui runs`)")
+        sae_dir = ws.run_dir("saes", cfg.sae)
+        meta = SAEMeta.load(sae_dir)
+        set_name = cfg.activations or meta.activations
+        store = ActivationSet(ws.run_dir("activations", set_name))
+        if store.d_model != meta.d_in or store.hook != meta.hook:
+            raise StageError(
+                f"saes/{cfg.sae} reads {meta.hook} with d_model {meta.d_in}, but activations/{set_name} "
+                f"holds {store.hook} with d_model {store.d_model}; pick a matching set"
+            )
+        name = index_name(cfg.sae, set_name, meta.activations)
+        if not RUN_NAME.match(name):
+            raise StageError(f"{name!r} cannot name an index; rename the SAE run or the set")
+        rec.run_dir = rec.claim(ws.kind_dir("features") / name)
+        rec.started(config_mod.to_dict(cfg))
+        return _build(cfg, ws, sae_dir, store, rec, pick_device(cfg.device))
+
+
+class _IndexPass:
+    """The streaming pass over the set's images, which checkpoints itself to a hidden file beside the index: a
+    stopped or killed index continues where it was."""
+
+    def __init__(self, cfg: IndexConfig, sae_dir: Path, store: ActivationSet, sae, index_dir: Path, device):
+        self.cfg, self.store, self.sae, self.device = cfg, store, sae, device
+        labels = store.labels()
+        self.labels = labels
+        n_classes = len(store.class_names) or int(labels.max(initial=-1) + 1)
+        self.acc = _Accumulators.empty(sae.d_sae, n_classes, device)
+        self.generator = torch.Generator().manual_seed(0)
+        self.path = index_dir.parent / f".{index_dir.name}.pass.pt"
+        self.sae_sha256 = weights_sha256(sae_dir)
+        self.identity = {
+            "sae_sha256": self.sae_sha256,
+            "activations": store.path.name,
+            "n_images": store.n_images,
+            "images_per_batch": cfg.images_per_batch,
+        }
+        remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
+
+    def resume(self) -> int:
+        return _resume_pass(self.path, self.identity, self.acc, self.generator, self.device)
+
+    def save(self, next_image: int) -> None:
+        _save_pass(self.path, self.identity, next_image, self.acc, self.generator)
+
+    @torch.no_grad()
+    def run(self, start: int, rec: RunRecorder) -> int | None:
+        """Fold every image from `start` on into the accumulators; the image it stopped at, or None when done."""
+        store, cfg, T = self.store, self.cfg, self.store.tokens_per_image
+        last_checkpoint = time.perf_counter()
+        for first in range(start, store.n_images, cfg.images_per_batch):
+            end = min(first + cfg.images_per_batch, store.n_images)
+            rows = np.concatenate([store.image(i) for i in range(first, end)]).astype(np.float32)
+            f = self.sae.encode_raw(torch.from_numpy(rows).to(self.device))  # (B * T, F)
+            token_labels = torch.from_numpy(np.repeat(self.labels[first:end], T)).to(self.device)
+            _accumulate(self.acc, f, first * T, token_labels, self.sae.firing_threshold, self.generator)
+            rec.progress(end, store.n_images, "images")
+            now = time.perf_counter()
+            # a stop saves the pass even after its last batch: the class effects and concepts are still to come
+            if rec.stop.is_set() or (end < store.n_images and now - last_checkpoint >= cfg.checkpoint_every_s):
+                self.save(end)
+                last_checkpoint = now
+            if rec.stop.is_set():
+                return end
+        return None
+
+    def arrays(self, class_effect: np.ndarray, causal_effect: np.ndarray | None) -> IndexArrays:
+        acc = self.acc
+        band_values, band_tokens = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
+        return IndexArrays(
+            density=(acc.fired.double() / self.store.n_tokens).cpu().numpy(),
+            mean_activation=(acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
+            max_activation=acc.maximum.cpu().numpy(),
+            activation_hist=acc.hist.cpu().numpy(),
+            top_values=acc.top_values.cpu().numpy(),
+            top_tokens=acc.top_tokens.cpu().numpy(),
+            class_counts=acc.class_counts.cpu().numpy(),
+            band_values=band_values,
+            band_tokens=band_tokens,
+            class_effect=class_effect,
+            causal_effect=causal_effect,
+        )
 
 
 def _build(
-    cfg: IndexConfig,
-    ws: Workspace,
-    sae_dir: Path,
-    store: ActivationSet,
-    index_dir: Path,
-    report: Report,
-    stop: threading.Event,
-    device: torch.device,
+    cfg: IndexConfig, ws: Workspace, sae_dir: Path, store: ActivationSet, rec: RunRecorder, device
 ) -> IndexResult:
     sae = load_sae(sae_dir, device)
-    labels = store.labels()
-    n_classes = len(store.class_names) or int(labels.max(initial=-1) + 1)
-    acc = _Accumulators.empty(sae.d_sae, n_classes, device)
-    generator = torch.Generator().manual_seed(0)
-    threshold = sae.firing_threshold
-    T = store.tokens_per_image
-    meter = RateMeter()
-    # the streaming pass checkpoints itself: a stopped or killed index continues where it was
-    pass_path = index_dir.parent / f".{index_dir.name}.pass.pt"
-    sae_sha256 = weights_sha256(sae_dir)
-    identity = {
-        "sae_sha256": sae_sha256,
-        "activations": store.path.name,
-        "n_images": store.n_images,
-        "images_per_batch": cfg.images_per_batch,
-    }
-    remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
-    start = _resume_pass(pass_path, identity, acc, generator, device)
+    index_pass = _IndexPass(cfg, sae_dir, store, sae, rec.run_dir, device)
+    start = index_pass.resume()
     if start:
-        report(Log(STAGE, f"continuing the index pass at image {start} of {store.n_images}"))
-    report(
-        Log(
-            STAGE,
-            f"indexing saes/{sae_dir.name} over activations/{store.path.name} on {device}: "
-            f"{store.n_images} images, {sae.d_sae} features",
-        )
+        rec.log(f"continuing the index pass at image {start} of {store.n_images}")
+    rec.log(
+        f"indexing saes/{sae_dir.name} over activations/{store.path.name} on {device}: "
+        f"{store.n_images} images, {sae.d_sae} features"
     )
-    last_progress, last_checkpoint = 0.0, time.perf_counter()
-    with torch.no_grad():
-        for first in range(start, store.n_images, cfg.images_per_batch):
-            end = min(first + cfg.images_per_batch, store.n_images)
-            x = torch.from_numpy(np.concatenate([store.image(i) for i in range(first, end)]).astype(np.float32)).to(
-                device
-            )  # (B * T, d)
-            f = sae.encode_raw(x)  # (B * T, F)
-            token_labels = torch.from_numpy(np.repeat(labels[first:end], T)).to(device)
-            _accumulate(acc, f, first * T, token_labels, threshold, generator)
-            now = time.perf_counter()
-            if now - last_progress >= PROGRESS_EVERY_S:
-                last_progress = now
-                report(Progress(STAGE, end, store.n_images, "images", meter.elapsed_s, meter.update(end)))
-            # a stop saves the pass even after its last batch: the class effects and concepts are still to come
-            if stop.is_set() or (end < store.n_images and now - last_checkpoint >= cfg.checkpoint_every_s):
-                _save_pass(pass_path, identity, end, acc, generator)
-                last_checkpoint = now
-            if stop.is_set():
-                return _stopped(index_dir, report, f"at image {end} of {store.n_images}")
-
-    band_values, band_tokens = _bands(acc.sample_values.cpu().numpy(), acc.sample_tokens.cpu().numpy())
-    if stop.is_set():
-        _save_pass(pass_path, identity, store.n_images, acc, generator)
-        return _stopped(index_dir, report)
-    report(Log(STAGE, "computing class effects"))
-    top_tokens = acc.top_tokens.cpu().numpy()
+    stopped_at = index_pass.run(start, rec)
+    if stopped_at is not None:
+        return _stopped(rec, f"at image {stopped_at} of {store.n_images}")
     try:
-        class_effect, causal_effect, model_class_names = _model_effects(
-            ws, store, sae, top_tokens, device, report, stop
-        )
+        check_stop(rec.stop)
+        rec.log("computing class effects")
+        top_tokens = index_pass.acc.top_tokens.cpu().numpy()
+        class_effect, causal_effect, model_class_names = _model_effects(ws, store, sae, top_tokens, device, rec)
+        arrays = index_pass.arrays(class_effect, causal_effect)
+        concepts = None
+        if store.has_concept_maps:
+            rec.log("scoring ground-truth concept recovery on held-out images")
+            concepts = _concepts(ws, store, sae_dir, sae, device, rec)
+        check_stop(rec.stop)
     except StopRequested:
-        _save_pass(pass_path, identity, store.n_images, acc, generator)
-        return _stopped(index_dir, report)
-    arrays = IndexArrays(
-        density=(acc.fired.double() / store.n_tokens).cpu().numpy(),
-        mean_activation=(acc.total / acc.fired.clamp_min(1)).cpu().numpy(),
-        max_activation=acc.maximum.cpu().numpy(),
-        activation_hist=acc.hist.cpu().numpy(),
-        top_values=acc.top_values.cpu().numpy(),
-        top_tokens=top_tokens,
-        class_counts=acc.class_counts.cpu().numpy(),
-        band_values=band_values,
-        band_tokens=band_tokens,
-        class_effect=class_effect,
-        causal_effect=causal_effect,
-    )
-    concepts = None
-    if store.has_concept_maps and not stop.is_set():
-        report(Log(STAGE, "scoring ground-truth concept recovery on held-out images"))
-        try:
-            concepts = _concepts(ws, store, sae_dir, sae, device, report, stop)
-        except StopRequested:
-            pass
-    if stop.is_set():
-        _save_pass(pass_path, identity, store.n_images, acc, generator)
-        return _stopped(index_dir, report)
-
-    summary = IndexSummary(
-        features=sae.d_sae,
-        alive=int((arrays.density > 0).sum()),
-        tokens=store.n_tokens,
-        **_concept_means(concepts),
-    )
+        index_pass.save(store.n_images)
+        return _stopped(rec)
     meta = IndexMeta(
         sae_run=sae_dir.name,
-        sae_sha256=sae_sha256,
+        sae_sha256=index_pass.sae_sha256,
         activations=store.path.name,
         hook=store.hook,
         d_sae=sae.d_sae,
@@ -293,16 +268,17 @@ def _build(
         hist_log2_edges=tuple(HIST_BINS.tolist()),
         class_names=tuple(store.class_names),
         model_class_names=model_class_names,
-        summary=summary,
+        summary=IndexSummary(
+            features=sae.d_sae, alive=int((arrays.density > 0).sum()), tokens=store.n_tokens, **_concept_means(concepts)
+        ),
         complete=True,
     )
-    write_index(index_dir, meta, arrays, concepts)
-    pass_path.unlink(missing_ok=True)
-    summary_values = {k: v for k, v in config_mod.to_dict(summary).items() if v is not None}
-    write_status(index_dir, "finished", **summary_values, message="")
-    report(ArtifactWritten(STAGE, str(index_dir), "feature index"))
-    report(Finished(STAGE, str(index_dir), summary_values))
-    return IndexResult(index_dir, summary_values)
+    write_index(rec.run_dir, meta, arrays, concepts)
+    index_pass.path.unlink(missing_ok=True)
+    summary = {k: v for k, v in config_mod.to_dict(meta.summary).items() if v is not None}
+    rec.artifact(rec.run_dir, "feature index")
+    rec.finished(summary)
+    return IndexResult(rec.run_dir, False, summary)
 
 
 def _concept_means(report: ConceptReport | None) -> dict[str, Any]:
@@ -326,16 +302,10 @@ def _concept_means(report: ConceptReport | None) -> dict[str, Any]:
     }
 
 
-def _stopped(index_dir: Path, report: Report, where: str = "after the pass") -> IndexResult:
-    report(
-        Log(
-            STAGE,
-            f"stopped {where}; the same command continues from there (an earlier index stays as it was)",
-            "warning",
-        )
-    )
-    report(Finished(STAGE, str(index_dir), {}, stopped=True))
-    return IndexResult(index_dir, {}, stopped=True)
+def _stopped(rec: RunRecorder, where: str = "after the pass") -> IndexResult:
+    rec.log(f"stopped {where}; the same command continues from there (an earlier index stays as it was)", "warning")
+    rec.finished({}, stopped=True, status=False)
+    return IndexResult(rec.run_dir, True, {})
 
 
 def _save_pass(path: Path, identity: dict, next_image: int, acc: _Accumulators, generator: torch.Generator) -> None:
@@ -393,7 +363,7 @@ def _bands(
 
 
 def _model_effects(
-    ws, store: ActivationSet, sae, top_tokens: np.ndarray, device, report: Report, stop: threading.Event
+    ws, store: ActivationSet, sae, top_tokens: np.ndarray, device, rec: RunRecorder
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
     """What each feature does to the model's class logits, and the model's class names (which need not be the set's):
 
@@ -407,7 +377,7 @@ def _model_effects(
     try:
         loaded = model_run.load_model(ws, store.provenance.model_run, store.provenance.checkpoint, device)
     except WorkspaceError as e:
-        report(Log(STAGE, f"class effects skipped: {e}", "warning"))
+        rec.log(f"class effects skipped: {e}", "warning")
         return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32), None, tuple(store.class_names)
     model = loaded.model
     ids = np.linspace(0, store.n_images - 1, min(CLASS_EFFECT_IMAGES, store.n_images)).round().astype(int)
@@ -420,17 +390,17 @@ def _model_effects(
         base = model.run_from(store.hook, acts).float()  # (n, C)
         effects = torch.zeros(F, base.shape[1], device=device)
         per_batch = max(1, 2048 // len(ids))
-        progress = progress_callback(report, STAGE, "features (class effects)")
+        progress = rec.sub_progress("features (class effects)")
         for start in range(0, F, per_batch):
-            check_stop(stop)
+            check_stop(rec.stop)
             progress(start, F)
             chunk = torch.arange(start, min(start + per_batch, F), device=device)
             shifted = acts[None] + (strength[chunk, None] * directions[chunk])[:, None, None, :]  # (c, n, T, d)
             logits = model.run_from(store.hook, shifted.reshape(-1, *acts.shape[1:])).float()
             effects[chunk] = (logits.reshape(len(chunk), len(ids), -1) - base[None]).mean(1)
-    report(Log(STAGE, "zeroing each feature on its top images"))
-    progress = progress_callback(report, STAGE, "images (zeroing features)")
-    causal = _causal_effects(model, store, sae, directions, top_tokens, base.shape[1], device, progress, stop)
+    rec.log("zeroing each feature on its top images")
+    progress = rec.sub_progress("images (zeroing features)")
+    causal = _causal_effects(model, store, sae, directions, top_tokens, base.shape[1], device, progress, rec.stop)
     return effects.cpu().numpy(), causal, tuple(loaded.class_names)
 
 
@@ -503,7 +473,7 @@ def _heldout_every(ws: Workspace, sae_dir: Path) -> int:
 
 
 def _concepts(
-    ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, report: Report, stop: threading.Event
+    ws: Workspace, store: ActivationSet, sae_dir: Path, sae, device, rec: RunRecorder
 ) -> ConceptReport | None:
     """Concept recovery selected on the set's images and scored on held-out ones: the model's validation images
     when they were collected with concept maps, else the images the SAE was held out from."""
@@ -521,13 +491,10 @@ def _concepts(
         test_ids = heldout_images(store.n_images, every)
         train_ids = np.setdiff1d(np.arange(store.n_images), test_ids)
         test_store, split = store, "train-heldout"
-        report(
-            Log(
-                STAGE,
-                f"no validation split with concept maps is collected: scoring concepts on every {every}th image of "
-                "the set (the SAE never trained on them)",
-                "warning",
-            )
+        rec.log(
+            f"no validation split with concept maps is collected: scoring concepts on every {every}th image of "
+            "the set (the SAE never trained on them)",
+            "warning",
         )
     if not len(train_ids) or not len(test_ids):
         return None
@@ -542,6 +509,6 @@ def _concepts(
         store.concept_names,
         split,
         len(train_ids),
-        progress_callback(report, STAGE, "concepts scored"),
-        stop,
+        rec.sub_progress("concepts scored"),
+        rec.stop,
     )

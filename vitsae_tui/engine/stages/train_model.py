@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,40 +18,21 @@ from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast
 from vitsae_tui.engine.errors import StageError, StopRequested
-from vitsae_tui.engine.events import (
-    ArtifactWritten,
-    Finished,
-    Log,
-    Metrics,
-    Progress,
-    RateMeter,
-    Report,
-    Started,
-    progress_callback,
-)
+from vitsae_tui.engine.events import Report
+from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, recording
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.vision_model import VisionTransformerClassifier
-from vitsae_tui.engine.workspace import (
-    Workspace,
-    append_jsonl,
-    claim_run,
-    remove_partial_writes,
-    truncate_jsonl,
-    write_status,
-)
+from vitsae_tui.engine.workspace import Workspace, remove_partial_writes
 
 STAGE = "train-model"
 LOG_EVERY_STEPS = 5
-PROGRESS_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)
-class TrainModelResult:
-    run_dir: Path
+class TrainModelResult(StageResult):
     best_val_loss: float
     best_val_accuracy: float
     epochs_done: int
-    stopped: bool
 
 
 def learning_rate(cfg: TrainModelConfig, step: int, total_steps: int) -> float:
@@ -119,37 +98,40 @@ def run(
 
     Under torchrun every rank calls this; rank 0 alone creates the run and writes to it.
     """
-    run_dir: Path | None = None
-    ranks = None
-    with contextlib.ExitStack() as held:  # the run's claim, held until the stage returns
+    with recording(STAGE, report, stop) as rec:
+        if resume:
+            # before anything reads the run; rank 0 alone claims it (others would find it claimed)
+            if distributed.env_rank() == 0:
+                rec.claim(ws.run_dir("models", resume))
+            cfg = model_run.read_config(ws, resume)
+            model_run.load_checkpoint_path(ws.run_dir("models", resume))  # before the data is drawn
+        else:  # a folder is recorded by its absolute path: every later stage reads it from its own cwd
+            cfg = dataclasses.replace(cfg, data=cfg.data.resolved())
+        rec.ranks = ranks = distributed.setup(cfg.device)
+        ranks.check_divisible(cfg.batch_size)
+        rec.run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume, rec)))
+        rec.started(config_mod.to_dict(cfg), resumed=resume is not None)
+        torch.manual_seed(cfg.seed)
         try:
-            if resume:
-                # before anything reads the run; rank 0 alone claims it (others would find it claimed)
-                if distributed.env_rank() == 0:
-                    held.enter_context(claim_run(ws.run_dir("models", resume)))
-                cfg = model_run.read_config(ws, resume)
-                model_run.load_checkpoint_path(ws.run_dir("models", resume))  # before the data is drawn
-            else:  # a folder is recorded by its absolute path: every later stage reads it from its own cwd
-                cfg = dataclasses.replace(cfg, data=cfg.data.resolved())
-            ranks = distributed.setup(cfg.device)
-            ranks.check_divisible(cfg.batch_size)
-            run_dir = ws.run_dir("models", ranks.on_main(lambda: _claim_run(ws, cfg, resume, held)))
-            report(Started(STAGE, str(run_dir), config_mod.to_dict(cfg), resumed=resume is not None))
-            result = _train(cfg, ws, run_dir, report, stop, resume is not None, ranks)
-            distributed.teardown(ranks)
-            return result
-        except Exception as e:
-            raise distributed.stage_failed_on_rank(STAGE, e, report, run_dir, ranks) from e
+            cfg, train_set, val_set = _load_data(cfg, ws, rec)
+        except StopRequested:  # while the synthetic images were drawn: no step taken, nothing to resume
+            summary = {"epochs_done": 0, "step": 0}
+            rec.status("stopped", **summary, message="stopped while drawing the images, before training")
+            rec.finished(summary, stopped=True, status=False)
+            return TrainModelResult(rec.run_dir, True, math.inf, 0.0, 0)
+        result = ModelTraining(cfg, train_set, val_set, rec, resume is not None).fit()
+        distributed.teardown(ranks)
+        return result
 
 
-def _claim_run(ws: Workspace, cfg, resume: str | None, held: contextlib.ExitStack) -> str:
+def _claim_run(ws: Workspace, cfg, resume: str | None, rec: RunRecorder) -> str:
     """The run folder to write, claimed for this process: the resumed one, or a new one with its config."""
     if resume:
         remove_partial_writes(ws.run_dir("models", resume))  # a dead owner's half-written checkpoint
         return resume
 
     def setup(run_dir: Path) -> None:
-        held.enter_context(claim_run(run_dir))
+        rec.claim(run_dir)
         model_run.write_config(run_dir, cfg)
 
     return ws.new_run("models", cfg.preset, setup).name
@@ -174,188 +156,201 @@ def _local_batches(
         )
 
 
-def _train(
-    cfg: TrainModelConfig,
-    ws: Workspace,
-    run_dir: Path,
-    report: Report,
-    stop: threading.Event,
-    resuming: bool,
-    ranks: distributed.Ranks,
-) -> TrainModelResult:
-    device = ranks.device
-    torch.manual_seed(cfg.seed)
-    try:
-        cfg, train_set, val_set = _load_data(cfg, ws, run_dir, report, ranks, stop)
-    except StopRequested:  # while the synthetic images were drawn: no step taken, nothing to resume
-        summary = {"epochs_done": 0, "step": 0}
-        if ranks.is_main:
-            write_status(run_dir, "stopped", **summary, message="stopped while drawing the images, before training")
-        report(Finished(STAGE, str(run_dir), summary, True))
-        return TrainModelResult(run_dir, math.inf, 0.0, 0, True)
-    model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(device), ranks)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epoch, batch_in_epoch, step = 0, 0, 0
-    best = {"val_loss": math.inf, "val_accuracy": 0.0}
-    last_path, best_path = model_run.checkpoint_path(run_dir, "last"), model_run.checkpoint_path(run_dir, "best")
-    if resuming:
-        epoch, batch_in_epoch, step, best = _restore(run_dir, model, optimizer, report, ranks)
-    net = model
-    if ranks.enabled:
+class ModelTraining:
+    """One classifier run's loop, shaped like SAELens's fit(): train steps, a validation pass per epoch, checkpoints,
+    and the counters a resume restores (epoch, batch within it, step, best validation so far)."""
+
+    def __init__(
+        self,
+        cfg: TrainModelConfig,
+        train_set: ImageDataset,
+        val_set: ImageDataset,
+        rec: RunRecorder,
+        resuming: bool,
+    ):
+        self.cfg, self.train_set, self.val_set, self.rec = cfg, train_set, val_set, rec
+        self.ranks, self.device = rec.ranks, rec.ranks.device
+        self.model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(self.device), self.ranks)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best = {"val_loss": math.inf, "val_accuracy": 0.0}
+        if resuming:
+            self.epoch, self.batch_in_epoch, self.step, self.best = _restore(rec, self.model, self.optimizer)
+        self.net = self._parallel()
+        self.steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.window = {"loss": 0.0, "images": 0, "correct": 0}
+        self.skipped = 0
+
+    def fit(self) -> TrainModelResult:
+        self._announce()
+        stopped = False
+        while self.epoch < self.cfg.epochs and not stopped:
+            stopped = self._train_epoch()
+            if not stopped:
+                self._validate()
+        return self._finish(stopped)
+
+    def _parallel(self) -> torch.nn.Module:
+        """The model as the steps call it: wrapped in DistributedDataParallel under torchrun."""
+        if not self.ranks.enabled:
+            return self.model
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if not ranks.is_main:  # dropout masks must differ between ranks, yet stay reproducible
-            torch.manual_seed(cfg.seed * 1_000_003 + ranks.rank * 7919 + step)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    if ranks.is_main:
-        write_status(
-            run_dir,
+        if not self.ranks.is_main:  # dropout masks must differ between ranks, yet stay reproducible
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.ranks.rank * 7919 + self.step)
+        device = self.device
+        return DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def _announce(self) -> None:
+        ranks = self.ranks
+        self.rec.status(
             "running",
-            step=step,
-            total_steps=total_steps,
-            device=str(device),
+            step=self.step,
+            total_steps=self.total_steps,
+            device=str(self.device),
             message="",
             world_size=ranks.world_size,
         )
-    processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
-    report(
-        Log(
-            STAGE,
-            f"training {run_dir.name} on {device}{processes}: {len(train_set)} train / {len(val_set)} val "
-            f"images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
+        processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
+        parameters = sum(p.numel() for p in self.model.parameters()) / 1e6
+        self.rec.log(
+            f"training {self.rec.run_dir.name} on {self.device}{processes}: {len(self.train_set)} train / "
+            f"{len(self.val_set)} val images, {parameters:.2f}M parameters"
         )
-    )
-    metrics_path = run_dir / "metrics.jsonl"
-    meter = RateMeter()
-    last_progress = 0.0
-    skipped = 0
-    loss_sum, loss_count, correct_sum = 0.0, 0, 0
-    stopped = False
 
-    while epoch < cfg.epochs and not stopped:
-        model.train()
-        trained_this_epoch, whole_epoch = 0, batch_in_epoch == 0
-        order = epoch_order(cfg.seed, epoch, len(train_set))[batch_in_epoch * cfg.batch_size :]
-        for images, labels, ok in _local_batches(train_set, order, cfg.batch_size, cfg.num_workers, ranks):
-            keep = ok & (labels >= 0)
-            skipped += int((~ok).sum())
-            n_local = int(keep.sum())
-            # agree first on the global count: a step runs only if every rank has images (DDP needs them all)
-            n_global, ranks_empty = _reduced(ranks, device, n_local, n_local == 0)
-            if ranks_empty == 0:
-                images, labels = images[keep].to(device, non_blocking=True), labels[keep].to(device, non_blocking=True)
-                with autocast(device, cfg.bf16):
-                    logits = net(normalize(images))
-                    loss = F.cross_entropy(_at_least_fp32(logits), labels)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, step, total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                # DDP averages gradients over ranks; weighting by each rank's share makes that the global-batch mean
-                (loss * (n_local * ranks.world_size / n_global)).backward()
-                local_loss, local_correct = loss.item(), (logits.argmax(-1) == labels).sum().item()
-                batch_loss, batch_correct, non_finite = _reduced(
-                    ranks, device, local_loss * n_local, local_correct, not math.isfinite(local_loss)
-                )
-                if non_finite:
-                    raise StageError(
-                        f"the loss became non-finite at step {step}; start a new run with a --lr below {cfg.lr:g} "
-                        "(a resumed run keeps its own settings)"
-                    )
-                optimizer.step()
-                loss_sum += batch_loss
-                correct_sum += int(batch_correct)
-                loss_count += int(n_global)
-                trained_this_epoch += int(n_global)
-            step += 1
-            batch_in_epoch += 1
-            if step % LOG_EVERY_STEPS == 0 and loss_count:
-                row = {
-                    "kind": "step",
-                    "step": step,
-                    "epoch": epoch + batch_in_epoch / steps_per_epoch,
-                    "train_loss": loss_sum / loss_count,
-                    "train_accuracy": correct_sum / loss_count,
-                    "lr": optimizer.param_groups[0]["lr"],
-                }
-                if ranks.is_main:
-                    append_jsonl(metrics_path, row)
-                report(Metrics(STAGE, row))
-                loss_sum, loss_count, correct_sum = 0.0, 0, 0
-            now = time.perf_counter()
-            if now - last_progress >= PROGRESS_EVERY_S:
-                last_progress = now
-                report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, meter.update(step)))
-            if step % cfg.checkpoint_every == 0 and ranks.is_main:
-                model_run.save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
-                write_status(run_dir, "running", step=step)
-            if ranks.any(stop.is_set()):
-                stopped = True
-                break
-        if stopped:
-            break
-        if whole_epoch and trained_this_epoch == 0:
+    def _train_epoch(self) -> bool:
+        """The rest of the current epoch; True when a stop was asked for."""
+        cfg, rec = self.cfg, self.rec
+        self.model.train()
+        trained, whole_epoch = 0, self.batch_in_epoch == 0
+        order = epoch_order(cfg.seed, self.epoch, len(self.train_set))[self.batch_in_epoch * cfg.batch_size :]
+        for images, labels, ok in _local_batches(self.train_set, order, cfg.batch_size, cfg.num_workers, self.ranks):
+            trained += self._train_step(images, labels, ok)
+            self.step += 1
+            self.batch_in_epoch += 1
+            if self.step % LOG_EVERY_STEPS == 0 and self.window["images"]:
+                self._log_window()
+            rec.progress(self.step, self.total_steps, "steps")
+            if self.step % cfg.checkpoint_every == 0 and rec.is_main:
+                self._checkpoint(report=False)
+                rec.status("running", step=self.step)
+            if rec.stop_requested():
+                return True
+        if whole_epoch and trained == 0:
             raise StageError(
-                f"none of the {len(train_set)} training images of {cfg.data.dataset} could be decoded; "
+                f"none of the {len(self.train_set)} training images of {cfg.data.dataset} could be decoded; "
                 f"check that the folder holds readable JPEG/PNG files"
             )
-        epoch += 1
-        batch_in_epoch = 0
-        val = evaluate(model, val_set, device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers, ranks)
+        return False
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor) -> int:
+        """One optimizer step on this rank's share of a global batch; returns the global batch's trained images."""
+        cfg, ranks, device = self.cfg, self.ranks, self.device
+        keep = ok & (labels >= 0)
+        self.skipped += int((~ok).sum())
+        n_local = int(keep.sum())
+        # agree first on the global count: a step runs only if every rank has images (DDP needs them all)
+        n_global, ranks_empty = _reduced(ranks, device, n_local, n_local == 0)
+        if ranks_empty:
+            return 0
+        images, labels = images[keep].to(device, non_blocking=True), labels[keep].to(device, non_blocking=True)
+        with autocast(device, cfg.bf16):
+            logits = self.net(normalize(images))
+            loss = F.cross_entropy(_at_least_fp32(logits), labels)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.step, self.total_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks; weighting by each rank's share makes that the global-batch mean
+        (loss * (n_local * ranks.world_size / n_global)).backward()
+        local_loss, local_correct = loss.item(), (logits.argmax(-1) == labels).sum().item()
+        batch_loss, batch_correct, non_finite = _reduced(
+            ranks, device, local_loss * n_local, local_correct, not math.isfinite(local_loss)
+        )
+        if non_finite:
+            raise StageError(
+                f"the loss became non-finite at step {self.step}; start a new run with a --lr below {cfg.lr:g} "
+                "(a resumed run keeps its own settings)"
+            )
+        self.optimizer.step()
+        self.window["loss"] += batch_loss
+        self.window["correct"] += int(batch_correct)
+        self.window["images"] += int(n_global)
+        return int(n_global)
+
+    def _log_window(self) -> None:
+        window = self.window
+        row = {
+            "kind": "step",
+            "step": self.step,
+            "epoch": self.epoch + self.batch_in_epoch / self.steps_per_epoch,
+            "train_loss": window["loss"] / window["images"],
+            "train_accuracy": window["correct"] / window["images"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        self.rec.metrics(row)
+        self.window = {"loss": 0.0, "images": 0, "correct": 0}
+
+    def _validate(self) -> None:
+        """The end of an epoch: the validation pass, the best checkpoint when it improved, the last checkpoint."""
+        cfg, rec = self.cfg, self.rec
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        val = evaluate(self.model, self.val_set, self.device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers, self.ranks)
         if val["val_images"] == 0:
             raise StageError(
-                f"none of the {len(val_set)} validation images of {cfg.data.dataset} could be decoded; "
+                f"none of the {len(self.val_set)} validation images of {cfg.data.dataset} could be decoded; "
                 f"check the files or raise --val-fraction"
             )
-        row = {"kind": "epoch", "step": step, "epoch": epoch, **val}
-        report(Metrics(STAGE, row))
-        report(
-            Log(
-                STAGE, f"epoch {epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}"
-            )
-        )
-        improved = val["val_loss"] < best["val_loss"]
+        rec.metrics({"kind": "epoch", "step": self.step, "epoch": self.epoch, **val})
+        rec.log(f"epoch {self.epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}")
+        improved = val["val_loss"] < self.best["val_loss"]
         if improved:
-            best = {"val_loss": val["val_loss"], "val_accuracy": val["val_accuracy"]}
-        if ranks.is_main:
-            append_jsonl(metrics_path, row)
+            self.best = {"val_loss": val["val_loss"], "val_accuracy": val["val_accuracy"]}
+        if rec.is_main:
             if improved:
-                model_run.save_best(best_path, model, epoch, step, val)
-                report(ArtifactWritten(STAGE, str(best_path), "best checkpoint"))
-            model_run.save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
-            report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
-            write_status(run_dir, "running", step=step, epoch=epoch, **{f"best_{k}": v for k, v in best.items()})
+                best_path = model_run.checkpoint_path(rec.run_dir, "best")
+                model_run.save_best(best_path, self.model, self.epoch, self.step, val)
+                rec.artifact(best_path, "best checkpoint")
+            self._checkpoint()
+            best = {f"best_{k}": v for k, v in self.best.items()}
+            rec.status("running", step=self.step, epoch=self.epoch, **best)
 
-    (skipped,) = _reduced(ranks, device, skipped)
-    skipped = int(skipped)
-    if stopped and ranks.is_main:
-        model_run.save_checkpoint(last_path, model, optimizer, epoch, batch_in_epoch, step, best)
-        report(ArtifactWritten(STAGE, str(last_path), "checkpoint"))
-    if skipped:
-        report(Log(STAGE, f"skipped {skipped} unreadable images", "warning"))
-    summary = {
-        "best_val_loss": best["val_loss"],
-        "best_val_accuracy": best["val_accuracy"],
-        "epochs_done": epoch,
-        "step": step,
-        "skipped_images": skipped,
-        "elapsed_s": round(meter.elapsed_s, 1),
-    }
-    if ranks.is_main:
-        write_status(run_dir, "stopped" if stopped else "finished", **summary, message="")
-    report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
-    report(Finished(STAGE, str(run_dir), summary, stopped))
-    return TrainModelResult(run_dir, best["val_loss"], best["val_accuracy"], epoch, stopped)
+    def _checkpoint(self, report: bool = True) -> None:
+        last_path = model_run.checkpoint_path(self.rec.run_dir, "last")
+        model_run.save_checkpoint(
+            last_path, self.model, self.optimizer, self.epoch, self.batch_in_epoch, self.step, self.best
+        )
+        if report:
+            self.rec.artifact(last_path, "checkpoint")
+
+    def _finish(self, stopped: bool) -> TrainModelResult:
+        rec = self.rec
+        (skipped,) = _reduced(self.ranks, self.device, self.skipped)
+        if stopped and rec.is_main:
+            self._checkpoint()
+        if skipped:
+            rec.log(f"skipped {int(skipped)} unreadable images", "warning")
+        summary = {
+            "best_val_loss": self.best["val_loss"],
+            "best_val_accuracy": self.best["val_accuracy"],
+            "epochs_done": self.epoch,
+            "step": self.step,
+            "skipped_images": int(skipped),
+            "elapsed_s": round(rec.meter.elapsed_s, 1),
+        }
+        rec.progress(self.step, self.total_steps, "steps", final=True)
+        rec.finished(summary, stopped)
+        return TrainModelResult(rec.run_dir, stopped, self.best["val_loss"], self.best["val_accuracy"], self.epoch)
 
 
 def _load_data(
-    cfg: TrainModelConfig, ws: Workspace, run_dir: Path, report: Report, ranks: distributed.Ranks, stop
+    cfg: TrainModelConfig, ws: Workspace, rec: RunRecorder
 ) -> tuple[TrainModelConfig, ImageDataset, ImageDataset]:
     """The train and val splits, and the config with the head sized to the dataset's classes (saved in the run)."""
-    report(Log(STAGE, f"loading {cfg.data.dataset} data"))
+    rec.log(f"loading {cfg.data.dataset} data")
     sets: dict = {}
-    drawn = progress_callback(report, STAGE, "images drawn")
+    drawn, stop, ranks, run_dir = rec.sub_progress("images drawn"), rec.stop, rec.ranks, rec.run_dir
     # rank 0 draws, downloads or caches the data first; the other ranks then read its cache
     ranks.on_main(
         lambda: sets.update(
@@ -375,19 +370,20 @@ def _load_data(
         )
     if train_set.class_names and len(train_set.class_names) != cfg.model.n_classes:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_classes=len(train_set.class_names)))
-        if ranks.is_main:
+        if rec.is_main:
             model_run.write_config(run_dir, cfg)
     if (train_set.labels() < 0).all():
         raise StageError(f"{cfg.data.dataset} has no class sub-folders, so there are no labels to train on")
-    if ranks.is_main:
+    if rec.is_main:
         model_run.write_dataset_info(
             run_dir, list(train_set.class_names), list(train_set.concept_names), len(train_set), len(val_set)
         )
     return cfg, train_set, val_set
 
 
-def _restore(run_dir: Path, model, optimizer, report: Report, ranks: distributed.Ranks) -> tuple[int, int, int, dict]:
+def _restore(rec: RunRecorder, model, optimizer) -> tuple[int, int, int, dict]:
     """Model, optimizer and RNG from last.pt; returns (epoch, batch in epoch, step, best validation so far)."""
+    run_dir = rec.run_dir
     state = model_run.load_checkpoint(run_dir)
     try:
         model.load_state_dict(state["model"])
@@ -397,9 +393,8 @@ def _restore(run_dir: Path, model, optimizer, report: Report, ranks: distributed
     epoch, batch_in_epoch, step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
     best = {"val_loss": float(state["best_val_loss"]), "val_accuracy": float(state["best_val_accuracy"])}
     torch.set_rng_state(state["torch_rng"])
-    if ranks.is_main:
-        truncate_jsonl(run_dir / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= step)
-    report(Log(STAGE, f"resuming {run_dir.name} at epoch {epoch + 1}, step {step}"))
+    rec.truncate_metrics(step)
+    rec.log(f"resuming {run_dir.name} at epoch {epoch + 1}, step {step}")
     return epoch, batch_in_epoch, step, best
 
 

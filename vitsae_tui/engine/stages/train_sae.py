@@ -3,7 +3,6 @@ live metrics, held-out evaluation and exact resume."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -20,34 +19,28 @@ from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.activation_set.reader import collect_command
 from vitsae_tui.engine.config import SAETrainConfig
 from vitsae_tui.engine.errors import StageError, UserError
-from vitsae_tui.engine.events import ArtifactWritten, Finished, Log, Metrics, Progress, RateMeter, Report, Started
+from vitsae_tui.engine.events import Report
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.saes import architecture
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
 from vitsae_tui.engine.saes.eval import Evaluator
+from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, due, recording
 from vitsae_tui.engine.token_source import TokenSource
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
-    append_jsonl,
-    claim_run,
     read_jsonl,
     remove_partial_writes,
-    truncate_jsonl,
-    write_status,
 )
 
 STAGE = "train-sae"
-PROGRESS_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)
-class TrainSAEResult:
-    run_dir: Path
+class TrainSAEResult(StageResult):
     step: int
     metrics: dict[str, Any]
-    stopped: bool
 
 
 def lr_at(cfg: SAETrainConfig, step: int) -> float:
@@ -98,85 +91,70 @@ def run_sweep(
 
 
 def _run(cfgs, ws, report, stop, resume, emulate_bf16) -> list[TrainSAEResult]:
-    run_dirs: list[Path] = []
-    ranks = None
-    with contextlib.ExitStack() as held:  # the runs' claims, held until the stage returns
-        try:
-            resumed = sweeps.runs_of(ws, resume) if resume else []
-            if resume:
-                # before anything reads the runs; rank 0 alone claims them (others would find them claimed)
-                if distributed.env_rank() == 0:
-                    for name in resumed:
-                        held.enter_context(claim_run(ws.run_dir("saes", name)))
-                cfgs = [sae_run.read_config(ws, name) for name in resumed]
-            elif not cfgs[0].activations:
-                raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
-            sweeps.check_shared(cfgs)
-            cfg = cfgs[0]
-            ranks = distributed.setup(cfg.device)
-            ranks.check_divisible(cfg.batch_size)
-            one_process = next((c.arch for c in cfgs if architecture(c.arch).one_process), None)
-            if ranks.enabled and one_process:
-                raise StageError(
-                    f"{one_process} trains in one process (its selection spans the whole batch); "
-                    "train it without torchrun, or pick another architecture under torchrun"
-                )
-            store = ActivationSet(ws.run_dir("activations", cfg.activations))
-            for i, member_cfg in enumerate(cfgs):
-                name = resumed[i] if resume else None
-                claimed = ranks.on_main(lambda c=member_cfg, n=name: _claim_run(ws, c, n, held))
-                run_dirs.append(ws.run_dir("saes", claimed))
-            if len(cfgs) > 1 and not resume and ranks.is_main:
-                sweep_name = sweeps.record(ws, cfg.activations, [d.name for d in run_dirs])
-                report(Log(STAGE, f"{sweep_name}: {len(cfgs)} SAEs in one pass (resume with --resume {sweep_name})"))
-            report(Started(STAGE, str(run_dirs[0]), config_mod.to_dict(cfg), resumed=resume is not None))
-            result = _train(cfgs, ws, store, run_dirs, report, stop, resume is not None, ranks, emulate_bf16)
-            distributed.teardown(ranks)
-            return result
-        except Exception as e:
-            failure = distributed.stage_failed_on_rank(STAGE, e, report, run_dirs[0] if run_dirs else None, ranks)
-            if ranks is None or ranks.is_main:
-                for other in run_dirs[1:]:  # the whole sweep stopped with its first SAE
-                    with contextlib.suppress(OSError):
-                        write_status(other, "failed", message=str(failure))
-            raise failure from e
+    with recording(STAGE, report, stop) as rec:
+        resumed = sweeps.runs_of(ws, resume) if resume else []
+        if resume:
+            # before anything reads the runs; rank 0 alone claims them (others would find them claimed)
+            if distributed.env_rank() == 0:
+                for name in resumed:
+                    rec.claim(ws.run_dir("saes", name))
+            cfgs = [sae_run.read_config(ws, name) for name in resumed]
+        elif not cfgs[0].activations:
+            raise StageError("no activation set given; pass --activations SET (see `vitsae-tui runs`)")
+        sweeps.check_shared(cfgs)
+        cfg = cfgs[0]
+        rec.ranks = ranks = distributed.setup(cfg.device)
+        ranks.check_divisible(cfg.batch_size)
+        one_process = next((c.arch for c in cfgs if architecture(c.arch).one_process), None)
+        if ranks.enabled and one_process:
+            raise StageError(
+                f"{one_process} trains in one process (its selection spans the whole batch); "
+                "train it without torchrun, or pick another architecture under torchrun"
+            )
+        store = ActivationSet(ws.run_dir("activations", cfg.activations))
+        run_dirs = []
+        for member_cfg, name in zip(cfgs, resumed or [None] * len(cfgs)):
+            run_dirs.append(ws.run_dir("saes", ranks.on_main(lambda c=member_cfg, n=name: _claim_run(ws, c, n, rec))))
+            rec.run_dir, rec.also_failed = run_dirs[0], run_dirs[1:]  # the whole sweep fails with its first SAE
+        if len(cfgs) > 1 and not resume and rec.is_main:
+            sweep_name = sweeps.record(ws, cfg.activations, [d.name for d in run_dirs])
+            rec.log(f"{sweep_name}: {len(cfgs)} SAEs in one pass (resume with --resume {sweep_name})")
+        rec.started(config_mod.to_dict(cfg), resumed=resume is not None)
+        results = SAETraining(cfgs, ws, store, run_dirs, rec, resume is not None, emulate_bf16).fit()
+        distributed.teardown(ranks)
+        return results
 
 
-def _claim_run(ws: Workspace, cfg, resume: str | None, held: contextlib.ExitStack) -> str:
+def _claim_run(ws: Workspace, cfg, resume: str | None, rec: RunRecorder) -> str:
     """The run folder to write, claimed for this process: the resumed one, or a new one with its config."""
     if resume:
         remove_partial_writes(ws.run_dir("saes", resume))  # a dead owner's half-written checkpoint
         return resume
 
     def setup(run_dir: Path) -> None:
-        held.enter_context(claim_run(run_dir))
+        rec.claim(run_dir)
         sae_run.write_config(run_dir, cfg)
 
     return ws.new_run("saes", "sae", setup).name
 
 
-def _load_eval_model(ws: Workspace, store: ActivationSet, device, report: Report):
+def _load_eval_model(ws: Workspace, store: ActivationSet, device, rec: RunRecorder):
     provenance = store.provenance
     try:
         loaded = model_run.load_model(ws, provenance.model_run, provenance.checkpoint, device)
     except WorkspaceError as e:
-        report(Log(STAGE, f"spliced-in evaluation is off: {e}", "warning"))
+        rec.log(f"spliced-in evaluation is off: {e}", "warning")
         return None
     if loaded.checkpoint_sha256 != provenance.checkpoint_sha256:
-        report(
-            Log(
-                STAGE,
-                f"spliced-in evaluation is off: models/{provenance.model_run} changed since "
-                f"activations/{store.path.name} was collected",
-                "warning",
-            )
+        rec.log(
+            f"spliced-in evaluation is off: models/{provenance.model_run} changed since "
+            f"activations/{store.path.name} was collected",
+            "warning",
         )
         return None
     mismatch = model_run.label_space_mismatch(loaded.class_names, store.class_names)
     if mismatch:
-        report(
-            Log(STAGE, f"spliced-in evaluation is off: {mismatch}; FVU, L0 and density are still measured", "warning")
-        )
+        rec.log(f"spliced-in evaluation is off: {mismatch}; FVU, L0 and density are still measured", "warning")
         return None
     return loaded.model
 
@@ -189,7 +167,7 @@ def _model_data(ws: Workspace, model: str):
         return None
 
 
-def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, report: Report) -> ActivationSet | None:
+def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, rec: RunRecorder) -> ActivationSet | None:
     """The set the SAE is evaluated on: the one named, else the model's val split at the same hook, else None."""
     name = cfg.eval_activations or find_validation_set(ws.kind_dir("activations"), store.provenance)
     if not name:
@@ -199,17 +177,14 @@ def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, re
                 f"activations/{store.path.name} holds every image of {p.data.label} (split all): every "
                 f"{cfg.heldout_every}th image is held out of the SAE's training and evaluated on"
             )
-            report(Log(STAGE, message))
+            rec.log(message)
             return None
         command = collect_command(ws.cli_args, p, "val", _model_data(ws, p.model_run))
-        report(
-            Log(
-                STAGE,
-                "no validation split of this model and hook is collected: evaluating on every "
-                f"{cfg.heldout_every}th training image (the classifier trained on them); collect it with "
-                f"`{command}`",
-                "warning",
-            )
+        rec.log(
+            "no validation split of this model and hook is collected: evaluating on every "
+            f"{cfg.heldout_every}th training image (the classifier trained on them); collect it with "
+            f"`{command}`",
+            "warning",
         )
         return None
     validation = ActivationSet(ws.run_dir("activations", name))
@@ -219,7 +194,7 @@ def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, re
             f"activations/{name} was collected from {q.model_run} at {q.hook}, not from the checkpoint of "
             f"{p.model_run} at {p.hook} that activations/{store.path.name} holds; pick a set of the same model and hook"
         )
-    report(Log(STAGE, f"evaluating on activations/{name} ({validation.n_images} images of the {q.split} split)"))
+    rec.log(f"evaluating on activations/{name} ({validation.n_images} images of the {q.split} split)")
     return validation
 
 
@@ -314,13 +289,13 @@ def _member(
     cfg: SAETrainConfig,
     store: ActivationSet,
     run_dir: Path,
-    report: Report,
+    rec: RunRecorder,
     resuming: bool,
-    ranks: distributed.Ranks,
     compute_dtype: torch.dtype,
     in_sweep: bool,
     scratch: dict,
 ) -> Member:
+    ranks = rec.ranks
     device = ranks.device
     sae = sae_run.build_sae(cfg, store.d_model, input_scale(store)).to(device)
     sparsity = sae.sparsity_parameters()
@@ -334,13 +309,12 @@ def _member(
     member = Member(cfg, run_dir, sae, optimizer, step_fn, last_fired, Window(device))
     if resuming and not sae_run.has_checkpoint(run_dir) and in_sweep:
         # killed before this SAE's first checkpoint: it starts over while the others wait for it at their steps
-        if ranks.is_main:
-            truncate_jsonl(run_dir / "metrics.jsonl", lambda r: False)
-        report(Log(STAGE, f"{run_dir.name} had no checkpoint yet: it starts from step 0"))
+        rec.truncate_metrics(None, run_dir)
+        rec.log(f"{run_dir.name} had no checkpoint yet: it starts from step 0")
     elif resuming:
-        _restore(member, store, report, ranks)
+        _restore(member, store, rec)
     ranks.broadcast_(sae.parameters())
-    if ranks.is_main:
+    if rec.is_main:
         sae_run.SAEMeta(
             activations=store.path.name,
             hook=store.hook,
@@ -354,7 +328,7 @@ def _member(
     return member
 
 
-def _restore(member: Member, store: ActivationSet, report: Report, ranks: distributed.Ranks) -> None:
+def _restore(member: Member, store: ActivationSet, rec: RunRecorder) -> None:
     run_dir, sae = member.run_dir, member.sae
     if not sae_run.has_checkpoint(run_dir):
         raise StageError(f"no checkpoint in saes/{run_dir.name}; start a new run instead of resuming")
@@ -371,173 +345,173 @@ def _restore(member: Member, store: ActivationSet, report: Report, ranks: distri
         member.optimizer.load_state_dict(state["optimizer"])
         member.step, member.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         member.last_fired = state["last_fired"].to(member.last_fired.device)
-        if ranks.is_main:  # the window's sums so far are global: one rank carries them on
+        if rec.is_main:  # the window's sums so far are global: one rank carries them on
             member.window.load(state["window"])
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError):
         raise StageError(f"the checkpoint in saes/{run_dir.name} does not match its config; start a new run") from None
-    if ranks.is_main:
-        saved_step = member.step
-        truncate_jsonl(run_dir / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= saved_step)
-    report(Log(STAGE, f"resuming {run_dir.name} at step {member.step} of {member.cfg.total_steps}"))
+    rec.truncate_metrics(member.step, run_dir)
+    rec.log(f"resuming {run_dir.name} at step {member.step} of {member.cfg.total_steps}")
 
 
-def _train(
-    cfgs: list[SAETrainConfig],
-    ws: Workspace,
-    store: ActivationSet,
-    run_dirs: list[Path],
-    report: Report,
-    stop: threading.Event,
-    resuming: bool,
-    ranks: distributed.Ranks,
-    emulate_bf16: bool = False,
-) -> list[TrainSAEResult]:
-    cfg, device = cfgs[0], ranks.device  # the fields every member shares (sweeps.check_shared)
-    if device.type == "cpu":
-        tune_allocator()
-    compute_dtype = torch.bfloat16 if cfg.bf16 and (device.type == "cuda" or emulate_bf16) else torch.float32
-    scratch: dict = {}  # the fused steps' buffers, shared: the SAEs step one after another
-    members = [
-        _member(c, store, d, report, resuming, ranks, compute_dtype, len(cfgs) > 1, scratch)
-        for c, d in zip(cfgs, run_dirs)
-    ]
-    scale = float(members[0].sae.input_scale)
-    if any(float(m.sae.input_scale) != scale for m in members):
-        raise StageError("these SAEs were trained with different input scales; resume them one at a time")
-    total_steps = cfg.total_steps
-    resident = {"auto": None, "yes": True, "no": False}[cfg.resident]
-    source = TokenSource(
-        store,
-        device,
-        cfg.batch_size,
-        cfg.seed,
-        resident=resident,
-        heldout_every=cfg.heldout_every,
-        part=ranks.local_rows,
-    )
-    evaluator = (
-        Evaluator(
+class SAETraining:
+    """One pass over the data that trains every SAE of a sweep on the same batches, shaped like SAELens's fit():
+    a step per member, then the logging window, evaluation and checkpoints each at its own cadence."""
+
+    def __init__(
+        self,
+        cfgs: list[SAETrainConfig],
+        ws: Workspace,
+        store: ActivationSet,
+        run_dirs: list[Path],
+        rec: RunRecorder,
+        resuming: bool,
+        emulate_bf16: bool = False,
+    ):
+        self.cfg, self.store, self.rec = cfgs[0], store, rec  # the fields every member shares (sweeps.check_shared)
+        self.ranks, self.device = rec.ranks, rec.ranks.device
+        if self.device.type == "cpu":
+            tune_allocator()
+        bf16 = self.cfg.bf16 and (self.device.type == "cuda" or emulate_bf16)
+        compute_dtype = torch.bfloat16 if bf16 else torch.float32
+        scratch: dict = {}  # the fused steps' buffers, shared: the SAEs step one after another
+        self.members = [
+            _member(c, store, d, rec, resuming, compute_dtype, len(cfgs) > 1, scratch) for c, d in zip(cfgs, run_dirs)
+        ]
+        self.scale = float(self.members[0].sae.input_scale)
+        if any(float(m.sae.input_scale) != self.scale for m in self.members):
+            raise StageError("these SAEs were trained with different input scales; resume them one at a time")
+        cfg = self.cfg
+        resident = {"auto": None, "yes": True, "no": False}[cfg.resident]
+        self.source = TokenSource(
             store,
-            cfg.heldout_every,
-            device,
-            _load_eval_model(ws, store, device, report),
-            _validation_set(ws, cfg, store, report),
+            self.device,
+            cfg.batch_size,
+            cfg.seed,
+            resident=resident,
+            heldout_every=cfg.heldout_every,
+            part=self.ranks.local_rows,
         )
-        if ranks.is_main
-        else None
-    )
-    mean_scaled = torch.from_numpy(store.mean.astype(np.float32)).to(device) * scale
-    if ranks.is_main:
-        for m in members:
-            write_status(
-                m.run_dir,
+        self.evaluator = None
+        if rec.is_main:
+            model = _load_eval_model(ws, store, self.device, rec)
+            self.evaluator = Evaluator(
+                store, cfg.heldout_every, self.device, model, _validation_set(ws, cfg, store, rec)
+            )
+        self.mean_scaled = torch.from_numpy(store.mean.astype(np.float32)).to(self.device) * self.scale
+        self.window_start = time.perf_counter()
+
+    def fit(self) -> list[TrainSAEResult]:
+        self._announce()
+        total, rec = self.cfg.total_steps, self.rec
+        stopped = False
+        step = min(m.step for m in self.members)  # a kill between two members' checkpoints leaves some ahead: they wait
+        while step < total and not stopped:
+            epoch, skip = divmod(step, self.source.batches_per_epoch())
+            for x_raw, n_global in self.source.epoch(epoch, skip_batches=skip):
+                active = self._train_step(x_raw.mul_(self.scale), n_global, step)
+                step += 1
+                stopped = self._log(active, step)
+                self._evaluate_and_checkpoint(active, step)
+                rec.progress(step, total, "steps")
+                if step >= total:
+                    break
+                if stopped or (rec.stop.is_set() and not self.ranks.enabled):
+                    stopped = True
+                    break
+        return self._finish(step, stopped)
+
+    def _announce(self) -> None:
+        cfg, ranks, source, rec = self.cfg, self.ranks, self.source, self.rec
+        for m in self.members:
+            rec.status(
                 "running",
+                m.run_dir,
                 step=m.step,
-                total_steps=total_steps,
-                device=str(device),
+                total_steps=cfg.total_steps,
+                device=str(self.device),
                 message="",
                 world_size=ranks.world_size,
             )
-    processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
-    whole_set = ", the whole set: smaller than --batch-size" if source.tokens_per_step < cfg.batch_size else ""
-    for m in members:
-        report(
-            Log(
-                STAGE,
-                f"training {m.name} ({m.cfg.arch}, {m.cfg.sparsity}) on {device}{processes} "
-                f"({'resident' if source.resident else 'streamed'} data): {store.d_model} -> {m.sae.d_sae} features, "
-                f"{total_steps} steps of {source.tokens_per_step} tokens ({total_steps * source.tokens_per_step:,} "
-                f"in all{whole_set}), input scale {scale:.4g}",
+        processes = f" x {ranks.world_size} processes" if ranks.enabled else ""
+        whole_set = ", the whole set: smaller than --batch-size" if source.tokens_per_step < cfg.batch_size else ""
+        tokens = cfg.total_steps * source.tokens_per_step
+        for m in self.members:
+            rec.log(
+                f"training {m.name} ({m.cfg.arch}, {m.cfg.sparsity}) on {self.device}{processes} "
+                f"({'resident' if source.resident else 'streamed'} data): {self.store.d_model} -> {m.sae.d_sae} "
+                f"features, {cfg.total_steps} steps of {source.tokens_per_step} tokens ({tokens:,} in all{whole_set}), "
+                f"input scale {self.scale:.4g}"
             )
-        )
 
-    meter = RateMeter()
-    last_progress = 0.0
-    window_start = time.perf_counter()
-    stopped = False
-    step = min(m.step for m in members)  # a kill between two members' checkpoints leaves some ahead: they wait
-    batches_per_epoch = source.batches_per_epoch()
-    while step < total_steps and not stopped:
-        epoch, skip = divmod(step, batches_per_epoch)
-        for x_raw, n_global in source.epoch(epoch, skip_batches=skip):
-            x = x_raw.mul_(scale)
-            active = [m for m in members if m.step == step]
-            sq_dev = (x - mean_scaled).pow(2).sum(dtype=torch.float64)  # once per batch, whatever the number of SAEs
-            for m in active:
-                m.train_step(x, n_global, ranks, sq_dev)
-            step += 1
-            logging = step % cfg.log_every == 0 or step == total_steps
-            checkpointing = step % cfg.checkpoint_every == 0
-            if logging or checkpointing:
-                now = time.perf_counter()
-                stop_asked = False
-                for m in active:
-                    # one reduction agrees on the sums, on finiteness and on stopping: every rank leaves together
-                    m.totals, asked = m.window.totals(ranks, stop.is_set())
-                    _check_finite(m.totals, m.step, m.cfg.lr, m.name)
-                    stop_asked = stop_asked or asked
-                    if logging:  # tokens/s per SAE: the wall time is the whole pass's, shared by every SAE
-                        m.latest = m.metrics_row(m.totals, now - window_start)
-                        if ranks.is_main:
-                            append_jsonl(m.run_dir / "metrics.jsonl", m.latest)
-                        report(Metrics(STAGE, m.latest))
-                        m.window = Window(device)
-                if logging:
-                    window_start = now
-                if stop_asked and ranks.enabled:
-                    stopped = True
-            for m in active:
-                if evaluator is not None and (step % cfg.eval_every == 0 or step == total_steps):
-                    row = {"kind": "eval", "run": m.name, "step": step, **evaluator.evaluate(m.sae)}
-                    append_jsonl(m.run_dir / "metrics.jsonl", row)
-                    report(Metrics(STAGE, row))
-                if checkpointing and ranks.is_main:
-                    _checkpoint(m, m.totals)
-                    write_status(m.run_dir, "running", step=m.step)
-            now = time.perf_counter()
-            if now - last_progress >= PROGRESS_EVERY_S:
-                last_progress = now
-                report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, meter.update(step)))
-            if step >= total_steps:
-                break
-            if stopped or (stop.is_set() and not ranks.enabled):
-                stopped = True
-                break
+    def _train_step(self, x: torch.Tensor, n_global: int, step: int) -> list[Member]:
+        """One optimizer step of every member at `step` on the batch x; returns them."""
+        active = [m for m in self.members if m.step == step]
+        sq_dev = (x - self.mean_scaled).pow(2).sum(dtype=torch.float64)  # once per batch, whatever the number of SAEs
+        for m in active:
+            m.train_step(x, n_global, self.ranks, sq_dev)
+        return active
 
-    results = [_finish(m, store, report, ranks, stopped, meter) for m in members]
-    if len(members) > 1:
-        for m, r in zip(members, results):
-            report(Log(STAGE, f"{m.name} ({m.cfg.arch}, {m.cfg.sparsity}, x{m.cfg.expansion}): {_result_line(r)}"))
-    report(Progress(STAGE, step, total_steps, "steps", meter.elapsed_s, 0.0))
-    report(Finished(STAGE, str(members[0].run_dir), results[0].metrics, stopped))
-    return results
+    def _log(self, active: list[Member], step: int) -> bool:
+        """At the logging or checkpoint cadence: the window's sums over ranks, checked finite and (when logging)
+        written as a row; returns whether any rank was asked to stop (torchrun only: one process checks each step)."""
+        cfg = self.cfg
+        logging = due(step, cfg.log_every, cfg.total_steps)
+        if not (logging or step % cfg.checkpoint_every == 0):
+            return False
+        now = time.perf_counter()
+        stop_asked = False
+        for m in active:
+            # one reduction agrees on the sums, on finiteness and on stopping: every rank leaves together
+            m.totals, asked = m.window.totals(self.ranks, self.rec.stop.is_set())
+            _check_finite(m.totals, m.step, m.cfg.lr, m.name)
+            stop_asked = stop_asked or asked
+            if logging:  # tokens/s per SAE: the wall time is the whole pass's, shared by every SAE
+                m.latest = m.metrics_row(m.totals, now - self.window_start)
+                self.rec.metrics(m.latest, m.run_dir)
+                m.window = Window(self.device)
+        if logging:
+            self.window_start = now
+        return stop_asked and self.ranks.enabled
 
+    def _evaluate_and_checkpoint(self, active: list[Member], step: int) -> None:
+        cfg, rec = self.cfg, self.rec
+        for m in active:
+            if self.evaluator is not None and due(step, cfg.eval_every, cfg.total_steps):
+                rec.metrics({"kind": "eval", "run": m.name, "step": step, **self.evaluator.evaluate(m.sae)}, m.run_dir)
+            if step % cfg.checkpoint_every == 0 and rec.is_main:
+                _checkpoint(m, m.totals)
+                rec.status("running", m.run_dir, step=m.step)
 
-def _finish(
-    m: Member, store: ActivationSet, report: Report, ranks: distributed.Ranks, stopped: bool, meter: RateMeter
-) -> TrainSAEResult:
-    totals, _ = m.window.totals(ranks, False)
-    _check_finite(totals, m.step, m.cfg.lr, m.name)
-    summary = {
-        k: v for k, v in m.latest.items() if k in ("mse", "fvu", "l0", "dead_fraction", "in_window", "theta_reached")
-    }
-    summary.update(step=m.step, tokens=m.tokens_seen, elapsed_s=round(meter.elapsed_s, 1))
-    if ranks.is_main:
-        _checkpoint(m, totals)
-        report(ArtifactWritten(STAGE, str(m.run_dir / "sae.safetensors"), "SAE checkpoint"))
-        if not stopped:
-            export = sae_run.export_saelens(
-                m.run_dir, m.sae, store.hook, store.tokens_per_image, store.provenance.model_run
-            )
-            report(ArtifactWritten(STAGE, str(export), "SAELens export"))
-            last_eval = next(
-                (r for r in reversed(read_jsonl(m.run_dir / "metrics.jsonl")) if r.get("kind") == "eval"), {}
-            )
-            summary.update(
-                {k: v for k, v in last_eval.items() if k.startswith(("eval_", "ce_", "acc_", "kl_")) and k != "density"}
-            )
-        write_status(m.run_dir, "stopped" if stopped else "finished", **summary, message="")
-    return TrainSAEResult(m.run_dir, m.step, summary, stopped)
+    def _finish(self, step: int, stopped: bool) -> list[TrainSAEResult]:
+        rec = self.rec
+        results = [self._finish_member(m, stopped) for m in self.members]
+        if len(self.members) > 1:
+            for m, r in zip(self.members, results):
+                rec.log(f"{m.name} ({m.cfg.arch}, {m.cfg.sparsity}, x{m.cfg.expansion}): {_result_line(r)}")
+        rec.progress(step, self.cfg.total_steps, "steps", final=True)
+        rec.finished(results[0].metrics, stopped, status=False)  # each member wrote its own
+        return results
+
+    def _finish_member(self, m: Member, stopped: bool) -> TrainSAEResult:
+        rec, store = self.rec, self.store
+        totals, _ = m.window.totals(self.ranks, False)
+        _check_finite(totals, m.step, m.cfg.lr, m.name)
+        kept = ("mse", "fvu", "l0", "dead_fraction", "in_window", "theta_reached")
+        summary = {k: v for k, v in m.latest.items() if k in kept}
+        summary.update(step=m.step, tokens=m.tokens_seen, elapsed_s=round(rec.meter.elapsed_s, 1))
+        if rec.is_main:
+            _checkpoint(m, totals)
+            rec.artifact(m.run_dir / "sae.safetensors", "SAE checkpoint")
+            if not stopped:
+                model_run_name = store.provenance.model_run
+                export = sae_run.export_saelens(m.run_dir, m.sae, store.hook, store.tokens_per_image, model_run_name)
+                rec.artifact(export, "SAELens export")
+                rows = read_jsonl(m.run_dir / "metrics.jsonl")
+                last_eval = next((r for r in reversed(rows) if r.get("kind") == "eval"), {})
+                prefixes = ("eval_", "ce_", "acc_", "kl_")
+                summary.update({k: v for k, v in last_eval.items() if k.startswith(prefixes) and k != "density"})
+            rec.status("stopped" if stopped else "finished", m.run_dir, **summary, message="")
+        return TrainSAEResult(m.run_dir, stopped, m.step, summary)
 
 
 def _result_line(r: TrainSAEResult) -> str:
