@@ -114,7 +114,7 @@ def contestant(
             opt.zero_grad()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 out = sae.loss(x, 1.0, 0.001)
-            out["loss"].backward()
+            out.loss.backward()
             sae.project_decoder_grad()
             opt.step()
             sae.normalize_decoder()

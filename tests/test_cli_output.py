@@ -10,18 +10,20 @@ from rich.console import Console
 
 from vitsae_tui.cli_print import print_runs
 from vitsae_tui.cli_progress import ConsoleReport
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.workspace import Workspace, write_status
 
-SAE_ROW = {
-    "kind": "step",
-    "step": 33,
-    "mse": 2.945,
-    "fvu": 0.0594,
-    "l0": 10.5,
-    "dead_fraction": 0.0,
-    "tokens_per_s": 249669.0,
-}
+SAE_ROW = metrics.SAEStep(
+    run="sae-1",
+    step=33,
+    tokens=33 * 4096,
+    mse=2.945,
+    fvu=0.0594,
+    l0=10.5,
+    dead_fraction=0.0,
+    lr=7e-5,
+    tokens_per_s=249669.0,
+)
 
 
 def test_the_live_board_keeps_counts_and_eta_whole_at_100_columns():

@@ -3,6 +3,7 @@ tables and text or as JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from vitsae_tui.engine.errors import OutOfRange
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import KINDS, Workspace
+from vitsae_tui.formatting import table_cell
 
 
 def print_runs(ws: Workspace, console: Console | None = None) -> None:
@@ -261,26 +263,15 @@ def print_concepts(report, console: Console | None = None) -> None:
 
 
 def compare_json(found) -> list[dict]:
-    return [
-        {
-            "run": p.run,
-            "arch": p.arch,
-            "sparsity": p.sparsity,
-            "expansion": p.expansion,
-            "state": p.state,
-            "step": p.step,
-            "total_steps": p.total_steps,
-            "pareto": p.pareto,
-            "metrics": p.metrics,
-        }
-        for p in found
-    ]
+    """Each SAE of the comparison with its fields (run, arch, sparsity, expansion, state, step, total_steps,
+    metrics by key, pareto, live)."""
+    return [dataclasses.asdict(p) for p in found]
 
 
 def print_compare(activations: str, found, console: Console | None = None) -> None:
     """Two tables with one row per SAE of the set: reconstruction, then the classifier with it spliced in; ★ marks
     the L0-FVU Pareto set."""
-    from vitsae_tui.engine.compare import COLUMNS, SPLICED_FROM
+    from vitsae_tui.engine import metrics
 
     console = console or Console()
     if not found:
@@ -291,14 +282,12 @@ def print_compare(activations: str, found, console: Console | None = None) -> No
             )
         )
         return
-    FORMATS = {"eval_delta_ce": "{:.4f}", "eval_kl": "{:.4f}", "kl_recovered": "{:.3f}", "ce_recovered": "{:.3f}"}
-    percent = {"eval_top1_agreement", "acc_sae", "acc_worst_class_sae", "dead_fraction", "eval_dense_fraction"}
     titles = (
         f"SAEs on activations/{shown(activations)}: reconstruction of held-out activations (★ Pareto-optimal in L0 "
         "and FVU; EV explained variance, L2 mean ‖x̂‖/‖x‖, cos mean max decoder cosine)",
         "the classifier with each SAE spliced in, on held-out images",
     )
-    for title, columns in zip(titles, (COLUMNS[:SPLICED_FROM], COLUMNS[SPLICED_FROM:])):
+    for title, columns in zip(titles, (metrics.COMPARE_RECONSTRUCTION, metrics.COMPARE_SPLICED)):
         table = Table(
             title=title,
             title_justify="left",
@@ -309,15 +298,10 @@ def print_compare(activations: str, found, console: Console | None = None) -> No
         )
         table.add_column("run", no_wrap=True)
         table.add_column("SAE", no_wrap=True)
-        for _, heading in columns:
-            table.add_column(heading, justify="right", no_wrap=True)
+        for metric in columns:
+            table.add_column(metric.label, justify="right", no_wrap=True)
         for p in found:
-            cells = []
-            for key, _ in columns:
-                v = p.value(key)
-                cells.append(
-                    "–" if v != v else f"{100 * v:.1f}" if key in percent else FORMATS.get(key, "{:.3g}").format(v)
-                )
+            cells = [table_cell(metric, p.value(metric)) for metric in columns]
             done = "" if p.step >= p.total_steps else f" {p.step}/{p.total_steps}"
             run = Text(("★ " if p.pareto else "  ") + shown(p.run) + done)
             table.add_row(run, p.label, *cells)

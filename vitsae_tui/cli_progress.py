@@ -9,16 +9,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.formatting import fidelity_line, format_duration, format_metrics, stopped_verb, summary_lines
 
 
-def format_eval(row: dict) -> str:
-    fvu, l0 = row.get("eval_fvu", float("nan")), row.get("eval_l0", float("nan"))
-    text = f"[cyan]eval @ step {row['step']}[/]: FVU {fvu:.4f}  L0 {l0:.1f}"
-    if "eval_kl" in row:
-        text += "\n  " + fidelity_line(row)
+def format_eval(row: metrics.SAEEval) -> Text:
+    text = Text.assemble((f"eval @ step {row.step}", "cyan"), f": FVU {row.eval_fvu:.4f}  L0 {row.eval_l0:.1f}")
+    if row.spliced:
+        text.append("\n  " + fidelity_line(row))
     return text
 
 
@@ -99,13 +98,13 @@ class ConsoleReport:
             else:
                 self._plain_progress(event)
         elif isinstance(event, events.Metrics):
-            run = shown(event.row.get("run", ""))
-            if event.row.get("kind") == "eval":
-                self.progress.console.print(*([f"{run}:"] if run else []), format_eval(event.row))
+            run = shown(getattr(event.row, "run", ""))
+            if isinstance(event.row, metrics.SAEEval):
+                self.progress.console.print(*([Text(f"{run}:")] if run else []), format_eval(event.row))
                 return
             if self.lead_run.setdefault(event.stage, run) != run:  # a sweep's bar follows its first SAE
                 return
-            self.latest.setdefault(event.stage, {}).update(event.row)
+            self.latest.setdefault(event.stage, {}).update(metrics.values(event.row))
             if self.live:
                 self.progress.update(self._task(event.stage), metrics=format_metrics(self.latest[event.stage]))
         elif isinstance(event, events.Log):

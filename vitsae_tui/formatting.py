@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
-METRIC_FORMATS = {
-    "mse": ("MSE", "{:.4g}"),
-    "fvu": ("FVU", "{:.4f}"),
-    "l0": ("L0", "{:.1f}"),
-    "dead_fraction": ("dead", "{:.1%}"),
-    "tokens_per_s": ("tok/s", "{:,.0f}"),
-    "train_loss": ("loss", "{:.4f}"),
-    "train_accuracy": ("acc", "{:.1%}"),
-    "val_loss": ("val loss", "{:.4f}"),
-    "val_accuracy": ("val acc", "{:.1%}"),
-}
+from vitsae_tui.engine import metrics
 
 
-def format_metrics(row: dict, formats: dict = METRIC_FORMATS, separator: str = "  ") -> str:
-    """The row's known metrics, labelled and rounded; missing or non-finite values are left out."""
+def format_metrics(numbers: Mapping[str, float], shown=metrics.PROGRESS_LINE, separator: str = "  ") -> str:
+    """The known metrics among `numbers` (by key), labelled and rounded; missing or non-finite ones are left out."""
     parts = []
-    for key, (label, fmt) in formats.items():
-        if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
-            parts.append(f"{label} {fmt.format(row[key])}")
+    for metric in shown:
+        value = numbers.get(metric.key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{metric.label.removesuffix('%')} {format_value(metric, value)}")
     return separator.join(parts)
+
+
+def format_value(metric: metrics.Metric, value: float) -> str:
+    """A number as its metric is shown: a percentage, a count, a duration, a size or its own digits."""
+    if not math.isfinite(value):
+        return "–"
+    if metric.style == "percent":
+        return f"{value:.1%}"
+    if metric.style == "duration":
+        return format_duration(value)
+    if metric.style == "bytes":
+        return format_bytes(value)
+    if metric.style == "count":
+        return f"{int(value):,}"
+    return format(value, metric.digits)
+
+
+def table_cell(metric: metrics.Metric, value: float) -> str:
+    """A number in a table whose column title carries the unit (a percentage without its sign)."""
+    if not math.isfinite(value):
+        return "–"
+    return f"{100 * value:.1f}" if metric.style == "percent" else format(value, metric.digits)
 
 
 def format_bytes(n: float) -> str:
@@ -45,22 +60,20 @@ def format_duration(seconds: float | None) -> str:
     )
 
 
-def number(row: dict, key: str, default: float = float("nan")) -> float:
-    """A metrics row's number (rows are read from files: anything else is the default)."""
-    value = row.get(key)
-    return float(value) if isinstance(value, (int, float)) else default
-
-
-def fidelity_line(row: dict) -> str:
+def fidelity_line(row: metrics.SAEEval) -> str:
     """The classifier with the SAE spliced in, on the evaluation images: what a sweep is judged by."""
-    images = "val images" if row.get("eval_split") == "val" else "held-out train images"
-    count = row.get("eval_images")
+    images = "val images" if row.eval_split == "val" else "held-out train images"
+    count = row.eval_images if row.eval_images is not None else "?"
+
+    def shown(value: float | None, spec: str) -> str:
+        return format(value, spec) if value is not None and math.isfinite(value) else "–"
+
     return (
-        f"spliced in ({count if isinstance(count, int) else '?'} {images}): ΔCE {number(row, 'eval_delta_ce'):+.4f} · "
-        f"KL {number(row, 'eval_kl'):.4f} · top-1 agree {number(row, 'eval_top1_agreement'):.1%} · "
-        f"acc {number(row, 'acc_sae'):.1%} (clean {number(row, 'acc_clean'):.1%}) · worst class "
-        f"{number(row, 'acc_worst_class_sae'):.1%} (clean {number(row, 'acc_worst_class_clean'):.1%}) · "
-        f"CE recovered {number(row, 'ce_recovered'):.3f} (vs mean ablation, which erases the image)"
+        f"spliced in ({count} {images}): ΔCE {shown(row.eval_delta_ce, '+.4f')} · "
+        f"KL {shown(row.eval_kl, '.4f')} · top-1 agree {shown(row.eval_top1_agreement, '.1%')} · "
+        f"acc {shown(row.acc_sae, '.1%')} (clean {shown(row.acc_clean, '.1%')}) · worst class "
+        f"{shown(row.acc_worst_class_sae, '.1%')} (clean {shown(row.acc_worst_class_clean, '.1%')}) · "
+        f"CE recovered {shown(row.ce_recovered, '.3f')} (vs mean ablation, which erases the image)"
     )
 
 
@@ -98,22 +111,6 @@ def plan_line(
     return f"{line} · about {rough_minutes(left)} left of ~{rough_minutes(run_elapsed_s + left)}"
 
 
-SUMMARY_LABELS = {
-    "best_val_loss": "best validation loss",
-    "best_val_accuracy": "best validation accuracy",
-    "epochs_done": "epochs done",
-    "elapsed_s": "time",
-    "bytes_on_disk": "size on disk",
-    "d_model": "width",
-    "dead_fraction": "dead features",
-    "in_window": "pairs in the threshold window",
-    "theta_reached": "features in reach of their threshold",
-    "fvu": "FVU",
-    "mse": "MSE",
-    "l0": "L0",
-}
-
-
 def summary_value(key: str, value) -> str:
     """A stage summary's value as a reader wants it: percentages, sizes, durations, thousands separators; a number
     that never got a finite value (no validation pass finished) says so."""
@@ -121,20 +118,15 @@ def summary_value(key: str, value) -> str:
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "none (no evaluation finished)"
-    if key == "elapsed_s":
-        return format_duration(value)
-    if key == "bytes_on_disk":
-        return format_bytes(value)
-    if any(word in key for word in ("accuracy", "fraction", "agreement")) or key.startswith("acc_"):
-        return f"{value:.1%}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.4g}"
+    metric = metrics.metric(key)
+    if metric.style in ("percent", "duration", "bytes"):
+        return format_value(metric, value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
-def summary_lines(summary: dict) -> list[str]:
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     """'label: value' per entry of a stage's Finished summary, labels in words instead of keys."""
-    return [f"{SUMMARY_LABELS.get(k, k.replace('_', ' '))}: {summary_value(k, v)}" for k, v in summary.items()]
+    return [f"{metrics.metric(k).words}: {summary_value(k, v)}" for k, v in summary.items()]
 
 
 def fit_items(prefix: str, items: list[str], width: int, separator: str = ", ") -> str:
@@ -150,8 +142,8 @@ def fit_items(prefix: str, items: list[str], width: int, separator: str = ", ") 
     return line
 
 
-def stopped_verb(summary: dict, resume: str) -> str:
+def stopped_verb(summary: Mapping[str, Any], resume: str) -> str:
     """How a stopped run's end reads: resumable from its checkpoint, or stopped before its first step."""
-    if summary.get("step") == 0:
+    if summary.get(metrics.STEP.key) == 0:
         return "stopped before its first step (nothing to resume: start it again)"
     return f"stopped (checkpoint saved; resume with {resume})"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.helpers import Collector, make_model_run
+from vitsae_tui.engine import metrics
 from vitsae_tui.engine.activation_set import ActivationSet, StoreError
 from vitsae_tui.engine.config import CollectConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
@@ -217,13 +218,14 @@ def test_a_folder_collected_with_a_model_of_another_dataset_keeps_its_own_class_
 
     report = Collector()
     sae_cfg = SAETrainConfig(
-        activations=set_dir.name, tokens=2048, batch_size=128, eval_every=8, log_every=4, device="cpu"
+        activations=set_dir.name, tokens=2048, batch_size=128, eval_every=8, log_every=4, heldout_every=4, device="cpu"
     )
     sae_dir = train_sae(sae_cfg, workspace, report, threading.Event()).run_dir
     warnings = [e.message for e in report.of(Log) if "spliced-in evaluation is off" in e.message]
     assert warnings and f"the model predicts {len(CLASS_NAMES)} classes" in warnings[0] and "cats, dogs" in warnings[0]
-    evals = [e.row for e in report.of(Metrics) if e.row.get("kind") == "eval"]
-    assert evals and not any("acc_sae" in row or "ce_sae" in row for row in evals)  # no accuracy against wrong labels
+    evals = [metrics.to_json(e.row) for e in report.of(Metrics) if e.row.kind == "eval"]
+    assert evals and all(row["eval_images"] == 3 and row["eval_fvu"] > 0 for row in evals)
+    assert not any("acc_sae" in row or "ce_sae" in row for row in evals)  # no accuracy against wrong labels
 
     build_index(IndexConfig(sae=sae_dir.name, device="cpu"), workspace, Collector(), threading.Event())
     index = FeatureIndex(workspace, sae_dir.name)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import Collector, tiny_train_config
+from vitsae_tui.engine import metrics
 from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.config import CollectConfig, DataConfig, SAETrainConfig
 from vitsae_tui.engine.data import load_dataset
@@ -98,7 +99,7 @@ def test_a_flat_folder_is_held_out_by_image_and_the_log_says_so(workspace, tmp_p
     said = "holds every image of folder flat/ (split all): every 20th image is held out"
     assert any(said in m for m in logs)
     assert not any("--split val" in m for m in logs), "a flat folder has no validation split to advise"
-    evals = [e.row for e in report.of(Metrics) if e.row.get("kind") == "eval"]
+    evals = [metrics.to_json(e.row) for e in report.of(Metrics) if e.row.kind == "eval"]
     assert evals[-1]["eval_split"] == "train-heldout" and evals[-1]["eval_images"] == 1  # image 19 of 20
 
 
@@ -137,7 +138,7 @@ def test_imagenette_already_on_disk_trains_collects_and_trains_an_sae_without_do
     assert store.provenance.data.dataset == "imagenette" and "imagenette-160px" in train.name
     report = Collector()
     train_sae(quick_sae(train.name), workspace, report, threading.Event())
-    evals = [e.row for e in report.of(Metrics) if e.row.get("kind") == "eval"]
+    evals = [metrics.to_json(e.row) for e in report.of(Metrics) if e.row.kind == "eval"]
     assert evals[-1]["eval_split"] == "val" and evals[-1]["eval_images"] == 6
 
 

@@ -114,6 +114,41 @@ def test_no_module_imports_itself_back():
         visit(module, ())
 
 
+def _metric_key_reads(tree: ast.AST, keys: set[str]):
+    """Where a catalogue key is spelled to read or build a dict: x["fvu"], x.get("fvu"), "fvu" in x, {"fvu": ...}."""
+    for node in ast.walk(tree):
+        spelled = []
+        if isinstance(node, ast.Subscript):
+            spelled = [node.slice]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop"):
+            spelled = node.args[:1]
+        elif isinstance(node, ast.Compare) and any(isinstance(op, ast.In | ast.NotIn) for op in node.ops):
+            spelled = [node.left]
+        elif isinstance(node, ast.Dict):
+            spelled = [k for k in node.keys if k is not None]
+        for key in spelled:
+            if isinstance(key, ast.Constant) and key.value in keys:
+                yield node.lineno, key.value
+
+
+def test_metric_keys_are_spelled_only_in_the_metrics_catalogue():
+    """Rows are typed and metrics named once: no other file reads or builds a metric by its key's literal (the
+    artifact modules, which own their files' schemas, aside)."""
+    from vitsae_tui.engine.metrics import CATALOGUE
+
+    keys = set(CATALOGUE) - {"step", "epoch", "lr", "dtype"}  # rows' indices, torch's param-group key, a config field
+    artifact_files = {ENGINE / f"{name}.py" for name in ARTIFACT_MODULES}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == ENGINE / "metrics.py" or path in artifact_files or path.is_relative_to(ENGINE / "activation_set"):
+            continue
+        offenders += [
+            f"{path.relative_to(PACKAGE)}:{line} {key!r}"
+            for line, key in _metric_key_reads(ast.parse(path.read_text()), keys)
+        ]
+    assert not offenders, "metric keys spelled outside engine/metrics.py: " + ", ".join(offenders)
+
+
 def test_artifact_modules_sit_below_the_stages_and_the_pipeline_above():
     for name in ARTIFACT_MODULES:
         path = ENGINE / f"{name}.py" if (ENGINE / f"{name}.py").exists() else ENGINE / name

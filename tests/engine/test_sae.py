@@ -59,7 +59,7 @@ def test_fused_step_gradients_equal_autograd(with_dead):
     # the pre-activation loss on features that never fire and on two that fire on some tokens
     dead = torch.tensor([3, 17, *range(40, 48)]) if with_dead else None
     out = sae.loss(x, l0_coeff=0.7, bandwidth=EPS, dead=dead, pre_act_coeff=0.05)
-    out["loss"].backward()
+    out.loss.backward()
     expected = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = None
@@ -69,8 +69,8 @@ def test_fused_step_gradients_equal_autograd(with_dead):
     if with_dead:
         assert (expected["threshold"][40:] > 0).all() and (expected["b_enc"][40:] < 0).all()  # theta down, z up
         assert 0 < (x.float() @ sae.W_enc[:, 3] + sae.b_enc[3] > sae.threshold[3]).float().mean() < 1
-    assert result["mse"] == pytest.approx(out["mse"].item(), rel=1e-5)
-    assert result["l0"] == pytest.approx(out["l0"].item(), rel=1e-6)
+    assert result.mse == pytest.approx(out.mse.item(), rel=1e-5)
+    assert result.l0 == pytest.approx(out.l0.item(), rel=1e-6)
     assert expected["threshold"].abs().sum() > 0, "the case must exercise the threshold gradient"
     # the norm's gradient is radial, which training projects out of W_dec's gradient (rows stay unit norm)
     w = sae_f.W_dec.detach().double()

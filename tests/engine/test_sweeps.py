@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tests.engine.test_train_sae import planted, small_cfg
 from tests.helpers import Collector
 from vitsae_tui.cli import main
-from vitsae_tui.engine import compare, events, sweeps
+from vitsae_tui.engine import compare, events, metrics, sweeps
 from vitsae_tui.engine.config import ConfigError, sweep_configs
 from vitsae_tui.engine.errors import StageError
 from vitsae_tui.engine.saes.batchtopk import BatchTopKSAE
@@ -142,7 +142,7 @@ def test_every_sae_of_a_sweep_equals_the_same_sae_trained_alone(workspace):
         b = load_file(str(solo.run_dir / "sae.safetensors"))
         for key in a:
             assert torch.equal(a[key], b[key]), (together.run_dir.name, key)
-    rows = [e.row for e in report.of(events.Metrics) if e.row["kind"] == "eval"]
+    rows = [metrics.to_json(e.row) for e in report.of(events.Metrics) if e.row.kind == "eval"]
     assert sorted({r["run"] for r in rows}) == ["sae-1", "sae-2", "sae-3"]  # every SAE is evaluated on its own
     assert results[0].metrics["l0"] > results[1].metrics["l0"]  # λ 0.003 is denser than λ 0.03
 
@@ -154,7 +154,7 @@ def test_a_sweep_resumes_exactly_even_when_its_checkpoints_are_at_different_step
 
     def stop_at(step):
         stop = threading.Event()
-        return Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row["step"] >= step), stop
+        return Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row.step >= step), stop
 
     report, stop = stop_at(40)
     first = run_sweep(cfgs, workspace, report, stop)
@@ -189,9 +189,9 @@ def test_compare_marks_the_pareto_set_and_prints_every_sae(workspace, capsys):
         beaten = [
             q
             for q in found
-            if q.value("eval_l0") <= p.value("eval_l0")
-            and q.value("eval_fvu") <= p.value("eval_fvu")
-            and (q.value("eval_l0"), q.value("eval_fvu")) != (p.value("eval_l0"), p.value("eval_fvu"))
+            if q.value(metrics.EVAL_L0) <= p.value(metrics.EVAL_L0)
+            and q.value(metrics.EVAL_FVU) <= p.value(metrics.EVAL_FVU)
+            and q.metrics != p.metrics
         ]
         assert p.pareto == (not beaten)
     assert any(p.pareto for p in found)
@@ -205,10 +205,11 @@ def test_compare_marks_the_pareto_set_and_prints_every_sae(workspace, capsys):
     assert "no run 'nope'" in capsys.readouterr().err
 
 
-def test_compare_refuses_to_trust_metrics_files():
-    rows = [{"kind": "eval", "step": 5, "eval_l0": "[red]3", "eval_fvu": 0.1, "eval_kl": float("nan")}]
-    numbers, step = compare.latest_eval(rows)
-    assert numbers == {"eval_fvu": 0.1, "step": 5.0} and step == 5
+def test_compare_refuses_to_trust_metrics_files(tmp_path):
+    line = {"kind": "eval", "step": 5, "eval_l0": "[red]3", "eval_fvu": 0.1, "eval_kl": None, "eval_images": "2"}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    numbers, step = compare.latest_eval(metrics.read_rows(tmp_path / "metrics.jsonl", "train-sae"))
+    assert numbers == {"eval_fvu": 0.1, "step": 5} and step == 5
 
 
 def test_the_cli_trains_a_sweep_and_resumes_it_by_name(workspace, capsys):

@@ -36,7 +36,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(workspace):
     straight = train_model(cfg, workspace, Collector(), threading.Event())
 
     stop = threading.Event()
-    stopper = Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row["step"] >= 5)
+    stopper = Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row.step >= 5)
     interrupted = train_model(cfg, workspace, stopper, stop)
     assert interrupted.stopped
     saved = load_torch_file(interrupted.run_dir / "last.pt")

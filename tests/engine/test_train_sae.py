@@ -168,7 +168,7 @@ def test_resume_continues_the_same_trajectory(workspace):
     straight = train_sae(cfg, workspace, Collector(), threading.Event())
     stop = threading.Event()
     stopped = train_sae(
-        cfg, workspace, Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row["step"] >= 130), stop
+        cfg, workspace, Collector(stop, lambda e: isinstance(e, events.Metrics) and e.row.step >= 130), stop
     )
     assert stopped.stopped and stopped.step == 130
     resumed = train_sae(cfg, workspace, Collector(), threading.Event(), resume=stopped.run_dir.name)
@@ -246,17 +246,17 @@ def test_fidelity_metrics_against_a_direct_computation():
     clean = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 2, 1])
     same = fidelity(clean, clean, labels)
-    assert same["eval_kl"] == pytest.approx(0.0, abs=1e-7) and same["eval_delta_ce"] == pytest.approx(0.0, abs=1e-7)
-    assert same["eval_top1_agreement"] == 1.0 and same["acc_sae"] == same["acc_clean"] == 0.75
+    assert same.eval_kl == pytest.approx(0.0, abs=1e-7) and same.eval_delta_ce == pytest.approx(0.0, abs=1e-7)
+    assert same.eval_top1_agreement == 1.0 and same.acc_sae == same.acc_clean == 0.75
     spliced = clean.clone()
     spliced[2] = torch.tensor([0.0, 2.0, 0.0])  # image 2 now predicted as class 1
     moved = fidelity(clean, spliced, labels)
     p, q = clean.softmax(-1), spliced.softmax(-1)
-    assert moved["eval_kl"] == pytest.approx(float((p * (p / q).log()).sum(-1).mean()), rel=1e-5)
-    assert moved["eval_top1_agreement"] == 0.75 and moved["acc_sae"] == 0.5
-    assert moved["acc_worst_class"] in (1, 2) and moved["acc_worst_class_sae"] == 0.0
+    assert moved.eval_kl == pytest.approx(float((p * (p / q).log()).sum(-1).mean()), rel=1e-5)
+    assert moved.eval_top1_agreement == 0.75 and moved.acc_sae == 0.5
+    assert moved.acc_worst_class in (1, 2) and moved.acc_worst_class_sae == 0.0
     ce = torch.nn.functional.cross_entropy
-    assert moved["eval_delta_ce"] == pytest.approx(float(ce(spliced, labels) - ce(clean, labels)), rel=1e-5)
+    assert moved.eval_delta_ce == pytest.approx(float(ce(spliced, labels) - ce(clean, labels)), rel=1e-5)
 
 
 @pytest.mark.parametrize("batch_size", [256, 4096])

@@ -71,8 +71,8 @@ class ProgressMirror:
         done = None
         if isinstance(event, Progress) and event.unit == self.unit:
             done = event.done
-        elif isinstance(event, Metrics) and isinstance(event.row.get("step"), int):
-            done = event.row["step"]
+        elif isinstance(event, Metrics):
+            done = event.row.step
         if done is not None and done > self.shared.value:
             self.shared.value = done
 

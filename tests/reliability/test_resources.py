@@ -95,7 +95,7 @@ def test_disk_full_during_sae_training_keeps_the_last_checkpoint(tmp_path, small
     filled = []
 
     def fill_after_two_checkpoints(event) -> bool:
-        if isinstance(event, Metrics) and event.row.get("step") == 40 and not filled:
+        if isinstance(event, Metrics) and event.row.step == 40 and not filled:
             filled.append(fill(small_disk))
         return False
 

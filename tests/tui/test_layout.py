@@ -4,7 +4,7 @@ import pytest
 from textual.widgets import Static
 
 from tests.tui.test_main_path import fake_pipeline
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 from vitsae_tui.tui.widgets.metric_plot import MetricPlot
@@ -16,15 +16,9 @@ async def test_train_sae_at_80x24_shows_a_readable_plot_the_whole_status_and_cyc
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("a")
         screen = app.screen
-        row = {
-            "kind": "step",
-            "step": 20,
-            "mse": 2.5,
-            "fvu": 0.1,
-            "l0": 12.0,
-            "dead_fraction": 0.0,
-            "tokens_per_s": 9e4,
-        }
+        row = metrics.SAEStep(
+            "sae-1", 20, 81920, mse=2.5, fvu=0.1, l0=12.0, dead_fraction=0.0, lr=7e-5, tokens_per_s=9e4
+        )
         fake_pipeline(
             app,
             [

@@ -6,7 +6,7 @@ import pytest
 from textual.widgets import Input, Static
 
 from tests.helpers import make_indexed_workspace, write_activation_set
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.workspace import Workspace, write_status
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.jobs import Job
@@ -36,7 +36,7 @@ async def test_the_sae_screen_reads_only_its_own_rows_of_a_pipeline_job(tmp_path
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("a")
         screen = app.screen
-        model_row = {"kind": "step", "step": 5, "train_loss": 1.0, "train_accuracy": 0.5}
+        model_row = metrics.ModelStep(step=5, epoch=0.1, train_loss=1.0, train_accuracy=0.5, lr=1e-3)
         fake_pipeline(
             app,
             [
@@ -52,15 +52,9 @@ async def test_the_sae_screen_reads_only_its_own_rows_of_a_pipeline_job(tmp_path
         await pilot.pause(0.1)
         assert isinstance(screen, TrainSAEScreen)
         assert "20/1,220 steps · ETA" in status_text(screen) and "MSE" not in status_text(screen)
-        sae_row = {
-            "kind": "step",
-            "step": 20,
-            "mse": 2.5,
-            "fvu": 0.1,
-            "l0": 12.0,
-            "dead_fraction": 0.0,
-            "tokens_per_s": 9e4,
-        }
+        sae_row = metrics.SAEStep(
+            "sae-1", 20, 81920, mse=2.5, fvu=0.1, l0=12.0, dead_fraction=0.0, lr=7e-5, tokens_per_s=9e4
+        )
         fake_pipeline(
             app, [events.Metrics("train-sae", sae_row), events.Progress("train-sae", 40, 1220, "steps", 2.0, 20.0)]
         )
@@ -97,7 +91,7 @@ async def test_a_new_run_replaces_a_watched_one_and_the_form_shows_its_settings(
             "device": "cpu",
             "data": {"dataset": "synthetic", "n_train": 500},
         }
-        new_row = {"kind": "step", "step": 1, "train_loss": 2.0, "train_accuracy": 0.3}
+        new_row = metrics.ModelStep(step=1, epoch=0.02, train_loss=2.0, train_accuracy=0.3, lr=1e-3)
         fake_pipeline(
             app,
             [
@@ -128,7 +122,7 @@ async def test_resuming_draws_the_runs_curve_up_to_its_checkpoint_once(tmp_path)
             app,
             [
                 events.Started("train-model", str(run), {"epochs": 8}, resumed=True),
-                events.Metrics("train-model", {"kind": "step", "step": 3, "train_loss": 0.2, "train_accuracy": 0.2}),
+                events.Metrics("train-model", metrics.ModelStep(3, 0.06, train_loss=0.2, train_accuracy=0.2, lr=1e-3)),
             ],
         )
         await pilot.pause(0.1)

@@ -6,31 +6,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from vitsae_tui.engine import metrics
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.saes import short_name
-from vitsae_tui.engine.workspace import Workspace, read_jsonl
-
-COLUMNS = (
-    ("eval_l0", "L0"),
-    ("eval_fvu", "FVU"),
-    ("eval_explained_variance", "EV"),
-    ("eval_l2_ratio", "L2"),
-    ("dead_fraction", "dead%"),
-    ("eval_dense_fraction", "dense%"),
-    ("eval_decoder_max_cosine", "cos"),
-    ("eval_delta_ce", "ΔCE"),
-    ("eval_kl", "KL"),
-    ("kl_recovered", "KLrec"),
-    ("eval_top1_agreement", "agree%"),
-    ("acc_sae", "acc%"),
-    ("acc_worst_class_sae", "worst%"),
-    ("ce_recovered", "CErec"),
-)
-"""the metrics compared, from each run's latest held-out evaluation, and their column titles (EV: explained variance,
-L2: mean ||x_hat|| / ||x||, cos: mean max decoder cosine similarity): the SAE's own, then the classifier's with the SAE
-spliced in"""
-SPLICED_FROM = 7
+from vitsae_tui.engine.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -44,14 +24,14 @@ class SAEPoint:
     step: int
     total_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
-    """numbers only, from the run's latest eval row"""
+    """numbers only by metric key, from the run's latest eval row"""
     pareto: bool = False
     """no other SAE of the set has both lower L0 and lower FVU"""
     live: bool = False
     """L0 and FVU are its latest training batches' (it has trained on since its last evaluation, or has none yet)"""
 
-    def value(self, key: str) -> float:
-        return self.metrics.get(key, math.nan)
+    def value(self, metric: metrics.Metric) -> float:
+        return self.metrics.get(metric.key, math.nan)
 
     @property
     def label(self) -> str:
@@ -59,24 +39,17 @@ class SAEPoint:
         return f"{short_name(self.arch)} {self.sparsity.replace(' ', '')} x{self.expansion}"
 
 
-def _numbers(row: dict) -> dict[str, float]:
-    """A metrics row's finite numbers (a metrics file is untrusted: anything else is dropped)."""
-    return {
-        k: float(v)
-        for k, v in row.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-    }
-
-
-def latest_eval(rows: list[dict]) -> tuple[dict[str, float], int]:
+def latest_eval(rows: list[metrics.Row]) -> tuple[dict[str, float], int]:
     """The numbers of the last eval row, the dead fraction of the last training row (silent for the whole dead
     window of training tokens), and the eval row's step."""
-    row = next((r for r in reversed(rows) if r.get("kind") == "eval"), {})
-    train = next((r for r in reversed(rows) if r.get("kind") == "step"), {})
-    numbers = _numbers(row)
-    numbers.update({k: v for k, v in _numbers(train).items() if k == "dead_fraction"})
-    step = row.get("step")
-    return numbers, step if isinstance(step, int) else 0
+    row = metrics.latest(rows, metrics.SAEEval)
+    if row is None:
+        return {}, 0
+    numbers = metrics.values(row)
+    train = metrics.latest(rows, metrics.SAEStep)
+    if train is not None and math.isfinite(train.dead_fraction):
+        numbers[metrics.DEAD_FRACTION.key] = train.dead_fraction
+    return numbers, row.step
 
 
 def points(ws: Workspace, activations: str, live: bool = False) -> list[SAEPoint]:
@@ -91,21 +64,23 @@ def points(ws: Workspace, activations: str, live: bool = False) -> list[SAEPoint
             continue  # damaged: `vitsae-tui runs` shows it as such
         if cfg.activations != activations:
             continue
-        rows = read_jsonl(info.path / "metrics.jsonl")
-        metrics, step = latest_eval(rows)
-        training = _numbers(next((r for r in reversed(rows) if r.get("kind") == "step"), {}))
-        newer = live and info.state == "running" and training.get("step", -1) > step
-        if newer and "l0" in training and "fvu" in training:
-            metrics = {**metrics, "eval_l0": training["l0"], "eval_fvu": training["fvu"]}
-            step = int(training["step"])
-        if "eval_l0" not in metrics or "eval_fvu" not in metrics:
+        rows = metrics.read_rows(info.path / metrics.METRICS_FILE, "train-sae")
+        numbers, step = latest_eval(rows)
+        training = metrics.latest(rows, metrics.SAEStep)
+        newer = live and info.state == "running" and training is not None and training.step > step
+        if newer and math.isfinite(training.l0) and math.isfinite(training.fvu):
+            numbers = {**numbers, metrics.EVAL_L0.key: training.l0, metrics.EVAL_FVU.key: training.fvu}
+            step = training.step
+        if metrics.EVAL_L0.key not in numbers or metrics.EVAL_FVU.key not in numbers:
             continue
-        point = SAEPoint(info.name, cfg.arch, cfg.sparsity, cfg.expansion, info.state, step, cfg.total_steps, metrics)
+        point = SAEPoint(info.name, cfg.arch, cfg.sparsity, cfg.expansion, info.state, step, cfg.total_steps, numbers)
         found.append(dataclasses.replace(point, live=newer))
     return mark_pareto(found)
 
 
-def mark_pareto(found: list[SAEPoint], x: str = "eval_l0", y: str = "eval_fvu") -> list[SAEPoint]:
+def mark_pareto(
+    found: list[SAEPoint], x: metrics.Metric = metrics.EVAL_L0, y: metrics.Metric = metrics.EVAL_FVU
+) -> list[SAEPoint]:
     """Each evaluated point with `pareto` set when no other evaluated point is at most as large on both axes and
     smaller on one (a live point's training-batch numbers are not held-out: they never set the frontier)."""
     measured = [q for q in found if not q.live]

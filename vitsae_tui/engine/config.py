@@ -342,7 +342,7 @@ def sweep_configs(
     """The cross product of the given values over the base config; each architecture varies its own sparsity knob
     (λ the JumpReLU SAEs, k the TopK and BatchTopK ones)."""
     configs = []
-    swept = {"l0_coeff": l0_coeff, "k": k}
+    swept = dict(l0_coeff=l0_coeff, k=k)  # by config field
     for a in arch or (base.arch,):
         _check(a in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
         knob = architecture(a).knob

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vitsae_tui.engine.metrics import Row
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,8 @@ class Started:
 @dataclass(frozen=True)
 class Metrics:
     stage: str
-    row: dict[str, Any]
-    """one row of metrics.jsonl: always has 'kind' (e.g. 'step', 'epoch', 'eval') and 'step'"""
+    row: Row
+    """one typed row of metrics.jsonl (see `metrics`): a training window, a validation epoch or an evaluation"""
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,9 @@ def torch_rng_state():
     return torch.get_rng_state()
 
 
-def save_best(path: Path, model, epoch: int, step: int, val: dict) -> None:
-    atomic_torch_save(path, {"model": model.state_dict(), "epoch": epoch, "step": step, **val})
+def save_best(path: Path, model, validation: dict) -> None:
+    """best.pt: the weights and the validation row (step, epoch, loss, accuracy) that made them the best."""
+    atomic_torch_save(path, {"model": model.state_dict(), **validation})
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -98,6 +99,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
 
 
 def save_checkpoint(path: Path, model, optimizer, epoch: int, batch_in_epoch: int, step: int, best: dict) -> None:
+    """`best` holds best_val_loss and best_val_accuracy."""
     atomic_torch_save(
         path,
         {
@@ -106,8 +108,7 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, batch_in_epoch: in
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
             "step": step,
-            "best_val_loss": best["val_loss"],
-            "best_val_accuracy": best["val_accuracy"],
+            **best,
             "torch_rng": torch_rng_state(),
         },
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import model_run
+from vitsae_tui.engine import metrics, model_run
 from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.events import Finished, Log, Plan, Report
@@ -179,7 +179,7 @@ def lineage(
         and provenance.checkpoint == "best"
         and provenance.checkpoint_sha256 != sha
     )
-    tokens = act.status.get("tokens")
+    tokens = act.status.get(metrics.TOKENS.key)
     states.append(
         StageState(
             "collect",
@@ -193,7 +193,7 @@ def lineage(
     sae = pinned.get("saes") or _best(saes, lambda r: r.name in finished_indexes)
     if sae is None:
         return states + [StageState(s, None, "missing") for s in STAGE_NAMES[2:]]
-    fvu, l0 = sae.status.get("fvu"), sae.status.get("l0")
+    fvu, l0 = sae.status.get(metrics.FVU.key), sae.status.get(metrics.L0.key)
     sae_detail = f"FVU {fvu:.3f} · L0 {l0:.1f}" if isinstance(fvu, float) and isinstance(l0, (int, float)) else ""
     states.append(
         StageState("train-sae", sae.name, "stale" if states[-1].state == "stale" else _state(sae), sae_detail)
@@ -250,7 +250,7 @@ def _model_data(ws: Workspace, model: str) -> config_mod.DataConfig:
 
 
 def _model_detail(run: RunInfo) -> str:
-    acc = run.status.get("best_val_accuracy")
+    acc = run.status.get(metrics.BEST_VAL_ACCURACY.key)
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
 
 

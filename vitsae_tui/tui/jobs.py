@@ -15,7 +15,7 @@ from typing import Any
 
 from textual.app import App
 
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.errors import StageError, bug_message, log_bug
 from vitsae_tui.formatting import STEP_STAGES, plan_line
 
@@ -39,7 +39,7 @@ class Job:
     """every event so far, so a screen opened mid-run can draw the whole curve"""
     active_stage: str = ""
     """the stage this job is running now (a pipeline job runs one stage after another)"""
-    last_rows: dict[tuple[str, str], dict] = field(default_factory=dict)
+    last_rows: dict[tuple[str, str], metrics.Row] = field(default_factory=dict)
     """the newest metrics row per (stage, kind): a screen reads only its own stage's rows"""
     plan: events.Plan | None = None
     """a guided run's steps and the one it is at"""
@@ -76,7 +76,7 @@ class Job:
         eta = progress.eta_s if progress is not None else None
         return plan_line(plan.steps, plan.current, plan.estimates_s, eta, now - self.step_started, now - self.started)
 
-    def last_row(self, stage: str, kind: str) -> dict | None:
+    def last_row(self, stage: str, kind: str) -> metrics.Row | None:
         return self.last_rows.get((stage, kind))
 
     def drain(self) -> list[events.Event]:
@@ -100,7 +100,7 @@ class Job:
                     self.step_started = time.time()
                 self.plan = event
             elif isinstance(event, events.Metrics):
-                self.last_rows[(event.stage, str(event.row.get("kind")))] = event.row
+                self.last_rows[(event.stage, event.row.kind)] = event.row
             elif isinstance(event, events.Finished):
                 if event.stage == self.active_stage:
                     self.active_stage = ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -111,15 +111,42 @@ class SparseAutoencoder(nn.Module, abc.ABC):
         }
 
 
+@dataclass(frozen=True)
+class StepOutput:
+    """What one training step measured, as tensors on the device (the trainer reads them only when it logs)."""
+
+    mse: torch.Tensor
+    """mean squared reconstruction error over the batch (scaled inputs)"""
+    l0: torch.Tensor
+    """mean number of features firing per token"""
+    fired: torch.Tensor
+    """(F,) whether each feature fired on any token of the batch"""
+    in_window: torch.Tensor | None = None
+    """JumpReLU: the share of token-feature pairs inside θ's gradient window (None without a learned threshold)"""
+    theta_reached: torch.Tensor | None = None
+    """JumpReLU: the share of features with any pair inside its window"""
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """The sums of a logging window's steps, over every rank (weighted by tokens)."""
+
+    l0: float
+    sq_err: float
+    sq_dev: float
+    tokens: float
+    in_window: float
+    theta_reached: float
+
+
 class TrainingStep(abc.ABC):
     """One optimizer step's gradients for one architecture, as the trainer calls it."""
 
     @abc.abstractmethod
-    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> StepOutput:
         """Set .grad on every parameter for the batch x (scaled inputs); `dead` is the (F,) mask of features silent
-        for the dead window (None before a window has passed). Returns mse and l0 (means over the batch), fired (F,)
-        and in_window and theta_reached (zero where the architecture has no learned threshold)."""
+        for the dead window (None before a window has passed)."""
 
-    def metrics(self, totals: dict[str, float], step: int) -> dict[str, Any]:
-        """The architecture's own entries of a metrics row, from the window's sums."""
+    def metrics(self, totals: WindowTotals, step: int) -> dict[str, float]:
+        """The architecture's own entries of a metrics row (by metric key), from the window's sums."""
         return {}

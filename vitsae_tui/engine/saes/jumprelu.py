@@ -10,12 +10,14 @@ f passes H(z - theta) to z; the L0 term sends nothing to z.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
+from vitsae_tui.engine import metrics
+from vitsae_tui.engine.saes.base import SparseAutoencoder, StepOutput, TrainingStep, WindowTotals
 
 if TYPE_CHECKING:
     from vitsae_tui.engine.config import SAETrainConfig
@@ -93,7 +95,7 @@ class JumpReLUSAE(SparseAutoencoder):
         bandwidth: float,
         dead: torch.Tensor | None = None,
         pre_act_coeff: float = 0.0,
-    ) -> dict[str, torch.Tensor]:
+    ) -> ReferenceLoss:
         """The training objective through the autograd Functions (the reference the fused step is tested against).
 
         `dead` (feature indices) get the pre-activation loss `pre_act_coeff * sum ReLU(theta - z) * |W_dec row|`."""
@@ -106,7 +108,7 @@ class JumpReLUSAE(SparseAutoencoder):
         if dead is not None:
             below = (self.threshold[dead] - z[:, dead]).relu() * self.W_dec[dead].norm(dim=1)
             loss = loss + pre_act_coeff * below.sum(-1).mean()
-        return {"loss": loss, "mse": mse, "l0": l0, "f": f, "x_hat": x_hat}
+        return ReferenceLoss(loss, mse, l0, f, x_hat)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -115,6 +117,17 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def raw_weights(self) -> dict[str, torch.Tensor]:
         return {**super().raw_weights(), "threshold": self.threshold.detach().float().contiguous()}
+
+
+@dataclass(frozen=True)
+class ReferenceLoss:
+    """The JumpReLU objective and its parts, through autograd (what the fused step is tested against)."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    l0: torch.Tensor
+    f: torch.Tensor
+    x_hat: torch.Tensor
 
 
 class FusedStep:
@@ -148,8 +161,8 @@ class FusedStep:
     @torch.no_grad()
     def __call__(
         self, x: torch.Tensor, l0_coeff: float, dead: torch.Tensor | None = None, pre_act_coeff: float = 0.0
-    ) -> dict[str, torch.Tensor]:
-        """Sets .grad on every parameter; returns mse, l0 (means over the batch) and which features fired (F,).
+    ) -> StepOutput:
+        """Sets .grad on every parameter; returns what the step measured (the θ window statistics included).
 
         `dead` (feature indices, or None) get the pre-activation loss of `JumpReLUSAE.loss`."""
         sae, eps = self.sae, self.bandwidth
@@ -196,13 +209,13 @@ class FusedStep:
         sae.W_enc.grad = (xc.t() @ grad_z).float()  # (d_in, F)
         sae.b_enc.grad = grad_z.sum(0, dtype=torch.float32)
         window_samples = torch.bincount(cols, minlength=F)  # (F,) tokens inside each feature's window
-        return {
-            "mse": mse,
-            "l0": l0,
-            "fired": fired_count > 0,
-            "in_window": window_samples.sum() / (B * F),
-            "theta_reached": (window_samples > 0).float().mean(),
-        }
+        return StepOutput(
+            mse=mse,
+            l0=l0,
+            fired=fired_count > 0,
+            in_window=window_samples.sum() / (B * F),
+            theta_reached=(window_samples > 0).float().mean(),
+        )
 
 
 def l0_coeff_at(cfg: SAETrainConfig, step: int) -> float:
@@ -217,15 +230,15 @@ class JumpReLUTraining(TrainingStep):
     def __init__(self, fused: FusedStep, cfg: SAETrainConfig):
         self.fused, self.cfg = fused, cfg
 
-    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> StepOutput:
         cfg = self.cfg
         dead_ids = dead.nonzero().squeeze(1) if cfg.pre_act_coeff and dead is not None else None
         return self.fused(x, l0_coeff_at(cfg, step), dead_ids, cfg.pre_act_coeff)
 
-    def metrics(self, totals: dict[str, float], step: int) -> dict[str, Any]:
+    def metrics(self, totals: WindowTotals, step: int) -> dict[str, float]:
         return {
             # how often theta learns: token-feature pairs inside the window, features with any such pair
-            "in_window": totals["in_window"] / totals["tokens"],
-            "theta_reached": totals["theta_reached"] / totals["tokens"],
-            "l0_coeff": l0_coeff_at(self.cfg, step - 1),
+            metrics.IN_WINDOW.key: totals.in_window / totals.tokens,
+            metrics.THETA_REACHED.key: totals.theta_reached / totals.tokens,
+            metrics.L0_COEFF.key: l0_coeff_at(self.cfg, step - 1),
         }

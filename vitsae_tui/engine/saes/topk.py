@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
+from vitsae_tui.engine.saes.base import SparseAutoencoder, StepOutput, TrainingStep
 
 if TYPE_CHECKING:
     from vitsae_tui.engine.config import SAETrainConfig
@@ -83,7 +83,7 @@ class TopKStep(TrainingStep):
         self.sae = sae
         self.aux_k_coeff = aux_k_coeff
 
-    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, step: int, dead: torch.Tensor | None) -> StepOutput:
         sae = self.sae
         for p in sae.parameters():
             p.grad = None
@@ -99,12 +99,4 @@ class TopKStep(TrainingStep):
         sae.track_threshold(f.detach())
         fired = (f > 0).detach()
         fired_count = fired.sum(0)
-        no_theta = mse.new_zeros(())  # no learned threshold: nothing reaches a window
-        return {
-            "mse": mse.detach(),
-            "l0": fired_count.sum() / len(x),
-            "fired": fired_count > 0,
-            "aux": aux.detach(),
-            "in_window": no_theta,
-            "theta_reached": no_theta,
-        }
+        return StepOutput(mse=mse.detach(), l0=fired_count.sum() / len(x), fired=fired_count > 0)

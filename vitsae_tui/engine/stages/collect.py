@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitsae_tui.engine import activation_set, model_run
+from vitsae_tui.engine import activation_set, metrics, model_run
 from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.activation_set import ImageEntry, Manifest, Provenance, ShardWriter
 from vitsae_tui.engine.config import CollectConfig, DataConfig
@@ -266,11 +266,11 @@ def _forward(model, images_u8: torch.Tensor, hook: str, device, bf16: bool) -> n
 
 def _summary(manifest: Manifest, set_dir: Path) -> dict[str, Any]:
     return {
-        "images": manifest.n_images,
-        "tokens": manifest.n_tokens,
-        "d_model": manifest.d_model,
-        "dtype": manifest.dtype,
-        "shards": len(manifest.shards),
-        "skipped_images": manifest.skipped_images,
-        "bytes_on_disk": activation_set.size_on_disk(set_dir),
+        metrics.IMAGES.key: manifest.n_images,
+        metrics.TOKENS.key: manifest.n_tokens,
+        metrics.D_MODEL.key: manifest.d_model,
+        metrics.DTYPE.key: manifest.dtype,
+        metrics.SHARDS.key: len(manifest.shards),
+        metrics.SKIPPED_IMAGES.key: manifest.skipped_images,
+        metrics.BYTES_ON_DISK.key: activation_set.size_on_disk(set_dir),
     }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitsae_tui.engine import metrics
 from vitsae_tui.engine.errors import StageError, bug_message, is_user_error, log_bug, user_message
 from vitsae_tui.engine.events import (
     ArtifactWritten,
@@ -26,7 +27,7 @@ from vitsae_tui.engine.events import (
     Started,
     progress_callback,
 )
-from vitsae_tui.engine.workspace import append_jsonl, claim_run, truncate_jsonl, write_status
+from vitsae_tui.engine.workspace import claim_run, write_status
 
 PROGRESS_EVERY_S = 0.25
 
@@ -107,17 +108,16 @@ class RunRecorder:
         """A (done, total) callable for a sub-step (drawing images, a phase of the index)."""
         return progress_callback(self.report, self.stage, unit)
 
-    def metrics(self, row: dict[str, Any], run_dir: Path | None = None) -> None:
+    def metrics(self, row: metrics.Row, run_dir: Path | None = None) -> None:
         """One metric row: appended to the run's metrics.jsonl (main process) and reported."""
         if self.is_main:
-            append_jsonl((run_dir or self.run_dir) / "metrics.jsonl", row)
+            metrics.append_row((run_dir or self.run_dir) / metrics.METRICS_FILE, row)
         self.report(Metrics(self.stage, row))
 
     def truncate_metrics(self, last_step: int | None, run_dir: Path | None = None) -> None:
         """Drop the metric rows after `last_step` (all of them when None): a resumed run writes them again."""
         if self.is_main:
-            keep = (lambda row: False) if last_step is None else (lambda row: int(row.get("step", 0)) <= last_step)
-            truncate_jsonl((run_dir or self.run_dir) / "metrics.jsonl", keep)
+            metrics.truncate_rows((run_dir or self.run_dir) / metrics.METRICS_FILE, last_step)
 
     def stop_requested(self) -> bool:
         """Whether a stop was asked for (under torchrun: on any rank; every rank gets the same answer)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import distributed, model_run
+from vitsae_tui.engine import distributed, metrics, model_run
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast
@@ -26,6 +26,17 @@ from vitsae_tui.engine.workspace import Workspace, remove_partial_writes
 
 STAGE = "train-model"
 LOG_EVERY_STEPS = 5
+
+
+@dataclass(frozen=True)
+class Validation:
+    loss: float
+    accuracy: float
+    images: int
+    """the labelled images that could be decoded and scored"""
+
+
+NO_VALIDATION = Validation(math.inf, 0.0, 0)
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ def evaluate(
     batch_size: int,
     num_workers: int = 0,
     ranks: distributed.Ranks | None = None,
-) -> dict:
+) -> Validation:
     """Mean cross-entropy and accuracy over the labelled, decodable images of a split (each rank scores its share)."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
@@ -79,7 +90,7 @@ def evaluate(
             torch.tensor([total_loss, correct, count], dtype=torch.float64, device=device)
         ).tolist()
         correct, count = int(correct), int(count)
-    return {"val_loss": total_loss / max(count, 1), "val_accuracy": correct / max(count, 1), "val_images": count}
+    return Validation(total_loss / max(count, 1), correct / max(count, 1), count)
 
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
@@ -115,7 +126,7 @@ def run(
         try:
             cfg, train_set, val_set = _load_data(cfg, ws, rec)
         except StopRequested:  # while the synthetic images were drawn: no step taken, nothing to resume
-            summary = {"epochs_done": 0, "step": 0}
+            summary = {metrics.EPOCHS_DONE.key: 0, metrics.STEP.key: 0}
             rec.status("stopped", **summary, message="stopped while drawing the images, before training")
             rec.finished(summary, stopped=True, status=False)
             return TrainModelResult(rec.run_dir, True, math.inf, 0.0, 0)
@@ -156,6 +167,15 @@ def _local_batches(
         )
 
 
+@dataclass
+class _Window:
+    """The training batches since the last metrics row."""
+
+    loss: float = 0.0
+    images: int = 0
+    correct: int = 0
+
+
 class ModelTraining:
     """One classifier run's loop, shaped like SAELens's fit(): train steps, a validation pass per epoch, checkpoints,
     and the counters a resume restores (epoch, batch within it, step, best validation so far)."""
@@ -173,13 +193,13 @@ class ModelTraining:
         self.model = distributed.sync_batchnorm(VisionTransformerClassifier(cfg.model).to(self.device), self.ranks)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best = {"val_loss": math.inf, "val_accuracy": 0.0}
+        self.best = NO_VALIDATION
         if resuming:
             self.epoch, self.batch_in_epoch, self.step, self.best = _restore(rec, self.model, self.optimizer)
         self.net = self._parallel()
         self.steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.window = {"loss": 0.0, "images": 0, "correct": 0}
+        self.window = _Window()
         self.skipped = 0
 
     def fit(self) -> TrainModelResult:
@@ -229,7 +249,7 @@ class ModelTraining:
             trained += self._train_step(images, labels, ok)
             self.step += 1
             self.batch_in_epoch += 1
-            if self.step % LOG_EVERY_STEPS == 0 and self.window["images"]:
+            if self.step % LOG_EVERY_STEPS == 0 and self.window.images:
                 self._log_window()
             rec.progress(self.step, self.total_steps, "steps")
             if self.step % cfg.checkpoint_every == 0 and rec.is_main:
@@ -273,23 +293,22 @@ class ModelTraining:
                 "(a resumed run keeps its own settings)"
             )
         self.optimizer.step()
-        self.window["loss"] += batch_loss
-        self.window["correct"] += int(batch_correct)
-        self.window["images"] += int(n_global)
+        self.window.loss += batch_loss
+        self.window.correct += int(batch_correct)
+        self.window.images += int(n_global)
         return int(n_global)
 
     def _log_window(self) -> None:
         window = self.window
-        row = {
-            "kind": "step",
-            "step": self.step,
-            "epoch": self.epoch + self.batch_in_epoch / self.steps_per_epoch,
-            "train_loss": window["loss"] / window["images"],
-            "train_accuracy": window["correct"] / window["images"],
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        row = metrics.ModelStep(
+            step=self.step,
+            epoch=self.epoch + self.batch_in_epoch / self.steps_per_epoch,
+            train_loss=window.loss / window.images,
+            train_accuracy=window.correct / window.images,
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
         self.rec.metrics(row)
-        self.window = {"loss": 0.0, "images": 0, "correct": 0}
+        self.window = _Window()
 
     def _validate(self) -> None:
         """The end of an epoch: the validation pass, the best checkpoint when it improved, the last checkpoint."""
@@ -297,29 +316,29 @@ class ModelTraining:
         self.epoch += 1
         self.batch_in_epoch = 0
         val = evaluate(self.model, self.val_set, self.device, cfg.bf16, cfg.batch_size * 2, cfg.num_workers, self.ranks)
-        if val["val_images"] == 0:
+        if val.images == 0:
             raise StageError(
                 f"none of the {len(self.val_set)} validation images of {cfg.data.dataset} could be decoded; "
                 f"check the files or raise --val-fraction"
             )
-        rec.metrics({"kind": "epoch", "step": self.step, "epoch": self.epoch, **val})
-        rec.log(f"epoch {self.epoch}/{cfg.epochs}: val loss {val['val_loss']:.4f}, accuracy {val['val_accuracy']:.1%}")
-        improved = val["val_loss"] < self.best["val_loss"]
+        row = metrics.ModelEpoch(self.step, self.epoch, val.loss, val.accuracy, val.images)
+        rec.metrics(row)
+        rec.log(f"epoch {self.epoch}/{cfg.epochs}: val loss {val.loss:.4f}, accuracy {val.accuracy:.1%}")
+        improved = val.loss < self.best.loss
         if improved:
-            self.best = {"val_loss": val["val_loss"], "val_accuracy": val["val_accuracy"]}
+            self.best = val
         if rec.is_main:
             if improved:
                 best_path = model_run.checkpoint_path(rec.run_dir, "best")
-                model_run.save_best(best_path, self.model, self.epoch, self.step, val)
+                model_run.save_best(best_path, self.model, metrics.to_json(row))
                 rec.artifact(best_path, "best checkpoint")
             self._checkpoint()
-            best = {f"best_{k}": v for k, v in self.best.items()}
-            rec.status("running", step=self.step, epoch=self.epoch, **best)
+            rec.status("running", step=self.step, epoch=self.epoch, **self._best())
 
     def _checkpoint(self, report: bool = True) -> None:
         last_path = model_run.checkpoint_path(self.rec.run_dir, "last")
         model_run.save_checkpoint(
-            last_path, self.model, self.optimizer, self.epoch, self.batch_in_epoch, self.step, self.best
+            last_path, self.model, self.optimizer, self.epoch, self.batch_in_epoch, self.step, self._best()
         )
         if report:
             self.rec.artifact(last_path, "checkpoint")
@@ -332,16 +351,19 @@ class ModelTraining:
         if skipped:
             rec.log(f"skipped {int(skipped)} unreadable images", "warning")
         summary = {
-            "best_val_loss": self.best["val_loss"],
-            "best_val_accuracy": self.best["val_accuracy"],
-            "epochs_done": self.epoch,
-            "step": self.step,
-            "skipped_images": int(skipped),
-            "elapsed_s": round(rec.meter.elapsed_s, 1),
+            **self._best(),
+            metrics.EPOCHS_DONE.key: self.epoch,
+            metrics.STEP.key: self.step,
+            metrics.SKIPPED_IMAGES.key: int(skipped),
+            metrics.ELAPSED_S.key: round(rec.meter.elapsed_s, 1),
         }
         rec.progress(self.step, self.total_steps, "steps", final=True)
         rec.finished(summary, stopped)
-        return TrainModelResult(rec.run_dir, stopped, self.best["val_loss"], self.best["val_accuracy"], self.epoch)
+        return TrainModelResult(rec.run_dir, stopped, self.best.loss, self.best.accuracy, self.epoch)
+
+    def _best(self) -> dict[str, float]:
+        """The best validation so far, as the status and the checkpoint record it."""
+        return {metrics.BEST_VAL_LOSS.key: self.best.loss, metrics.BEST_VAL_ACCURACY.key: self.best.accuracy}
 
 
 def _load_data(
@@ -381,7 +403,7 @@ def _load_data(
     return cfg, train_set, val_set
 
 
-def _restore(rec: RunRecorder, model, optimizer) -> tuple[int, int, int, dict]:
+def _restore(rec: RunRecorder, model, optimizer) -> tuple[int, int, int, Validation]:
     """Model, optimizer and RNG from last.pt; returns (epoch, batch in epoch, step, best validation so far)."""
     run_dir = rec.run_dir
     state = model_run.load_checkpoint(run_dir)
@@ -391,7 +413,7 @@ def _restore(rec: RunRecorder, model, optimizer) -> tuple[int, int, int, dict]:
     except (KeyError, RuntimeError, ValueError):
         raise StageError(f"the checkpoint in {run_dir.name} does not match its config; start a new run") from None
     epoch, batch_in_epoch, step = int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"])
-    best = {"val_loss": float(state["best_val_loss"]), "val_accuracy": float(state["best_val_accuracy"])}
+    best = Validation(float(state[metrics.BEST_VAL_LOSS.key]), float(state[metrics.BEST_VAL_ACCURACY.key]), 0)
     torch.set_rng_state(state["torch_rng"])
     rec.truncate_metrics(step)
     rec.log(f"resuming {run_dir.name} at epoch {epoch + 1}, step {step}")

@@ -3,10 +3,11 @@ live metrics, held-out evaluation and exact resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import distributed, model_run, sweeps
+from vitsae_tui.engine import distributed, metrics, model_run, sweeps
 from vitsae_tui.engine.activation_set import ActivationSet, find_validation_set
 from vitsae_tui.engine.activation_set.reader import collect_command
 from vitsae_tui.engine.config import SAETrainConfig
@@ -23,14 +24,13 @@ from vitsae_tui.engine.events import Report
 from vitsae_tui.engine.perf import tune_allocator
 from vitsae_tui.engine.saes import architecture
 from vitsae_tui.engine.saes import run as sae_run
-from vitsae_tui.engine.saes.base import SparseAutoencoder, TrainingStep
+from vitsae_tui.engine.saes.base import SparseAutoencoder, StepOutput, TrainingStep, WindowTotals
 from vitsae_tui.engine.saes.eval import Evaluator
 from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, due, recording
 from vitsae_tui.engine.token_source import TokenSource
 from vitsae_tui.engine.workspace import (
     Workspace,
     WorkspaceError,
-    read_jsonl,
     remove_partial_writes,
 )
 
@@ -201,30 +201,31 @@ def _validation_set(ws: Workspace, cfg: SAETrainConfig, store: ActivationSet, re
 class Window:
     """Metric sums since the last log row, kept on the device: reading them each step would make the GPU wait."""
 
-    NAMES = ("l0", "sq_err", "sq_dev", "tokens", "in_window", "theta_reached")
+    NAMES = tuple(f.name for f in dataclasses.fields(WindowTotals))
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=device)
 
-    def add(self, step_out: dict[str, torch.Tensor], sq_dev: torch.Tensor, n: int) -> None:
+    def add(self, out: StepOutput, sq_dev: torch.Tensor, n: int) -> None:
         # scalar arguments only: a tensor built from a Python number would be a host-to-device copy every step
-        self.sums[0] += step_out["l0"].double() * n
-        self.sums[1] += step_out["mse"].double() * n
+        self.sums[0] += out.l0.double() * n
+        self.sums[1] += out.mse.double() * n
         self.sums[2] += sq_dev
         self.sums[3] += n
-        self.sums[4] += step_out["in_window"].double() * n
-        self.sums[5] += step_out["theta_reached"].double() * n
+        if out.in_window is not None:  # an architecture without a learned threshold leaves its θ statistics at 0
+            self.sums[4] += out.in_window.double() * n
+            self.sums[5] += out.theta_reached.double() * n
 
     def load(self, saved: dict[str, Any]) -> None:
         # a checkpoint from before the window statistics carries none: they restart at zero
         values = [float(saved.get(k, 0.0)) for k in self.NAMES]
         self.sums = torch.tensor(values, dtype=torch.float64, device=self.sums.device)
 
-    def totals(self, ranks: distributed.Ranks, stop_asked: bool) -> tuple[dict[str, float], bool]:
+    def totals(self, ranks: distributed.Ranks, stop_asked: bool) -> tuple[WindowTotals, bool]:
         """The sums over every rank, and whether any rank was asked to stop (one reduction for both)."""
         flag = torch.tensor([float(stop_asked)], dtype=torch.float64, device=self.sums.device)
         values = ranks.all_reduce(torch.cat([self.sums, flag])).tolist()
-        return dict(zip(self.NAMES, values[:-1])), values[-1] > 0
+        return WindowTotals(*values[:-1]), values[-1] > 0
 
 
 @dataclass
@@ -240,8 +241,8 @@ class Member:
     window: Window
     step: int = 0
     tokens_seen: int = 0
-    latest: dict[str, Any] = field(default_factory=dict)
-    totals: dict[str, float] = field(default_factory=dict)
+    latest: metrics.SAEStep | None = None
+    totals: WindowTotals | None = None
 
     @property
     def name(self) -> str:
@@ -267,22 +268,21 @@ class Member:
         self.last_fired[fired] = self.tokens_seen
         self.step += 1
 
-    def metrics_row(self, totals: dict[str, float], seconds: float) -> dict[str, Any]:
+    def metrics_row(self, totals: WindowTotals, seconds: float) -> metrics.SAEStep:
         cfg = self.cfg
         dead = float(self.dead_mask().float().mean()) if self.tokens_seen >= cfg.dead_window_tokens else 0.0
-        row = {
-            "kind": "step",
-            "run": self.name,
-            "step": self.step,
-            "tokens": self.tokens_seen,
-            "mse": totals["sq_err"] / totals["tokens"],
-            "fvu": totals["sq_err"] / max(totals["sq_dev"], 1e-12),
-            "l0": totals["l0"] / totals["tokens"],
-            "dead_fraction": dead,
-        }
-        row.update(self.step_fn.metrics(totals, self.step))
-        row.update({"lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": totals["tokens"] / max(seconds, 1e-9)})
-        return row
+        return metrics.SAEStep(
+            run=self.name,
+            step=self.step,
+            tokens=self.tokens_seen,
+            mse=totals.sq_err / totals.tokens,
+            fvu=totals.sq_err / max(totals.sq_dev, 1e-12),
+            l0=totals.l0 / totals.tokens,
+            dead_fraction=dead,
+            lr=self.optimizer.param_groups[0]["lr"],
+            tokens_per_s=totals.tokens / max(seconds, 1e-9),
+            arch=self.step_fn.metrics(totals, self.step),
+        )
 
 
 def _member(
@@ -397,6 +397,13 @@ class SAETraining:
             self.evaluator = Evaluator(
                 store, cfg.heldout_every, self.device, model, _validation_set(ws, cfg, store, rec)
             )
+            if len(self.evaluator.image_ids) == 0:
+                rec.log(
+                    f"activations/{store.path.name} has {store.n_images} images, too few to hold every "
+                    f"{cfg.heldout_every}th out: nothing is evaluated; pass a smaller --heldout-every or collect a "
+                    "validation split",
+                    "warning",
+                )
         self.mean_scaled = torch.from_numpy(store.mean.astype(np.float32)).to(self.device) * self.scale
         self.window_start = time.perf_counter()
 
@@ -477,7 +484,9 @@ class SAETraining:
         cfg, rec = self.cfg, self.rec
         for m in active:
             if self.evaluator is not None and due(step, cfg.eval_every, cfg.total_steps):
-                rec.metrics({"kind": "eval", "run": m.name, "step": step, **self.evaluator.evaluate(m.sae)}, m.run_dir)
+                row = self.evaluator.evaluate(m.sae, m.name, step)
+                if row is not None:
+                    rec.metrics(row, m.run_dir)
             if step % cfg.checkpoint_every == 0 and rec.is_main:
                 _checkpoint(m, m.totals)
                 rec.status("running", m.run_dir, step=m.step)
@@ -496,8 +505,7 @@ class SAETraining:
         rec, store = self.rec, self.store
         totals, _ = m.window.totals(self.ranks, False)
         _check_finite(totals, m.step, m.cfg.lr, m.name)
-        kept = ("mse", "fvu", "l0", "dead_fraction", "in_window", "theta_reached")
-        summary = {k: v for k, v in m.latest.items() if k in kept}
+        summary = _window_summary(m.latest)
         summary.update(step=m.step, tokens=m.tokens_seen, elapsed_s=round(rec.meter.elapsed_s, 1))
         if rec.is_main:
             _checkpoint(m, totals)
@@ -506,23 +514,32 @@ class SAETraining:
                 model_run_name = store.provenance.model_run
                 export = sae_run.export_saelens(m.run_dir, m.sae, store.hook, store.tokens_per_image, model_run_name)
                 rec.artifact(export, "SAELens export")
-                rows = read_jsonl(m.run_dir / "metrics.jsonl")
-                last_eval = next((r for r in reversed(rows) if r.get("kind") == "eval"), {})
-                prefixes = ("eval_", "ce_", "acc_", "kl_")
-                summary.update({k: v for k, v in last_eval.items() if k.startswith(prefixes) and k != "density"})
+                last_eval = metrics.latest(metrics.read_rows(m.run_dir / metrics.METRICS_FILE, STAGE), metrics.SAEEval)
+                summary.update(metrics.values(last_eval) if last_eval is not None else {})
+                summary.pop(metrics.STEP.key, None)
+                summary.update(step=m.step)
             rec.status("stopped" if stopped else "finished", m.run_dir, **summary, message="")
         return TrainSAEResult(m.run_dir, stopped, m.step, summary)
 
 
+def _window_summary(latest: metrics.SAEStep | None) -> dict[str, float]:
+    """What an SAE's summary keeps of its last training window: reconstruction, sparsity, the architecture's own."""
+    if latest is None:
+        return {}
+    window = metrics.values(latest)
+    kept = {m.key for m in metrics.SAE_SUMMARY} | set(latest.arch)
+    return {k: v for k, v in window.items() if k in kept}
+
+
 def _result_line(r: TrainSAEResult) -> str:
-    m = r.metrics
-    parts = [f"L0 {m['l0']:.1f}" if "l0" in m else "", f"FVU {m['fvu']:.4f}" if "fvu" in m else ""]
-    parts.append(f"KL {m['eval_kl']:.4f}" if "eval_kl" in m else "")
-    return ", ".join(p for p in parts if p) or "no metrics yet"
+    shown = [metrics.L0, metrics.FVU, metrics.EVAL_KL]
+    parts = [f"{m.label} {format(r.metrics[m.key], m.digits)}" for m in shown if m.key in r.metrics]
+    return ", ".join(parts) or "no metrics yet"
 
 
-def _checkpoint(m: Member, totals: dict[str, float]) -> None:
-    sae_run.save_checkpoint(m.run_dir, m.sae, m.optimizer, m.step, m.tokens_seen, m.last_fired, totals)
+def _checkpoint(m: Member, totals: WindowTotals) -> None:
+    window = dataclasses.asdict(totals)  # the window's sums so far: a resume carries them on
+    sae_run.save_checkpoint(m.run_dir, m.sae, m.optimizer, m.step, m.tokens_seen, m.last_fired, window)
 
 
 def _all_reduced_grads(
@@ -534,7 +551,7 @@ def _all_reduced_grads(
 ) -> torch.Tensor:
     """Gradients of the global batch's loss on every rank; returns which features fired anywhere in it."""
     if out is not None:
-        fired = out["fired"]
+        fired = out.fired
     else:  # a final global batch smaller than the number of ranks leaves some ranks without rows
         for p in sae.parameters():
             p.grad = torch.zeros_like(p)
@@ -552,9 +569,9 @@ def _all_reduced_grads(
     return bucket[offset:] > 0
 
 
-def _check_finite(totals: dict[str, float], step: int, lr: float, run: str) -> None:
+def _check_finite(totals: WindowTotals, step: int, lr: float, run: str) -> None:
     """Raise before anything is logged or checkpointed once the loss has gone non-finite."""
-    value = totals["sq_err"]
+    value = totals.sq_err
     if not math.isfinite(value):
         raise StageError(
             f"the loss of {run} became {value} by step {step}; start a new run with a --lr below {lr:g} "

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Input, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events, model_run
+from vitsae_tui.engine import events, metrics, model_run
 from vitsae_tui.engine.activation_set import size_on_disk
 from vitsae_tui.engine.config import CollectConfig, ConfigError
 from vitsae_tui.engine.errors import UserError
@@ -141,12 +141,20 @@ class CollectScreen(StageScreen):
         if isinstance(event, events.Started):
             self.set_dir = Path(event.run_dir)
         elif isinstance(event, events.Finished):
-            s = event.summary
+            shown = (
+                metrics.IMAGES,
+                metrics.TOKENS,
+                metrics.D_MODEL,
+                metrics.DTYPE,
+                metrics.SHARDS,
+                metrics.BYTES_ON_DISK,
+            )
+            images, tokens, width, dtype, shards, size = (event.summary.get(m.key) for m in shown)
             verb = "stopped (re-run the same settings to finish)" if event.stopped else "done"
             self.query_one("#summary", Static).update(
                 Text(
-                    f"{verb}: {s['images']} images · {s['tokens']:,} tokens of {s['d_model']} {s['dtype']} · "
-                    f"{s['shards']} shard(s) · {format_bytes(s['bytes_on_disk'])} → {event.run_dir}",
+                    f"{verb}: {images} images · {tokens:,} tokens of {width} {dtype} · "
+                    f"{shards} shard(s) · {format_bytes(size)} → {event.run_dir}",
                     style="green",
                 )
             )

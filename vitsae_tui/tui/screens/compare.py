@@ -9,9 +9,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Select, Static
 
+from vitsae_tui.engine import metrics
 from vitsae_tui.engine.compare import SAEPoint, points
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.text import shown
+from vitsae_tui.formatting import table_cell
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.base import AppScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -56,7 +58,7 @@ class CompareScreen(AppScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("run", "SAE", "L0", "FVU", "KL rec", "worst", "state")
+        table.add_columns("run", "SAE", *(metric.label for metric in metrics.COMPARE_SCREEN), "state")
         self.found: list[SAEPoint] = []
         self.shown_rows: tuple = ()
         self.refill_sets()
@@ -122,10 +124,7 @@ class CompareScreen(AppScreen):
             (
                 ("★ " if p.pareto else "  ") + p.run,
                 p.label,
-                f"{p.value('eval_l0'):.3g}",
-                f"{p.value('eval_fvu'):.3g}",
-                _or_dash(p.value("kl_recovered"), "{:.3f}"),
-                _or_dash(100 * p.value("acc_worst_class_sae"), "{:.1f}%"),
+                *(table_cell(metric, p.value(metric)) for metric in metrics.COMPARE_SCREEN),
                 "live" if p.live else p.state if p.step >= p.total_steps else f"{p.step}/{p.total_steps}",
             )
             for p in self.found
@@ -151,9 +150,10 @@ class CompareScreen(AppScreen):
         legend.append("◉ selected · enter opens its run", style="dim")
         self.query_one("#compare-legend", Static).update(legend)
         chosen = self.selected()
-        for plot_id, y_key in (("plot_fvu", "eval_fvu"), ("plot_kl", "kl_recovered")):
-            groups = {arch: [(p.value("eval_l0"), p.value(y_key)) for p in group] for arch, group in by_arch.items()}
-            mark = (chosen.value("eval_l0"), chosen.value(y_key)) if chosen is not None else None
+        x = metrics.EVAL_L0
+        for plot_id, y in (("plot_fvu", metrics.EVAL_FVU), ("plot_kl", metrics.KL_RECOVERED)):
+            groups = {arch: [(p.value(x), p.value(y)) for p in group] for arch, group in by_arch.items()}
+            mark = (chosen.value(x), chosen.value(y)) if chosen is not None else None
             self.query_one(f"#{plot_id}", ScatterPlot).show(groups, mark)
 
     def _chosen_or_say(self) -> SAEPoint | None:
@@ -182,7 +182,3 @@ class CompareScreen(AppScreen):
         chosen = self._chosen_or_say()
         if chosen is not None:
             self.app.action_build_index(chosen.run)
-
-
-def _or_dash(value: float, fmt: str) -> str:
-    return fmt.format(value) if value == value else "–"

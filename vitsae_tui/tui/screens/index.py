@@ -22,12 +22,14 @@ from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "index"
 FORM_FIELDS = ("sae", "device")
-PHASES = {
-    "images": "pass over the set",
-    "features (class effects)": "class effects",
-    "images (zeroing features)": "causal effects",
-    "concepts scored": "concept scoring",
-}
+PHASES = dict(
+    [
+        ("images", "pass over the set"),  # (the unit of the phase's progress, what the screen calls the phase)
+        ("features (class effects)", "class effects"),
+        ("images (zeroing features)", "causal effects"),
+        ("concepts scored", "concept scoring"),
+    ]
+)
 """what each progress unit of the index stage is, as the status line names it"""
 
 

@@ -9,10 +9,10 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import Input, ProgressBar, RichLog, Select, Static
 
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
-from vitsae_tui.engine.workspace import read_jsonl, read_record, read_status
+from vitsae_tui.engine.workspace import read_record, read_status
 from vitsae_tui.formatting import format_duration
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.jobs import Job
@@ -90,7 +90,7 @@ class StageScreen(AppScreen):
     def on_resize(self) -> None:
         self.apply_layout()
 
-    def add_metrics(self, row: dict) -> None:
+    def add_metrics(self, row: metrics.Row) -> None:
         """Draw one metrics row of this stage (stages with plots override this)."""
 
     def reset_view(self) -> None:
@@ -145,8 +145,8 @@ class StageScreen(AppScreen):
 
     def draw_history(self, run_dir: Path, before_step: int) -> None:
         """A resumed run's curves up to the point it continues from; live points then extend them."""
-        for row in read_jsonl(run_dir / "metrics.jsonl"):
-            if isinstance(row.get("step"), int) and row["step"] < before_step:
+        for row in metrics.read_rows(run_dir / metrics.METRICS_FILE, self.STAGE):
+            if row.step < before_step:
                 self.add_metrics(row)
 
     def action_resume(self) -> None:
@@ -174,7 +174,7 @@ class StageScreen(AppScreen):
     def poll_watched(self) -> None:
         if self.watching is None:
             return
-        path = self.watching / "metrics.jsonl"
+        path = self.watching / metrics.METRICS_FILE
         try:
             size = path.stat().st_size
             if size < self.watch_offset:  # rewritten on resume: draw it again from the start
@@ -188,10 +188,10 @@ class StageScreen(AppScreen):
         complete = chunk.rfind(b"\n") + 1  # a line still being written is read on the next poll
         for line in chunk[:complete].splitlines():
             try:
-                row = json.loads(line)
+                row = metrics.parse_row(json.loads(line), self.STAGE)
             except (ValueError, RecursionError):
                 continue
-            if isinstance(row, dict):
+            if row is not None:
                 self.add_metrics(row)
         self.watch_offset += complete
         status = read_status(self.watching)
@@ -253,7 +253,7 @@ class StageScreen(AppScreen):
                 self.begin_run(job, event)
             elif isinstance(event, events.Metrics):
                 if self.history_pending is not None:
-                    self.draw_history(self.history_pending, int(event.row.get("step", 0)))
+                    self.draw_history(self.history_pending, event.row.step)
                     self.history_pending = None
                 self.add_metrics(event.row)
             elif isinstance(event, events.Log):

@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events, model_run
+from vitsae_tui.engine import events, metrics, model_run
 from vitsae_tui.engine.config import ConfigError, TrainModelConfig
 from vitsae_tui.formatting import stopped_verb
 from vitsae_tui.tui.jobs import Job
@@ -116,22 +116,22 @@ class TrainModelScreen(StageScreen):
         self.watch_run(run_dir)
         self.redraw_plots()
 
-    def add_metrics(self, row: dict) -> None:
+    def add_metrics(self, row: metrics.Row) -> None:
         loss_plot = self.query_one("#loss_plot", MetricPlot)
         acc_plot = self.query_one("#acc_plot", MetricPlot)
-        step = row.get("step", 0)
-        if row.get("kind") == "step":
-            loss_plot.add("train", step, row.get("train_loss"))
-            acc_plot.add("train", step, row.get("train_accuracy"))
-        elif row.get("kind") == "epoch":
-            loss_plot.add("val", step, row.get("val_loss"))
-            acc_plot.add("val", step, row.get("val_accuracy"))
+        if isinstance(row, metrics.ModelStep):
+            loss_plot.add("train", row.step, row.train_loss)
+            acc_plot.add("train", row.step, row.train_accuracy)
+        elif isinstance(row, metrics.ModelEpoch):
+            loss_plot.add("val", row.step, row.val_loss)
+            acc_plot.add("val", row.step, row.val_accuracy)
 
     def on_stage_event(self, job: Job, event: events.Event) -> None:
         if isinstance(event, events.Finished):
             verb = stopped_verb(event.summary, "r") if event.stopped else "finished"
-            acc = event.summary.get("best_val_accuracy")
-            result = f": best val accuracy {acc:.1%}" if isinstance(acc, float) and event.summary.get("step") else ""
+            acc = event.summary.get(metrics.BEST_VAL_ACCURACY.key)
+            trained = event.summary.get(metrics.STEP.key)
+            result = f": best val accuracy {acc:.1%}" if isinstance(acc, float) and trained else ""
             self.query_one("#log", StageLog).write(Text(f"{verb}{result} → {event.run_dir}", style="green"))
             self.refresh_runs()
 

@@ -10,10 +10,10 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Header, Label, ProgressBar, Select, Static
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine import events
+from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.config import SWEPT_FIELDS, ConfigError, SAETrainConfig, sweep_configs
 from vitsae_tui.engine.saes import run as sae_run
-from vitsae_tui.formatting import fidelity_line, format_metrics, number, stopped_verb
+from vitsae_tui.formatting import fidelity_line, format_metrics, stopped_verb
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -23,13 +23,10 @@ from vitsae_tui.tui.widgets.stage_log import StageLog
 
 STAGE = "train-sae"
 FORM_FIELDS = ("activations", "arch", "l0_coeff", "k", "expansion", "bandwidth", "lr", "batch_size", "tokens", "device")
-# (metrics key, title, log y axis, y floor)
-PLOTS = [
-    ("mse", "MSE", True, None),
-    ("fvu", "FVU", True, None),
-    ("l0", "L0", False, 0.0),
-    ("dead_fraction", "dead %", False, 0.0),
-]
+PLOTS = (metrics.MSE, metrics.FVU, metrics.L0, metrics.DEAD_FRACTION)
+"""the training window's metrics plotted (a linear axis starts at 0; a percentage is plotted in percent)"""
+HELD_OUT = {metrics.FVU: metrics.EVAL_FVU, metrics.L0: metrics.EVAL_L0}
+"""the plots that also show the held-out evaluation's value"""
 BARS = " ▁▂▃▄▅▆▇█"
 
 
@@ -38,21 +35,18 @@ def histogram_bars(counts: list[int]) -> str:
     return "".join(BARS[min(len(BARS) - 1, round(c / peak * (len(BARS) - 1)))] if c else " " for c in counts)
 
 
-def format_eval(row: dict) -> Text:
+def format_eval(row: metrics.SAEEval) -> Text:
     text = Text.assemble(
-        (f"eval @ step {row.get('step', '?')}", "bold"),
-        f"  FVU {number(row, 'eval_fvu'):.4f} · L0 {number(row, 'eval_l0'):.1f} · "
-        f"never fired {number(row, 'eval_never_fired_fraction', 0.0):.1%}",
+        (f"eval @ step {row.step}", "bold"),
+        f"  FVU {row.eval_fvu:.4f} · L0 {row.eval_l0:.1f} · never fired {row.eval_never_fired_fraction:.1%}",
     )
-    density = row.get("density")
-    if isinstance(density, dict) and isinstance(density.get("counts"), list):
-        text.append(
-            f"\ndensity 1e-7 [{histogram_bars(density['counts'])}] 1   ({density.get('never_fired', '?')} never fired)"
-        )
-    theta = row.get("theta")
-    if isinstance(theta, dict) and isinstance(theta.get("counts"), list):
-        text.append(f"\nθ 1e-6 [{histogram_bars(theta['counts'])}] 10   (median {number(theta, 'median'):.2g})")
-    if "eval_kl" in row:
+    if row.density is not None:
+        never = row.density.never_fired if row.density.never_fired is not None else "?"
+        text.append(f"\ndensity 1e-7 [{histogram_bars(list(row.density.counts))}] 1   ({never} never fired)")
+    if row.theta is not None:
+        median = row.theta.median if row.theta.median is not None else float("nan")
+        text.append(f"\nθ 1e-6 [{histogram_bars(list(row.theta.counts))}] 10   (median {median:.2g})")
+    if row.spliced:
         text.append(f"\n{fidelity_line(row)}")
     return text
 
@@ -61,7 +55,7 @@ class TrainSAEScreen(StageScreen):
     STAGE = STAGE
     RUN_KIND = "saes"
     BINDINGS = [*RESUMABLE_BINDINGS, *PLOT_BINDINGS]
-    PLOTS = tuple(f"plot_{key}" for key, *_ in PLOTS)
+    PLOTS = tuple(f"plot_{metric.key}" for metric in PLOTS)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -80,8 +74,9 @@ class TrainSAEScreen(StageScreen):
                 yield Static("no job: pick an activation set and press ctrl+s", id="status")
                 yield ProgressBar(total=1, id="progress", show_eta=False)
                 with Grid(id="sae-plots"):
-                    for key, title, log_y, y_min in PLOTS:
-                        yield MetricPlot(title, log_y=log_y, y_min=y_min, id=f"plot_{key}")
+                    for metric in PLOTS:
+                        floor = None if metric.log_axis else 0.0
+                        yield MetricPlot(metric.label, log_y=metric.log_axis, y_min=floor, id=f"plot_{metric.key}")
                 yield Static("", id="eval")
                 yield StageLog(id="log")
         yield Footer()
@@ -145,32 +140,26 @@ class TrainSAEScreen(StageScreen):
         self.watch_run(run_dir)
         self.redraw_plots()
 
-    def add_metrics(self, row: dict) -> None:
-        run = row.get("run")
+    def add_metrics(self, row: metrics.Row) -> None:
+        run = getattr(row, "run", "")
         if run and self.shown_run and run != Path(self.shown_run).name:
             return  # another SAE of the sweep: the Compare screen shows them all
-        if row.get("kind") == "step":
-            for key, *_ in PLOTS:
-                value = row.get(key)
-                if key == "dead_fraction" and isinstance(value, (int, float)):
-                    value *= 100
-                self.query_one(f"#plot_{key}", MetricPlot).add("train", row.get("step"), value)
-        elif row.get("kind") == "eval":
+        if isinstance(row, metrics.SAEStep):
+            for metric in PLOTS:
+                value = getattr(row, metric.key)
+                self.query_one(f"#plot_{metric.key}", MetricPlot).add(
+                    "train", row.step, 100 * value if metric.style == "percent" else value
+                )
+        elif isinstance(row, metrics.SAEEval):
             self.query_one("#eval", Static).update(format_eval(row))
-            for key in ("fvu", "l0"):
-                self.query_one(f"#plot_{key}", MetricPlot).add("held-out", row.get("step"), row.get(f"eval_{key}"))
+            for metric, held_out in HELD_OUT.items():
+                self.query_one(f"#plot_{metric.key}", MetricPlot).add("held-out", row.step, getattr(row, held_out.key))
 
     def on_stage_event(self, job: Job, event: events.Event) -> None:
         if isinstance(event, events.Finished):
-            s = event.summary
             verb = stopped_verb(event.summary, "r") if event.stopped else "finished"
-            self.query_one("#log", StageLog).write(
-                Text(
-                    f"{verb}: FVU {s.get('fvu', float('nan')):.4f}, L0 {s.get('l0', float('nan')):.1f}, "
-                    f"dead {s.get('dead_fraction', 0.0):.1%} → {event.run_dir}",
-                    style="green",
-                )
-            )
+            result = format_metrics(event.summary, metrics.SAE_SUMMARY, separator=", ")
+            self.query_one("#log", StageLog).write(Text(f"{verb}: {result} → {event.run_dir}", style="green"))
             self.refresh_choices()
 
     def status_detail(self, job: Job) -> str:
@@ -178,7 +167,7 @@ class TrainSAEScreen(StageScreen):
         row = job.last_row(STAGE, "step")  # this stage's rows only: a pipeline job also holds the model's rows
         if row is None:
             return detail
-        return f"{detail} · {format_metrics(row, separator=' · ')}"
+        return f"{detail} · {format_metrics(metrics.values(row), separator=' · ')}"
 
     def redraw_plots(self) -> None:
         for plot in self.query(MetricPlot):

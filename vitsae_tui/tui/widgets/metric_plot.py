@@ -53,8 +53,10 @@ class MetricPlot(PlotextPlot):
         """points actually drawn at the last redraw (after downsampling), for tests and diagnostics"""
 
     def add(self, name: str, x: float, y: float | None) -> None:
-        """Append a point; a missing value (null in the metrics file: NaN or infinite when logged) is skipped."""
+        """Append a point; a missing or non-finite value (null in the metrics file, NaN once read) is skipped."""
         if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            return
+        if not (math.isfinite(x) and math.isfinite(y)):
             return
         xs, ys = self.series.setdefault(name, ([], []))
         xs.append(float(x))
