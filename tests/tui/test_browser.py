@@ -7,6 +7,7 @@ from tests.helpers import answer, make_indexed_workspace, wait_for
 from vitsae_tui.engine.cards import one_per_image
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.browser import BrowserScreen
+from vitsae_tui.tui.widgets.browser_panes import ImagePane, ImageView
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 
 SNAPSHOT_WORKSPACE = Path("/tmp/vitsae-tui-snapshot-browser")
@@ -55,6 +56,30 @@ async def test_image_patch_feature_example_and_back(indexed_root):
         assert feature_list.row_count == screen.index.d_sae
         await pilot.press("escape", "escape")
         assert app.screen.__class__.__name__ == "HomeScreen"
+
+
+async def test_a_state_change_redraws_once_and_a_left_prompt_never_hides_the_run_asked_for(indexed_root):
+    app = VitsaeApp(indexed_root)
+    async with app.run_test(size=(110, 36)) as pilot:
+        await pilot.press("b")
+        await wait_for(pilot, lambda: app.screen.index is not None, timeout_s=30)
+        screen = app.screen
+        pane = screen.query_one(ImagePane)
+        drawn = []
+        show = pane.show
+        pane.show = lambda index, view, no_color: (drawn.append(view), show(index, view, no_color))
+        screen.open_image(5, 7)  # image and cursor change together: one redraw
+        assert [(v.image, v.cursor) for v in drawn] == [(5, 7)]
+        await pilot.press("l")  # the cursor alone
+        assert [(v.image, v.cursor) for v in drawn] == [(5, 7), (5, 8)]
+        await pilot.press("1")  # a feature opens: its heatmap, once
+        assert len(drawn) == 3 and drawn[-1].feature == screen.feature is not None
+        await pilot.press("g")  # a prompt left open on the browser...
+        await pilot.pause(0.1)
+        await app.switch_mode("home")
+        await app.open_run("features", screen.index.dir.name)  # ...is closed for the run asked for
+        await pilot.pause(0.1)
+        assert app.screen is screen
 
 
 async def test_jump_to_image_and_feature_and_label(indexed_root):
@@ -141,7 +166,9 @@ async def test_under_no_color_the_feature_map_is_drawn_in_brightness(indexed_roo
         await pilot.pause(0.3)
         screen = app.screen
         assert app.no_color and screen.feature is not None
-        picture = np.asarray(screen.composed_image(screen.pixel_size(screen.query_one("#image"))), dtype=np.int16)
+        pane = screen.query_one(ImagePane)
+        view = ImageView(screen.image, screen.cursor, screen.feature, None)
+        picture = np.asarray(pane.composed_image(screen.index, view, pane.pixel_size(6), app.no_color), dtype=np.int16)
         grid_lines = (picture == 255).all(-1)  # the cursor outline
         channels = picture[~grid_lines]
         assert np.abs(channels[:, 0] - channels[:, 1]).max() <= 1, "drawn in greys: brightness carries the heat"

@@ -30,7 +30,7 @@ async def test_attribute_pick_a_class_edit_undo_and_the_numbers_match_the_cli(pl
     async with app.run_test(size=(140, 48)) as pilot:
         screen = await open_browser(pilot, app)
         await pilot.press("z")  # no feature open: a warning, no edit
-        assert screen.edits == [] and not screen.query_one("#workbench").display
+        assert screen.edits == () and not screen.query_one("#workbench").display
         await pilot.press("a")
         assert screen.query_one("#workbench").display
         assert "attribution (exact)" in await settled(pilot, app)
@@ -44,7 +44,7 @@ async def test_attribute_pick_a_class_edit_undo_and_the_numbers_match_the_cli(pl
 
         await answer(pilot, "slash", str(PLANTED))
         await pilot.press("z")
-        assert screen.edits == [Edit((PLANTED,), "zero", 0.0, (0,))]
+        assert screen.edits == (Edit((PLANTED,), "zero", 0.0, (0,)),)
         text = await settled(pilot, app)
         expected = edit_json(screen.bench, screen.bench.intervene(screen.image, tuple(screen.edits), DRIVEN))
         before, after = expected["probs_before"], expected["probs_after"]
@@ -70,7 +70,7 @@ async def test_attribute_pick_a_class_edit_undo_and_the_numbers_match_the_cli(pl
         )
         assert f"clamp to {clamp.value:.3f} feature" in await settled(pilot, app)
         await pilot.press("u", "u", "u")  # one more than there are: a warning
-        assert screen.edits == [] and "attribution (exact)" in await settled(pilot, app)
+        assert screen.edits == () and "attribution (exact)" in await settled(pilot, app)
         await pilot.press("n")  # another image: edits are per image, the attribution follows
         assert screen.image == 1 and "attribution (exact)" in await settled(pilot, app)
         await pilot.press("a")

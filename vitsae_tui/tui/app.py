@@ -96,6 +96,8 @@ class VitsaeApp(App):
         """Show one run on its stage's screen (an index in the browser): live while written, else from its files."""
         mode = BY_KIND[kind].name if BY_KIND[kind].name in self.MODES and kind != "features" else "browse"
         await self.switch_mode(mode)  # awaited, so a screen opened for the first time is mounted before use
+        while len(self.screen_stack) > 1:  # a prompt left open on that screen: the run asked for comes first
+            await self.pop_screen()
         self.screen.show_run(self.workspace.run_dir(kind, name))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

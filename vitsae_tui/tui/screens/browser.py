@@ -1,41 +1,39 @@
-"""Feature browser: an image as terminal pixels with its 6x6 token grid and a patch cursor, the selected patch's top
-features, any feature's heatmap, stats and top examples, and a sortable list of all features."""
+"""Feature browser: an image as terminal pixels with its token grid and a patch cursor, the selected patch's top
+features, any feature's heatmap, stats and top examples, and a sortable list of all features.
+
+The screen owns the state (reactive `image`, `cursor`, `feature`, `edits`, and the workbench's `attribution_on` and
+`target`); each change marks what depends on it, and the panes (`browser_panes`) redraw once per change, or once
+after a batch of changes. The index loads and the workbench computes in threads that post typed messages.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select, Static
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select
 
-from vitsae_tui.engine.cards import draw_grid, feature_card, image_card, one_per_image, overlay
-from vitsae_tui.engine.errors import (
-    UserError,
-    bug_message,
-    is_user_error,
-    log_bug,
-    resource_message,
-    user_message,
-)
-from vitsae_tui.engine.perf import one_intra_op_thread
+from vitsae_tui.engine.cards import feature_card, image_card
+from vitsae_tui.engine.errors import UserError, bug_message, is_user_error, log_bug, resource_message, user_message
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.base import AppScreen
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
+from vitsae_tui.tui.widgets.browser_panes import FeatureListPane, FeatureView, ImagePane, ImageView, PatchFeatures
 from vitsae_tui.tui.widgets.choices import choose, refill_select
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
-from vitsae_tui.tui.widgets.feature_list import SORTS, FeatureList
-from vitsae_tui.tui.widgets.feature_stats import NO_FEATURE, FeatureStats
+from vitsae_tui.tui.widgets.feature_list import SORTS
 from vitsae_tui.tui.widgets.patch_image import PatchImage
 from vitsae_tui.tui.widgets.workbench_panel import WorkbenchPanel
 
@@ -79,27 +77,39 @@ class BrowserScreen(AppScreen):
         Binding("escape", "back", "Back"),
     ]
 
+    image: reactive[int] = reactive(0, init=False)
+    cursor: reactive[int] = reactive(0, init=False)
+    feature: reactive[int | None] = reactive(None, init=False)
+    edits: reactive[tuple[Edit, ...]] = reactive((), init=False)
+    """feature edits on the shown image, in order (cleared with the image)"""
+    attribution_on: reactive[bool] = reactive(False, init=False)
+    target: reactive[int | None] = reactive(None, init=False)
+    """the class attributed and followed (None: the predicted one)"""
+
+    class IndexLoaded(Message):
+        """An index finished loading (or failed to, with the sentence to show)."""
+
+        def __init__(self, name: str, index, message: str = ""):
+            super().__init__()
+            self.name, self.index, self.message = name, index, message
+
+    class WorkbenchDone(Message):
+        """The workbench's attribution and edit effect for a state key (or the sentence it failed with)."""
+
+        def __init__(self, key: tuple, bench=None, attribution=None, result=None, message: str = ""):
+            super().__init__()
+            self.key, self.bench, self.attribution, self.result, self.message = key, bench, attribution, result, message
+
     def __init__(self):
         super().__init__()
         self.index = None
-        self.image = 0
-        self.cursor = 0
-        self.feature: int | None = None
         self.class_filter: int | None = None
         self.sort = 0
         self.hide_dead = True
-        self.all_examples = False
-        """False: the strongest example of each image only; True: every top example (several per image)"""
         self.side_mode = "patch"
         """what the side pane shows: the patch's features, the feature list, or the open feature"""
-        self.renders: OrderedDict = OrderedDict()
         self.bench = None
         """the workbench (model and SAE spliced), made on first use"""
-        self.attribution_on = False
-        self.target: int | None = None
-        """the class attributed and followed (None: the predicted one)"""
-        self.edits: list[Edit] = []
-        """feature edits on the shown image, in order (cleared with the image)"""
         self.edit_all_patches = False
         self.bench_results: tuple = (None, None, None)
         """(what they were computed for, attribution, edit result): kept while the cursor moves"""
@@ -107,32 +117,79 @@ class BrowserScreen(AppScreen):
         """one workbench computation at a time (an exclusive worker's thread runs on after it is cancelled)"""
         self.bench_heat: np.ndarray | None = None
         """what the image shows while the workbench is on: |attribution| or |change of the target logit| per patch"""
+        self.dirty: set[str] = set()
+        """what the state changes since the last redraw affect: 'image' (image, patch table, workbench), 'feature'"""
+        self.batching = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="browser"):
-            with Vertical(id="image-pane"):
-                yield Select([], prompt="(build an index first)", id="index", compact=True)
-                yield Static("", id="image-title")
-                yield PatchImage(id="image")
-                with VerticalScroll(id="workbench-scroll"):
-                    yield WorkbenchPanel("", id="workbench")
+            yield ImagePane(id="image-pane")
             with Vertical(id="side-pane"):
                 with ContentSwitcher(initial="patch-view", id="side"):
-                    with Vertical(id="patch-view"):
-                        yield Static("", id="patch-title")
-                        yield DataTable(id="patch-features", cursor_type="row", zebra_stripes=True)
-                    with Vertical(id="list-view"):
-                        yield Static("", id="list-title")
-                        yield FeatureList(id="feature-list", cursor_type="row", zebra_stripes=True)
-                with Vertical(id="feature-view"):
-                    yield FeatureStats(NO_FEATURE, id="feature-stats")
-                    yield ExamplesView(id="examples")
-                    yield Static("", id="example-caption")
+                    yield PatchFeatures(id="patch-view")
+                    yield FeatureListPane(id="list-view")
+                yield FeatureView(id="feature-view")
         yield Footer(compact=True)
 
+    # -- state and redrawing ---------------------------------------------------------------------------------------
+
+    def watch_image(self) -> None:
+        with self.batch():
+            self.edits = ()  # edits belong to the image they were made on
+            self.changed("image")
+
+    def watch_cursor(self) -> None:
+        self.changed("image")
+
+    def watch_feature(self) -> None:
+        self.changed("image", "feature")
+
+    def watch_edits(self) -> None:
+        self.changed("image")
+
+    def watch_attribution_on(self) -> None:
+        self.changed("image")
+
+    def watch_target(self) -> None:
+        self.changed("image")
+
+    def changed(self, *parts: str) -> None:
+        """Mark what a state change affects and redraw it, unless a batch of changes is still being made."""
+        self.dirty.update(parts)
+        if not self.batching:
+            self.redraw()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several state changes, one redraw at the end."""
+        self.batching += 1
+        try:
+            yield
+        finally:
+            self.batching -= 1
+            if not self.batching and self.dirty:
+                self.redraw()
+
+    def redraw(self) -> None:
+        parts, self.dirty = self.dirty, set()
+        if self.index is None or not self.is_mounted:
+            return
+        if "feature" in parts:
+            view = self.query_one(FeatureView)
+            if self.feature is None:
+                view.clear()
+            else:
+                view.show(self.index, self.feature, self.app.no_color)
+        self.refresh_workbench()
+        heat = self.bench_heat
+        state = ImageView(self.image, self.cursor, self.feature, self.class_filter, heat, bool(self.edits))
+        self.query_one(ImagePane).show(self.index, state, self.app.no_color)
+        self.query_one(PatchFeatures).show(self.index, self.image, self.cursor, self.feature)
+
+    # -- layout ----------------------------------------------------------------------------------------------------
+
     def on_mount(self) -> None:
-        self.query_one("#patch-features", DataTable).add_columns("feature", "act", "density", "label")
         self.apply_layout()
         self.refresh_indexes()
 
@@ -143,7 +200,7 @@ class BrowserScreen(AppScreen):
         self.apply_layout()
 
     def on_patch_image_resized(self, _message: PatchImage.Resized) -> None:
-        self.refresh_image()
+        self.changed("image")
 
     def apply_layout(self) -> None:
         """Below STACKED_HEIGHT rows the side pane shows one panel at a time: the patch's features, the feature list
@@ -159,6 +216,8 @@ class BrowserScreen(AppScreen):
         if mode != "feature":
             self.query_one("#side", ContentSwitcher).current = f"{mode}-view"
         self.apply_layout()
+
+    # -- the index -------------------------------------------------------------------------------------------------
 
     def refresh_indexes(self) -> None:
         runs = [r for r in self.app.workspace.runs("features") if r.state == "finished"]
@@ -183,143 +242,56 @@ class BrowserScreen(AppScreen):
             and isinstance(event.value, str)
             and (self.index is None or self.index.dir.name != event.value)
         ):
-            self.open_index(event.value)
+            self.load_index(event.value)
 
-    def open_index(self, name: str) -> None:
+    @work(thread=True, exclusive=True, group="index")
+    def load_index(self, name: str) -> None:
+        """Open an index off the UI thread (a large one maps hundreds of megabytes)."""
         from vitsae_tui.engine.feature_index import FeatureIndex
 
         try:
-            self.index = FeatureIndex(self.app.workspace, name)
+            index = FeatureIndex(self.app.workspace, name)
         except Exception as e:  # a damaged or stale index: say so and keep the screen usable
-            self.index = None
             message = user_message(e) if is_user_error(e) else bug_message(e, log_bug(e, self.app.workspace.root))
-            self.notify(shown(message, MAX_MESSAGE), severity="error", timeout=10, markup=False)
+            self.post_message(self.IndexLoaded(name, None, shown(message, MAX_MESSAGE)))
             return
-        self.image, self.cursor, self.class_filter = 0, 0, None
-        self.close_feature()
-        self.renders.clear()
+        self.post_message(self.IndexLoaded(name, index))
+
+    def on_browser_screen_index_loaded(self, event: IndexLoaded) -> None:
+        selected = self.query_one("#index", Select)
+        if selected.value != event.name:
+            return  # another index was picked while this one loaded
+        if event.index is None:
+            self.index = None
+            self.notify(event.message, severity="error", timeout=10, markup=False)
+            return
+        self.index = event.index
+        self.query_one(ImagePane).forget()
+        with self.batch():
+            self.image, self.cursor, self.class_filter = 0, 0, None
+            self.close_feature()
+            self.changed("image")
         self.fill_feature_list()
-        self.refresh_image()
         self.query_one("#image", PatchImage).focus()
 
     @property
     def grid(self) -> int:
         return self.index.grid if self.index else 6
 
-    def class_name(self, image: int) -> str:
-        return self.index.image_info(image).class_name
-
-    def pixel_size(self, widget: PatchImage, max_px: int = 224) -> int:
-        """Largest square (in pixels) that fits the widget: one column per pixel, two pixels per row."""
-        width, height = widget.pixel_box()
-        side = max(self.grid * 2, min(width, height, max_px))
-        return side - side % self.grid
-
-    def composed_image(self, size: int) -> Image.Image:
-        heat = self.bench_heat
-        key = (self.image, self.feature, self.cursor, size, None if heat is None else heat.tobytes())
-        if key not in self.renders:
-            thumb = self.index.thumbnail(self.image)
-            if heat is not None:
-                picture = overlay(thumb, heat, size, float(heat.max()) or None, self.app.no_color)
-            elif self.feature is None:
-                picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
-            else:
-                scale = self.index.heat_scale(self.feature)
-                picture = overlay(thumb, self.index.heatmap(self.image, self.feature), size, scale, self.app.no_color)
-            self.renders[key] = draw_grid(picture, self.grid, self.cursor)
-            if len(self.renders) > 64:
-                self.renders.popitem(last=False)
-        return self.renders[key]
-
-    def refresh_image(self) -> None:
-        if self.index is None:
-            return
-        with one_intra_op_thread():  # tiny ops: the app's other threads would stall a woken thread pool
-            self.draw_image()
-
-    def draw_image(self) -> None:
-        self.refresh_workbench()
-        index = self.index
-        row, col = divmod(self.cursor, self.grid)
-        only = f" · only {index.label_name(self.class_filter)}" if self.class_filter is not None else ""
-        feature = f" · heatmap of feature {self.feature}" if self.feature is not None else ""
-        if self.bench_heat is not None:
-            feature = " · heatmap of |Δ target logit|" if self.edits else " · heatmap of |attribution|"
-        # two short lines: on a narrow pane one long one wrapped into five and left the image a strip
-        self.query_one("#image-title", Static).update(
-            Text(
-                f"image {self.image}/{index.n_images - 1} · {self.class_name(self.image)}{only}\n"
-                f"patch {self.cursor} (row {row}, col {col}){feature}"
-            )
-        )
-        view = self.query_one("#image", PatchImage)
-        view.show(self.composed_image(self.pixel_size(view)))
-        self.fill_patch_features()
-
-    def fill_patch_features(self) -> None:
-        table = self.query_one("#patch-features", DataTable)
-        table.clear()
-        top = self.index.top_features(self.image, self.cursor, 12)
-        self.query_one("#patch-title", Static).update(
-            f"top features of patch {self.cursor}" + (" (1-9 or enter opens one)" if top else ": none fire")
-        )
-        for feature, value in top:
-            style = "bold" if feature == self.feature else ""
-            table.add_row(
-                Text(str(feature), style=style),
-                f"{value:.3g}",
-                f"{self.index.density(feature):.1e}",
-                Text(self.index.label(feature)),
-                key=str(feature),
-            )
-
-    def shown_examples(self, feature: int) -> list[tuple[int, int, float]]:
-        examples = self.index.top_examples(feature)
-        return examples if self.all_examples else one_per_image(examples)
+    # -- navigation ------------------------------------------------------------------------------------------------
 
     def show_feature(self, feature: int) -> None:
         index = self.index
         if not 0 <= feature < index.d_sae:
             self.notify(f"feature {feature} is outside 0..{index.d_sae - 1}", severity="error")
             return
-        self.feature = feature
-        self.query_one("#feature-stats", FeatureStats).show(index, feature)
-        self.draw_examples()
         tables = (self.query_one("#patch-features", DataTable), self.query_one("#feature-list", DataTable))
-        self.set_side("feature")
+        with self.batch():
+            self.feature = feature
+            self.changed("feature")  # the same feature again: its stats may have changed (a new label)
+            self.set_side("feature")
         if self.focused is None or (self.has_class("one-panel") and self.focused in tables):
             self.query_one("#image", PatchImage).focus()  # the table that had focus is hidden now
-        self.refresh_image()
-
-    def draw_examples(self) -> None:
-        examples = self.shown_examples(self.feature)
-        vmax = self.index.heat_scale(self.feature)
-        feature = self.feature
-
-        def draw_tile(example: tuple[int, int, float], tile: int) -> Image.Image:
-            image, token, _value = example
-            heat = self.index.heatmap(image, feature)
-            picture = overlay(self.index.thumbnail(image), heat, tile, vmax, self.app.no_color)
-            return draw_grid(picture, self.grid, token, lines=False)
-
-        self.query_one("#examples", ExamplesView).set_examples(examples, draw_tile)
-
-    def on_examples_view_highlighted(self, event: ExamplesView.Highlighted) -> None:
-        caption = self.query_one("#example-caption", Static)
-        if event.example is None or self.index is None:
-            caption.update("")
-            return
-        image, token, value = event.example
-        total = len(self.query_one("#examples", ExamplesView).examples)
-        scope = "" if self.all_examples else " (one per image)"
-        # the numbers first, the words after: a narrow pane cuts the end of the line, never a number
-        caption.update(
-            Text(
-                f"#{event.rank + 1}/{total} · act {value:.3g} · image {image} · patch {token} · "
-                f"{self.class_name(image)}{scope}"
-            )
-        )
 
     def on_examples_view_opened(self, event: ExamplesView.Opened) -> None:
         image, token, _value = event.example
@@ -327,13 +299,10 @@ class BrowserScreen(AppScreen):
 
     def close_feature(self) -> None:
         self.feature = None
-        self.query_one("#feature-stats", FeatureStats).clear()
-        self.query_one("#examples", ExamplesView).clear_examples()
         self.set_side("patch")
 
     def fill_feature_list(self) -> None:
-        title = self.query_one("#feature-list", FeatureList).fill(self.index, self.sort, self.hide_dead)
-        self.query_one("#list-title", Static).update(title)
+        self.query_one(FeatureListPane).show(self.index, self.sort, self.hide_dead)
 
     def action_move(self, d_row: int, d_col: int) -> None:
         if self.index is None:
@@ -341,7 +310,6 @@ class BrowserScreen(AppScreen):
         row, col = divmod(self.cursor, self.grid)
         row, col = min(max(row + d_row, 0), self.grid - 1), min(max(col + d_col, 0), self.grid - 1)
         self.cursor = row * self.grid + col
-        self.refresh_image()
 
     def action_image(self, step: int) -> None:
         if self.index is None:
@@ -352,10 +320,7 @@ class BrowserScreen(AppScreen):
             candidate = (candidate + step) % self.index.n_images
             if self.class_filter is None or labels[candidate] == self.class_filter:
                 break
-        if candidate != self.image:
-            self.edits.clear()
         self.image = candidate
-        self.refresh_image()
 
     def action_open_top(self, n: int) -> None:
         """Open the n-th strongest feature of the selected patch."""
@@ -369,17 +334,15 @@ class BrowserScreen(AppScreen):
 
     def action_open_highlighted(self) -> None:
         """enter on the image: open the feature highlighted in the patch's table (the strongest, unless moved)."""
-        table = self.query_one("#patch-features", DataTable)
-        if self.index is not None and table.row_count:
-            self.show_feature(int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+        feature = self.query_one(PatchFeatures).highlighted() if self.index is not None else None
+        if feature is not None:
+            self.show_feature(feature)
 
     def open_image(self, image: int, token: int) -> None:
-        if image != self.image:
-            self.edits.clear()
-        self.image, self.cursor = image, token
-        self.set_side("feature" if self.feature is not None else "patch")
+        with self.batch():
+            self.image, self.cursor = image, token
+            self.set_side("feature" if self.feature is not None else "patch")
         self.query_one("#image", PatchImage).focus()
-        self.refresh_image()
 
     def ask_number(self, question: str, upper: int, then) -> None:
         """Prompt for a whole number in [0, upper) and pass it on, or say what to type."""
@@ -411,13 +374,13 @@ class BrowserScreen(AppScreen):
             self.notify("this set has no class labels to filter by", severity="warning")
             return
         n = len(self.index.class_names)
-        self.class_filter = (
-            0 if self.class_filter is None else (None if self.class_filter + 1 >= n else self.class_filter + 1)
-        )
-        if self.class_filter is not None and self.index.image_labels()[self.image] != self.class_filter:
-            self.action_image(1)
-        else:
-            self.refresh_image()
+        with self.batch():
+            self.class_filter = (
+                0 if self.class_filter is None else (None if self.class_filter + 1 >= n else self.class_filter + 1)
+            )
+            self.changed("image")
+            if self.class_filter is not None and self.index.image_labels()[self.image] != self.class_filter:
+                self.action_image(1)
 
     def action_show_list(self) -> None:
         if self.index is not None:
@@ -432,9 +395,14 @@ class BrowserScreen(AppScreen):
         self.set_side("feature")
         self.query_one("#examples", ExamplesView).focus()
 
+    # -- the workbench ---------------------------------------------------------------------------------------------
+
     def model_class_names(self) -> tuple[str, ...]:
         """The classes of the model behind the index (what the workbench attributes and follows)."""
         return tuple(self.index.meta.model_class_names) or tuple(self.index.class_names)
+
+    def workbench_key(self) -> tuple:
+        return (self.index, self.image, self.target, self.attribution_on, self.edits)
 
     def refresh_workbench(self) -> None:
         """Show the workbench for the current image, target and edits: at once when computed, else 'computing…'
@@ -446,7 +414,7 @@ class BrowserScreen(AppScreen):
         self.bench_heat = None
         if not active:
             return
-        key = (self.index, self.image, self.target, self.attribution_on, tuple(self.edits))
+        key = self.workbench_key()
         if self.bench_results[0] != key:  # a patch move changes neither: only the panel's scope line is redrawn
             panel.show_pending("applying the edits" if self.edits else "attributing")
             self.compute_workbench(key)
@@ -471,26 +439,26 @@ class BrowserScreen(AppScreen):
                 attribution = bench.attribute(image, target) if attribution_on else None
                 result = bench.intervene(image, edits, target) if edits else None
         except UserError as e:  # a damaged index or a missing model: a sentence, the browser goes on
-            self.app.call_from_thread(self.workbench_failed, key, shown(e, MAX_MESSAGE))
+            self.post_message(self.WorkbenchDone(key, message=shown(e, MAX_MESSAGE)))
             return
-        self.app.call_from_thread(self.workbench_ready, key, bench, attribution, result)
+        self.post_message(self.WorkbenchDone(key, bench, attribution, result))
 
-    def workbench_ready(self, key: tuple, bench, attribution, result) -> None:
-        self.bench = bench
-        self.bench_results = (key, attribution, result)
-        if key == (self.index, self.image, self.target, self.attribution_on, tuple(self.edits)):
-            self.refresh_image()
-
-    def workbench_failed(self, key: tuple, message: str) -> None:
-        self.notify(message, severity="error", timeout=10, markup=False)
-        if key == (self.index, self.image, self.target, self.attribution_on, tuple(self.edits)):
-            self.attribution_on, self.edits = False, []
-            self.refresh_image()
+    def on_browser_screen_workbench_done(self, event: WorkbenchDone) -> None:
+        current = event.key == self.workbench_key()
+        if event.message:
+            self.notify(event.message, severity="error", timeout=10, markup=False)
+            if current:
+                with self.batch():
+                    self.attribution_on, self.edits = False, ()
+            return
+        self.bench = event.bench
+        self.bench_results = (event.key, event.attribution, event.result)
+        if current:
+            self.changed("image")
 
     def action_toggle_attribution(self) -> None:
         if self.index is not None:
             self.attribution_on = not self.attribution_on
-            self.refresh_image()
 
     def action_pick_target(self) -> None:
         from vitsae_tui.engine.workbench import resolve_class
@@ -503,12 +471,13 @@ class BrowserScreen(AppScreen):
             if text is None:
                 return
             try:
-                self.target = resolve_class(text, names)
+                target = resolve_class(text, names)
             except UserError as e:
                 self.notify(shown(e, MAX_MESSAGE), severity="error", markup=False)
                 return
-            self.attribution_on = self.attribution_on or not self.edits
-            self.refresh_image()
+            with self.batch():
+                self.target = target
+                self.attribution_on = self.attribution_on or not self.edits
 
         listing = " · ".join(f"{i} {name}" for i, name in enumerate(names))
         self.app.push_screen(PromptScreen(f"class to attribute and follow, by number or name: {listing}"), answered)
@@ -522,23 +491,21 @@ class BrowserScreen(AppScreen):
         if mode == "clamp":
             value = float(self.index.arrays.max_activation[self.feature])
         patches = None if self.edit_all_patches else (self.cursor,)
-        self.edits.append(Edit((self.feature,), mode, value, patches))
-        self.refresh_image()
+        self.edits = (*self.edits, Edit((self.feature,), mode, value, patches))
 
     def action_zero_feature(self) -> None:
         self.action_edit("zero")
 
     def action_undo_edit(self) -> None:
         if self.edits:
-            self.edits.pop()
-            self.refresh_image()
+            self.edits = self.edits[:-1]
         else:
             self.notify("no edit to undo", severity="warning")
 
     def action_toggle_edit_scope(self) -> None:
         self.edit_all_patches = not self.edit_all_patches
         self.notify("edits apply to every patch" if self.edit_all_patches else "edits apply to the cursor patch")
-        self.refresh_image()
+        self.changed("image")
 
     def palette(self) -> list[tuple[str, str, str]]:
         return [
@@ -562,7 +529,6 @@ class BrowserScreen(AppScreen):
         elif self.feature is not None:
             self.close_feature()
             self.query_one("#image", PatchImage).focus()
-            self.refresh_image()
         else:
             self.app.switch_mode("home")
 
@@ -573,12 +539,13 @@ class BrowserScreen(AppScreen):
         self.query_one("#examples", ExamplesView).page(step)
 
     def action_toggle_one_per_image(self) -> None:
-        self.all_examples = not self.all_examples
+        view = self.query_one(FeatureView)
+        view.all_examples = not view.all_examples
         self.notify(
-            "top examples: every patch" if self.all_examples else "top examples: the strongest patch of each image"
+            "top examples: every patch" if view.all_examples else "top examples: the strongest patch of each image"
         )
         if self.feature is not None:
-            self.draw_examples()
+            self.changed("feature")
 
     def action_cycle_sort(self) -> None:
         if self.index is not None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
@@ -116,24 +119,45 @@ def when(timestamp: float, now: float | None = None) -> str:
     return time.strftime("%b %d" if moment.tm_year == today.tm_year else "%Y-%m-%d", moment)
 
 
-def list_workspace(ws: Workspace, selected: tuple[str, str] | None):
-    """The runs by kind, the lineage through `selected`, and one table row per run (small files only, cached)."""
+class RunRow(NamedTuple):
+    """One row of home's table of runs."""
+
+    kind: str
+    name: str
+    state: str
+    updated: str
+    details: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a scan of the workspace found: the runs by kind, the lineage through `selected`, a table row per run."""
+
+    runs: dict[str, list[RunInfo]]
+    states: list[StageState]
+    rows: tuple[RunRow, ...]
+    selected: tuple[str, str] | None
+
+
+def list_workspace(ws: Workspace, selected: tuple[str, str] | None) -> Listing:
+    """The workspace's listing (small files only, cached)."""
     runs = {kind: ws.runs(kind) for kind in KINDS}
     rows = tuple(
-        (
-            kind,
-            run.name,
-            str(run.state),
-            when(run.updated) if run.updated else "-",
-            describe_run(run),
-        )
+        RunRow(kind, run.name, str(run.state), when(run.updated) if run.updated else "-", describe_run(run))
         for kind in KINDS
         for run in runs[kind]
     )
-    return runs, lineage(ws, selected, runs), rows
+    return Listing(runs, lineage(ws, selected, runs), rows, selected)
 
 
 class HomeScreen(AppScreen):
+    class Scanned(Message):
+        """A workspace scan finished (posted by the scanning thread)."""
+
+        def __init__(self, listing: Listing):
+            super().__init__()
+            self.listing = listing
+
     BINDINGS = [
         Binding("g", "app.guided_run", "Guided"),
         Binding("t", "app.switch_mode('train-model')", "Train"),
@@ -212,17 +236,19 @@ class HomeScreen(AppScreen):
         except OSError:  # a run deleted or rewritten while being listed: the next refresh sees it settled
             return
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_scan, *listing, selected)
+            self.post_message(self.Scanned(listing))
 
-    def show_scan(
-        self, runs: dict[str, list[RunInfo]], states: list[StageState], rows: tuple, selected: tuple[str, str] | None
-    ) -> None:
+    def on_home_screen_scanned(self, message: Scanned) -> None:
+        self.show_scan(message.listing)
+
+    def show_scan(self, listing: Listing) -> None:
         if not self.is_attached or not self.query("#pipeline"):  # the app closed while the scan ran
             return
-        self.runs = runs
+        self.runs = listing.runs
         self.scans += 1
-        if selected == self.app.lineage_selection:  # else the user has moved on, and that lineage is already shown
-            self.show_states(states)
+        if listing.selected == self.app.lineage_selection:  # else the user moved on: that lineage is already shown
+            self.show_states(listing.states)
+        rows = listing.rows
         if rows == self.rows_shown:  # nothing changed on disk: keep the table (and its cursor) as it is
             return
         self.rows_shown = rows

@@ -1,0 +1,190 @@
+"""The feature browser's panes: each draws one part of the browser from the state it is given (the screen owns the
+state and says when it changed), so a change redraws only what depends on it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import DataTable, Select, Static
+
+from vitsae_tui.engine.cards import draw_grid, one_per_image, overlay
+from vitsae_tui.engine.perf import one_intra_op_thread
+from vitsae_tui.tui.widgets.examples_view import ExamplesView
+from vitsae_tui.tui.widgets.feature_list import FeatureList
+from vitsae_tui.tui.widgets.feature_stats import NO_FEATURE, FeatureStats
+from vitsae_tui.tui.widgets.patch_image import PatchImage
+from vitsae_tui.tui.widgets.workbench_panel import WorkbenchPanel
+
+MAX_RENDERS = 64
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """What the image pane shows: an image, its selected patch, and the heatmap over it."""
+
+    image: int
+    cursor: int
+    feature: int | None
+    class_filter: int | None
+    bench_heat: np.ndarray | None = None
+    """|attribution| or |change of the target logit| per patch while the workbench is on"""
+    edited: bool = False
+
+
+class ImagePane(Vertical):
+    """The image as terminal pixels with its token grid and patch cursor, under the index picker, over the workbench."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.renders: OrderedDict = OrderedDict()
+
+    def compose(self) -> ComposeResult:
+        yield Select([], prompt="(build an index first)", id="index", compact=True)
+        yield Static("", id="image-title")
+        yield PatchImage(id="image")
+        with VerticalScroll(id="workbench-scroll"):
+            yield WorkbenchPanel("", id="workbench")
+
+    def forget(self) -> None:
+        """Drop the drawn images (another index)."""
+        self.renders.clear()
+
+    def pixel_size(self, grid: int, max_px: int = 224) -> int:
+        """Largest square (in pixels) that fits the image widget: one column per pixel, two pixels per row."""
+        width, height = self.query_one("#image", PatchImage).pixel_box()
+        side = max(grid * 2, min(width, height, max_px))
+        return side - side % grid
+
+    def composed_image(self, index, view: ImageView, size: int, no_color: bool) -> Image.Image:
+        heat = view.bench_heat
+        key = (index, view.image, view.feature, view.cursor, size, None if heat is None else heat.tobytes())
+        if key not in self.renders:
+            thumb = index.thumbnail(view.image)
+            if heat is not None:
+                picture = overlay(thumb, heat, size, float(heat.max()) or None, no_color)
+            elif view.feature is None:
+                picture = Image.fromarray(thumb).resize((size, size), Image.LANCZOS)
+            else:
+                scale = index.heat_scale(view.feature)
+                picture = overlay(thumb, index.heatmap(view.image, view.feature), size, scale, no_color)
+            self.renders[key] = draw_grid(picture, index.grid, view.cursor)
+            if len(self.renders) > MAX_RENDERS:
+                self.renders.popitem(last=False)
+        return self.renders[key]
+
+    def show(self, index, view: ImageView, no_color: bool) -> None:
+        row, col = divmod(view.cursor, index.grid)
+        only = f" · only {index.label_name(view.class_filter)}" if view.class_filter is not None else ""
+        heat = f" · heatmap of feature {view.feature}" if view.feature is not None else ""
+        if view.bench_heat is not None:
+            heat = " · heatmap of |Δ target logit|" if view.edited else " · heatmap of |attribution|"
+        # two short lines: on a narrow pane one long one wrapped into five and left the image a strip
+        self.query_one("#image-title", Static).update(
+            Text(
+                f"image {view.image}/{index.n_images - 1} · {index.image_info(view.image).class_name}{only}\n"
+                f"patch {view.cursor} (row {row}, col {col}){heat}"
+            )
+        )
+        with one_intra_op_thread():  # tiny ops: the app's other threads would stall a woken thread pool
+            picture = self.composed_image(index, view, self.pixel_size(index.grid), no_color)
+        self.query_one("#image", PatchImage).show(picture)
+
+
+class PatchFeatures(Vertical):
+    """The selected patch's strongest features: the one open in bold."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="patch-title")
+        yield DataTable(id="patch-features", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns("feature", "act", "density", "label")
+
+    def show(self, index, image: int, cursor: int, feature: int | None) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        top = index.top_features(image, cursor, 12)
+        self.query_one("#patch-title", Static).update(
+            f"top features of patch {cursor}" + (" (1-9 or enter opens one)" if top else ": none fire")
+        )
+        for number, value in top:
+            table.add_row(
+                Text(str(number), style="bold" if number == feature else ""),
+                f"{value:.3g}",
+                f"{index.density(number):.1e}",
+                Text(index.label(number)),
+                key=str(number),
+            )
+
+    def highlighted(self) -> int | None:
+        """The feature under the table's cursor (the strongest, unless moved)."""
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+
+class FeatureListPane(Vertical):
+    """Every feature of the index, sortable."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="list-title")
+        yield FeatureList(id="feature-list", cursor_type="row", zebra_stripes=True)
+
+    def show(self, index, sort: int, hide_dead: bool) -> None:
+        self.query_one("#list-title", Static).update(self.query_one(FeatureList).fill(index, sort, hide_dead))
+
+
+class FeatureView(Vertical):
+    """One feature: what is known of it, and its top examples with heatmaps (arrows pick one, enter opens it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.index = None
+        self.all_examples = False
+        """False: the strongest example of each image only; True: every top example (several per image)"""
+
+    def compose(self) -> ComposeResult:
+        yield FeatureStats(NO_FEATURE, id="feature-stats")
+        yield ExamplesView(id="examples")
+        yield Static("", id="example-caption")
+
+    def show(self, index, feature: int, no_color: bool) -> None:
+        self.index = index
+        self.query_one(FeatureStats).show(index, feature)
+        examples = index.top_examples(feature)
+        examples = examples if self.all_examples else one_per_image(examples)
+        vmax = index.heat_scale(feature)
+
+        def draw_tile(example: tuple[int, int, float], tile: int) -> Image.Image:
+            image, token, _value = example
+            picture = overlay(index.thumbnail(image), index.heatmap(image, feature), tile, vmax, no_color)
+            return draw_grid(picture, index.grid, token, lines=False)
+
+        self.query_one(ExamplesView).set_examples(examples, draw_tile)
+
+    def clear(self) -> None:
+        self.query_one(FeatureStats).clear()
+        self.query_one(ExamplesView).clear_examples()
+
+    def on_examples_view_highlighted(self, event: ExamplesView.Highlighted) -> None:
+        caption = self.query_one("#example-caption", Static)
+        if event.example is None or self.index is None:
+            caption.update("")
+            return
+        image, token, value = event.example
+        total = len(self.query_one(ExamplesView).examples)
+        scope = "" if self.all_examples else " (one per image)"
+        # the numbers first, the words after: a narrow pane cuts the end of the line, never a number
+        caption.update(
+            Text(
+                f"#{event.rank + 1}/{total} · act {value:.3g} · image {image} · patch {token} · "
+                f"{self.index.image_info(image).class_name}{scope}"
+            )
+        )
