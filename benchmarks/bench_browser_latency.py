@@ -16,6 +16,7 @@ import statistics
 import time
 
 from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.tui.widgets.browser_panes import WorkbenchPane
 
 
 async def measure(workspace: str, index: str | None, presses: int) -> dict[str, list[float]]:
@@ -56,7 +57,7 @@ async def measure(workspace: str, index: str | None, presses: int) -> dict[str, 
 
         def computed() -> bool:  # the edit's effect, computed in the workbench's thread, is on the screen
             key = (screen.index, screen.image, screen.target, screen.attribution_on, tuple(screen.edits))
-            return not screen.edits or screen.bench_results[0] == key
+            return not screen.edits or screen.query_one(WorkbenchPane).results[0] == key
 
         async def until_computed() -> None:
             while not computed():

@@ -7,7 +7,7 @@ from tests.helpers import answer, make_indexed_workspace, wait_for
 from vitsae_tui.engine.cards import one_per_image
 from vitsae_tui.tui.app import VitsaeApp
 from vitsae_tui.tui.screens.browser import BrowserScreen
-from vitsae_tui.tui.widgets.browser_panes import ImagePane, ImageView
+from vitsae_tui.tui.widgets.browser_panes import ImagePane, ImageView, WorkbenchPane
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 
 SNAPSHOT_WORKSPACE = Path("/tmp/vitsae-tui-snapshot-browser")
@@ -131,7 +131,10 @@ def test_workbench_snapshot(snap_compare):
         screen = pilot.app.screen
         await wait_for(
             pilot,
-            lambda: screen.bench_results[0] == (screen.index, screen.image, screen.target, True, tuple(screen.edits)),
+            lambda: (
+                screen.query_one(WorkbenchPane).results[0]
+                == (screen.index, screen.image, screen.target, True, tuple(screen.edits))
+            ),
             60,
         )
         await pilot.pause(0.2)

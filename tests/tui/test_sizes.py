@@ -7,6 +7,7 @@ import pytest
 
 from tests.helpers import start_small_training, wait_for
 from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.tui.widgets.browser_panes import WorkbenchPane
 
 SIZES = [(80, 24), (60, 20), (120, 40)]
 CUT_NUMBER = re.compile(r"[0-9][.,:]?…|[+\-−]…")
@@ -32,7 +33,7 @@ async def settle(pilot, app) -> None:
     screen = app.screen
     if app.current_mode == "browse" and (screen.attribution_on or screen.edits):
         current = (screen.index, screen.image, screen.target, screen.attribution_on, tuple(screen.edits))
-        await wait_for(pilot, lambda: screen.bench_results[0] == current, 60)
+        await wait_for(pilot, lambda: screen.query_one(WorkbenchPane).results[0] == current, 60)
         await pilot.pause(0.3)
 
 

@@ -9,6 +9,7 @@ from tests.helpers import answer, open_browser, wait_for
 from vitsae_tui.cli_print import edit_json
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.app import VitsaeApp
+from vitsae_tui.tui.widgets.browser_panes import WorkbenchPane
 
 
 def panel_text(app) -> str:
@@ -19,7 +20,9 @@ async def settled(pilot, app) -> str:
     """The panel once the workbench's thread has computed what the keys asked for."""
     screen = app.screen
     current = lambda: (screen.index, screen.image, screen.target, screen.attribution_on, tuple(screen.edits))  # noqa: E731
-    await wait_for(pilot, lambda: screen.bench_results[0] == current() and "…" not in panel_text(app), 60)
+    await wait_for(
+        pilot, lambda: screen.query_one(WorkbenchPane).results[0] == current() and "…" not in panel_text(app), 60
+    )
     await pilot.pause(0.05)
     return panel_text(app)
 
@@ -39,14 +42,15 @@ async def test_attribute_pick_a_class_edit_undo_and_the_numbers_match_the_cli(pl
         text = await settled(pilot, app)
         assert f"attribution (exact): {PLANTED} " in text  # the planted feature drives that class
         assert "heatmap of |attribution|" in str(screen.query_one("#image-title", Static).render())
-        name = screen.bench.class_names[DRIVEN]
+        name = screen.query_one(WorkbenchPane).bench.class_names[DRIVEN]
         assert text.splitlines()[1].startswith(f"target {name}"), "the target's own probability comes first"
 
         await answer(pilot, "slash", str(PLANTED))
         await pilot.press("z")
         assert screen.edits == (Edit((PLANTED,), "zero", 0.0, (0,)),)
         text = await settled(pilot, app)
-        expected = edit_json(screen.bench, screen.bench.intervene(screen.image, tuple(screen.edits), DRIVEN))
+        bench = screen.query_one(WorkbenchPane).bench
+        expected = edit_json(bench, bench.intervene(screen.image, tuple(screen.edits), DRIVEN))
         before, after = expected["probs_before"], expected["probs_after"]
         others = sorted((c for c in range(len(before)) if c != DRIVEN), key=lambda c: -max(before[c], after[c]))[:3]
         assert f"zero feature {PLANTED} on patch 0" in text

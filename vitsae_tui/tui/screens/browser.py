@@ -9,33 +9,38 @@ after a batch of changes. The index loads and the workbench computes in threads 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Select
 
 from vitsae_tui.engine.cards import feature_card, image_card
 from vitsae_tui.engine.errors import UserError, bug_message, is_user_error, log_bug, resource_message, user_message
+from vitsae_tui.engine.perf import one_intra_op_thread
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workbench import Edit
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.base import AppScreen
 from vitsae_tui.tui.screens.prompt import PromptScreen
 from vitsae_tui.tui.screens.stage import COMPACT_HEIGHT
-from vitsae_tui.tui.widgets.browser_panes import FeatureListPane, FeatureView, ImagePane, ImageView, PatchFeatures
+from vitsae_tui.tui.widgets.browser_panes import (
+    FeatureListPane,
+    FeatureView,
+    ImagePane,
+    ImageView,
+    PatchFeatures,
+    WorkbenchPane,
+)
 from vitsae_tui.tui.widgets.choices import choose, refill_select
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 from vitsae_tui.tui.widgets.feature_list import SORTS
 from vitsae_tui.tui.widgets.patch_image import PatchImage
-from vitsae_tui.tui.widgets.workbench_panel import WorkbenchPanel
 
 STACKED_HEIGHT = 50
 """from this many rows up the side pane shows the patch's features (or the list) and the open feature together"""
@@ -77,13 +82,13 @@ class BrowserScreen(AppScreen):
         Binding("escape", "back", "Back"),
     ]
 
-    image: reactive[int] = reactive(0, init=False)
-    cursor: reactive[int] = reactive(0, init=False)
-    feature: reactive[int | None] = reactive(None, init=False)
-    edits: reactive[tuple[Edit, ...]] = reactive((), init=False)
+    image: var[int] = var(0, init=False)
+    cursor: var[int] = var(0, init=False)
+    feature: var[int | None] = var(None, init=False)
+    edits: var[tuple[Edit, ...]] = var((), init=False)
     """feature edits on the shown image, in order (cleared with the image)"""
-    attribution_on: reactive[bool] = reactive(False, init=False)
-    target: reactive[int | None] = reactive(None, init=False)
+    attribution_on: var[bool] = var(False, init=False)
+    target: var[int | None] = var(None, init=False)
     """the class attributed and followed (None: the predicted one)"""
 
     class IndexLoaded(Message):
@@ -93,13 +98,6 @@ class BrowserScreen(AppScreen):
             super().__init__()
             self.name, self.index, self.message = name, index, message
 
-    class WorkbenchDone(Message):
-        """The workbench's attribution and edit effect for a state key (or the sentence it failed with)."""
-
-        def __init__(self, key: tuple, bench=None, attribution=None, result=None, message: str = ""):
-            super().__init__()
-            self.key, self.bench, self.attribution, self.result, self.message = key, bench, attribution, result, message
-
     def __init__(self):
         super().__init__()
         self.index = None
@@ -108,15 +106,7 @@ class BrowserScreen(AppScreen):
         self.hide_dead = True
         self.side_mode = "patch"
         """what the side pane shows: the patch's features, the feature list, or the open feature"""
-        self.bench = None
-        """the workbench (model and SAE spliced), made on first use"""
         self.edit_all_patches = False
-        self.bench_results: tuple = (None, None, None)
-        """(what they were computed for, attribution, edit result): kept while the cursor moves"""
-        self.bench_lock = threading.Lock()
-        """one workbench computation at a time (an exclusive worker's thread runs on after it is cancelled)"""
-        self.bench_heat: np.ndarray | None = None
-        """what the image shows while the workbench is on: |attribution| or |change of the target logit| per patch"""
         self.dirty: set[str] = set()
         """what the state changes since the last redraw affect: 'image' (image, patch table, workbench), 'feature'"""
         self.batching = 0
@@ -175,14 +165,18 @@ class BrowserScreen(AppScreen):
         parts, self.dirty = self.dirty, set()
         if self.index is None or not self.is_mounted:
             return
+        with one_intra_op_thread():  # tiny ops: the app's other threads would stall a woken thread pool
+            self.draw(parts)
+
+    def draw(self, parts: set[str]) -> None:
         if "feature" in parts:
             view = self.query_one(FeatureView)
             if self.feature is None:
                 view.clear()
             else:
                 view.show(self.index, self.feature, self.app.no_color)
-        self.refresh_workbench()
-        heat = self.bench_heat
+        key = self.workbench_key()
+        heat = self.query_one(WorkbenchPane).show(self.app.workspace, key, self.cursor, self.edit_all_patches)
         state = ImageView(self.image, self.cursor, self.feature, self.class_filter, heat, bool(self.edits))
         self.query_one(ImagePane).show(self.index, state, self.app.no_color)
         self.query_one(PatchFeatures).show(self.index, self.image, self.cursor, self.feature)
@@ -404,56 +398,14 @@ class BrowserScreen(AppScreen):
     def workbench_key(self) -> tuple:
         return (self.index, self.image, self.target, self.attribution_on, self.edits)
 
-    def refresh_workbench(self) -> None:
-        """Show the workbench for the current image, target and edits: at once when computed, else 'computing…'
-        while a thread works it out (a key press never waits for the model)."""
-        panel = self.query_one("#workbench", WorkbenchPanel)
-        active = self.index is not None and (self.attribution_on or bool(self.edits))
-        panel.display = active
-        self.query_one("#workbench-scroll").display = active
-        self.bench_heat = None
-        if not active:
-            return
-        key = self.workbench_key()
-        if self.bench_results[0] != key:  # a patch move changes neither: only the panel's scope line is redrawn
-            panel.show_pending("applying the edits" if self.edits else "attributing")
-            self.compute_workbench(key)
-            return
-        _, attribution, result = self.bench_results
-        target = (attribution or result).target
-        label = self.index.image_info(self.image).class_name
-        panel.show_state(self.bench.class_names, target, attribution, result, self.edit_all_patches, self.cursor, label)
-        grid = result.patch_change if result is not None else attribution.patch_grid
-        self.bench_heat = np.abs(grid)
-
-    @work(thread=True, exclusive=True, group="workbench")
-    def compute_workbench(self, key: tuple) -> None:
-        """The attribution and the edits' effect for `key`, off the UI thread (the model is loaded on first use)."""
-        from vitsae_tui.engine.workbench import Workbench
-
-        index, image, target, attribution_on, edits = key
-        try:
-            with self.bench_lock:
-                bench = self.bench if self.bench is not None and self.bench.index is index else None
-                bench = bench or Workbench(self.app.workspace, index)
-                attribution = bench.attribute(image, target) if attribution_on else None
-                result = bench.intervene(image, edits, target) if edits else None
-        except UserError as e:  # a damaged index or a missing model: a sentence, the browser goes on
-            self.post_message(self.WorkbenchDone(key, message=shown(e, MAX_MESSAGE)))
-            return
-        self.post_message(self.WorkbenchDone(key, bench, attribution, result))
-
-    def on_browser_screen_workbench_done(self, event: WorkbenchDone) -> None:
+    def on_workbench_pane_done(self, event: WorkbenchPane.Done) -> None:
         current = event.key == self.workbench_key()
         if event.message:
             self.notify(event.message, severity="error", timeout=10, markup=False)
             if current:
                 with self.batch():
                     self.attribution_on, self.edits = False, ()
-            return
-        self.bench = event.bench
-        self.bench_results = (event.key, event.attribution, event.result)
-        if current:
+        elif current:
             self.changed("image")
 
     def action_toggle_attribution(self) -> None:

@@ -1,20 +1,24 @@
 """The feature browser's panes: each draws one part of the browser from the state it is given (the screen owns the
-state and says when it changed), so a change redraws only what depends on it."""
+state and says when it changed), so a change redraws only what depends on it; the workbench computes in a thread."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import DataTable, Select, Static
 
 from vitsae_tui.engine.cards import draw_grid, one_per_image, overlay
-from vitsae_tui.engine.perf import one_intra_op_thread
+from vitsae_tui.engine.errors import UserError
+from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.tui.widgets.examples_view import ExamplesView
 from vitsae_tui.tui.widgets.feature_list import FeatureList
 from vitsae_tui.tui.widgets.feature_stats import NO_FEATURE, FeatureStats
@@ -48,8 +52,7 @@ class ImagePane(Vertical):
         yield Select([], prompt="(build an index first)", id="index", compact=True)
         yield Static("", id="image-title")
         yield PatchImage(id="image")
-        with VerticalScroll(id="workbench-scroll"):
-            yield WorkbenchPanel("", id="workbench")
+        yield WorkbenchPane(id="workbench-scroll")
 
     def forget(self) -> None:
         """Drop the drawn images (another index)."""
@@ -91,9 +94,70 @@ class ImagePane(Vertical):
                 f"patch {view.cursor} (row {row}, col {col}){heat}"
             )
         )
-        with one_intra_op_thread():  # tiny ops: the app's other threads would stall a woken thread pool
-            picture = self.composed_image(index, view, self.pixel_size(index.grid), no_color)
+        picture = self.composed_image(index, view, self.pixel_size(index.grid), no_color)
         self.query_one("#image", PatchImage).show(picture)
+
+
+class WorkbenchPane(VerticalScroll):
+    """Under the image: the prediction attributed to features and patches, and the effect of the feature edits, for
+    a key (index, image, target, attribution on, edits). A thread computes them (a key press never waits for the
+    model, which loads on first use) and posts Done."""
+
+    class Done(Message):
+        def __init__(self, key: tuple, bench=None, attribution=None, result=None, message: str = ""):
+            super().__init__()
+            self.key, self.bench, self.attribution, self.result, self.message = key, bench, attribution, result, message
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bench = None
+        """the workbench (model and SAE spliced), made on first use"""
+        self.results: tuple = (None, None, None)
+        """(the key they were computed for, attribution, edit result): kept while the cursor moves"""
+        self.lock = threading.Lock()
+        """one computation at a time (an exclusive worker's thread runs on after it is cancelled)"""
+
+    def compose(self) -> ComposeResult:
+        yield WorkbenchPanel("", id="workbench")
+
+    def show(self, workspace, key: tuple, cursor: int, all_patches: bool) -> np.ndarray | None:
+        """Show the workbench for `key`, at once when computed, else 'computing…' while a thread works it out;
+        returns what the image shows meanwhile: |attribution| or |change of the target logit| per patch, or None."""
+        index, image, _target, attribution_on, edits = key
+        panel = self.query_one(WorkbenchPanel)
+        active = index is not None and (attribution_on or bool(edits))
+        panel.display = self.display = active
+        if not active:
+            return None
+        if self.results[0] != key:  # a patch move changes neither: only the panel's scope line is redrawn
+            panel.show_pending("applying the edits" if edits else "attributing")
+            self.compute(workspace, key)
+            return None
+        _, attribution, result = self.results
+        target = (attribution or result).target
+        label = index.image_info(image).class_name
+        panel.show_state(self.bench.class_names, target, attribution, result, all_patches, cursor, label)
+        return np.abs(result.patch_change if result is not None else attribution.patch_grid)
+
+    @work(thread=True, exclusive=True, group="workbench")
+    def compute(self, workspace, key: tuple) -> None:
+        from vitsae_tui.engine.workbench import Workbench
+
+        index, image, target, attribution_on, edits = key
+        try:
+            with self.lock:
+                bench = self.bench if self.bench is not None and self.bench.index is index else None
+                bench = bench or Workbench(workspace, index)
+                attribution = bench.attribute(image, target) if attribution_on else None
+                result = bench.intervene(image, edits, target) if edits else None
+        except UserError as e:  # a damaged index or a missing model: a sentence, the browser goes on
+            self.post_message(self.Done(key, message=shown(e, MAX_MESSAGE)))
+            return
+        self.post_message(self.Done(key, bench, attribution, result))
+
+    def on_workbench_pane_done(self, event: Done) -> None:
+        if not event.message:  # kept, then the screen redraws what depends on it
+            self.bench, self.results = event.bench, (event.key, event.attribution, event.result)
 
 
 class PatchFeatures(Vertical):
