@@ -19,7 +19,7 @@ from vitsae_tui.engine.stages import REGISTRY
 PACKAGE = Path(vitsae_tui.__file__).parent
 ENGINE = PACKAGE / "engine"
 STAGE_MODULES = sorted(stage.module for stage in REGISTRY.values())
-SHARED_STAGE_MODULES = ("vitsae_tui.engine.stages.recorder",)
+SHARED_STAGE_MODULES = ("vitsae_tui.engine.stages.run",)
 """what the stages share: the run recorder"""
 MAX_STAGE_FUNCTION_LINES = 60
 RUN_WRITES = ("claim_run", "write_status", "append_jsonl", "truncate_jsonl", "stage_failed")
@@ -72,7 +72,7 @@ def test_stages_write_their_runs_through_the_recorder_in_short_functions():
     for module in STAGE_MODULES:
         path = ENGINE / "stages" / f"{module.rsplit('.', 1)[1]}.py"
         tree = ast.parse(path.read_text())
-        assert "vitsae_tui.engine.stages.recorder.recording" in imports_of(path), f"{module} does not use the recorder"
+        assert "vitsae_tui.engine.stages.run.recording" in imports_of(path), f"{module} does not use the recorder"
         for node in ast.walk(tree):
             name = getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "name", None)
             if isinstance(node, ast.Name | ast.Attribute | ast.alias):

@@ -22,7 +22,7 @@ from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.events import Finished, Log, Plan, Report
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.stages import REGISTRY, STAGES
-from vitsae_tui.engine.stages.recorder import StageResult, report_failure
+from vitsae_tui.engine.stages.run import StageResult, report_failure
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

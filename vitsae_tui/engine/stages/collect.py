@@ -25,7 +25,7 @@ from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, 
 from vitsae_tui.engine.device import autocast, pick_device
 from vitsae_tui.engine.errors import StageError, StopRequested
 from vitsae_tui.engine.events import Report
-from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, recording
+from vitsae_tui.engine.stages.run import RunRecorder, StageResult, recording
 from vitsae_tui.engine.workspace import RUN_NAME, Workspace, remove_partial_writes
 
 STAGE = "collect"

@@ -32,7 +32,7 @@ from vitsae_tui.engine.feature_index import IndexArrays, IndexMeta, IndexSummary
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.saes.eval import heldout_images
 from vitsae_tui.engine.saes.run import SAEMeta, load_sae, weights_sha256
-from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, recording
+from vitsae_tui.engine.stages.run import RunRecorder, StageResult, recording
 from vitsae_tui.engine.workspace import (
     RUN_NAME,
     Workspace,

@@ -26,7 +26,7 @@ from vitsae_tui.engine.saes import architecture
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.saes.base import SparseAutoencoder, StepOutput, TrainingStep, WindowTotals
 from vitsae_tui.engine.saes.eval import Evaluator
-from vitsae_tui.engine.stages.recorder import RunRecorder, StageResult, due, recording
+from vitsae_tui.engine.stages.run import RunRecorder, StageResult, due, recording
 from vitsae_tui.engine.token_source import TokenSource
 from vitsae_tui.engine.workspace import (
     Workspace,
