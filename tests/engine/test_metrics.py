@@ -80,6 +80,8 @@ def test_wrong_values_read_as_missing_never_as_a_crash():
     assert row.eval_delta_ce is None and not metrics.values(row).get("eval_kl")
     assert row.density is None and row.theta is None
     assert metrics.parse_row({"kind": "eval", "step": 3, "eval_images": True}, "train-sae").eval_images is None
+    huge = json.loads('{"kind": "step", "step": 3, "tokens": 1, "l0_coeff": 1' + "0" * 400 + "}")  # parses, too big
+    assert metrics.parse_row(huge, "train-sae").arch == {}, "a number no float holds is left out, not a crash"
 
 
 def test_every_field_of_every_row_and_every_architecture_metric_is_in_the_catalogue():

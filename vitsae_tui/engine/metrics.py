@@ -336,7 +336,8 @@ def parse_row(data: Any, stage: str) -> Row | None:
     try:
         for f in fields(row_type):
             if f.name == "arch":
-                given["arch"] = {k: float(v) for k, v in data.items() if k not in known and _is_number(v)}
+                extra = {k: v for k, v in data.items() if k not in known and _is_number(v) and abs(v) < 1e308}
+                given["arch"] = {k: float(v) for k, v in extra.items()}
             else:
                 required = f.default is MISSING and f.default_factory is MISSING
                 given[f.name] = _value(data.get(f.name), f.type, f.name in data, required)
