@@ -16,7 +16,7 @@ from vitsae_tui.engine.errors import OutOfRange
 from vitsae_tui.engine.run_details import describe_run
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import KINDS, Workspace
-from vitsae_tui.formatting import table_cell
+from vitsae_tui.formatting import table_cell, table_title
 
 
 def print_runs(ws: Workspace, console: Console | None = None) -> None:
@@ -299,7 +299,7 @@ def print_compare(activations: str, found, console: Console | None = None) -> No
         table.add_column("run", no_wrap=True)
         table.add_column("SAE", no_wrap=True)
         for metric in columns:
-            table.add_column(metric.label, justify="right", no_wrap=True)
+            table.add_column(table_title(metric), justify="right", no_wrap=True)
         for p in found:
             cells = [table_cell(metric, p.value(metric)) for metric in columns]
             done = "" if p.step >= p.total_steps else f" {p.step}/{p.total_steps}"

@@ -15,7 +15,7 @@ def format_metrics(numbers: Mapping[str, float], shown=metrics.PROGRESS_LINE, se
     for metric in shown:
         value = numbers.get(metric.key)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            parts.append(f"{metric.label.removesuffix('%')} {format_value(metric, value)}")
+            parts.append(f"{metric.label} {format_value(metric, value)}")
     return separator.join(parts)
 
 
@@ -32,6 +32,11 @@ def format_value(metric: metrics.Metric, value: float) -> str:
     if metric.style == "count":
         return f"{int(value):,}"
     return format(value, metric.digits)
+
+
+def table_title(metric: metrics.Metric) -> str:
+    """A column's or plot's title: its label, with % when its numbers are percentages without the sign."""
+    return metric.label + ("%" if metric.style == "percent" else "")
 
 
 def table_cell(metric: metrics.Metric, value: float) -> str:

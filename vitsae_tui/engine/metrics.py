@@ -68,7 +68,7 @@ TOKENS = Metric("tokens", "tokens", "count")
 MSE = Metric("mse", "MSE", log_axis=True)
 FVU = Metric("fvu", "FVU", digits=".4f", log_axis=True)
 L0 = Metric("l0", "L0", digits=".1f")
-DEAD_FRACTION = Metric("dead_fraction", "dead%", "percent", title="dead features", compare="reconstruction", column=5)
+DEAD_FRACTION = Metric("dead_fraction", "dead", "percent", title="dead features", compare="reconstruction", column=5)
 TOKENS_PER_S = Metric("tokens_per_s", "tok/s", digits=",.0f", title="tokens per second")
 IN_WINDOW = Metric("in_window", "in window", title="pairs in the threshold window")
 THETA_REACHED = Metric("theta_reached", "θ reached", title="features in reach of their threshold")
@@ -96,7 +96,7 @@ EVAL_EXPLAINED_VARIANCE = Metric(
 EVAL_L2_RATIO = Metric("eval_l2_ratio", "L2", digits=".3g", title="mean ‖x̂‖/‖x‖", compare="reconstruction", column=4)
 EVAL_NEVER_FIRED = Metric("eval_never_fired_fraction", "never fired", "percent", title="features that never fired")
 EVAL_DENSE_FRACTION = Metric(
-    "eval_dense_fraction", "dense%", "percent", title="dense features (>10%)", compare="reconstruction", column=6
+    "eval_dense_fraction", "dense", "percent", title="dense features (>10%)", compare="reconstruction", column=6
 )
 EVAL_DECODER_MAX_COSINE = Metric(
     "eval_decoder_max_cosine", "cos", digits=".3g", title="mean max decoder cosine", compare="reconstruction", column=7
@@ -107,12 +107,12 @@ KL_RECOVERED = Metric(
     "kl_recovered", "KLrec", digits=".3f", title="KL recovered", compare="spliced", column=3, on_screen=True
 )
 EVAL_TOP1_AGREEMENT = Metric(
-    "eval_top1_agreement", "agree%", "percent", title="top-1 agreement", compare="spliced", column=4
+    "eval_top1_agreement", "agree", "percent", title="top-1 agreement", compare="spliced", column=4
 )
-ACC_SAE = Metric("acc_sae", "acc%", "percent", title="accuracy spliced in", compare="spliced", column=5)
+ACC_SAE = Metric("acc_sae", "acc", "percent", title="accuracy spliced in", compare="spliced", column=5)
 ACC_WORST_CLASS_SAE = Metric(
     "acc_worst_class_sae",
-    "worst%",
+    "worst",
     "percent",
     title="worst class accuracy spliced in",
     compare="spliced",

@@ -185,10 +185,26 @@ class _IndexPass:
         remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
 
     def resume(self) -> int:
-        return _resume_pass(self.path, self.identity, self.acc, self.generator, self.device)
+        """The image to continue from (0: from the start) after loading a saved pass of this same SAE and set."""
+        if not self.path.exists():
+            return 0
+        try:
+            saved = load_torch_file(self.path)
+            if any(saved.get(k) != v for k, v in self.identity.items()):
+                return 0  # a pass of another SAE or set: start over
+            for name, value in saved["acc"].items():
+                if getattr(self.acc, name).shape != value.shape:
+                    return 0
+                setattr(self.acc, name, value.to(self.device))
+            self.generator.set_state(saved["generator"])
+            return int(saved["next_image"])
+        except (WorkspaceError, KeyError, TypeError, AttributeError, RuntimeError):
+            return 0  # a damaged pass is only lost work
 
     def save(self, next_image: int) -> None:
-        _save_pass(self.path, self.identity, next_image, self.acc, self.generator)
+        accumulators = {k: v.cpu() for k, v in vars(self.acc).items()}
+        state = {**self.identity, "next_image": next_image, "generator": self.generator.get_state()}
+        atomic_torch_save(self.path, {**state, "acc": accumulators})
 
     @torch.no_grad()
     def run(self, start: int, rec: RunRecorder) -> int | None:
@@ -306,36 +322,6 @@ def _stopped(rec: RunRecorder, where: str = "after the pass") -> IndexResult:
     rec.log(f"stopped {where}; the same command continues from there (an earlier index stays as it was)", "warning")
     rec.finished({}, stopped=True, status=False)
     return IndexResult(rec.run_dir, True, {})
-
-
-def _save_pass(path: Path, identity: dict, next_image: int, acc: _Accumulators, generator: torch.Generator) -> None:
-    atomic_torch_save(
-        path,
-        {
-            **identity,
-            "next_image": next_image,
-            "generator": generator.get_state(),
-            "acc": {k: v.cpu() for k, v in vars(acc).items()},
-        },
-    )
-
-
-def _resume_pass(path: Path, identity: dict, acc: _Accumulators, generator: torch.Generator, device) -> int:
-    """The image to continue from (0: from the start) after loading a saved pass of this same SAE and set."""
-    if not path.exists():
-        return 0
-    try:
-        saved = load_torch_file(path)
-        if any(saved.get(k) != v for k, v in identity.items()):
-            return 0  # a pass of another SAE or set: start over
-        for name, value in saved["acc"].items():
-            if getattr(acc, name).shape != value.shape:
-                return 0
-            setattr(acc, name, value.to(device))
-        generator.set_state(saved["generator"])
-        return int(saved["next_image"])
-    except (WorkspaceError, KeyError, TypeError, AttributeError, RuntimeError):
-        return 0  # a damaged pass is only lost work
 
 
 def _bands(

@@ -13,7 +13,7 @@ from vitsae_tui.engine import metrics
 from vitsae_tui.engine.compare import SAEPoint, points
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.text import shown
-from vitsae_tui.formatting import table_cell
+from vitsae_tui.formatting import table_cell, table_title
 from vitsae_tui.tui.commands import ScreenCommands
 from vitsae_tui.tui.screens.base import AppScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -58,7 +58,7 @@ class CompareScreen(AppScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("run", "SAE", *(metric.label for metric in metrics.COMPARE_SCREEN), "state")
+        table.add_columns("run", "SAE", *(table_title(metric) for metric in metrics.COMPARE_SCREEN), "state")
         self.found: list[SAEPoint] = []
         self.shown_rows: tuple = ()
         self.refill_sets()

@@ -13,7 +13,7 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine import events, metrics
 from vitsae_tui.engine.config import SWEPT_FIELDS, ConfigError, SAETrainConfig, sweep_configs
 from vitsae_tui.engine.saes import run as sae_run
-from vitsae_tui.formatting import fidelity_line, format_metrics, stopped_verb
+from vitsae_tui.formatting import fidelity_line, format_metrics, stopped_verb, table_title
 from vitsae_tui.tui.jobs import Job
 from vitsae_tui.tui.screens.stage import DEVICES, PLOT_BINDINGS, RESUMABLE_BINDINGS, StageScreen
 from vitsae_tui.tui.widgets.choices import refill_select
@@ -76,7 +76,8 @@ class TrainSAEScreen(StageScreen):
                 with Grid(id="sae-plots"):
                     for metric in PLOTS:
                         floor = None if metric.log_axis else 0.0
-                        yield MetricPlot(metric.label, log_y=metric.log_axis, y_min=floor, id=f"plot_{metric.key}")
+                        title, log_y = table_title(metric), metric.log_axis
+                        yield MetricPlot(title, log_y=log_y, y_min=floor, id=f"plot_{metric.key}")
                 yield Static("", id="eval")
                 yield StageLog(id="log")
         yield Footer()
