@@ -23,8 +23,8 @@ from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import pick_device
 from vitsae_tui.engine.events import Progress
+from vitsae_tui.engine.models.native import VisionTransformerClassifier, default_hook
 from vitsae_tui.engine.stages.collect import run as collect
-from vitsae_tui.engine.vision_model import VisionTransformerClassifier, default_hook
 from vitsae_tui.engine.workspace import Workspace, atomic_torch_save, atomic_write_json
 
 

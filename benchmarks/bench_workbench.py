@@ -39,8 +39,8 @@ def preset_timings(preset: str, repeats: int, device: str) -> None:
     """One edit re-run from the hook for a preset's architecture, weights as initialised."""
     from vitsae_tui.engine import config as config_mod
     from vitsae_tui.engine.config import SAETrainConfig
+    from vitsae_tui.engine.models.native import VisionTransformerClassifier, default_hook
     from vitsae_tui.engine.saes.jumprelu import JumpReLUSAE
-    from vitsae_tui.engine.vision_model import VisionTransformerClassifier, default_hook
 
     cfg = config_mod.preset(preset).model
     model = VisionTransformerClassifier(cfg).to(device).eval()

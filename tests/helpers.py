@@ -45,8 +45,8 @@ def make_model_run(ws: Workspace, cfg: TrainModelConfig | None = None, seed: int
     import torch
 
     from vitsae_tui.engine import config as config_mod
+    from vitsae_tui.engine.models.native import VisionTransformerClassifier
     from vitsae_tui.engine.synthetic import CLASS_NAMES, CONCEPTS
-    from vitsae_tui.engine.vision_model import VisionTransformerClassifier
     from vitsae_tui.engine.workspace import atomic_torch_save, atomic_write_json, write_status
 
     cfg = cfg or tiny_train_config()
@@ -110,7 +110,7 @@ def write_activation_set(
         dtype="float32",
         shard_images=n_images,
     )
-    manifest = activation_set.open_or_create(set_dir, provenance, "none", d, int(tokens**0.5), [])
+    manifest = activation_set.open_or_create(set_dir, provenance, "none", d, (int(tokens**0.5),) * 2, [])
     writer = ShardWriter(set_dir, manifest)
     writer.open(0, n_images)
     entries = [ImageEntry(source=f"array:{i}", label=int(labels[i]), index=i) for i in range(n_images)]

@@ -69,7 +69,7 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 # fields that name a run or an activation set: their flags say so
-METAVARS = {"model": "RUN", "sae": "RUN", "activations": "SET", "data_dir": "DIR"}
+METAVARS = {"model": "RUN", "sae": "RUN", "activations": "SET", "data_dir": "DIR", "spec": "SPEC", "weights": "FILE"}
 DATA_FIELDS = ("dataset", "n_train", "n_val", "data_seed", "imagenette_size", "val_fraction", "data_dir")
 
 
@@ -124,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.resumable:
             sub.add_argument("--resume", metavar="RUN", help=f"continue {stage.kind}/RUN from its last checkpoint")
         sub.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder")
-        _add_fields(sub, stage.config, stage.cli_fields, SWEPT_FIELDS if stage.name == "train-sae" else ())
+        flags = stage.cli_fields
+        if stage.positional:  # the one thing the command is about, given as a plain argument
+            sub.add_argument(
+                stage.positional,
+                nargs="?",
+                metavar=METAVARS[stage.positional],
+                help=_help(stage.config, stage.positional),
+            )
+            flags = tuple(name for name in flags if name != stage.positional)
+        _add_fields(sub, stage.config, flags, SWEPT_FIELDS if stage.name == "train-sae" else ())
         if stage.takes_data:
             _add_fields(sub, DataConfig, DATA_FIELDS)
 
@@ -314,10 +323,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     # a resumed run continues with its own saved config; only the preset's defaults are needed to name it
     cfg = stage_config(stage, args)
     if stage.required and not getattr(cfg, stage.required) and not resume:
-        flag = "--" + stage.required.replace("_", "-")
+        flag = "" if stage.positional == stage.required else "--" + stage.required.replace("_", "-") + " "
         alternative = " or --resume RUN" if stage.resumable else ""
         print(
-            f"vitsae-tui: {stage.name} needs {flag} {METAVARS[stage.required]}{alternative} (see `vitsae-tui runs`)",
+            f"vitsae-tui: {stage.name} needs {flag}{METAVARS[stage.required]}{alternative} (see `vitsae-tui runs`)",
             file=sys.stderr,
         )
         return 2

@@ -29,7 +29,7 @@ def test_stored_activations_equal_the_hook_output(workspace):
     result = collect(collect_cfg(run, hook="blocks.0.resid_post"), workspace, Collector(), threading.Event())
     store = ActivationSet(result.run_dir)
     loaded = load_model(workspace, run)
-    dataset = load_dataset(workspace, loaded.config.data, "train")
+    dataset = load_dataset(workspace, loaded.data, "train")
     assert store.n_images == len(dataset) == 96 and len(store) == 96 * 36
     assert len(store.manifest.shards) == 5  # 20 + 20 + 20 + 20 + 16 images
     with torch.no_grad():

@@ -209,6 +209,6 @@ def test_engine_never_imports_the_ui():
 def test_every_run_kind_of_the_workspace_belongs_to_one_stage_whose_module_names_it():
     from vitsae_tui.engine.workspace import KINDS
 
-    assert sorted(KINDS) == sorted(stage.kind for stage in REGISTRY.values())
+    assert sorted(KINDS) == sorted({stage.kind for stage in REGISTRY.values()})
     for name, stage in REGISTRY.items():
         assert importlib.import_module(stage.module).STAGE == name, "a stage's events carry its registry name"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.vision_model import VisionTransformerClassifier, default_hook, hook_names
+from vitsae_tui.engine.models.native import VisionTransformerClassifier, default_hook, hook_names
 
 
 @pytest.fixture(scope="module", params=["demo", "seed"])

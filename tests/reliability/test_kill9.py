@@ -23,9 +23,9 @@ from vitsae_tui.engine import config as config_mod
 from vitsae_tui.engine.activation_set import ActivationSet, Manifest
 from vitsae_tui.engine.config import TrainModelConfig
 from vitsae_tui.engine.feature_index import FeatureIndex
+from vitsae_tui.engine.models.native import VisionTransformerClassifier
 from vitsae_tui.engine.saes.run import load_sae
 from vitsae_tui.engine.stages import REGISTRY
-from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import KINDS, Workspace, load_torch_file, read_json, read_jsonl
 
 pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leaves them out

@@ -374,6 +374,27 @@ class IndexConfig:
         _check(self.checkpoint_every_s >= 0, "checkpoint_every_s must be 0 (every step) or more seconds")
 
 
+MODEL_LIBRARIES = ("timm", "torchvision")
+
+
+@dataclass(frozen=True)
+class ImportModelConfig:
+    spec: str = ""
+    """the model to import: timm:NAME (ViT, DeiT, DINOv2 …) or torchvision:NAME (vit_b_16 …, resnet50 …)"""
+    weights: str = ""
+    """a file of its weights (safetensors, or a weights-only torch file); empty: the library's own download"""
+    name: str = ""
+    """name of the model run (empty: derived from the spec)"""
+
+    def validate(self) -> None:
+        library, _, name = self.spec.partition(":")
+        _check(
+            not self.spec or (library in MODEL_LIBRARIES and bool(name) and len(self.spec) <= 200),
+            f"spec {self.spec[:80]!r} is not LIBRARY:NAME with LIBRARY one of {', '.join(MODEL_LIBRARIES)} "
+            f"(e.g. timm:vit_small_patch16_224 or torchvision:resnet50)",
+        )
+
+
 def seed_preset() -> TrainModelConfig:
     """The reference architecture, exactly."""
     return TrainModelConfig(preset="seed", epochs=10)

@@ -23,25 +23,29 @@ from PIL import Image, ImageOps
 from vitsae_tui.engine import synthetic
 from vitsae_tui.engine.config import DataConfig
 from vitsae_tui.engine.errors import UserError, check_stop
+from vitsae_tui.engine.models import NATIVE_PREPROCESS, Preprocess
 from vitsae_tui.engine.workspace import Workspace, atomic_save_npy, atomic_write_text
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Larger images are refused rather than decoded (decompression-bomb guard, ~ 8k x 8k).
 MAX_IMAGE_PIXELS = 64_000_000
-RESIZE_TO = 256
 
 
 class DataError(UserError, RuntimeError):
     """A dataset that cannot be used; the message says what to do."""
 
 
-def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> ImageNet-normalised floats of the default dtype, on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images_u8.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images_u8.device).view(1, 3, 1, 1)
-    return (images_u8.to(mean.dtype) / 255.0 - mean) / std
+def normalize(images_u8: torch.Tensor, preprocess: Preprocess = NATIVE_PREPROCESS) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> floats of the default dtype normalised by the model's mean and std, on the images' device;
+    images drawn at another size than the model's input (synthetic ones, 224) are resized to it first."""
+    mean = torch.tensor(preprocess.mean, device=images_u8.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=images_u8.device).view(1, 3, 1, 1)
+    images = images_u8.to(mean.dtype) / 255.0
+    if images.shape[-1] != preprocess.size:
+        images = torch.nn.functional.interpolate(
+            images, size=(preprocess.size, preprocess.size), mode="bicubic", antialias=True, align_corners=False
+        ).clamp(0, 1)
+    return (images - mean) / std
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image | None:
@@ -69,15 +73,24 @@ def load_rgb(path: str | os.PathLike) -> Image.Image | None:
         return None
 
 
-def to_model_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
-    """Resize the short side to 256/224*size (antialiased) and centre-crop size x size: (size, size, 3) uint8."""
-    short = round(RESIZE_TO * size / 224)
-    scale = short / min(image.width, image.height)
-    resized = image.resize(
-        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BICUBIC
-    )
-    left = (resized.width - size) // 2
-    top = (resized.height - size) // 2
+RESAMPLING = {
+    "bicubic": Image.BICUBIC,
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+}
+
+
+def to_model_pixels(image: Image.Image, preprocess: Preprocess = NATIVE_PREPROCESS) -> np.ndarray:
+    """The model's own resize (short side to `resize`, antialiased, as torchvision's Resize on a PIL image) and centre
+    crop (as CenterCrop): (size, size, 3) uint8."""
+    size, short_side = preprocess.size, preprocess.resize
+    short, long = sorted((image.width, image.height))
+    long_side = min(int(short_side * long / short), 8 * short_side)  # a 1 x 100000 strip must not become 6 GB
+    width, height = (short_side, long_side) if image.width <= image.height else (long_side, short_side)
+    resized = image.resize((width, height), RESAMPLING[preprocess.interpolation])
+    left = int(round((resized.width - size) / 2.0))
+    top = int(round((resized.height - size) / 2.0))
     return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
@@ -150,10 +163,17 @@ class SyntheticDataset(ImageDataset):
 class FileListDataset(ImageDataset):
     """Images decoded from files on demand; an undecodable file yields a zero image flagged not ok."""
 
-    def __init__(self, paths: list[str], labels: list[int], class_names: tuple[str, ...]):
+    def __init__(
+        self,
+        paths: list[str],
+        labels: list[int],
+        class_names: tuple[str, ...],
+        preprocess: Preprocess = NATIVE_PREPROCESS,
+    ):
         self.paths = paths
         self._labels = np.asarray(labels, dtype=np.int64)
         self.class_names = class_names
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -161,8 +181,9 @@ class FileListDataset(ImageDataset):
     def __getitem__(self, index: int) -> Sample:
         image = load_rgb(self.paths[index])
         if image is None:
-            return Sample(torch.zeros(3, 224, 224, dtype=torch.uint8), int(self._labels[index]), False)
-        pixels = torch.from_numpy(to_model_pixels(image).copy()).permute(2, 0, 1)
+            size = self.preprocess.size
+            return Sample(torch.zeros(3, size, size, dtype=torch.uint8), int(self._labels[index]), False)
+        pixels = torch.from_numpy(to_model_pixels(image, self.preprocess).copy()).permute(2, 0, 1)
         return Sample(pixels, int(self._labels[index]), True)
 
     def source(self, index: int) -> str:
@@ -288,7 +309,7 @@ def _scan_folder(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
     return files, [-1] * len(files), ()
 
 
-def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
+def load_folder(cfg: DataConfig, split: str, preprocess: Preprocess = NATIVE_PREPROCESS) -> FileListDataset:
     root = Path(cfg.dataset).expanduser()
     if not root.is_dir():
         raise DataError(f"{cfg.dataset} is not a folder; pass 'synthetic', 'imagenette' or a folder of images")
@@ -302,7 +323,7 @@ def load_folder(cfg: DataConfig, split: str) -> FileListDataset:
     keep = [(path, label) for path, label, val in zip(paths, labels, in_val) if val == (split == "val")]
     if split == "all":
         keep = list(zip(paths, labels))
-    return FileListDataset([path for path, _ in keep], [label for _, label in keep], class_names)
+    return FileListDataset([path for path, _ in keep], [label for _, label in keep], class_names, preprocess)
 
 
 IMAGENETTE_FOLDERS = {"160px": "imagenette2-160", "320px": "imagenette2-320", "full": "imagenette2"}
@@ -318,7 +339,9 @@ def imagenette_root(ws: Workspace, cfg: DataConfig) -> Path:
     return given.parent if given.name == IMAGENETTE_FOLDERS[cfg.imagenette_size] else given
 
 
-def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDataset:
+def load_imagenette(
+    ws: Workspace, cfg: DataConfig, split: str, preprocess: Preprocess = NATIVE_PREPROCESS
+) -> FileListDataset:
     from torchvision.datasets import Imagenette
 
     if cfg.imagenette_size not in IMAGENETTE_FOLDERS:
@@ -349,16 +372,22 @@ def load_imagenette(ws: Workspace, cfg: DataConfig, split: str) -> FileListDatas
     paths = [str(p) for p, _ in data._samples]
     labels = [int(label) for _, label in data._samples]
     class_names = tuple(names[0] for names in data.classes)
-    return FileListDataset(paths, labels, class_names)
+    return FileListDataset(paths, labels, class_names, preprocess)
 
 
 def load_dataset(
-    ws: Workspace, cfg: DataConfig, split: str, progress: DrawProgress | None = None, stop=None
+    ws: Workspace,
+    cfg: DataConfig,
+    split: str,
+    progress: DrawProgress | None = None,
+    stop=None,
+    preprocess: Preprocess = NATIVE_PREPROCESS,
 ) -> ImageDataset:
     """split: 'train', 'val' or (folders) 'all'; `progress` follows the drawing of synthetic images, which a set
-    `stop` event ends with StopRequested."""
+    `stop` event ends with StopRequested. Files are resized and cropped by the model's `preprocess`; synthetic images
+    are drawn at 224 (their concept maps refer to those pixels)."""
     if cfg.dataset == "synthetic":
         return load_synthetic(ws, cfg, "val" if split == "val" else "train", progress, stop)
     if cfg.dataset == "imagenette":
-        return load_imagenette(ws, cfg, split)
-    return load_folder(cfg, split)
+        return load_imagenette(ws, cfg, split, preprocess)
+    return load_folder(cfg, split, preprocess)

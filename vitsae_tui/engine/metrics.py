@@ -137,6 +137,10 @@ SHARDS = Metric("shards", "shards", "count")
 D_MODEL = Metric("d_model", "width", "count")
 DTYPE = Metric("dtype", "dtype", "text")
 BYTES_ON_DISK = Metric("bytes_on_disk", "size", "bytes", title="size on disk")
+IMPORTED_FROM = Metric("imported_from", "imported from", "text")
+PARAMETERS = Metric("parameters", "parameters", "count")
+N_CLASSES = Metric("n_classes", "classes", "count")
+HOOKS = Metric("hooks", "hook points", "count")
 
 CATALOGUE: dict[str, Metric] = {m.key: m for m in list(globals().values()) if isinstance(m, Metric)}
 """every metric by key"""

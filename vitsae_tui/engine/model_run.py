@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitsae_tui.engine import config as config_mod
-from vitsae_tui.engine.config import TrainModelConfig
+from vitsae_tui.engine.config import DataConfig, TrainModelConfig
+from vitsae_tui.engine.models import imported
 from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import (
     Workspace,
@@ -22,7 +23,7 @@ from vitsae_tui.engine.workspace import (
 if TYPE_CHECKING:  # torch loads only when a model does: home and --help read runs without it
     import torch
 
-    from vitsae_tui.engine.vision_model import VisionTransformerClassifier
+    from vitsae_tui.engine.models.base import HookedModel
 
 CHECKPOINTS = ("best", "last")
 
@@ -130,25 +131,60 @@ def describe_weights(state) -> str:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: VisionTransformerClassifier
-    config: TrainModelConfig
+    model: HookedModel
+    """our own classifier or an imported library model, behind the same hook protocol"""
     checkpoint_path: Path
     checkpoint_sha256: str
     class_names: tuple[str, ...]
+    data: DataConfig
+    """what the model was trained on (an imported model: nothing of ours, so the offline default)"""
+    label: str
+    """its preset, or the spec it was imported from"""
+    default_hook: str
 
 
-def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
-    """A trained model in eval mode, from its `best` or `last` checkpoint, with the checkpoint's hash."""
+def model_data(ws: Workspace, run: str) -> DataConfig:
+    """The data a model run was trained on; an imported model's followers default to the offline synthetic set."""
+    if imported.is_imported(ws.run_dir("models", run)):
+        return DataConfig()
+    return read_config(ws, run).data
+
+
+def hook_choices(ws: Workspace, run: str) -> tuple[list[str], str]:
+    """A model run's hook points and its default one, without building the model."""
     run_dir = ws.run_dir("models", run)
-    cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{run}/config.json")
+    if imported.is_imported(run_dir):
+        record = imported.read_record(run_dir)
+        return list(record.hooks), record.default_hook
+    from vitsae_tui.engine.models.native import default_hook, hook_names
+
+    cfg = read_config(ws, run)
+    return hook_names(cfg.model), default_hook(cfg.model)
+
+
+def _checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint not in ("best", "last"):
         raise WorkspaceError(f"checkpoint {checkpoint!r} is not 'best' or 'last'")
     path = run_dir / f"{checkpoint}.pt"
     if not path.exists():
-        raise WorkspaceError(f"no {checkpoint} checkpoint in models/{run}; train the model first or pick another run")
-    state = load_torch_file(path)
+        raise WorkspaceError(
+            f"no {checkpoint} checkpoint in models/{run_dir.name}; train the model first or pick another run"
+        )
+    return path
+
+
+def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
+    """A trained or imported model in eval mode, from its `best` or `last` checkpoint, with the checkpoint's hash."""
     from vitsae_tui.engine.device import pick_device
-    from vitsae_tui.engine.vision_model import VisionTransformerClassifier
+
+    run_dir = ws.run_dir("models", run)
+    device = pick_device(device) if isinstance(device, str) else device
+    if imported.is_imported(run_dir):
+        return _load_imported(run_dir, checkpoint, device)
+    cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{run}/config.json")
+    path = _checkpoint(run_dir, checkpoint)
+    state = load_torch_file(path)
+    from vitsae_tui.engine.models.native import VisionTransformerClassifier, default_hook
 
     model = VisionTransformerClassifier(cfg.model)
     try:
@@ -165,8 +201,20 @@ def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | 
             f"models/{run}/dataset.json names {len(class_names)} classes but the model predicts "
             f"{cfg.model.n_classes}; restore the file or train the model again"
         )
-    model.to(pick_device(device) if isinstance(device, str) else device).eval()
-    return LoadedModel(model, cfg, path, file_sha256(path), class_names)
+    model.to(device).eval()
+    return LoadedModel(model, path, file_sha256(path), class_names, cfg.data, cfg.preset, default_hook(cfg.model))
+
+
+def _load_imported(run_dir: Path, checkpoint: str, device) -> LoadedModel:
+    record = imported.read_record(run_dir)
+    path = _checkpoint(run_dir, checkpoint)
+    state = load_torch_file(path)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise WorkspaceError(f"models/{run_dir.name}/{checkpoint}.pt holds no model weights; import the model again")
+    _, model = imported.build(record, state["model"])
+    class_names = DatasetInfo.load(run_dir).class_names
+    model.to(device).eval()
+    return LoadedModel(model, path, file_sha256(path), class_names, DataConfig(), record.spec, record.default_hook)
 
 
 def label_space_mismatch(model_classes: tuple[str, ...], set_classes: tuple[str, ...] | list[str]) -> str:

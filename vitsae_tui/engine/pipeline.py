@@ -37,7 +37,7 @@ def _sha(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-STAGE_NAMES = tuple(stage.name for stage in STAGES)
+STAGE_NAMES = tuple(stage.name for stage in STAGES if stage.in_lineage)
 DEMO_SAE_TOKENS = 5_000_000
 
 
@@ -245,10 +245,6 @@ def _free_name(ws: Workspace, prefix: str) -> str:
     return f"{prefix}{n}"
 
 
-def _model_data(ws: Workspace, model: str) -> config_mod.DataConfig:
-    return model_run.read_config(ws, model).data
-
-
 def _model_detail(run: RunInfo) -> str:
     acc = run.status.get(metrics.BEST_VAL_ACCURACY.key)
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
@@ -325,7 +321,7 @@ def data_label(ws: Workspace, selected: tuple[str, str] | None = None) -> str:
         if states["collect"].run:
             return SetSummary.load(ws.run_dir("activations", states["collect"].run)).provenance.data.label
         if states["train-model"].run:
-            return model_run.read_config(ws, states["train-model"].run).data.label
+            return model_run.model_data(ws, states["train-model"].run).label
     except (UserError, OSError):
         pass
     return "synthetic"
@@ -441,7 +437,7 @@ class _GuidedRun:
             self.built["model"] = model = result.run_dir.name
             self.collect_cfg = _collect_config(ws, model, self.states["collect"], True)
         if "collect" in steps:
-            data = self.collect_cfg.data.following(_model_data(ws, model))
+            data = self.collect_cfg.data.following(model_run.model_data(ws, model))
             plan.begin("collect", f"collecting activations of {data.label}")
             if not (result := self._run("collect", self.collect_cfg)):
                 return False

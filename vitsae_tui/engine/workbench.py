@@ -124,9 +124,14 @@ class Workbench:
         weights = self.sae.raw_weights()  # decoding on raw activations: the input scale folded in
         self.w_dec, self.b_dec = weights["W_dec"].to(self.device), weights["b_dec"].to(self.device)
         self.torch = torch
+        self.prefix: torch.Tensor | None = None
 
     def _acts(self, image: int) -> torch.Tensor:
-        return self.torch.from_numpy(self.index.store.image(image).astype(np.float32)).to(self.device)  # (T, d)
+        """The image's patch activations (T, d); its special tokens (CLS, registers) become the prefix of every
+        spliced pass that follows."""
+        prefix = self.index.store.prefix(image)
+        self.prefix = None if prefix is None else self.torch.from_numpy(prefix.astype(np.float32)).to(self.device)[None]
+        return self.torch.from_numpy(self.index.store.image(image).astype(np.float32)).to(self.device)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.sae.encode_raw(x)  # the architecture's own rule: JumpReLU, TopK or a global threshold
@@ -135,8 +140,8 @@ class Workbench:
         return f @ self.w_dec + self.b_dec
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C) logits of hook activations (B, T, d) or (T, d)."""
-        return self.model.run_from(self.hook, x if x.dim() == 3 else x[None]).float()
+        """(B, C) logits of the current image's hook activations (B, T, d) or (T, d), after its special tokens."""
+        return self.model.run_from(self.hook, x if x.dim() == 3 else x[None], self.prefix).float()
 
     def _check(self, image: int, target: int | None, logits: np.ndarray) -> int:
         if not 0 <= image < self.index.n_images:

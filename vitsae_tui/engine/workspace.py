@@ -276,14 +276,24 @@ class Workspace:
             raise WorkspaceError(f"no run {name!r} in {kind}/; use a name from `vitsae-tui runs`")
         return path
 
-    def new_run(self, kind: str, prefix: str, setup: Callable[[Path], None] = lambda path: None) -> Path:
-        """Create and claim a fresh run folder `<prefix>-<n>` (mkdir is atomic, so two processes never share one).
+    def new_run(
+        self, kind: str, prefix: str, setup: Callable[[Path], None] = lambda path: None, numbered: bool = True
+    ) -> Path:
+        """Create and claim a fresh run folder `<prefix>-<n>`, or `<prefix>` itself when not `numbered` (mkdir is
+        atomic, so two processes never share one; an existing name is a WorkspaceError).
 
         The folder is stamped as running by this process, then `setup` writes its first files; when either fails the
         folder is removed, so a failed start never leaves an undated, damaged run behind.
         """
         if not RUN_NAME.match(prefix):
             raise WorkspaceError(f"{prefix!r} cannot start a run name; use letters, digits, '.', '_' or '-'")
+        if not numbered:
+            path = self.kind_dir(kind) / prefix
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise WorkspaceError(f"{kind}/{prefix} already exists; pick another name") from None
+            return self._set_up(path, setup)
         existing = [p.name for p in self.kind_dir(kind).iterdir()]
         numbers = [int(m.group(1)) for n in existing if (m := re.fullmatch(rf"{re.escape(prefix)}-(\d+)", n))]
         n = max(numbers, default=0) + 1
@@ -294,6 +304,10 @@ class Workspace:
                 break
             except FileExistsError:
                 n += 1
+        return self._set_up(path, setup)
+
+    @staticmethod
+    def _set_up(path: Path, setup: Callable[[Path], None]) -> Path:
         try:
             write_status(path, "running")
             setup(path)

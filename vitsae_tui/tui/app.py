@@ -113,7 +113,7 @@ class VitsaeApp(App):
         yield SystemCommand(
             "Guided run", "Build every missing stage on the offline default, then browse", self.action_guided_run
         )
-        for stage in STAGES:
+        for stage in (s for s in STAGES if s.name in self.MODES):
             yield SystemCommand(
                 stage.title, stage.summary[:1].upper() + stage.summary[1:], partial(self.switch_mode, stage.name)
             )

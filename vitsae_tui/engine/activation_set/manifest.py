@@ -22,6 +22,7 @@ MAX_MANIFEST_BYTES = 1 << 30
 """an ImageNet-size set's manifest (1.3M image entries) is about 200 MB"""
 MAX_D_MODEL = 1 << 16
 MAX_TOKENS_PER_IMAGE = 4096
+SPECIAL_KINDS = ("cls", "dist", "reg")
 THUMB_SIZE = 112  # a 2x box filter of the 224 model input: the cheapest good downscale, sharp enough for PNG cards
 SHARD_FILE = re.compile(r"shard-\d{5}(\.\w+)?\.npy")
 
@@ -92,6 +93,8 @@ class Manifest:
     mean: tuple[float | None, ...] | None = None
     """per-dimension mean over every token (null entries: the model produced non-finite activations)"""
     var: tuple[float | None, ...] | None = None
+    special: tuple[str, ...] = ()
+    """kinds of the tokens before the patches (cls, reg, …), kept beside each shard for splicing, never trained on"""
     version: int = MANIFEST_VERSION
 
     def validate(self) -> None:
@@ -100,7 +103,9 @@ class Manifest:
             raise StoreError(f"{where} has format version {self.version}, this vitsae-tui reads {MANIFEST_VERSION}")
         if not 0 < self.d_model <= MAX_D_MODEL or not 0 < self.tokens_per_image <= MAX_TOKENS_PER_IMAGE:
             raise StoreError(f"{where} claims an absurd size (d_model {self.d_model}); delete the set")
-        if self.grid[0] * self.grid[1] != self.tokens_per_image:
+        if len(self.special) > 64 or not all(kind in SPECIAL_KINDS for kind in self.special):
+            raise StoreError(f"{where} names unknown special tokens; delete the set")
+        if min(self.grid) < 1 or self.grid[0] * self.grid[1] != self.tokens_per_image:
             raise StoreError(f"{where} has a {self.grid} grid for {self.tokens_per_image} tokens; delete the set")
         if self.dtype not in ("float16", "float32"):
             raise StoreError(f"{where} has dtype {self.dtype!r}; only float16 and float32 are stored")
@@ -148,7 +153,7 @@ class Manifest:
                     f"{where} has inconsistent row ranges at shard {i}; delete the set and collect it again"
                 )
             rows, images = shard.rows[1], shard.images[1]
-            for role in ("acts", "thumbs"):
+            for role in ("acts", "thumbs", *(("specials",) if self.special else ())):
                 if not (set_dir / shard.files.get(role, "")).is_file():
                     raise StoreError(
                         f"activations/{set_dir.name} lacks {shard.files.get(role)}; collect it again with the same "

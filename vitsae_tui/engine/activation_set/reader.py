@@ -43,8 +43,10 @@ class ActivationSet:
         self.provenance: Provenance = self.manifest.provenance
         self.class_names: list[str] = list(self.manifest.class_names)
         self.concept_names: list[str] = list(self.manifest.concept_names)
+        self.special: tuple[str, ...] = self.manifest.special
         self.shards: list[np.ndarray] = []
         self.thumbs: list[np.ndarray] = []
+        self.specials: list[np.ndarray] = []
         self.row_starts = np.array([s.rows[0] for s in self.manifest.shards] + [self.n_tokens], dtype=np.int64)
         for shard in self.manifest.shards:
             acts = np.load(self.path / shard.files["acts"], mmap_mode="r", allow_pickle=False)
@@ -56,6 +58,15 @@ class ActivationSet:
                 )
             self.shards.append(acts)
             self.thumbs.append(np.load(self.path / shard.files["thumbs"], mmap_mode="r", allow_pickle=False))
+            if self.special:
+                specials = np.load(self.path / shard.files["specials"], mmap_mode="r", allow_pickle=False)
+                expected = (shard.images[1] - shard.images[0], len(self.special), self.d_model)
+                if specials.shape != expected or specials.dtype != acts.dtype:
+                    raise StoreError(
+                        f"{shard.files['specials']} in activations/{self.path.name} has shape {specials.shape}, the "
+                        f"manifest says {expected}; collect the set again"
+                    )
+                self.specials.append(specials)
         self.mean = np.asarray(self.manifest.mean, dtype=np.float64) if self.manifest.mean else None
         self.var = np.asarray(self.manifest.var, dtype=np.float64) if self.manifest.var else None
 
@@ -82,6 +93,20 @@ class ActivationSet:
             raise OutOfRange(f"image {index} is outside 0..{self.n_images - 1}")
         shard, offset = self._locate_row(index * self.tokens_per_image)
         return np.asarray(self.shards[shard][offset : offset + self.tokens_per_image])
+
+    def prefix(self, index: int) -> np.ndarray | None:
+        """The (S, d_model) activations of one image's special tokens (CLS, registers), None for a model without."""
+        if not self.special:
+            return None
+        self.image_entry(index)
+        shard = int(np.searchsorted(self.row_starts, index * self.tokens_per_image, side="right") - 1)
+        return np.asarray(self.specials[shard][index - self.manifest.shards[shard].images[0]])
+
+    def prefixes(self, indices) -> np.ndarray | None:
+        """(n, S, d_model) special-token activations of several images, None for a model without."""
+        if not self.special:
+            return None
+        return np.stack([self.prefix(int(i)) for i in indices])
 
     def thumbnail(self, index: int) -> np.ndarray:
         """(thumb_size, thumb_size, 3) uint8 of one image."""

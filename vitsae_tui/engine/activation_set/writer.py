@@ -28,12 +28,15 @@ if TYPE_CHECKING:
 
 
 def make_thumbnails(images_u8: torch.Tensor) -> np.ndarray:
-    """(B, 3, 224, 224) uint8 -> (B, 112, 112, 3) uint8 by 2x2 box averaging (PIL, single-threaded, GIL released)."""
+    """(B, 3, S, S) uint8 -> (B, 112, 112, 3) uint8: box averaging when S is a multiple of 112 (224: 2x2), else an
+    antialiased resize (PIL, single-threaded, GIL released)."""
     from PIL import Image
 
     pixels = images_u8.permute(0, 2, 3, 1).numpy()
-    factor = pixels.shape[1] // THUMB_SIZE
-    return np.stack([np.asarray(Image.fromarray(p).reduce(factor)) for p in pixels])
+    if pixels.shape[1] % THUMB_SIZE == 0:
+        factor = pixels.shape[1] // THUMB_SIZE
+        return np.stack([np.asarray(Image.fromarray(p).reduce(factor)) for p in pixels])
+    return np.stack([np.asarray(Image.fromarray(p).resize((THUMB_SIZE, THUMB_SIZE), Image.BOX)) for p in pixels])
 
 
 def open_or_create(
@@ -41,8 +44,9 @@ def open_or_create(
     provenance: Provenance,
     model_preset: str,
     d_model: int,
-    grid: int,
+    grid: tuple[int, int],
     class_names: list[str],
+    special: tuple[str, ...] = (),
 ) -> Manifest:
     """The manifest of the set to collect into: the existing one (same provenance only) or a new, empty one."""
     if (set_dir / MANIFEST).exists():
@@ -56,8 +60,9 @@ def open_or_create(
         model_preset=model_preset,
         hook=provenance.hook,
         d_model=d_model,
-        grid=(grid, grid),
-        tokens_per_image=grid * grid,
+        grid=tuple(grid),
+        tokens_per_image=grid[0] * grid[1],
+        special=tuple(special),
         dtype=provenance.dtype,
         thumb_size=THUMB_SIZE,
         class_names=tuple(class_names),
@@ -115,9 +120,12 @@ class ShardWriter:
     def open(self, index: int, n_images: int) -> None:
         self._put(("open", index, n_images))
 
-    def write(self, acts: np.ndarray, images_u8: torch.Tensor, entries: list[ImageEntry], concepts) -> None:
-        """acts (n_images, tokens, d) float32, the images' uint8 pixels, their entries and (synthetic) concept maps."""
-        self._put(("batch", acts, images_u8, entries, concepts))
+    def write(
+        self, acts: np.ndarray, images_u8: torch.Tensor, entries: list[ImageEntry], concepts, specials=None
+    ) -> None:
+        """acts (n_images, patches, d) float32, the images' uint8 pixels, their entries, (synthetic) concept maps and
+        (models with CLS or register tokens) the special tokens' activations (n_images, S, d)."""
+        self._put(("batch", acts, images_u8, entries, concepts, specials))
 
     def seal(self, selected_end: int, skipped: int) -> None:
         self._put(("seal", selected_end, skipped))
@@ -174,12 +182,13 @@ class ShardWriter:
             "thumbs": _allocated_memmap(thumbs_tmp, np.uint8, (n_images, THUMB_SIZE, THUMB_SIZE, 3)),
             "images": [],
             "concepts": [],
+            "specials": [],
             "filled": 0,
             "sum": np.zeros(self.d_model, dtype=np.float64),
             "sumsq": np.zeros(self.d_model, dtype=np.float64),
         }
 
-    def _write_batch(self, shard, acts: np.ndarray, images_u8: torch.Tensor, entries, concepts) -> None:
+    def _write_batch(self, shard, acts: np.ndarray, images_u8: torch.Tensor, entries, concepts, specials) -> None:
         n = acts.shape[0]  # statistics are of the stored (rounded) values
         start = shard["filled"]
         rows = slice(start * self.tokens_per_image, (start + n) * self.tokens_per_image)
@@ -191,6 +200,8 @@ class ShardWriter:
         shard["images"].extend(entries)
         if concepts is not None:
             shard["concepts"].append(concepts)
+        if specials is not None:
+            shard["specials"].append(specials.astype(self.dtype))
         shard["filled"] = start + n
         self.images_written += n
 
@@ -216,6 +227,9 @@ class ShardWriter:
         if shard["concepts"]:
             files["concepts"] = f"{stem}.concepts.npy"
             atomic_save_npy(self.set_dir / files["concepts"], np.concatenate(shard["concepts"]))
+        if shard["specials"]:
+            files["specials"] = f"{stem}.specials.npy"
+            atomic_save_npy(self.set_dir / files["specials"], np.concatenate(shard["specials"]))
         row_start, image_start = self.manifest.n_tokens, self.manifest.n_images
         entry = ShardEntry(
             files=files,

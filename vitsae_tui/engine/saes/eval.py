@@ -129,6 +129,8 @@ class Evaluator:
             else np.empty((0, source.tokens_per_image, source.d_model))
         )
         self.acts = torch.from_numpy(acts.astype(np.float32)).to(device)  # (N, T, d) raw
+        prefixes = source.prefixes(ids) if len(ids) else None  # CLS and register tokens ride along, never replaced
+        self.prefix = torch.from_numpy(prefixes.astype(np.float32)).to(device) if prefixes is not None else None
         self.labels = torch.from_numpy(source.labels()[ids]).to(device)
         self.mean = torch.from_numpy(store.mean.astype(np.float32)).to(device)  # the training set's mean
         self.model = model
@@ -137,7 +139,12 @@ class Evaluator:
         self.ablated: Fidelity | None = None
 
     def _logits(self, acts: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model.run_from(self.hook, acts[i : i + 128]) for i in range(0, len(acts), 128)]).float()
+        def prefix(i: int):
+            return self.prefix[i : i + 128] if self.prefix is not None else None
+
+        return torch.cat(
+            [self.model.run_from(self.hook, acts[i : i + 128], prefix(i)) for i in range(0, len(acts), 128)]
+        ).float()
 
     @torch.no_grad()
     def evaluate(self, sae: SparseAutoencoder, run: str, step: int) -> SAEEval | None:

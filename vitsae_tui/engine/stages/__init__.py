@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
+from vitsae_tui.engine.config import CollectConfig, ImportModelConfig, IndexConfig, SAETrainConfig, TrainModelConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class Stage:
     """whether --preset picks the starting configuration"""
     required: str = ""
     """the config field a new run cannot do without"""
+    positional: str = ""
+    """the config field given as the command's plain argument (import-model SPEC)"""
+    in_lineage: bool = True
+    """a step of the lineage home shows and the guided run builds (import-model is an alternative to train-model)"""
 
     @property
     def run(self) -> Callable:
@@ -70,6 +74,19 @@ STAGES = (
         takes_data=True,
         resumable=True,
         presets=True,
+    ),
+    Stage(
+        "import-model",
+        "Import model",
+        "model",
+        "make a model run of a pretrained timm or torchvision model",
+        ImportModelConfig,
+        "models",
+        "vitsae_tui.engine.stages.import_model",
+        ("spec", "weights", "name"),
+        required="spec",
+        positional="spec",
+        in_lineage=False,
     ),
     Stage(
         "collect",
@@ -120,4 +137,5 @@ STAGES = (
     ),
 )
 REGISTRY = {stage.name: stage for stage in STAGES}
-BY_KIND = {stage.kind: stage for stage in STAGES}
+BY_KIND = {stage.kind: stage for stage in reversed(STAGES)}
+"""the stage that builds a kind's runs in the guided run (models: train-model; import-model makes them too)"""

@@ -95,37 +95,42 @@ def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event
             raise StageError("no model run given; pass --model RUN (see `vitsae-tui runs`)")
         device = pick_device(cfg.device)
         loaded = model_run.load_model(ws, cfg.model, cfg.checkpoint, device)
-        hook = cfg.hook or _default_hook(loaded)
-        loaded.model.hook_module(hook)
-        data = cfg.data.following(loaded.config.data)
+        hook = cfg.hook or loaded.default_hook
+        layout = loaded.model.token_layout(hook)
+        if layout.grid[0] != layout.grid[1]:
+            raise StageError(f"{hook} has a {layout.grid[0]}x{layout.grid[1]} grid; only square token grids are stored")
+        data = cfg.data.following(loaded.data)
         name = cfg.name or default_set_name(cfg, hook, data)
         if not RUN_NAME.match(name):
             raise StageError(f"{name!r} cannot name an activation set; use letters, digits, '.', '_' or '-'")
         # claimed before the recorder knows the folder: a refusal must not touch the owner's status
         rec.run_dir = rec.claim(ws.kind_dir("activations") / name)
-        model_cfg = loaded.config.model
         manifest = activation_set.open_or_create(
             rec.run_dir,
             _provenance(cfg, data, loaded.checkpoint_sha256, hook),
-            loaded.config.preset,
-            model_cfg.n_embd,
-            model_cfg.grid_size,
+            loaded.label,
+            _width(loaded.model, hook, device),
+            layout.grid,
             [],  # named by its own dataset's classes once the dataset is loaded, never by the model's
+            layout.special,
         )
         rec.started(config_mod.to_dict(cfg))
         return _collect(_Collection(cfg, data, loaded.model, hook, device, rec.run_dir), ws, manifest, rec)
 
 
-def _default_hook(loaded) -> str:
-    from vitsae_tui.engine.vision_model import default_hook
-
-    return default_hook(loaded.config.model)
+@torch.inference_mode()
+def _width(model, hook: str, device) -> int:
+    """The width d of the tokens at `hook`, from one blank image."""
+    size = model.preprocess.size
+    return int(model.run_to(torch.zeros(1, 3, size, size, device=device), hook).shape[-1])
 
 
 def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecorder) -> CollectResult:
     cfg, data, set_dir = job.cfg, job.data, job.set_dir
     try:
-        dataset: ImageDataset = load_dataset(ws, data, cfg.split, rec.sub_progress("images drawn"), rec.stop)
+        dataset: ImageDataset = load_dataset(
+            ws, data, cfg.split, rec.sub_progress("images drawn"), rec.stop, job.model.preprocess
+        )
     except StopRequested:  # while the synthetic images were drawn: nothing collected yet, the same command starts it
         return _finish(manifest, rec, 0, True)
     selected = select_images(len(dataset), cfg.limit)
@@ -184,6 +189,15 @@ class _ShardLoop:
         self.shard_index, self.in_shard, self.shard_start = len(manifest.shards), 0, 0
         self.bad_positions: list[int] = []  # positions index `selected`
         self.concept_maps = dataset.concept_maps()
+        self.n_special = len(manifest.special)
+        if self.concept_maps is not None and self.concept_maps.shape[-2:] != manifest.grid:
+            grid = "x".join(map(str, self.concept_maps.shape[-2:]))
+            rec.log(
+                f"the synthetic concept maps are drawn on a {grid} grid, this model's is {manifest.grid[0]}x"
+                f"{manifest.grid[1]}: the set is stored without them, so its features get no concept scores",
+                "warning",
+            )
+            self.concept_maps = None
 
     def write(self, start: int) -> bool:
         """Every selected image from position `start` on; True when a stop was asked for."""
@@ -215,13 +229,14 @@ class _ShardLoop:
                 self.writer.open(self.shard_index, min(cfg.shard_images, len(self.selected) - int(positions[0])))
             take = min(len(images), cfg.shard_images - self.in_shard)
             acts = _forward(job.model, images[:take], job.hook, job.device, cfg.bf16)
+            specials, acts = (acts[:, : self.n_special], acts[:, self.n_special :]) if self.n_special else (None, acts)
             indices = self.selected[positions[:take]]
             entries = [
                 ImageEntry(source=self.dataset.source(int(i)), label=int(label), index=int(i))
                 for i, label in zip(indices, labels[:take])
             ]
             concepts = self.concept_maps[indices] if self.concept_maps is not None else None
-            self.writer.write(acts, images[:take], entries, concepts)
+            self.writer.write(acts, images[:take], entries, concepts, specials)
             images, labels, positions = images[take:], labels[take:], positions[take:]
             self.in_shard += take
             if self.in_shard == cfg.shard_images:
@@ -254,7 +269,7 @@ def _result(manifest: Manifest, set_dir: Path, stopped: bool) -> CollectResult:
 
 def _forward(model, images_u8: torch.Tensor, hook: str, device, bf16: bool) -> np.ndarray:
     with autocast(device, bf16):
-        acts = model.run_to(normalize(images_u8.to(device, non_blocking=True)), hook)  # (B, T, d)
+        acts = model.run_to(normalize(images_u8.to(device, non_blocking=True), model.preprocess), hook)  # (B, T, d)
     acts = acts.float().cpu().numpy()
     if not np.isfinite(acts).all():
         raise StageError(

@@ -368,12 +368,14 @@ def _model_effects(
     model = loaded.model
     ids = np.linspace(0, store.n_images - 1, min(CLASS_EFFECT_IMAGES, store.n_images)).round().astype(int)
     acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32)).to(device)  # (n, T, d)
+    prefixes = store.prefixes(ids)  # the special tokens (CLS, registers) of a library model, unchanged by any edit
+    prefix = torch.from_numpy(prefixes.astype(np.float32)).to(device) if prefixes is not None else None
     raw = sae.raw_weights()
     directions = raw["W_dec"].to(device)  # (F, d) in raw units
     with torch.no_grad():
         f = sae.encode_raw(acts.reshape(-1, acts.shape[-1]))
         strength = torch.where((f > 0).any(0), f.sum(0) / (f > 0).sum(0).clamp_min(1), sae.firing_threshold)  # (F,)
-        base = model.run_from(store.hook, acts).float()  # (n, C)
+        base = model.run_from(store.hook, acts, prefix).float()  # (n, C)
         effects = torch.zeros(F, base.shape[1], device=device)
         per_batch = max(1, 2048 // len(ids))
         progress = rec.sub_progress("features (class effects)")
@@ -382,7 +384,11 @@ def _model_effects(
             progress(start, F)
             chunk = torch.arange(start, min(start + per_batch, F), device=device)
             shifted = acts[None] + (strength[chunk, None] * directions[chunk])[:, None, None, :]  # (c, n, T, d)
-            logits = model.run_from(store.hook, shifted.reshape(-1, *acts.shape[1:])).float()
+            logits = model.run_from(
+                store.hook,
+                shifted.reshape(-1, *acts.shape[1:]),
+                None if prefix is None else prefix.repeat(len(chunk), 1, 1),
+            ).float()
             effects[chunk] = (logits.reshape(len(chunk), len(ids), -1) - base[None]).mean(1)
     rec.log("zeroing each feature on its top images")
     progress = rec.sub_progress("images (zeroing features)")
@@ -418,13 +424,15 @@ def _causal_effects(
             check_stop(stop)
             progress(done, len(top_images))
             x = torch.from_numpy(store.image(image).astype(np.float32)).to(device)  # (T, d)
+            prefix = store.prefix(image)
+            prefix = torch.from_numpy(prefix.astype(np.float32)).to(device)[None] if prefix is not None else None
             f = sae.encode_raw(x)
-            clean = model.run_from(store.hook, x[None]).float()[0]
+            clean = model.run_from(store.hook, x[None], prefix).float()[0]
             features = top_images[image]
             for start in range(0, len(features), 256):
                 chunk = torch.as_tensor(features[start : start + 256], device=device)
                 zeroed = x[None] - f[:, chunk].t()[:, :, None] * directions[chunk][:, None, :]  # (c, T, d)
-                total[chunk] += (model.run_from(store.hook, zeroed).float() - clean).double()
+                total[chunk] += (model.run_from(store.hook, zeroed, prefix).float() - clean).double()
                 count[chunk] += 1
     return (total / count.clamp_min(1)[:, None]).float().cpu().numpy()
 

@@ -19,9 +19,9 @@ from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, 
 from vitsae_tui.engine.device import autocast
 from vitsae_tui.engine.errors import StageError, StopRequested
 from vitsae_tui.engine.events import Report
+from vitsae_tui.engine.models.native import VisionTransformerClassifier
 from vitsae_tui.engine.stages.run import RunRecorder, StageResult, recording
 from vitsae_tui.engine.text import shown
-from vitsae_tui.engine.vision_model import VisionTransformerClassifier
 from vitsae_tui.engine.workspace import Workspace, remove_partial_writes
 
 STAGE = "train-model"

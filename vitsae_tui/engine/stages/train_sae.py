@@ -162,7 +162,7 @@ def _load_eval_model(ws: Workspace, store: ActivationSet, device, rec: RunRecord
 def _model_data(ws: Workspace, model: str):
     """The data a model run was trained on, or None when its config cannot be read."""
     try:
-        return model_run.read_config(ws, model).data
+        return model_run.model_data(ws, model)
     except (UserError, OSError):
         return None
 

@@ -85,20 +85,19 @@ class CollectScreen(StageScreen):
             self.query_one("#config", ConfigForm).fill(config)
 
     def fill_hooks(self, run: str) -> None:
-        from vitsae_tui.engine.vision_model import default_hook, hook_names
-
         try:
-            cfg = model_run.read_config(self.app.workspace, run)
+            hook_names, default_hook = model_run.hook_choices(self.app.workspace, run)
+            dataset = model_run.model_data(self.app.workspace, run).dataset
         except (UserError, OSError) as e:  # a damaged run: say so, keep the screen usable
             self.notify(f"models/{run} cannot be read: {e}", severity="error", markup=False)
             return
-        hook, dataset = default_hook(cfg.model), cfg.data.dataset
+        hook = default_hook
         shown_set = self.lineage_set()
         if shown_set is not None and shown_set.model_run == run:  # the lineage's own choices, not the defaults
             hook, dataset = shown_set.hook, shown_set.data.dataset
         hooks = self.query_one("#hook", Select)
-        hooks.set_options([(h, h) for h in hook_names(cfg.model)])
-        choose(hooks, hook) or choose(hooks, default_hook(cfg.model))
+        hooks.set_options([(h, h) for h in hook_names])
+        choose(hooks, hook) or choose(hooks, default_hook)
         self.query_one("#dataset", Input).value = dataset
 
     def lineage_set(self):

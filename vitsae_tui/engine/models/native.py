@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitsae_tui.engine.config import ConfigError, ModelConfig
-
-
-class HookPoint(nn.Identity):
-    """An identity whose module path names an activation; forward hooks read or replace it."""
+from vitsae_tui.engine.config import ModelConfig
+from vitsae_tui.engine.models import NATIVE_PREPROCESS, TokenLayout
+from vitsae_tui.engine.models.base import HookedModel, HookPoint, with_prefix
 
 
 class AlexNetFeatures(nn.Module):
@@ -93,11 +88,9 @@ class Block(nn.Module):
         return self.resid_post(x + self.mlp(self.ln_2(x)))
 
 
-class StopForward(Exception):
-    """Raised by a capture hook to end a forward pass once the wanted activation is in hand."""
+class VisionTransformerClassifier(HookedModel):
+    preprocess = NATIVE_PREPROCESS
 
-
-class VisionTransformerClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -128,46 +121,14 @@ class VisionTransformerClassifier(nn.Module):
         x = self.ln_f(x)
         return self.head(x.flatten(1))  # (B, n_classes)
 
-    def hook_points(self) -> list[str]:
-        return [name for name, m in self.named_modules() if isinstance(m, HookPoint)]
+    def token_layout(self, hook: str) -> TokenLayout:
+        self.hook_module(hook)
+        return TokenLayout((self.cfg.grid_size, self.cfg.grid_size))
 
-    def hook_module(self, name: str) -> HookPoint:
-        module = dict(self.named_modules()).get(name)
-        if not isinstance(module, HookPoint):
-            raise ConfigError(f"no hook point {name!r}; choose one of {', '.join(self.hook_points())}", "hook")
-        return module
-
-    @contextlib.contextmanager
-    def hooks(self, hooks: dict[str, Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
-        """Within the block, each named activation is passed to its function; a returned tensor replaces it."""
-        handles = [
-            self.hook_module(name).register_forward_hook(lambda _m, _inp, out, fn=fn: fn(out))
-            for name, fn in hooks.items()
-        ]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def run_to(self, images: torch.Tensor, hook: str) -> torch.Tensor:
-        """The activation at `hook`, computing only the layers before it."""
-        captured: list[torch.Tensor] = []
-
-        def capture(act: torch.Tensor) -> None:
-            captured.append(act)
-            raise StopForward
-
-        with self.hooks({hook: capture}):
-            try:
-                self(images)
-            except StopForward:
-                pass
-        return captured[0]
-
-    def run_from(self, hook: str, act: torch.Tensor) -> torch.Tensor:
+    def run_from(self, hook: str, act: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Logits when the activation at `hook` is `act` (B, T, C): only the layers after the hook run."""
         self.hook_module(hook)
+        act = with_prefix(act, prefix)
         if hook == "tokens":
             start, x = 0, act
         else:
@@ -182,13 +143,6 @@ class VisionTransformerClassifier(nn.Module):
         for block in self.blocks[start:]:
             x = block(x)
         return self.head(self.ln_f(x).flatten(1))
-
-    def run_with_replacement(
-        self, images: torch.Tensor, hook: str, replace: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """Logits with the activation at `hook` replaced by `replace(activation)`."""
-        with self.hooks({hook: replace}):
-            return self(images)
 
 
 def hook_names(cfg: ModelConfig) -> list[str]:

@@ -1,0 +1,202 @@
+"""Library models imported as model runs: small randomly initialised timm and torchvision models saved to files,
+imported with --weights, then read through our hook protocol exactly as the library computes them."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitsae_tui.engine import model_run
+from vitsae_tui.engine.config import ImportModelConfig
+from vitsae_tui.engine.data import normalize, to_model_pixels
+from vitsae_tui.engine.errors import StageError
+from vitsae_tui.engine.stages import import_model
+
+timm = pytest.importorskip("timm", reason="the models extra (timm) is not installed")
+torchvision = pytest.importorskip("torchvision")
+
+ODD_SIZES = [(300, 200), (199, 333), (640, 481), (225, 225), (1000, 250)]
+
+
+def run_import(ws, spec: str, weights, **kwargs):
+    return import_model.run(
+        ImportModelConfig(spec=spec, weights=str(weights), **kwargs), ws, lambda e: None, threading.Event()
+    )
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
+
+
+def small_tv_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(224, 32, num_layers=2, num_heads=12, hidden_dim=768, mlp_dim=3072).eval()
+
+
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval()
+
+
+def save(model, path):
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
+CASES = {
+    # spec, library model, file, the library's own module at a hook, our name for it
+    "timm vit": (
+        "timm:vit_tiny_patch16_224",
+        tiny_vit,
+        "vit.safetensors",
+        lambda m: m.blocks[0],
+        "blocks.0.resid_post",
+    ),
+    "torchvision vit": (
+        "torchvision:vit_b_32",
+        small_tv_vit,
+        "tvvit.pt",
+        lambda m: m.encoder.layers[1],
+        "blocks.1.resid_post",
+    ),
+    "torchvision resnet": ("torchvision:resnet18", resnet18, "resnet.pt", lambda m: m.layer3, "layer3"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_imported_model_reproduces_the_library_forward_at_every_hook(workspace, tmp_path, case):
+    spec, make, file, library_module, hook = CASES[case]
+    library = make()
+    result = run_import(workspace, spec, save(library, tmp_path / file))
+    loaded = model_run.load_model(workspace, result.run_dir.name)
+    model = loaded.model
+    images = torch.randn(2, 3, 224, 224)
+    captured = {}
+    handle = library_module(library).register_forward_hook(lambda _m, _i, out: captured.setdefault("act", out))
+    with torch.no_grad():
+        expected = library(images)
+        handle.remove()
+        assert torch.allclose(model(images), expected, atol=1e-5)
+        act = model.run_to(images, hook)
+        library_act = captured["act"]
+        if library_act.dim() == 4:  # a CNN's map: our tokens are its positions in row-major order
+            library_act = library_act.flatten(2).transpose(1, 2)
+        assert torch.equal(act, library_act)
+        for name in model.hook_points():
+            assert torch.allclose(model.run_from(name, model.run_to(images, name)), expected, atol=1e-5), name
+    layout = model.token_layout(hook)
+    assert act.shape[1] == layout.n_special + layout.n_patches
+    record_grid = {"timm vit": (14, 14), "torchvision vit": (7, 7), "torchvision resnet": (14, 14)}[case]
+    assert layout.grid == record_grid
+    assert loaded.class_names[:2] == ("tench", "goldfish") and len(loaded.class_names) == 1000
+
+
+def test_special_tokens_and_grids_are_named_by_the_adapter(workspace, tmp_path):
+    model = model_run.load_model(
+        workspace,
+        run_import(workspace, *CASES["timm vit"][:1], save(tiny_vit(), tmp_path / "v.safetensors")).run_dir.name,
+    ).model
+    assert model.token_layout("blocks.1.resid_post").special == ("cls",)
+    assert model.hook_points() == [
+        "tokens",
+        "blocks.0.resid_pre",
+        "blocks.0.resid_post",
+        "blocks.1.resid_pre",
+        "blocks.1.resid_post",
+    ]
+    resnet = model_run.load_model(
+        workspace, run_import(workspace, "torchvision:resnet18", save(resnet18(), tmp_path / "r.pt")).run_dir.name
+    ).model
+    grids = {hook: resnet.token_layout(hook).grid for hook in resnet.hook_points()}
+    assert grids == {"stem": (56, 56), "layer1": (56, 56), "layer2": (28, 28), "layer3": (14, 14), "layer4": (7, 7)}
+
+
+def odd_images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ODD_SIZES]
+
+
+def ours(image, preprocess) -> torch.Tensor:
+    pixels = torch.from_numpy(to_model_pixels(image, preprocess).copy()).permute(2, 0, 1)[None]
+    return normalize(pixels, preprocess)[0]
+
+
+def test_our_preprocessing_equals_timms_own_transform(workspace, tmp_path):
+    library = tiny_vit()
+    model = model_run.load_model(
+        workspace,
+        run_import(workspace, "timm:vit_tiny_patch16_224", save(library, tmp_path / "v.safetensors")).run_dir.name,
+    ).model
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=library))
+    for image in odd_images():
+        assert torch.allclose(ours(image, model.preprocess), transform(image), atol=1e-6)
+
+
+def test_our_preprocessing_equals_torchvisions_weights_transform(workspace, tmp_path):
+    from torchvision.models import get_model_weights
+
+    model = model_run.load_model(
+        workspace, run_import(workspace, "torchvision:resnet18", save(resnet18(), tmp_path / "r.pt")).run_dir.name
+    ).model
+    transform = get_model_weights("resnet18").DEFAULT.transforms()
+    for image in odd_images():
+        assert torch.allclose(ours(image, model.preprocess), transform(image), atol=1e-6)
+
+
+def test_the_record_names_the_spec_version_hash_and_preprocessing(workspace, tmp_path):
+    from vitsae_tui.engine.models import imported
+    from vitsae_tui.engine.workspace import file_sha256
+
+    weights = save(tiny_vit(), tmp_path / "v.safetensors")
+    run_dir = run_import(workspace, "timm:vit_tiny_patch16_224", weights, name="mine").run_dir
+    assert run_dir.name == "mine"
+    record = imported.read_record(run_dir)
+    assert record.spec == "timm:vit_tiny_patch16_224" and record.library_version == timm.__version__
+    assert record.weights_sha256 == file_sha256(weights)
+    assert (record.preprocess.size, record.preprocess.resize, record.preprocess.interpolation) == (224, 248, "bicubic")
+    assert record.preprocess.mean == (0.5, 0.5, 0.5) and record.n_classes == 1000
+
+
+def test_bad_imports_are_one_sentence_and_leave_nothing_behind(workspace, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    resnet_weights = save(resnet18(), tmp_path / "r.pt")
+    cases = [
+        (ImportModelConfig(spec="timm:vit_tiny_patch16_224", weights=str(junk)), "could not be read as weights"),
+        (ImportModelConfig(spec="timm:vit_tiny_patch16_224", weights=str(tmp_path / "nope.pt")), "is not a file"),
+        (ImportModelConfig(spec="timm:vit_tiny_patch16_224", weights=str(resnet_weights)), "do not fit"),
+        (ImportModelConfig(spec="timm:no_such_model_anywhere", weights=str(resnet_weights)), "timm has no model"),
+        (ImportModelConfig(spec="torchvision:convnext_tiny", weights=str(resnet_weights)), "not a torchvision ViT"),
+    ]
+    for cfg, expected in cases:
+        with pytest.raises(StageError, match=expected) as caught:
+            import_model.run(cfg, workspace, lambda e: None, threading.Event())
+        assert "\n" not in str(caught.value)
+    # the real download path, told to stay offline (huggingface_hub reads the variable when first imported)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "vitsae_tui", "--workspace", str(workspace.root), "import-model"]
+    offline = subprocess.run([*command, "timm:vit_tiny_patch16_224"], capture_output=True, text=True, env=env)
+    assert offline.returncode == 1 and "pass --weights FILE" in offline.stderr and "Traceback" not in offline.stderr
+    assert not any(workspace.kind_dir("models").iterdir()), "a failed import leaves no run"
+
+
+def test_a_missing_library_names_the_extra_to_install(workspace, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "vitsae_tui.engine.models.timm_models", raising=False)
+    with pytest.raises(StageError, match=r'pip install -e "\.\[models\]"'):
+        import_model.run(
+            ImportModelConfig(spec="timm:vit_tiny_patch16_224"), workspace, lambda e: None, threading.Event()
+        )
