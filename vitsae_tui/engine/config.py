@@ -88,9 +88,12 @@ class DataConfig:
         a, b = self.resolved(), other.resolved()
         return a.dataset == b.dataset and (a.dataset != "imagenette" or a.imagenette_size == b.imagenette_size)
 
-    def following(self, model_data: DataConfig) -> DataConfig:
+    def following(self, model_data: DataConfig | None) -> DataConfig:
         """What a stage that follows a model reads: the model's own data when none or the same dataset is named (so a
-        folder keeps its split and a synthetic set its seed and sizes), else the data named."""
+        folder keeps its split and a synthetic set its seed and sizes), else the data named; after an imported model
+        (no data of ours: `model_data` None), the data named or the offline default."""
+        if model_data is None:
+            return (self if self.dataset else dataclasses.replace(self, dataset="synthetic")).resolved()
         if not self.dataset or self.same_dataset(model_data):
             inherited = model_data.resolved()
             return dataclasses.replace(inherited, data_dir=self.resolved().data_dir or inherited.data_dir)

@@ -122,6 +122,10 @@ class ImageDataset(torch.utils.data.Dataset, abc.ABC):
     def concept_maps(self) -> np.ndarray | None:
         return None
 
+    def concept_maps_at(self, grid: int, progress: DrawProgress | None = None, stop=None) -> np.ndarray | None:
+        """Ground-truth concept maps rasterised on a grid x grid token grid (None: the dataset has none)."""
+        return None
+
 
 class SyntheticDataset(ImageDataset):
     """An in-memory split of the synthetic dataset, cached in the workspace so it is drawn only once."""
@@ -129,12 +133,22 @@ class SyntheticDataset(ImageDataset):
     class_names = synthetic.CLASS_NAMES
     concept_names = synthetic.CONCEPTS
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, concept_maps: np.ndarray, split: str, seed: int):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        concept_maps: np.ndarray,
+        split: str,
+        seed: int,
+        cache: Path | None = None,
+        start: int = 0,
+    ):
         self.images_u8 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
         self._labels = labels
         self._concept_maps = concept_maps
         self.split = split
         self.seed = seed
+        self.cache, self.start = cache, start
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -158,6 +172,21 @@ class SyntheticDataset(ImageDataset):
 
     def concept_maps(self) -> np.ndarray:
         return self._concept_maps
+
+    def concept_maps_at(self, grid: int, progress: DrawProgress | None = None, stop=None) -> np.ndarray:
+        """The maps on another model's grid: the same images drawn again (their pixels and labels are the same) with
+        the objects' coverage rasterised at that grid, cached beside the images."""
+        if grid == self._concept_maps.shape[-1]:
+            return self._concept_maps
+        path = self.cache / f"{self.split}-concepts-{grid}.npy" if self.cache is not None else None
+        if path is not None and path.exists():
+            maps = np.load(path, allow_pickle=False)
+            if maps.shape == (len(self), len(self.concept_names), grid, grid):
+                return maps
+        maps = _draw_parallel(self.seed, self.start, len(self), progress, stop, grid)[2]
+        if path is not None:
+            atomic_save_npy(path, maps)
+        return maps
 
 
 class FileListDataset(ImageDataset):
@@ -232,11 +261,11 @@ DrawProgress = Callable[[int, int], None]
 
 
 def _draw_parallel(
-    seed: int, start: int, count: int, progress: DrawProgress | None = None, stop=None
+    seed: int, start: int, count: int, progress: DrawProgress | None = None, stop=None, grid: int = synthetic.GRID_SIZE
 ) -> tuple[np.ndarray, ...]:
     """Draw in chunks on a thread per core (numpy and PIL release the GIL; threads need no spawn or pickling); a set
     `stop` event raises StopRequested within one chunk (~0.3 s)."""
-    chunks = [(seed, s, min(50, start + count - s)) for s in range(start, start + count, 50)]
+    chunks = [(seed, s, min(50, start + count - s), grid) for s in range(start, start + count, 50)]
 
     def draw(chunk):
         check_stop(stop)  # the chunks still queued after a stop end at once
@@ -257,10 +286,10 @@ def load_synthetic(
     """The synthetic split, drawn on first use and then read from the workspace cache."""
     cache = _synthetic_cache(ws, cfg)
     files = [cache / f"{split}-{part}.npy" for part in ("images", "labels", "concepts")]
+    # validation images come from an index range the training split never reaches
+    start, count = (0, cfg.n_train) if split == "train" else (10_000_000, cfg.n_val)
     if not all(f.exists() for f in files):
         cache.mkdir(parents=True, exist_ok=True)
-        # validation images come from an index range the training split never reaches
-        start, count = (0, cfg.n_train) if split == "train" else (10_000_000, cfg.n_val)
         arrays = _draw_parallel(cfg.data_seed, start, count, progress, stop)
         for path, array in zip(files, arrays):
             atomic_save_npy(path, array)
@@ -274,7 +303,7 @@ def load_synthetic(
         images, labels, concepts = (np.load(f, allow_pickle=False) for f in files)
     except (OSError, ValueError):
         raise DataError(f"the synthetic cache in {cache} is damaged; delete that folder and run again") from None
-    return SyntheticDataset(images, labels, concepts, split, cfg.data_seed)
+    return SyntheticDataset(images, labels, concepts, split, cfg.data_seed, cache, start)
 
 
 def readable(name: str) -> str:

@@ -136,17 +136,17 @@ class LoadedModel:
     checkpoint_path: Path
     checkpoint_sha256: str
     class_names: tuple[str, ...]
-    data: DataConfig
-    """what the model was trained on (an imported model: nothing of ours, so the offline default)"""
+    data: DataConfig | None
+    """what the model was trained on (None: an imported model, trained on nothing of ours)"""
     label: str
     """its preset, or the spec it was imported from"""
     default_hook: str
 
 
-def model_data(ws: Workspace, run: str) -> DataConfig:
-    """The data a model run was trained on; an imported model's followers default to the offline synthetic set."""
+def model_data(ws: Workspace, run: str) -> DataConfig | None:
+    """The data a model run was trained on; None for an imported model (its followers name theirs)."""
     if imported.is_imported(ws.run_dir("models", run)):
-        return DataConfig()
+        return None
     return read_config(ws, run).data
 
 
@@ -214,7 +214,7 @@ def _load_imported(run_dir: Path, checkpoint: str, device) -> LoadedModel:
     _, model = imported.build(record, state["model"])
     class_names = DatasetInfo.load(run_dir).class_names
     model.to(device).eval()
-    return LoadedModel(model, path, file_sha256(path), class_names, DataConfig(), record.spec, record.default_hook)
+    return LoadedModel(model, path, file_sha256(path), class_names, None, record.spec, record.default_hook)
 
 
 def label_space_mismatch(model_classes: tuple[str, ...], set_classes: tuple[str, ...] | list[str]) -> str:

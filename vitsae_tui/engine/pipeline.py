@@ -23,6 +23,7 @@ from vitsae_tui.engine.events import Finished, Log, Plan, Report
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.stages import REGISTRY, STAGES
 from vitsae_tui.engine.stages.run import StageResult, report_failure
+from vitsae_tui.engine.text import shown
 from vitsae_tui.engine.workspace import RunInfo, Workspace, file_sha256
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -247,6 +248,9 @@ def _free_name(ws: Workspace, prefix: str) -> str:
 
 def _model_detail(run: RunInfo) -> str:
     acc = run.status.get(metrics.BEST_VAL_ACCURACY.key)
+    spec = run.status.get(metrics.IMPORTED_FROM.key)
+    if isinstance(spec, str):
+        return f"imported from {shown(spec, 60)}"
     return f"val acc {acc:.1%}" if isinstance(acc, float) else ""
 
 
@@ -321,7 +325,8 @@ def data_label(ws: Workspace, selected: tuple[str, str] | None = None) -> str:
         if states["collect"].run:
             return SetSummary.load(ws.run_dir("activations", states["collect"].run)).provenance.data.label
         if states["train-model"].run:
-            return model_run.model_data(ws, states["train-model"].run).label
+            data = model_run.model_data(ws, states["train-model"].run)
+            return data.label if data is not None else "synthetic"
     except (UserError, OSError):
         pass
     return "synthetic"

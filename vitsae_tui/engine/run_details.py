@@ -43,7 +43,13 @@ def describe_run(run: RunInfo) -> str:
     if run.state == "failed":
         return shown(status.get("message", ""), MAX_MESSAGE)
     parts: list[str | None] = []
-    if run.kind == "models":
+    if run.kind == "models" and run.config.get("spec"):
+        params = _count(status, "parameters")
+        parts = [
+            f"imported from {shown(str(run.config['spec']), 60)}",
+            f"{params / 1e6:.1f}M parameters" if params is not None else None,
+        ]
+    elif run.kind == "models":
         acc = _number(status, "best_val_accuracy")
         parts = [f"val acc {acc:.1%}" if acc is not None else None, _steps(status), str(run.config.get("preset") or "")]
     elif run.kind == "activations":

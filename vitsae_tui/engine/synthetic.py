@@ -156,8 +156,9 @@ def _object_fill(
     return rgb[None, None, :] * np.clip(shading, 0.7, 1.3)[..., None]
 
 
-def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """One image (224, 224, 3) uint8, its label and its concept map (n_concepts, 6, 6) bool; deterministic.
+def draw_image(seed: int, index: int, grid_size: int = GRID_SIZE) -> tuple[np.ndarray, int, np.ndarray]:
+    """One image (224, 224, 3) uint8, its label and its concept map (n_concepts, grid, grid) bool; deterministic
+    (the image and label do not depend on the grid the map is rasterised at).
 
     One large object in front carries the label; one or two small distractors behind it have their own shape and
     colour, drawn independently, so no concept is the same thing as "a patch on an object".
@@ -178,7 +179,7 @@ def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
     objects.append((shape, colour, "large", cx, cy, radius))
 
     image = _background(background, rng)
-    concept_map = np.zeros((len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
+    concept_map = np.zeros((len(CONCEPTS), grid_size, grid_size), dtype=bool)
     visible: list[np.ndarray] = []  # each object's visible coverage, once the objects in front of it are drawn
     for obj_shape, obj_colour, _size, ox, oy, r in objects:
         alpha = _object_alpha(obj_shape, ox, oy, r, rng.uniform(-0.35, 0.35))
@@ -190,9 +191,9 @@ def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
         visible.append(alpha)
     image = np.clip(image, 0, 255).astype(np.uint8)
 
-    object_cover = np.zeros((GRID_SIZE, GRID_SIZE), dtype=np.float32)
+    object_cover = np.zeros((grid_size, grid_size), dtype=np.float32)
     for (obj_shape, obj_colour, obj_size, *_), alpha in zip(objects, visible):
-        cover = patch_coverage(alpha > 0.5)
+        cover = patch_coverage(alpha > 0.5, grid_size)
         object_cover += cover
         for name in (f"shape:{obj_shape}", f"colour:{obj_colour}", f"size:{obj_size}"):
             concept_map[CONCEPTS.index(name)] |= cover >= OBJECT_COVER
@@ -200,11 +201,13 @@ def draw_image(seed: int, index: int) -> tuple[np.ndarray, int, np.ndarray]:
     return image, class_of(shape, colour), concept_map
 
 
-def draw_images(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images (N, 224, 224, 3) uint8, labels (N,) int64, concept maps (N, n_concepts, 6, 6) bool."""
+def draw_images(
+    seed: int, start: int, count: int, grid_size: int = GRID_SIZE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (N, 224, 224, 3) uint8, labels (N,) int64, concept maps (N, n_concepts, grid, grid) bool."""
     images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     labels = np.empty(count, dtype=np.int64)
-    concept_maps = np.empty((count, len(CONCEPTS), GRID_SIZE, GRID_SIZE), dtype=bool)
+    concept_maps = np.empty((count, len(CONCEPTS), grid_size, grid_size), dtype=bool)
     for i in range(count):
-        images[i], labels[i], concept_maps[i] = draw_image(seed, start + i)
+        images[i], labels[i], concept_maps[i] = draw_image(seed, start + i, grid_size)
     return images, labels, concept_maps

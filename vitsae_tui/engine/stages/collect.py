@@ -131,6 +131,8 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
         dataset: ImageDataset = load_dataset(
             ws, data, cfg.split, rec.sub_progress("images drawn"), rec.stop, job.model.preprocess
         )
+        # synthetic maps rasterised at this model's grid: the same objects drawn again at 14x14, 7x7, …
+        concept_maps = dataset.concept_maps_at(manifest.grid[0], rec.sub_progress("concept maps drawn"), rec.stop)
     except StopRequested:  # while the synthetic images were drawn: nothing collected yet, the same command starts it
         return _finish(manifest, rec, 0, True)
     selected = select_images(len(dataset), cfg.limit)
@@ -159,7 +161,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
         f"collecting {job.hook} of models/{manifest.provenance.model_run} on {job.device}: "
         f"{len(selected)} {data.dataset} images → activations/{set_dir.name}"
     )
-    shards = _ShardLoop(job, dataset, selected, manifest, rec)
+    shards = _ShardLoop(job, dataset, concept_maps, selected, manifest, rec)
     stopped = shards.write(start)
     if stopped:
         remove_partial_writes(set_dir)  # the partial shard is dropped; a re-run redoes at most those images
@@ -181,23 +183,21 @@ class _ShardLoop:
     disk, so a killed run resumes after the last sealed one."""
 
     def __init__(
-        self, job: _Collection, dataset: ImageDataset, selected: np.ndarray, manifest: Manifest, rec: RunRecorder
+        self,
+        job: _Collection,
+        dataset: ImageDataset,
+        concept_maps: np.ndarray | None,
+        selected: np.ndarray,
+        manifest: Manifest,
+        rec: RunRecorder,
     ):
         self.job, self.dataset, self.selected, self.rec = job, dataset, selected, rec
         self.writer = ShardWriter(job.set_dir, manifest)
         self.images_before = manifest.n_images
         self.shard_index, self.in_shard, self.shard_start = len(manifest.shards), 0, 0
         self.bad_positions: list[int] = []  # positions index `selected`
-        self.concept_maps = dataset.concept_maps()
+        self.concept_maps = concept_maps
         self.n_special = len(manifest.special)
-        if self.concept_maps is not None and self.concept_maps.shape[-2:] != manifest.grid:
-            grid = "x".join(map(str, self.concept_maps.shape[-2:]))
-            rec.log(
-                f"the synthetic concept maps are drawn on a {grid} grid, this model's is {manifest.grid[0]}x"
-                f"{manifest.grid[1]}: the set is stored without them, so its features get no concept scores",
-                "warning",
-            )
-            self.concept_maps = None
 
     def write(self, start: int) -> bool:
         """Every selected image from position `start` on; True when a stop was asked for."""

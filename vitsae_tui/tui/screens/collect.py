@@ -87,7 +87,8 @@ class CollectScreen(StageScreen):
     def fill_hooks(self, run: str) -> None:
         try:
             hook_names, default_hook = model_run.hook_choices(self.app.workspace, run)
-            dataset = model_run.model_data(self.app.workspace, run).dataset
+            data = model_run.model_data(self.app.workspace, run)
+            dataset = data.dataset if data is not None else "synthetic"
         except (UserError, OSError) as e:  # a damaged run: say so, keep the screen usable
             self.notify(f"models/{run} cannot be read: {e}", severity="error", markup=False)
             return
