@@ -200,3 +200,32 @@ def test_a_missing_library_names_the_extra_to_install(workspace, monkeypatch):
         import_model.run(
             ImportModelConfig(spec="timm:vit_tiny_patch16_224"), workspace, lambda e: None, threading.Event()
         )
+
+
+def test_the_probe_reads_raw_features_and_separates_separable_classes():
+    from vitsae_tui.engine.models.probe import fit_probe
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    centres = rng.normal(0, 1, (3, 16)) * 4
+    features = torch.from_numpy(centres[labels] + rng.normal(0, 1, (300, 16)) + 50.0)  # far from zero, unscaled
+    fit = fit_probe(features.float(), labels, 3)
+    assert fit.n_val == 30 and fit.n_train == 270
+    assert fit.val_accuracy == 1.0 and fit.train_accuracy == 1.0
+    logits = features.float() @ fit.weight.t() + fit.bias  # the standardisation is folded into the weights
+    assert (logits.argmax(1).numpy() == labels).mean() == 1.0
+
+
+def test_a_headless_backbone_has_pooled_outputs_and_refuses_logits_without_a_probe(workspace, tmp_path):
+    from vitsae_tui.engine.config import DataConfig
+    from vitsae_tui.engine.workspace import WorkspaceError
+
+    torch.manual_seed(0)
+    library = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, num_classes=0).eval()
+    run = run_import(workspace, "timm:vit_tiny_patch16_224", save(library, tmp_path / "h.safetensors")).run_dir.name
+    loaded = model_run.load_model(workspace, run)
+    assert not loaded.has_head and loaded.class_names == ()
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(torch.zeros(1, 3, 224, 224)), library(torch.zeros(1, 3, 224, 224)))
+    with pytest.raises(WorkspaceError, match="no classification head"):
+        model_run.load_model(workspace, run, classes_of=DataConfig())

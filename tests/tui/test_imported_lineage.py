@@ -91,3 +91,27 @@ async def test_the_browser_walks_the_14x14_grid(imported_lineage):
     for size in ((80, 24), (120, 40)):
         title = await walk_to_the_last_patch(ws, size)
         assert "patch 195 (row 13, col 13)" in title and "heatmap of" in title, (size, title)
+
+
+def test_a_headless_backbone_gets_a_probe_from_its_labelled_set_and_spliced_metrics_from_it(tmp_path):
+    from vitsae_tui.engine import model_run
+    from vitsae_tui.engine.activation_set.probe import read_probe
+    from vitsae_tui.engine.workspace import read_status
+
+    torch.manual_seed(0)
+    library = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=0)
+    save_file(library.state_dict(), str(tmp_path / "headless.safetensors"))
+    ws = Workspace(tmp_path / "ws")
+    spec = "timm:vit_tiny_patch16_224"
+    run("import-model", ImportModelConfig(spec=spec, weights=str(tmp_path / "headless.safetensors"), name="dino"), ws)
+    data = DataConfig(n_train=60, n_val=20)
+    train = run("collect", CollectConfig(model="dino", data=data, batch_size=20), ws).run_dir
+    run("collect", CollectConfig(model="dino", data=data, split="val", batch_size=20), ws)
+    weight, _, info = read_probe(train)
+    assert weight.shape == (len(synthetic.CLASS_NAMES), 192) and info.n_val == 6 and info.n_train == 54
+    assert read_status(train)["probe_val_accuracy"] == info.val_accuracy
+    loaded = model_run.load_model(ws, "dino", classes_of=data)
+    assert loaded.has_head and loaded.class_names == tuple(synthetic.CLASS_NAMES)
+    sae = SAETrainConfig(activations=train.name, expansion=2, tokens=12_000, batch_size=1024, device="cpu")
+    status = read_status(run("train-sae", sae, ws).run_dir)
+    assert status["eval_images"] == 20 and np.isfinite(status["eval_kl"]), "spliced-in metrics read the probe"

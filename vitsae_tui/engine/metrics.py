@@ -141,6 +141,7 @@ IMPORTED_FROM = Metric("imported_from", "imported from", "text")
 PARAMETERS = Metric("parameters", "parameters", "count")
 N_CLASSES = Metric("n_classes", "classes", "count")
 HOOKS = Metric("hooks", "hook points", "count")
+PROBE_VAL_ACCURACY = Metric("probe_val_accuracy", "probe acc", "percent", title="linear probe validation accuracy")
 
 CATALOGUE: dict[str, Metric] = {m.key: m for m in list(globals().values()) if isinstance(m, Metric)}
 """every metric by key"""

@@ -141,6 +141,8 @@ class LoadedModel:
     label: str
     """its preset, or the spec it was imported from"""
     default_hook: str
+    has_head: bool = True
+    """False for a headless backbone loaded without a probe: its outputs are pooled features, not logits"""
 
 
 def model_data(ws: Workspace, run: str) -> DataConfig | None:
@@ -173,14 +175,23 @@ def _checkpoint(run_dir: Path, checkpoint: str) -> Path:
     return path
 
 
-def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
-    """A trained or imported model in eval mode, from its `best` or `last` checkpoint, with the checkpoint's hash."""
+def load_model(
+    ws: Workspace,
+    run: str,
+    checkpoint: str = "best",
+    device: str | torch.device = "cpu",
+    classes_of: DataConfig | None = None,
+) -> LoadedModel:
+    """A trained or imported model in eval mode, from its `best` or `last` checkpoint, with the checkpoint's hash.
+
+    `classes_of`: the data whose classes its logits must predict; a headless backbone then gets the linear probe a
+    set of that data was given (WorkspaceError when none was), and without it returns pooled features."""
     from vitsae_tui.engine.device import pick_device
 
     run_dir = ws.run_dir("models", run)
     device = pick_device(device) if isinstance(device, str) else device
     if imported.is_imported(run_dir):
-        return _load_imported(run_dir, checkpoint, device)
+        return _load_imported(ws, run_dir, checkpoint, device, classes_of)
     cfg = config_mod.from_dict(TrainModelConfig, read_json(run_dir / "config.json"), f"{run}/config.json")
     path = _checkpoint(run_dir, checkpoint)
     state = load_torch_file(path)
@@ -205,16 +216,28 @@ def load_model(ws: Workspace, run: str, checkpoint: str = "best", device: str | 
     return LoadedModel(model, path, file_sha256(path), class_names, cfg.data, cfg.preset, default_hook(cfg.model))
 
 
-def _load_imported(run_dir: Path, checkpoint: str, device) -> LoadedModel:
+def _load_imported(ws: Workspace, run_dir: Path, checkpoint: str, device, classes_of: DataConfig | None) -> LoadedModel:
     record = imported.read_record(run_dir)
     path = _checkpoint(run_dir, checkpoint)
     state = load_torch_file(path)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise WorkspaceError(f"models/{run_dir.name}/{checkpoint}.pt holds no model weights; import the model again")
     _, model = imported.build(record, state["model"])
-    class_names = DatasetInfo.load(run_dir).class_names
+    class_names, sha256 = DatasetInfo.load(run_dir).class_names, file_sha256(path)
+    if record.n_classes == 0 and classes_of is not None:
+        from vitsae_tui.engine.activation_set.probe import find_probe
+        from vitsae_tui.engine.models.probe import as_module
+
+        probe = find_probe(ws, run_dir.name, sha256, classes_of)
+        if probe is None:
+            raise WorkspaceError(
+                f"models/{run_dir.name} has no classification head and no labelled set of {classes_of.label} "
+                f"collected from it gave it a linear probe; collect a labelled train split to get class logits"
+            )
+        model.probe, class_names = as_module(probe[0], probe[1]), probe[2].class_names
     model.to(device).eval()
-    return LoadedModel(model, path, file_sha256(path), class_names, None, record.spec, record.default_hook)
+    has_head = record.n_classes > 0 or model.probe is not None
+    return LoadedModel(model, path, sha256, class_names, None, record.spec, record.default_hook, has_head)
 
 
 def label_space_mismatch(model_classes: tuple[str, ...], set_classes: tuple[str, ...] | list[str]) -> str:

@@ -54,11 +54,13 @@ def describe_run(run: RunInfo) -> str:
         parts = [f"val acc {acc:.1%}" if acc is not None else None, _steps(status), str(run.config.get("preset") or "")]
     elif run.kind == "activations":
         images, tokens, d = _count(status, "images"), _count(status, "tokens"), _count(status, "d_model")
+        probe = _number(status, "probe_val_accuracy")
         parts = [
             f"{images:,} images" if images is not None else None,
             f"{tokens:,} tokens" if tokens is not None else None,
             f"d {d}" if d is not None else None,
             str(status.get("dtype") or ""),
+            f"linear probe {probe:.1%}" if probe is not None else None,
         ]
     elif run.kind == "saes":
         fvu, l0, dead = _number(status, "fvu"), _number(status, "l0"), _number(status, "dead_fraction")

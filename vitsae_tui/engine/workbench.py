@@ -110,7 +110,7 @@ class Workbench:
 
         self.index = index
         provenance = index.store.provenance
-        loaded = model_run.load_model(ws, provenance.model_run, provenance.checkpoint, device)
+        loaded = model_run.load_model(ws, provenance.model_run, provenance.checkpoint, device, provenance.data)
         if loaded.checkpoint_sha256 != provenance.checkpoint_sha256:
             raise WorkbenchError(
                 f"models/{provenance.model_run} changed since activations/{index.store.path.name} was collected; "

@@ -110,6 +110,12 @@ class StagedModel(HookedModel):
         self.preprocess = preprocess
         self.patch_grid, self.special, self.spatial = patch_grid, special, spatial
         self.grids = self._grids() if spatial else {}
+        self.probe: nn.Module | None = None
+        """a headless backbone's linear probe over its pooled features, once a labelled set gave it one"""
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        pooled_or_logits = self.readout(x)
+        return self.probe(pooled_or_logits) if self.probe is not None else pooled_or_logits
 
     def hook_points(self) -> list[str]:
         return list(self.position)
@@ -130,7 +136,7 @@ class StagedModel(HookedModel):
         x = self._point(0, self.embed(images))
         for k, stage in enumerate(self.stages, start=1):
             x = self._point(k, stage(x))
-        return self.readout(x)
+        return self._logits(x)
 
     @torch.no_grad()
     def _grids(self) -> dict[int, tuple[int, int]]:
@@ -162,7 +168,7 @@ class StagedModel(HookedModel):
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)
         for stage in self.stages[k:]:
             x = stage(x)
-        return self.readout(x)
+        return self._logits(x)
 
 
 def transformer_points(n_blocks: int) -> list[list[str]]:

@@ -38,12 +38,11 @@ class ImportRecord:
     hooks: tuple[str, ...]
     default_hook: str
     n_classes: int
-    head: str
-    """what gives the logits: the model's own classification head"""
+    """classes of its own head; 0 for a headless backbone, which gets a linear probe from each labelled set"""
 
     def validate(self) -> None:
         self.preprocess.validate()
-        if self.default_hook not in self.hooks or not 1 <= self.n_classes <= 1_000_000:
+        if self.default_hook not in self.hooks or not 0 <= self.n_classes <= 1_000_000:
             raise config_mod.ConfigError("a default hook that is not among the hooks, or an absurd class count")
 
     @property
@@ -104,6 +103,10 @@ def build(record_or_spec: ImportRecord | str, state):
         raise ModelImportError(f"{spec}: {reason}")
     wrapped = module.wrap(model) if library == "timm" else module.wrap(model, name)
     return model.eval(), wrapped.eval()
+
+
+def has_head(spec: str, model) -> bool:
+    return adapter(spec.partition(":")[0]).has_head(model)
 
 
 def class_names(spec: str, model) -> tuple[str, ...]:

@@ -53,6 +53,11 @@ def unknown(name: str) -> str:
     return "" if timm.is_model(name) else f"timm has no model {name!r}; see timm.list_models('*vit*')"
 
 
+def has_head(model: nn.Module) -> bool:
+    """Whether it classifies (a headless backbone, num_classes 0, returns its pooled features)."""
+    return getattr(model, "num_classes", 0) > 0
+
+
 def supports(model: nn.Module) -> str:
     """Why this model cannot be read block by block ("" when it can)."""
     from timm.models.vision_transformer import VisionTransformer

@@ -53,6 +53,10 @@ def unknown(name: str) -> str:
     )
 
 
+def has_head(model: nn.Module) -> bool:
+    return True
+
+
 def supports(model: nn.Module) -> str:
     if isinstance(model, VisionTransformer) or all(hasattr(model, a) for a in ("layer1", "layer4", "fc")):
         return ""

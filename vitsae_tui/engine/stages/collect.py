@@ -23,7 +23,7 @@ from vitsae_tui.engine.activation_set import ImageEntry, Manifest, Provenance, S
 from vitsae_tui.engine.config import CollectConfig, DataConfig
 from vitsae_tui.engine.data import ImageDataset, iterate_batches, load_dataset, normalize
 from vitsae_tui.engine.device import autocast, pick_device
-from vitsae_tui.engine.errors import StageError, StopRequested
+from vitsae_tui.engine.errors import StageError, StopRequested, check_stop
 from vitsae_tui.engine.events import Report
 from vitsae_tui.engine.stages.run import RunRecorder, StageResult, recording
 from vitsae_tui.engine.workspace import RUN_NAME, Workspace, remove_partial_writes
@@ -86,6 +86,8 @@ class _Collection:
     hook: str
     device: torch.device
     set_dir: Path
+    fits_probe: bool
+    """a headless backbone: a labelled train split gives it a linear probe over its pooled features"""
 
 
 def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event) -> CollectResult:
@@ -115,7 +117,8 @@ def run(cfg: CollectConfig, ws: Workspace, report: Report, stop: threading.Event
             layout.special,
         )
         rec.started(config_mod.to_dict(cfg))
-        return _collect(_Collection(cfg, data, loaded.model, hook, device, rec.run_dir), ws, manifest, rec)
+        job = _Collection(cfg, data, loaded.model, hook, device, rec.run_dir, not loaded.has_head)
+        return _collect(job, ws, manifest, rec)
 
 
 @torch.inference_mode()
@@ -175,7 +178,41 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
             )
         # unreadable images after the last shard count as skipped too
         manifest = activation_set.mark_complete(set_dir, manifest, shards.bad_after(sealed_end))
+        if job.fits_probe and cfg.split != "val":
+            _fit_probe(job, rec)
     return _finish(manifest, rec, len(selected), stopped)
+
+
+def _fit_probe(job: _Collection, rec: RunRecorder) -> None:
+    """A linear probe on the pooled last-layer features of the set's labelled images, run on from the stored hook."""
+    from vitsae_tui.engine.activation_set.probe import ProbeInfo, write_probe
+    from vitsae_tui.engine.models.probe import fit_probe
+
+    store = activation_set.ActivationSet(job.set_dir)
+    labels = store.labels()
+    labelled = np.flatnonzero(labels >= 0)
+    if len(store.class_names) < 2 or len(labelled) < 2:
+        rec.log("no linear probe: the images are unlabelled, so this headless model has no class logits", "warning")
+        return
+    rec.log(f"the model has no classification head: fitting a linear probe on {len(labelled)} labelled images")
+    progress, features = rec.sub_progress("images (probe features)"), []
+    with torch.inference_mode():
+        for start in range(0, len(labelled), 64):
+            check_stop(rec.stop)
+            progress(start, len(labelled))
+            ids = labelled[start : start + 64]
+            acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32))
+            prefix = store.prefixes(ids)
+            prefix = torch.from_numpy(prefix.astype(np.float32)).to(job.device) if prefix is not None else None
+            features.append(job.model.run_from(job.hook, acts.to(job.device), prefix).float().cpu())
+    fit = fit_probe(torch.cat(features), labels[labelled], len(store.class_names))
+    sha256 = store.provenance.checkpoint_sha256
+    info = ProbeInfo(tuple(store.class_names), sha256, fit.train_accuracy, fit.val_accuracy, fit.n_train, fit.n_val)
+    write_probe(job.set_dir, fit.weight, fit.bias, info)
+    rec.log(
+        f"linear probe: {fit.val_accuracy:.1%} accuracy on {fit.n_val} held-out images (every 10th; "
+        f"{fit.train_accuracy:.1%} on the {fit.n_train} it was fit on)"
+    )
 
 
 class _ShardLoop:
@@ -288,4 +325,12 @@ def _summary(manifest: Manifest, set_dir: Path) -> dict[str, Any]:
         metrics.SHARDS.key: len(manifest.shards),
         metrics.SKIPPED_IMAGES.key: manifest.skipped_images,
         metrics.BYTES_ON_DISK.key: activation_set.size_on_disk(set_dir),
+        **_probe_summary(set_dir),
     }
+
+
+def _probe_summary(set_dir: Path) -> dict[str, Any]:
+    from vitsae_tui.engine.activation_set.probe import read_probe
+
+    probe = read_probe(set_dir)
+    return {metrics.PROBE_VAL_ACCURACY.key: probe[2].val_accuracy} if probe is not None else {}

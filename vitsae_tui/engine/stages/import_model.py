@@ -104,8 +104,7 @@ def run(cfg: ImportModelConfig, ws: Workspace, report: Report, stop: threading.E
             preprocess=wrapped.preprocess,
             hooks=tuple(hooks),
             default_hook=imported.default_hook(hooks),
-            n_classes=int(wrapped(torch.zeros(1, 3, wrapped.preprocess.size, wrapped.preprocess.size)).shape[1]),
-            head="the model's own classification head",
+            n_classes=_n_classes(cfg.spec, model, wrapped),
         )
         rec.run_dir = _create_run(ws, cfg, record, model, class_names, rec)
         if not sha256:
@@ -116,8 +115,12 @@ def run(cfg: ImportModelConfig, ws: Workspace, report: Report, stop: threading.E
         rec.log(
             f"{cfg.spec}: {len(hooks)} hook points; at {record.default_hook} a {layout.grid[0]}x{layout.grid[1]} grid"
             + (f" after {', '.join(layout.special)}" if layout.special else "")
-            + f"; {record.n_classes} classes from its own head"
-            + ("" if class_names else " (unnamed: its class names are not known)")
+            + (
+                f"; {record.n_classes} classes from its own head"
+                + ("" if class_names else " (unnamed: its class names are not known)")
+                if record.n_classes
+                else "; no classification head: each labelled set collected from it fits a linear probe"
+            )
         )
         summary = {
             metrics.IMPORTED_FROM.key: cfg.spec,
@@ -128,6 +131,14 @@ def run(cfg: ImportModelConfig, ws: Workspace, report: Report, stop: threading.E
         rec.artifact(rec.run_dir / "best.pt", "imported weights")
         rec.finished(summary)
         return ImportModelResult(rec.run_dir, False, cfg.spec, tuple(hooks))
+
+
+@torch.no_grad()
+def _n_classes(spec: str, model, wrapped) -> int:
+    if not imported.has_head(spec, model):
+        return 0
+    size = wrapped.preprocess.size
+    return int(wrapped(torch.zeros(1, 3, size, size)).shape[1])
 
 
 def _create_run(ws: Workspace, cfg: ImportModelConfig, record: ImportRecord, model, class_names, rec) -> Path:

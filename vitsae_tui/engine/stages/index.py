@@ -361,7 +361,8 @@ def _model_effects(
     """
     F = sae.d_sae
     try:
-        loaded = model_run.load_model(ws, store.provenance.model_run, store.provenance.checkpoint, device)
+        p = store.provenance
+        loaded = model_run.load_model(ws, p.model_run, p.checkpoint, device, p.data)
     except WorkspaceError as e:
         rec.log(f"class effects skipped: {e}", "warning")
         return np.zeros((F, max(len(store.class_names), 1)), dtype=np.float32), None, tuple(store.class_names)

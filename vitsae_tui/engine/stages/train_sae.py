@@ -141,7 +141,7 @@ def _claim_run(ws: Workspace, cfg, resume: str | None, rec: RunRecorder) -> str:
 def _load_eval_model(ws: Workspace, store: ActivationSet, device, rec: RunRecorder):
     provenance = store.provenance
     try:
-        loaded = model_run.load_model(ws, provenance.model_run, provenance.checkpoint, device)
+        loaded = model_run.load_model(ws, provenance.model_run, provenance.checkpoint, device, provenance.data)
     except WorkspaceError as e:
         rec.log(f"spliced-in evaluation is off: {e}", "warning")
         return None
