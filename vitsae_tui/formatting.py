@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vitsae_tui.engine import metrics
+from vitsae_tui.engine.text import format_bytes
 
 
 def format_metrics(numbers: Mapping[str, float], shown=metrics.PROGRESS_LINE, separator: str = "  ") -> str:
@@ -44,14 +45,6 @@ def table_cell(metric: metrics.Metric, value: float) -> str:
     if not math.isfinite(value):
         return "–"
     return f"{100 * value:.1f}" if metric.style == "percent" else format(value, metric.digits)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -229,3 +229,14 @@ def test_a_headless_backbone_has_pooled_outputs_and_refuses_logits_without_a_pro
         assert torch.allclose(loaded.model(torch.zeros(1, 3, 224, 224)), library(torch.zeros(1, 3, 224, 224)))
     with pytest.raises(WorkspaceError, match="no classification head"):
         model_run.load_model(workspace, run, classes_of=DataConfig())
+
+
+def test_collect_announces_the_bytes_per_image_and_the_whole_datasets_size():
+    from types import SimpleNamespace
+
+    from vitsae_tui.engine.stages.collect import _size_line
+
+    vit_b_16 = SimpleNamespace(tokens_per_image=196, special=("cls",), d_model=768, dtype="float16")
+    line = _size_line(vit_b_16, 1000, 1_281_167)  # ImageNet-1k's training images through ViT-B/16
+    per_image = 197 * 768 * 2 + 112 * 112 * 3
+    assert f"{per_image / 1000:.1f} KB per image" in line and "all 1,281,167 images: 435.9 GB" in line

@@ -22,3 +22,11 @@ def shown(value: object, limit: int = MAX_SHOWN) -> str:
     text = str(value)[: 4 * limit]  # bounds the work on a huge string; the elision below still marks it
     safe = "".join(char if char.isprintable() else _escaped(char) for char in text)
     return safe if len(safe) <= limit and len(text) == len(str(value)) else safe[: limit - 1] + "…"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

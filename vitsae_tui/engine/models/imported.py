@@ -63,7 +63,7 @@ def read_record(run_dir: Path) -> ImportRecord:
     try:
         return config_mod.from_dict(ImportRecord, read_json(run_dir / RECORD), where)
     except config_mod.ConfigError as e:
-        raise WorkspaceError(f"{where}: {e}; import the model again") from None
+        raise WorkspaceError(f"{e}; import the model again") from None
 
 
 def adapter(library: str):

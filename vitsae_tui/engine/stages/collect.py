@@ -29,6 +29,7 @@ from vitsae_tui.engine.stages.run import RunRecorder, StageResult, recording
 from vitsae_tui.engine.workspace import RUN_NAME, Workspace, remove_partial_writes
 
 STAGE = "collect"
+THUMB_BYTES = activation_set.THUMB_SIZE * activation_set.THUMB_SIZE * 3
 
 
 def default_set_name(cfg: CollectConfig, hook: str, data: DataConfig) -> str:
@@ -164,6 +165,7 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
         f"collecting {job.hook} of models/{manifest.provenance.model_run} on {job.device}: "
         f"{len(selected)} {data.dataset} images → activations/{set_dir.name}"
     )
+    rec.log(_size_line(manifest, len(selected), len(dataset)))
     shards = _ShardLoop(job, dataset, concept_maps, selected, manifest, rec)
     stopped = shards.write(start)
     if stopped:
@@ -181,6 +183,20 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
         if job.fits_probe and cfg.split != "val":
             _fit_probe(job, rec)
     return _finish(manifest, rec, len(selected), stopped)
+
+
+def _size_line(manifest: Manifest, n_selected: int, n_dataset: int) -> str:
+    """What each image costs on disk and what this collection (and the whole dataset) will take, before it starts."""
+    from vitsae_tui.engine.text import format_bytes
+
+    tokens = manifest.tokens_per_image + len(manifest.special)
+    per_image = tokens * manifest.d_model * np.dtype(manifest.dtype).itemsize + THUMB_BYTES
+    whole = "" if n_selected == n_dataset else f"; all {n_dataset:,} images: {format_bytes(per_image * n_dataset)}"
+    return (
+        f"{tokens} tokens x {manifest.d_model} in {manifest.dtype} + a thumbnail = {format_bytes(per_image)} per "
+        f"image: {format_bytes(per_image * n_selected)} for {n_selected:,} images{whole} (--limit N and --dtype "
+        f"float16 bound it)"
+    )
 
 
 def _fit_probe(job: _Collection, rec: RunRecorder) -> None:
