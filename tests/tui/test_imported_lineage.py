@@ -115,3 +115,25 @@ def test_a_headless_backbone_gets_a_probe_from_its_labelled_set_and_spliced_metr
     sae = SAETrainConfig(activations=train.name, expansion=2, tokens=12_000, batch_size=1024, device="cpu")
     status = read_status(run("train-sae", sae, ws).run_dir)
     assert status["eval_images"] == 20 and np.isfinite(status["eval_kl"]), "spliced-in metrics read the probe"
+
+
+async def test_a_model_is_imported_from_the_app_by_typing_its_spec(tmp_path):
+    from textual.widgets import Input
+
+    from vitsae_tui.engine.models import imported
+    from vitsae_tui.tui.app import VitsaeApp
+
+    torch.manual_seed(0)
+    save_file(timm.create_model("vit_tiny_patch16_224", depth=2).state_dict(), str(tmp_path / "vit.safetensors"))
+    app = VitsaeApp(tmp_path / "ws")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("m")
+        await wait_for(pilot, lambda: app.current_mode == "import-model", timeout_s=10)
+        screen = app.screen
+        screen.query_one("#spec", Input).focus()
+        await pilot.press(*"timm:vit_tiny_patch16_224")  # every letter typed, none taken as a shortcut
+        screen.query_one("#weights", Input).value = str(tmp_path / "vit.safetensors")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "done: models/" in str(screen.query_one("#summary", Static).render()), 60)
+    run_dir = tmp_path / "ws" / "models" / "vit_tiny_patch16_224-1"
+    assert imported.read_record(run_dir).spec == "timm:vit_tiny_patch16_224"

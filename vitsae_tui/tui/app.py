@@ -30,11 +30,12 @@ from vitsae_tui.tui.screens.collect import CollectScreen
 from vitsae_tui.tui.screens.compare import CompareScreen
 from vitsae_tui.tui.screens.confirm import ConfirmScreen
 from vitsae_tui.tui.screens.home import HomeScreen
+from vitsae_tui.tui.screens.import_model import ImportModelScreen
 from vitsae_tui.tui.screens.index import IndexScreen
 from vitsae_tui.tui.screens.train_model import TrainModelScreen
 from vitsae_tui.tui.screens.train_sae import TrainSAEScreen
 
-STAGE_SCREENS = (TrainModelScreen, CollectScreen, TrainSAEScreen, IndexScreen)
+STAGE_SCREENS = (TrainModelScreen, ImportModelScreen, CollectScreen, TrainSAEScreen, IndexScreen)
 
 
 class VitsaeApp(App):

@@ -161,6 +161,7 @@ class HomeScreen(AppScreen):
     BINDINGS = [
         Binding("g", "app.guided_run", "Guided"),
         Binding("t", "app.switch_mode('train-model')", "Train"),
+        Binding("m", "app.switch_mode('import-model')", "Import", show=False),
         Binding("c", "app.switch_mode('collect')", "Collect"),
         Binding("a", "app.switch_mode('train-sae')", "SAE"),
         Binding("i", "index", "Index"),
