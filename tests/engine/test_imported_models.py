@@ -41,6 +41,32 @@ def small_tv_vit():
     return VisionTransformer(224, 32, num_layers=2, num_heads=12, hidden_dim=768, mlp_dim=3072).eval()
 
 
+TINY_CLIP = {  # an open_clip config of our own: a 2-block ViT-B/32-shaped tower, small enough for a test
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "patch_size": 32, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+def tiny_clip_model():
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+
+    if "vitsae-tiny-clip" not in open_clip.list_models():
+        path = Path(tempfile.mkdtemp()) / "vitsae-tiny-clip.json"
+        path.write_text(json.dumps(TINY_CLIP))
+        open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    return open_clip.create_model("vitsae-tiny-clip").eval()
+
+
+def tiny_clip_tower():
+    return tiny_clip_model().visual
+
+
 def resnet18():
     torch.manual_seed(0)
     return torchvision.models.resnet18().eval()
@@ -73,7 +99,15 @@ CASES = {
         "blocks.1.resid_post",
     ),
     "torchvision resnet": ("torchvision:resnet18", resnet18, "resnet.pt", lambda m: m.layer3, "layer3"),
+    "open_clip tower": (
+        "open_clip:vitsae-tiny-clip",
+        tiny_clip_tower,
+        "clip.pt",
+        lambda m: m.transformer.resblocks[0],
+        "blocks.0.resid_post",
+    ),
 }
+GRIDS = {"timm vit": (14, 14), "torchvision vit": (7, 7), "torchvision resnet": (14, 14), "open_clip tower": (7, 7)}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -99,9 +133,11 @@ def test_an_imported_model_reproduces_the_library_forward_at_every_hook(workspac
             assert torch.allclose(model.run_from(name, model.run_to(images, name)), expected, atol=1e-5), name
     layout = model.token_layout(hook)
     assert act.shape[1] == layout.n_special + layout.n_patches
-    record_grid = {"timm vit": (14, 14), "torchvision vit": (7, 7), "torchvision resnet": (14, 14)}[case]
-    assert layout.grid == record_grid
-    assert loaded.class_names[:2] == ("tench", "goldfish") and len(loaded.class_names) == 1000
+    assert layout.grid == GRIDS[case]
+    if case == "open_clip tower":  # an image tower: its output is the embedding, its classes come from a probe
+        assert not loaded.has_head and expected.shape == (2, 64)
+    else:
+        assert loaded.class_names[:2] == ("tench", "goldfish") and len(loaded.class_names) == 1000
 
 
 def test_special_tokens_and_grids_are_named_by_the_adapter(workspace, tmp_path):
@@ -154,6 +190,20 @@ def test_our_preprocessing_equals_torchvisions_weights_transform(workspace, tmp_
     transform = get_model_weights("resnet18").DEFAULT.transforms()
     for image in odd_images():
         assert torch.allclose(ours(image, model.preprocess), transform(image), atol=1e-6)
+
+
+def test_our_preprocessing_equals_open_clips_transform_and_a_whole_clip_checkpoint_imports(workspace, tmp_path):
+    import open_clip
+
+    clip = tiny_clip_model()
+    run = run_import(workspace, "open_clip:vitsae-tiny-clip", save(clip, tmp_path / "whole.pt"))  # visual.* keys
+    model = model_run.load_model(workspace, run.run_dir.name).model
+    _, _, transform = open_clip.create_model_and_transforms("vitsae-tiny-clip")
+    for image in odd_images():
+        assert torch.allclose(ours(image, model.preprocess), transform(image), atol=1e-6)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x), clip.encode_image(x), atol=1e-5)
 
 
 def test_the_record_names_the_spec_version_hash_and_preprocessing(workspace, tmp_path):

@@ -377,13 +377,14 @@ class IndexConfig:
         _check(self.checkpoint_every_s >= 0, "checkpoint_every_s must be 0 (every step) or more seconds")
 
 
-MODEL_LIBRARIES = ("timm", "torchvision")
+MODEL_LIBRARIES = ("timm", "torchvision", "open_clip")
 
 
 @dataclass(frozen=True)
 class ImportModelConfig:
     spec: str = ""
-    """the model to import: timm:NAME (ViT, DeiT, DINOv2 …) or torchvision:NAME (vit_b_16 …, resnet50 …)"""
+    """the model to import: timm:NAME (ViT, DeiT, DINOv2 …), torchvision:NAME (vit_b_16 …, resnet50 …) or
+    open_clip:ARCH/TAG (a CLIP image tower, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)"""
     weights: str = ""
     """a file of its weights (safetensors, or a weights-only torch file); empty: the library's own download"""
     name: str = ""
@@ -394,7 +395,7 @@ class ImportModelConfig:
         _check(
             not self.spec or (library in MODEL_LIBRARIES and bool(name) and len(self.spec) <= 200),
             f"spec {self.spec[:80]!r} is not LIBRARY:NAME with LIBRARY one of {', '.join(MODEL_LIBRARIES)} "
-            f"(e.g. timm:vit_small_patch16_224 or torchvision:resnet50)",
+            f"(e.g. timm:vit_small_patch16_224, torchvision:resnet50 or open_clip:ViT-B-32/openai)",
         )
 
 

@@ -16,8 +16,10 @@ RECORD = "import.json"
 ADAPTERS = {
     "timm": "vitsae_tui.engine.models.timm_models",
     "torchvision": "vitsae_tui.engine.models.torchvision_models",
+    "open_clip": "vitsae_tui.engine.models.open_clip_models",
 }
-PACKAGES = {"timm": "timm", "torchvision": "torchvision"}
+PACKAGES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip"}
+PIP_NAMES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip_torch"}
 
 
 class ModelImportError(UserError, RuntimeError):
@@ -77,7 +79,7 @@ def adapter(library: str):
             raise
         raise ModelImportError(
             f'{library} is not installed; install the models extra (pip install -e ".[models]") or pip install '
-            f"{PACKAGES[library]}"
+            f"{PIP_NAMES[library]}"
         ) from None
 
 
@@ -101,7 +103,7 @@ def build(record_or_spec: ImportRecord | str, state):
     reason = module.supports(model)
     if reason:
         raise ModelImportError(f"{spec}: {reason}")
-    wrapped = module.wrap(model) if library == "timm" else module.wrap(model, name)
+    wrapped = module.wrap(model, name) if library == "torchvision" else module.wrap(model)
     return model.eval(), wrapped.eval()
 
 
@@ -112,7 +114,7 @@ def has_head(spec: str, model) -> bool:
 def class_names(spec: str, model) -> tuple[str, ...]:
     library, _, name = spec.partition(":")
     module = adapter(library)
-    return module.class_names(model) if library == "timm" else module.class_names(model, name)
+    return module.class_names(model, name) if library == "torchvision" else module.class_names(model)
 
 
 def default_hook(hooks: list[str]) -> str:
