@@ -290,3 +290,60 @@ def test_collect_announces_the_bytes_per_image_and_the_whole_datasets_size():
     line = _size_line(vit_b_16, 1000, 1_281_167)  # ImageNet-1k's training images through ViT-B/16
     per_image = 197 * 768 * 2 + 112 * 112 * 3
     assert f"{per_image / 1000:.1f} KB per image" in line and "all 1,281,167 images: 435.9 GB" in line
+
+
+def tiny_dinov2(folder, registers: int = 0):
+    """A 2-layer DINOv2 (patch 14: a 16x16 grid at 224) and its image processor, written as a hub repo would be."""
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192, patch_size=14)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **shape))
+    else:
+        model = Dinov2Model(Dinov2Config(**shape))
+    model.eval().save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_a_hugging_face_dinov2_imports_from_a_folder_and_from_weights(workspace, tmp_path, registers):
+    from transformers import AutoImageProcessor
+
+    library = tiny_dinov2(tmp_path / "repo", registers)
+    spec = f"hf:{tmp_path / 'repo'}"
+    from_folder = model_run.load_model(workspace, run_import(workspace, spec, "").run_dir.name)
+    weights = save(library, tmp_path / "dino.safetensors")
+    from_file = model_run.load_model(workspace, run_import(workspace, spec, weights).run_dir.name)
+    images = torch.randn(2, 3, 224, 224)
+    captured = {}
+    handle = library.encoder.layer[1].register_forward_hook(lambda _m, _i, out: captured.setdefault("act", out))
+    with torch.no_grad():
+        expected = library(images).pooler_output
+        handle.remove()
+        for loaded in (from_folder, from_file):
+            model = loaded.model
+            assert not loaded.has_head and torch.allclose(model(images), expected, atol=1e-5)
+            act = model.run_to(images, "blocks.1.resid_post")
+            assert torch.equal(act, captured["act"][0] if isinstance(captured["act"], tuple) else captured["act"])
+            for name in model.hook_points():
+                assert torch.allclose(model.run_from(name, model.run_to(images, name)), expected, atol=1e-5), name
+    layout = from_file.model.token_layout("blocks.1.resid_post")
+    assert layout.grid == (16, 16) and layout.special == ("cls",) + ("reg",) * registers
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "repo", backend="pil")
+    for image in odd_images():
+        theirs = torch.from_numpy(processor(image, return_tensors="np")["pixel_values"][0])
+        assert torch.allclose(ours(image, from_file.model.preprocess), theirs, atol=1e-5)

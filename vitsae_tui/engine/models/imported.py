@@ -17,9 +17,12 @@ ADAPTERS = {
     "timm": "vitsae_tui.engine.models.timm_models",
     "torchvision": "vitsae_tui.engine.models.torchvision_models",
     "open_clip": "vitsae_tui.engine.models.open_clip_models",
+    "hf": "vitsae_tui.engine.models.hf_models",
 }
-PACKAGES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip"}
-PIP_NAMES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip_torch"}
+PACKAGES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip", "hf": "transformers"}
+PIP_NAMES = {**PACKAGES, "open_clip": "open_clip_torch"}
+TAKES_NAME = ("torchvision", "hf")
+"""adapters whose wrap and class_names need the spec's name too (its weights' transforms, its repo's processor)"""
 
 
 class ModelImportError(UserError, RuntimeError):
@@ -103,7 +106,7 @@ def build(record_or_spec: ImportRecord | str, state):
     reason = module.supports(model)
     if reason:
         raise ModelImportError(f"{spec}: {reason}")
-    wrapped = module.wrap(model, name) if library == "torchvision" else module.wrap(model)
+    wrapped = module.wrap(model, name) if library in TAKES_NAME else module.wrap(model)
     return model.eval(), wrapped.eval()
 
 
@@ -114,7 +117,7 @@ def has_head(spec: str, model) -> bool:
 def class_names(spec: str, model) -> tuple[str, ...]:
     library, _, name = spec.partition(":")
     module = adapter(library)
-    return module.class_names(model, name) if library == "torchvision" else module.class_names(model)
+    return module.class_names(model, name) if library in TAKES_NAME else module.class_names(model)
 
 
 def default_hook(hooks: list[str]) -> str:
