@@ -12,8 +12,16 @@ from pathlib import Path
 
 import torch._dynamo  # noqa: F401  the first optimizer imports it (1.4 s): once in the forkserver, not per child
 
+import vitsae_tui.engine.models.timm_models  # noqa: F401  timm (for import-model) once in the forkserver too
 from tests.helpers import tiny_train_config
-from vitsae_tui.engine.config import CollectConfig, DataConfig, IndexConfig, SAETrainConfig, sweep_configs
+from vitsae_tui.engine.config import (
+    CollectConfig,
+    DataConfig,
+    ImportModelConfig,
+    IndexConfig,
+    SAETrainConfig,
+    sweep_configs,
+)
 from vitsae_tui.engine.events import Metrics, Progress
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.workspace import Workspace
@@ -36,7 +44,17 @@ SAE = SAETrainConfig(
 INDEX = IndexConfig(sae="sae-1", device="cpu", checkpoint_every_s=0.0, images_per_batch=16)
 SWEEP = sweep_configs(SAE, arch=("jumprelu", "topk"), k=(8,))
 """a sweep (the pseudo-stage train-sae-sweep): two SAEs in one pass, after the others in the same workspace"""
-CONFIGS = {"train-model": MODEL, "collect": COLLECT, "train-sae": SAE, "index": INDEX, "train-sae-sweep": SWEEP}
+IMPORT_WEIGHTS = "vit.safetensors"
+"""the weights file import-model reads, in the workspace's folder (the test writes it)"""
+IMPORT = ImportModelConfig(spec="timm:vit_tiny_patch16_224", name="imported")
+CONFIGS = {
+    "train-model": MODEL,
+    "import-model": IMPORT,
+    "collect": COLLECT,
+    "train-sae": SAE,
+    "index": INDEX,
+    "train-sae-sweep": SWEEP,
+}
 RESUME = {"train-model": "demo-1", "train-sae": "sae-1", "train-sae-sweep": "sweep-1"}
 """the run a resumed stage continues (collect and index continue on their own)"""
 CHECKPOINT_INTERVAL = {
@@ -48,6 +66,7 @@ CHECKPOINT_INTERVAL = {
 }
 UNIT = {
     "train-model": "steps",
+    "import-model": "steps",
     "collect": "images",
     "train-sae": "steps",
     "index": "images",
@@ -80,7 +99,10 @@ class ProgressMirror:
 def run(stage: str, root: str, resume: bool, shared) -> None:
     ws, report, stop = Workspace(root), ProgressMirror(shared, UNIT[stage]), threading.Event()
     extra = {"resume": RESUME[stage] if resume else None} if stage in RESUME else {}
-    STAGE_FUNCTIONS[stage](CONFIGS[stage], ws, report, stop, **extra)
+    cfg = CONFIGS[stage]
+    if stage == "import-model":
+        cfg = dataclasses.replace(cfg, weights=str(Path(root) / IMPORT_WEIGHTS))
+    STAGE_FUNCTIONS[stage](cfg, ws, report, stop, **extra)
 
 
 FORKSERVER = multiprocessing.get_context("forkserver")

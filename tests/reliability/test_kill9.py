@@ -32,8 +32,10 @@ pytestmark = pytest.mark.slow  # the whole suite runs these; the fast tier leave
 
 KILLS_PER_STAGE = 20
 KILLS_PER_SWEEP = 10  # a sweep's resume path is train-sae's, plus SAEs at different steps: fewer kills cover it
-STAGES = (*REGISTRY, "train-sae-sweep")
-OUTPUTS = {**{name: stage.kind for name, stage in REGISTRY.items()}, "train-sae-sweep": "saes"}
+LINEAGE = {name: stage for name, stage in REGISTRY.items() if stage.in_lineage}
+STAGES = (*LINEAGE, "train-sae-sweep")
+"""the stages that resume after a kill (an import is one write: test_kill_9_during_an_import checks it)"""
+OUTPUTS = {**{name: stage.kind for name, stage in LINEAGE.items()}, "train-sae-sweep": "saes"}
 RUNS = {
     "train-model": ("demo-1",),
     "collect": ("set",),
@@ -203,3 +205,38 @@ def test_kill_9_at_random_points(stage, reference, tmp_path):
         f"\n{stage}: {len(losses)} kills (+{completed_early} runs that ended first), lost per kill: max {max(losses)} "
         f"mean {np.mean(losses):.1f} {stage_runner.UNIT[stage]} (checkpoint interval {interval}); leftovers {leftovers}"
     )
+
+
+def test_kill_9_during_an_import_leaves_nothing_that_looks_whole(tmp_path):
+    """An import killed anywhere leaves a folder the lineage never follows and no run marked finished that is not;
+    the next import succeeds."""
+    import timm
+    from safetensors.torch import save_file
+
+    from vitsae_tui.engine import model_run
+    from vitsae_tui.engine.pipeline import lineage
+
+    torch.manual_seed(0)
+    save_file(timm.create_model("vit_tiny_patch16_224", depth=2).state_dict(), str(tmp_path / "vit.safetensors"))
+    started = time.perf_counter()
+    run_to_end("import-model", tmp_path, False)
+    whole_s = time.perf_counter() - started
+    shutil.rmtree(tmp_path / "models")
+    rng = random.Random("kill-9 import-model")
+    for _ in range(8):
+        child, _announced = start("import-model", tmp_path, False)
+        time.sleep(rng.uniform(0.0, whole_s))
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        ws = Workspace(tmp_path)
+        for run in ws.runs("models"):
+            if run.state == "finished":
+                assert model_run.load_model(ws, run.name).model is not None
+            else:
+                assert lineage(ws)[0].run != run.name, "a half-written import is never followed"
+            shutil.rmtree(run.path)  # as a user would, to import under the same name again
+    run_to_end("import-model", tmp_path, False)
+    ws = Workspace(tmp_path)
+    assert [r.state for r in ws.runs("models")] == ["finished"]
+    assert lineage(ws)[0].run == "imported"

@@ -77,6 +77,11 @@ def _best(candidates: list[RunInfo], *preferences) -> RunInfo | None:
     return ranked[0] if ranked else None
 
 
+def _half_imported(run: RunInfo) -> bool:
+    """An import that never finished (killed while writing its weights): nothing to resume, never followed."""
+    return run.state not in ("finished", "running") and model_run.is_imported(run.path)
+
+
 def _has_checkpoint(run: RunInfo) -> bool:
     return any(model_run.checkpoint_path(run.path, name).exists() for name in model_run.CHECKPOINTS)
 
@@ -160,7 +165,7 @@ def lineage(
     finished_saes = {_sae_set(r) for r in all_runs["saes"] if r.state == "finished"}
     finished_sets = {_set_model(r) for r in all_runs["activations"] if r.state == "finished"}
 
-    models = [r for r in all_runs["models"] if _has_checkpoint(r) or r.state == "running"]
+    models = [r for r in all_runs["models"] if (_has_checkpoint(r) or r.state == "running") and not _half_imported(r)]
     model = pinned.get("models") or _best(models, lambda r: r.name in finished_sets)
     if model is None:
         return [StageState(s, None, "missing") for s in STAGE_NAMES]

@@ -144,10 +144,11 @@ def _n_classes(spec: str, model, wrapped) -> int:
 def _create_run(ws: Workspace, cfg: ImportModelConfig, record: ImportRecord, model, class_names, rec) -> Path:
     def setup(run_dir: Path) -> None:
         rec.claim(run_dir)
-        atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
-        atomic_torch_save(run_dir / "best.pt", {"model": model.state_dict()})
-        model_run.write_dataset_info(run_dir, list(class_names), [], 0, 0)
+        # the record first: a run killed while its weights are written is known as an unfinished import
         atomic_write_json(run_dir / imported.RECORD, config_mod.to_dict(record))
+        atomic_write_json(run_dir / "config.json", config_mod.to_dict(cfg))
+        model_run.write_dataset_info(run_dir, list(class_names), [], 0, 0)
+        atomic_torch_save(run_dir / "best.pt", {"model": model.state_dict()})
 
     if cfg.name:
         return ws.new_run("models", cfg.name, setup, numbered=False)
