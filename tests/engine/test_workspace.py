@@ -122,3 +122,21 @@ def test_a_run_whose_first_files_cannot_be_written_is_removed_not_left_damaged(w
     started = workspace.new_run("saes", "sae")  # stamped at once: a start killed now is dated and interrupted
     (run,) = workspace.runs("saes")
     assert run.path == started and run.state == "running" and run.updated > 0
+
+
+def test_a_killed_write_of_a_hidden_file_is_cleaned_up_by_its_name(tmp_path, monkeypatch):
+    """The index's pass file is hidden (.sae-1.pass.pt): its temporary file starts with two dots."""
+    from vitsae_tui.engine import workspace as workspace_mod
+
+    def killed(*args):
+        raise RuntimeError("killed before the rename")
+
+    target = tmp_path / ".sae-1.pass.pt"
+    monkeypatch.setattr(workspace_mod.os, "replace", killed)
+    monkeypatch.setattr(workspace_mod.os, "unlink", lambda path: None)  # as a SIGKILL would: nothing cleans up
+    with pytest.raises(RuntimeError):
+        workspace_mod.atomic_write_bytes(target, b"pass")
+    monkeypatch.undo()
+    assert [p.name.startswith("..sae-1.pass.pt.") for p in tmp_path.iterdir()] == [True]
+    workspace_mod.remove_partial_writes(tmp_path, f"{target.name}.")
+    assert list(tmp_path.iterdir()) == []

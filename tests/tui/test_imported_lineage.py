@@ -104,11 +104,20 @@ def test_a_headless_backbone_gets_a_probe_from_its_labelled_set_and_spliced_metr
     ws = Workspace(tmp_path / "ws")
     spec = "timm:vit_tiny_patch16_224"
     run("import-model", ImportModelConfig(spec=spec, weights=str(tmp_path / "headless.safetensors"), name="dino"), ws)
-    data = DataConfig(n_train=60, n_val=20)
-    train = run("collect", CollectConfig(model="dino", data=data, batch_size=20), ws).run_dir
-    run("collect", CollectConfig(model="dino", data=data, split="val", batch_size=20), ws)
+    data = DataConfig(n_train=140, n_val=20)  # three batches of probe features: a stop lands between two
+    stop = threading.Event()
+
+    def stop_at_the_probe(event):
+        if getattr(event, "unit", "") == "images (probe features)":
+            stop.set()
+
+    collect = CollectConfig(model="dino", data=data, batch_size=35)
+    train = REGISTRY["collect"].run(collect, ws, stop_at_the_probe, stop).run_dir
+    assert read_status(train)["state"] == "finished" and read_probe(train) is None, "a stop spares the whole set"
+    assert run("collect", collect, ws).run_dir == train  # the same command fits the probe
+    run("collect", CollectConfig(model="dino", data=data, split="val", batch_size=35), ws)
     weight, _, info = read_probe(train)
-    assert weight.shape == (len(synthetic.CLASS_NAMES), 192) and info.n_val == 6 and info.n_train == 54
+    assert weight.shape == (len(synthetic.CLASS_NAMES), 192) and info.n_val == 14 and info.n_train == 126
     assert read_status(train)["probe_val_accuracy"] == info.val_accuracy
     loaded = model_run.load_model(ws, "dino", classes_of=data)
     assert loaded.has_head and loaded.class_names == tuple(synthetic.CLASS_NAMES)

@@ -150,7 +150,8 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
     )
     if manifest.complete:
         rec.log(f"activations/{set_dir.name} is already complete: {manifest.n_tokens} tokens")
-        rec.finished(_summary(manifest, set_dir), status=False)
+        fitted = _wants_probe(job) and _fit_probe(job, rec)  # a stop came while its probe was fit: fit it now
+        rec.finished(_summary(manifest, set_dir), status=fitted)
         return _result(manifest, set_dir, False)
     start = manifest.shards[-1].selected_end if manifest.shards else 0
     remove_partial_writes(set_dir)  # the half-written shard of a killed run
@@ -180,9 +181,30 @@ def _collect(job: _Collection, ws: Workspace, manifest: Manifest, rec: RunRecord
             )
         # unreadable images after the last shard count as skipped too
         manifest = activation_set.mark_complete(set_dir, manifest, shards.bad_after(sealed_end))
-        if job.fits_probe and cfg.split != "val":
+        if _wants_probe(job):
             _fit_probe(job, rec)
     return _finish(manifest, rec, len(selected), stopped)
+
+
+def _wants_probe(job: _Collection) -> bool:
+    from vitsae_tui.engine.activation_set.probe import PROBE_INFO
+
+    return job.fits_probe and job.cfg.split != "val" and not (job.set_dir / PROBE_INFO).exists()
+
+
+def _pooled_features(job: _Collection, store, images: np.ndarray, rec: RunRecorder) -> torch.Tensor:
+    """(n, D) pooled last-layer features of the images, run on from the stored hook activations."""
+    progress, features = rec.sub_progress("images (probe features)"), []
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            check_stop(rec.stop)
+            progress(start, len(images))
+            ids = images[start : start + 64]
+            acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32))
+            prefix = store.prefixes(ids)
+            prefix = torch.from_numpy(prefix.astype(np.float32)).to(job.device) if prefix is not None else None
+            features.append(job.model.run_from(job.hook, acts.to(job.device), prefix).float().cpu())
+    return torch.cat(features)
 
 
 def _size_line(manifest: Manifest, n_selected: int, n_dataset: int) -> str:
@@ -199,8 +221,9 @@ def _size_line(manifest: Manifest, n_selected: int, n_dataset: int) -> str:
     )
 
 
-def _fit_probe(job: _Collection, rec: RunRecorder) -> None:
-    """A linear probe on the pooled last-layer features of the set's labelled images, run on from the stored hook."""
+def _fit_probe(job: _Collection, rec: RunRecorder) -> bool:
+    """A linear probe on the pooled last-layer features of the set's labelled images, run on from the stored hook;
+    whether one was fit."""
     from vitsae_tui.engine.activation_set.probe import ProbeInfo, write_probe
     from vitsae_tui.engine.models.probe import fit_probe
 
@@ -209,19 +232,14 @@ def _fit_probe(job: _Collection, rec: RunRecorder) -> None:
     labelled = np.flatnonzero(labels >= 0)
     if len(store.class_names) < 2 or len(labelled) < 2:
         rec.log("no linear probe: the images are unlabelled, so this headless model has no class logits", "warning")
-        return
+        return False
     rec.log(f"the model has no classification head: fitting a linear probe on {len(labelled)} labelled images")
-    progress, features = rec.sub_progress("images (probe features)"), []
-    with torch.inference_mode():
-        for start in range(0, len(labelled), 64):
-            check_stop(rec.stop)
-            progress(start, len(labelled))
-            ids = labelled[start : start + 64]
-            acts = torch.from_numpy(np.stack([store.image(int(i)) for i in ids]).astype(np.float32))
-            prefix = store.prefixes(ids)
-            prefix = torch.from_numpy(prefix.astype(np.float32)).to(job.device) if prefix is not None else None
-            features.append(job.model.run_from(job.hook, acts.to(job.device), prefix).float().cpu())
-    fit = fit_probe(torch.cat(features), labels[labelled], len(store.class_names))
+    try:
+        features = _pooled_features(job, store, labelled, rec)
+    except StopRequested:  # the set itself is complete: only the probe waits for the same command again
+        rec.log("stopped before the linear probe was fit; run the same collect command again to fit it", "warning")
+        return False
+    fit = fit_probe(features, labels[labelled], len(store.class_names))
     sha256 = store.provenance.checkpoint_sha256
     info = ProbeInfo(tuple(store.class_names), sha256, fit.train_accuracy, fit.val_accuracy, fit.n_train, fit.n_val)
     write_probe(job.set_dir, fit.weight, fit.bias, info)
@@ -229,6 +247,7 @@ def _fit_probe(job: _Collection, rec: RunRecorder) -> None:
         f"linear probe: {fit.val_accuracy:.1%} accuracy on {fit.n_val} held-out images (every 10th; "
         f"{fit.train_accuracy:.1%} on the {fit.n_train} it was fit on)"
     )
+    return True
 
 
 class _ShardLoop:

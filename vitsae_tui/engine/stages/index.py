@@ -182,7 +182,7 @@ class _IndexPass:
             "n_images": store.n_images,
             "images_per_batch": cfg.images_per_batch,
         }
-        remove_partial_writes(index_dir.parent, f"{index_dir.name}.pass.pt.")
+        remove_partial_writes(index_dir.parent, f"{self.path.name}.")  # a killed save of the pass file
 
     def resume(self) -> int:
         """The image to continue from (0: from the start) after loading a saved pass of this same SAE and set."""

@@ -60,15 +60,11 @@ class ImportModelScreen(StageScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"start": self.action_start, "stop": self.action_stop}[event.button.id]()
 
-    def action_start(self) -> None:
-        try:
-            cfg = self.form_config()
-        except ConfigError as e:
-            self.notify(str(e), severity="error", markup=False)
-            return
-        from vitsae_tui.engine.stages.import_model import run as import_model
+    def job_title(self, cfg: ImportModelConfig) -> str:
+        return f"import {shown(cfg.spec, 60)}"
 
-        self.start_job(f"import {shown(cfg.spec, 60)}", import_model, cfg, self.app.workspace)
+    def action_start(self) -> None:
+        self.start_from_form()
 
     def reset_view(self) -> None:
         self.query_one("#summary", Static).update("")

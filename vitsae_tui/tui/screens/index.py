@@ -79,15 +79,11 @@ class IndexScreen(StageScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"start": self.action_start, "stop": self.action_stop}[event.button.id]()
 
-    def action_start(self) -> None:
-        try:
-            cfg = self.form_config()
-        except ConfigError as e:
-            self.notify(str(e), severity="error", markup=False)
-            return
-        from vitsae_tui.engine.stages.index import run as build_index
+    def job_title(self, cfg: IndexConfig) -> str:
+        return f"index {cfg.sae}"
 
-        self.start_job(f"index {cfg.sae}", build_index, cfg, self.app.workspace)
+    def action_start(self) -> None:
+        self.start_from_form()
 
     def status_detail(self, job: Job) -> str:
         p = job.progress_by_stage.get(STAGE)

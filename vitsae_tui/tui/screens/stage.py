@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.widgets import Input, ProgressBar, RichLog, Select, Static
 
 from vitsae_tui.engine import events, metrics
+from vitsae_tui.engine.config import ConfigError
 from vitsae_tui.engine.stages import REGISTRY
 from vitsae_tui.engine.text import MAX_MESSAGE, shown
 from vitsae_tui.engine.workspace import read_record, read_status
@@ -210,6 +211,22 @@ class StageScreen(AppScreen):
         self.query_one("#status", Static).update(
             Text(f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})")
         )
+
+    def form_config(self):
+        """The stage's config from the form; ConfigError naming what to fix."""
+        raise NotImplementedError
+
+    def job_title(self, cfg) -> str:
+        return self.STAGE
+
+    def start_from_form(self) -> None:
+        """Start this stage with the form's settings; a form that cannot be read is one notification."""
+        try:
+            cfg = self.form_config()
+        except ConfigError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        self.start_job(self.job_title(cfg), REGISTRY[self.STAGE].run, cfg, self.app.workspace)
 
     def start_job(self, title: str, fn, *args, **kwargs) -> Job | None:
         if self.app.jobs.running(self.STAGE):
