@@ -21,8 +21,8 @@ ADAPTERS = {
 }
 PACKAGES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip", "hf": "transformers"}
 PIP_NAMES = {**PACKAGES, "open_clip": "open_clip_torch"}
-TAKES_NAME = ("torchvision", "hf")
-"""adapters whose wrap and class_names need the spec's name too (its weights' transforms, its repo's processor)"""
+# every adapter module has: VERSION, unknown(name), build(name, state), has_head(model), supports(model),
+# wrap(model, name) -> StagedModel and class_names(model, name)
 
 
 class ModelImportError(UserError, RuntimeError):
@@ -49,14 +49,6 @@ class ImportRecord:
         self.preprocess.validate()
         if self.default_hook not in self.hooks or not 0 <= self.n_classes <= 1_000_000:
             raise config_mod.ConfigError("a default hook that is not among the hooks, or an absurd class count")
-
-    @property
-    def library(self) -> str:
-        return self.spec.partition(":")[0]
-
-    @property
-    def name(self) -> str:
-        return self.spec.partition(":")[2]
 
 
 def is_imported(run_dir: Path) -> bool:
@@ -99,14 +91,14 @@ def build(record_or_spec: ImportRecord | str, state):
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         if state is None:
             raise
+        first_line = (str(e).splitlines() or [""])[0][:160]
         raise ModelImportError(
-            f"the weights do not fit {spec} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); pass the weights "
-            f"of that very model"
+            f"the weights do not fit {spec} ({type(e).__name__}: {first_line}); pass the weights of that very model"
         ) from None
     reason = module.supports(model)
     if reason:
         raise ModelImportError(f"{spec}: {reason}")
-    wrapped = module.wrap(model, name) if library in TAKES_NAME else module.wrap(model)
+    wrapped = module.wrap(model, name)
     return model.eval(), wrapped.eval()
 
 
@@ -117,7 +109,7 @@ def has_head(spec: str, model) -> bool:
 def class_names(spec: str, model) -> tuple[str, ...]:
     library, _, name = spec.partition(":")
     module = adapter(library)
-    return module.class_names(model, name) if library in TAKES_NAME else module.class_names(model)
+    return module.class_names(model, name)
 
 
 def default_hook(hooks: list[str]) -> str:

@@ -100,7 +100,7 @@ def preprocess(tower: VisionTransformer) -> Preprocess:
     )
 
 
-def wrap(tower: VisionTransformer) -> StagedModel:
+def wrap(tower: VisionTransformer, name: str) -> StagedModel:
     blocks = list(tower.transformer.resblocks)
     return StagedModel(
         _Embed(tower),
@@ -113,5 +113,5 @@ def wrap(tower: VisionTransformer) -> StagedModel:
     )
 
 
-def class_names(model: nn.Module) -> tuple[str, ...]:
+def class_names(model: nn.Module, name: str) -> tuple[str, ...]:
     return ()

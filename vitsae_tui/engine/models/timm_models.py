@@ -91,7 +91,7 @@ def preprocess(model: nn.Module) -> Preprocess:
     )
 
 
-def wrap(vit: nn.Module) -> StagedModel:
+def wrap(vit: nn.Module, name: str) -> StagedModel:
     grid = tuple(int(g) for g in vit.patch_embed.grid_size)
     return StagedModel(
         _Embed(vit),
@@ -104,7 +104,7 @@ def wrap(vit: nn.Module) -> StagedModel:
     )
 
 
-def class_names(model: nn.Module) -> tuple[str, ...]:
+def class_names(model: nn.Module, name: str) -> tuple[str, ...]:
     """ImageNet-1k's names for a 1000-class head (timm ships them), else none."""
     if getattr(model, "num_classes", 0) != 1000:
         return ()
