@@ -383,9 +383,7 @@ MODEL_LIBRARIES = ("timm", "torchvision", "open_clip", "hf")
 @dataclass(frozen=True)
 class ImportModelConfig:
     spec: str = ""
-    """the model to import: timm:NAME (ViT, DeiT, DINOv2 …), torchvision:NAME (vit_b_16 …, resnet50 …) or
-    open_clip:ARCH/TAG (a CLIP image tower, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k) or hf:REPO (a DINOv2 from the
-    Hugging Face hub or a save_pretrained folder, e.g. hf:facebook/dinov2-small)"""
+    """the model: timm:NAME, torchvision:NAME, open_clip:ARCH/TAG or hf:REPO (e.g. timm:vit_small_patch16_224)"""
     weights: str = ""
     """a file of its weights (safetensors, or a weights-only torch file); empty: the library's own download"""
     name: str = ""

@@ -129,6 +129,7 @@ def run(cfg: ImportModelConfig, ws: Workspace, report: Report, stop: threading.E
             metrics.HOOKS.key: len(hooks),
         }
         rec.artifact(rec.run_dir / "best.pt", "imported weights")
+        rec.progress(1, 1, "models", final=True)  # one step, done: the bar shows it
         rec.finished(summary)
         return ImportModelResult(rec.run_dir, False, cfg.spec, tuple(hooks))
 

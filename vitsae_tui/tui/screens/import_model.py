@@ -27,6 +27,7 @@ class ImportModelScreen(StageScreen):
     STAGE = STAGE
     RUN_KIND = "models"
     BINDINGS = START_STOP_BINDINGS
+    AUTO_FOCUS = "#spec"  # the screen is for typing a spec: its field has the keys at once
 
     def compose(self) -> ComposeResult:
         yield Header()
