@@ -45,6 +45,7 @@ async def test_every_screen_at_every_size_keeps_numbers_whole_and_the_image_whol
         views = [
             ("home", ()),
             ("train-model", ()),
+            ("import-model", ()),
             ("collect", ()),
             ("train-sae", ()),
             ("index", ()),
