@@ -145,10 +145,6 @@ class LoadedModel:
     """False for a headless backbone loaded without a probe: its outputs are pooled features, not logits"""
 
 
-def is_imported(run_dir: Path) -> bool:
-    return imported.is_imported(run_dir)
-
-
 def model_data(ws: Workspace, run: str) -> DataConfig | None:
     """The data a model run was trained on; None for an imported model (its followers name theirs)."""
     if imported.is_imported(ws.run_dir("models", run)):

@@ -20,6 +20,7 @@ from vitsae_tui.engine import metrics, model_run
 from vitsae_tui.engine.config import CollectConfig, IndexConfig, SAETrainConfig, TrainModelConfig
 from vitsae_tui.engine.errors import UserError
 from vitsae_tui.engine.events import Finished, Log, Plan, Report
+from vitsae_tui.engine.models import imported
 from vitsae_tui.engine.saes import run as sae_run
 from vitsae_tui.engine.stages import REGISTRY, STAGES
 from vitsae_tui.engine.stages.run import StageResult, report_failure
@@ -79,7 +80,7 @@ def _best(candidates: list[RunInfo], *preferences) -> RunInfo | None:
 
 def _half_imported(run: RunInfo) -> bool:
     """An import that never finished (killed while writing its weights): nothing to resume, never followed."""
-    return run.state not in ("finished", "running") and model_run.is_imported(run.path)
+    return run.state not in ("finished", "running") and imported.is_imported(run.path)
 
 
 def _has_checkpoint(run: RunInfo) -> bool:

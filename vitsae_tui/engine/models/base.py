@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator
 
@@ -20,7 +21,7 @@ class StopForward(Exception):
     """Raised by a capture hook to end a forward pass once the wanted activation is in hand."""
 
 
-class HookedModel(nn.Module):
+class HookedModel(nn.Module, abc.ABC):
     """Hook points as HookPoint modules: `hooks()` reads or replaces activations, `run_to` stops at one."""
 
     def hook_points(self) -> list[str]:
@@ -67,13 +68,14 @@ class HookedModel(nn.Module):
         with self.hooks({hook: replace}):
             return self(images)
 
+    @abc.abstractmethod
     def token_layout(self, hook: str) -> TokenLayout:
-        raise NotImplementedError
+        """The grid and special tokens of the activation at `hook`."""
 
+    @abc.abstractmethod
     def run_from(self, hook: str, acts: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Logits when the activation at `hook` is `acts` (B, T, d); `prefix` (B, S, d), when given, holds the
         special tokens that go before patch-only `acts`."""
-        raise NotImplementedError
 
 
 def with_prefix(acts: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:

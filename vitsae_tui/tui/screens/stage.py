@@ -212,15 +212,12 @@ class StageScreen(AppScreen):
             Text(f"watching {self.watching.name}: {status.get('state', 'unknown')}{step} (read-only{owner})")
         )
 
-    def form_config(self):
-        """The stage's config from the form; ConfigError naming what to fix."""
-        raise NotImplementedError
-
     def job_title(self, cfg) -> str:
         return self.STAGE
 
     def start_from_form(self) -> None:
-        """Start this stage with the form's settings; a form that cannot be read is one notification."""
+        """Start this stage with the form's settings (the screen's `form_config()`, which raises ConfigError naming
+        what to fix); a form that cannot be read is one notification."""
         try:
             cfg = self.form_config()
         except ConfigError as e:
